@@ -1,0 +1,514 @@
+// The addon's complete export table. Heavy work runs on the libuv pool through Job (an
+// AsyncWorker resolving a Promise); errors reach JS with their stable `code`.
+#include <napi.h>
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <memory>
+
+#include "convert.h"
+#include "kvtc/calibrate.h"
+#include "kvtc/codec.h"
+#include "kvtc/crc32c.h"
+#include "kvtc/entropy.h"
+#include "kvtc/numeric.h"
+
+extern "C" char* openblas_get_config(void);
+
+namespace kvtc::addon {
+namespace {
+
+std::atomic<uint64_t> g_jobs_queued{0}, g_jobs_running{0}, g_jobs_done{0}, g_jobs_failed{0};
+
+class Job : public Napi::AsyncWorker {
+ public:
+  using Run = std::function<void(const std::function<void(double)>&)>;
+  using Finish = std::function<Napi::Value(Napi::Env)>;
+
+  // `keep` holds JS buffers the job reads; `progress` (may be empty) receives fractions in [0, 1].
+  Job(Napi::Env env, Run run, Finish finish, std::vector<Napi::Value> keep, Napi::Value progress)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), run_(std::move(run)),
+        finish_(std::move(finish)) {
+    for (auto& v : keep) keep_.push_back(Napi::Persistent(v.As<Napi::Object>()));
+    if (progress.IsFunction()) {
+      tsfn_ = Napi::ThreadSafeFunction::New(env, progress.As<Napi::Function>(), "kvtc-progress", 0, 1);
+      has_progress_ = true;
+    }
+    ++g_jobs_queued;
+  }
+  ~Job() override {
+    if (has_progress_) tsfn_.Release();
+  }
+  Napi::Promise Promise() { return deferred_.Promise(); }
+
+ protected:
+  void Execute() override {
+    --g_jobs_queued;
+    ++g_jobs_running;
+    std::function<void(double)> report;
+    if (has_progress_) {
+      report = [this](double f) {
+        auto* value = new double(f);
+        if (tsfn_.NonBlockingCall(value, [](Napi::Env env, Napi::Function cb, double* v) {
+              cb.Call({Napi::Number::New(env, *v)});
+              delete v;
+            }) != napi_ok) {
+          delete value;
+        }
+      };
+    }
+    try {
+      run_(report);
+    } catch (const Error& e) {
+      code_ = e.code_name();
+      SetError(e.what());
+    } catch (const std::bad_alloc&) {
+      code_ = CodeName(ErrorCode::kInternal);
+      SetError("out of memory");
+    } catch (const std::exception& e) {
+      code_ = CodeName(ErrorCode::kInternal);
+      SetError(e.what());
+    }
+    --g_jobs_running;
+  }
+  void OnOK() override {
+    ++g_jobs_done;
+    try {
+      deferred_.Resolve(finish_(Env()));
+    } catch (const Error& e) {
+      deferred_.Reject(CodedError(Env(), e.code_name(), e.what()).Value());
+    }
+  }
+  void OnError(const Napi::Error& e) override {
+    ++g_jobs_failed;
+    deferred_.Reject(CodedError(Env(), code_, e.Message()).Value());
+  }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  Run run_;
+  Finish finish_;
+  std::vector<Napi::ObjectReference> keep_;
+  Napi::ThreadSafeFunction tsfn_;
+  bool has_progress_ = false;
+  const char* code_ = "ERR_KVTC_INTERNAL";
+};
+
+// Runs `fn` on the JS thread, turning kvtc::Error into a coded JS exception.
+template <typename F>
+Napi::Value Guard(const Napi::CallbackInfo& info, F&& fn) {
+  try {
+    return fn();
+  } catch (const Error& e) {
+    CodedError(info.Env(), e.code_name(), e.what()).ThrowAsJavaScriptException();
+  } catch (const std::exception& e) {
+    CodedError(info.Env(), CodeName(ErrorCode::kInternal), e.what()).ThrowAsJavaScriptException();
+  }
+  return info.Env().Undefined();
+}
+
+Napi::Object ArgObject(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  KVTC_CHECK(info.Length() > i && info[i].IsObject(), kInvalidArgument, "Expected an object for " << name);
+  return info[i].As<Napi::Object>();
+}
+
+// --- Calibration: an immutable native copy of mean, basis and plans ------------------------
+
+class CalibrationWrap : public Napi::ObjectWrap<CalibrationWrap> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "Calibration",
+                       {InstanceAccessor<&CalibrationWrap::FeatureDim>("featureDim"),
+                        InstanceAccessor<&CalibrationWrap::PlanCount>("planCount")});
+  }
+
+  explicit CalibrationWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<CalibrationWrap>(info) {
+    Guard(info, [&]() -> Napi::Value {
+      Napi::Object d = ArgObject(info, 0, "calibration");
+      auto c = std::make_shared<Calibration>();
+      Bytes id = ViewBytes(Prop(d, "id"), "id"), fp = ViewBytes(Prop(d, "modelFingerprint"), "modelFingerprint");
+      KVTC_CHECK(id.size == 16 && fp.size == 16, kInvalidArgument, "id and modelFingerprint must be 16 bytes");
+      std::memcpy(c->id.data(), id.data, 16);
+      std::memcpy(c->model_fingerprint.data(), fp.data, 16);
+      c->layers = Uint(d, "layers");
+      c->kv_heads = Uint(d, "kvHeads");
+      c->head_dim = Uint(d, "headDim");
+      c->rope = ParseRope(Prop(d, "rope").As<Napi::Object>());
+      for (int k = 0; k < 2; ++k) {
+        Napi::Object s = Prop(d, k == 0 ? "keys" : "values").As<Napi::Object>();
+        StreamBasis& b = k == 0 ? c->keys : c->values;
+        b.mean = CopyFloats(Prop(s, "mean"), "mean");
+        b.basis = CopyFloats(Prop(s, "basis"), "basis");
+        b.rank = Uint(s, "rank");
+      }
+      Napi::Value plans = Prop(d, "plans");
+      KVTC_CHECK(plans.IsArray(), kInvalidArgument, "Expected an array for plans");
+      auto arr = plans.As<Napi::Array>();
+      for (uint32_t i = 0; i < arr.Length(); ++i) {
+        Napi::Object pp = arr.Get(i).As<Napi::Object>();
+        c->plans.push_back({ParsePlan(Prop(pp, "keys").As<Napi::Object>()),
+                            ParsePlan(Prop(pp, "values").As<Napi::Object>())});
+      }
+      ValidateCalibration(*c);
+      calibration_ = std::move(c);
+      return info.Env().Undefined();
+    });
+  }
+
+  std::shared_ptr<const Calibration> get() const { return calibration_; }
+
+ private:
+  Napi::Value FeatureDim(const Napi::CallbackInfo& info) {
+    return Napi::Number::New(info.Env(), calibration_ ? calibration_->feature_dim() : 0);
+  }
+  Napi::Value PlanCount(const Napi::CallbackInfo& info) {
+    return Napi::Number::New(info.Env(), calibration_ ? calibration_->plans.size() : 0);
+  }
+  std::shared_ptr<const Calibration> calibration_;
+};
+
+std::shared_ptr<const Calibration> UnwrapCalibration(const Napi::CallbackInfo& info, Napi::FunctionReference& ctor) {
+  KVTC_CHECK(info.Length() > 0 && info[0].IsObject() && info[0].As<Napi::Object>().InstanceOf(ctor.Value()),
+             kInvalidArgument, "Expected a native Calibration as the first argument");
+  auto c = CalibrationWrap::Unwrap(info[0].As<Napi::Object>())->get();
+  KVTC_CHECK(c != nullptr, kInvalidArgument, "Calibration was not constructed");
+  return c;
+}
+
+Napi::FunctionReference* g_calibration_ctor = nullptr;
+
+KvDtype ParseDtype(uint32_t d) {
+  KVTC_CHECK(d <= 2, kInvalidArgument, "Expected dtype 0 (float32), 1 (float16) or 2 (bfloat16) but received " << d);
+  return static_cast<KvDtype>(d);
+}
+
+// encode(calibration, job) -> Promise<Buffer>
+Napi::Value EncodeJs(const Napi::CallbackInfo& info) {
+  return Guard(info, [&]() -> Napi::Value {
+    auto cal = UnwrapCalibration(info, *g_calibration_ctor);
+    Napi::Object j = ArgObject(info, 1, "job");
+    auto job = std::make_shared<EncodeJob>();
+    job->dtype = ParseDtype(Uint(j, "dtype"));
+    job->tokens = Uint(j, "tokens");
+    job->token_start = Uint(j, "tokenStart");
+    job->plan_id = static_cast<uint16_t>(Uint(j, "planId"));
+    job->sink_tokens = Uint(j, "sinkTokens");
+    job->window_tokens = Uint(j, "windowTokens");
+    job->deflate_level = static_cast<int>(Uint(j, "deflateLevel"));
+    job->chunk_bytes = Uint(j, "chunkBytes");
+    Napi::Value keys = Prop(j, "keys"), values = Prop(j, "values");
+    Bytes k = ViewBytes(keys, "keys"), v = ViewBytes(values, "values");
+    const uint64_t expected = static_cast<uint64_t>(job->tokens) * cal->feature_dim() * DtypeBytes(job->dtype);
+    KVTC_CHECK(k.size == expected && v.size == expected, kInvalidArgument,
+               "Expected keys and values of " << expected << " bytes (" << job->tokens << " tokens x "
+                                              << cal->feature_dim() << " features) but received " << k.size
+                                              << " and " << v.size);
+    job->keys = k.data;
+    job->values = v.data;
+    auto out = std::make_shared<std::vector<uint8_t>>();
+    auto* w = new Job(
+        info.Env(), [cal, job, out](const auto&) { *out = Encode(*cal, *job); },
+        [out](Napi::Env env) -> Napi::Value { return NewBuffer(env, std::move(*out)); }, {keys, values},
+        info.Env().Undefined());
+    w->Queue();
+    return w->Promise();
+  });
+}
+
+// decode(calibration, record, expectedBytes) -> Promise<{keys, values, header}>
+Napi::Value DecodeJs(const Napi::CallbackInfo& info) {
+  return Guard(info, [&]() -> Napi::Value {
+    auto cal = UnwrapCalibration(info, *g_calibration_ctor);
+    KVTC_CHECK(info.Length() > 2 && info[2].IsNumber(), kInvalidArgument, "Expected a number for expectedBytes");
+    Bytes rec = ViewBytes(info[1], "record");
+    const double expected = info[2].As<Napi::Number>().DoubleValue();
+    KVTC_CHECK(expected >= 0, kInvalidArgument, "Expected expectedBytes >= 0");
+    auto out = std::make_shared<DecodeResult>();
+    auto* w = new Job(
+        info.Env(),
+        [cal, rec, expected, out](const auto&) {
+          *out = Decode(*cal, rec.data, rec.size, static_cast<uint64_t>(expected));
+        },
+        [out](Napi::Env env) -> Napi::Value {
+          Napi::Object o = Napi::Object::New(env);
+          o.Set("header", HeaderToJs(env, out->header));
+          o.Set("keys", NewBuffer(env, std::move(out->keys)));
+          o.Set("values", NewBuffer(env, std::move(out->values)));
+          return o;
+        },
+        {info[1]}, info.Env().Undefined());
+    w->Queue();
+    return w->Promise();
+  });
+}
+
+// inspect(record) -> header (validates structure and header CRC, not section CRCs)
+Napi::Value InspectJs(const Napi::CallbackInfo& info) {
+  return Guard(info, [&]() -> Napi::Value {
+    KVTC_CHECK(info.Length() > 0, kInvalidArgument, "Expected a record");
+    Bytes rec = ViewBytes(info[0], "record");
+    return HeaderToJs(info.Env(), ReadHeader(rec.data, rec.size));
+  });
+}
+
+// fitPca(samples Float32Array, n, p, rank, {powerIters, oversample, seed}, progress?) -> Promise
+Napi::Value FitPcaJs(const Napi::CallbackInfo& info) {
+  return Guard(info, [&]() -> Napi::Value {
+    KVTC_CHECK(info.Length() >= 5, kInvalidArgument, "fitPca(samples, n, p, rank, options, progress?)");
+    Bytes x = ViewBytes(info[0], "samples");
+    const int64_t n = info[1].As<Napi::Number>().Int64Value(), p = info[2].As<Napi::Number>().Int64Value();
+    const int64_t rank = info[3].As<Napi::Number>().Int64Value();
+    Napi::Object o = info[4].As<Napi::Object>();
+    const int iters = static_cast<int>(Uint(o, "powerIters")), over = static_cast<int>(Uint(o, "oversample"));
+    const uint64_t seed = Uint(o, "seed");
+    KVTC_CHECK(n > 0 && p > 0 && x.size == static_cast<size_t>(n * p * 4), kInvalidArgument,
+               "Expected " << n << " x " << p << " float32 samples but received " << x.size << " bytes");
+    auto out = std::make_shared<PcaResult>();
+    auto* w = new Job(
+        info.Env(),
+        [=](const std::function<void(double)>& progress) {
+          *out = FitPca(reinterpret_cast<const float*>(x.data), n, p, rank, iters, over, seed, progress);
+        },
+        [out, rank](Napi::Env env) -> Napi::Value {
+          Napi::Object r = Napi::Object::New(env);
+          r.Set("mean", NewFloats(env, out->mean.data(), out->mean.size()));
+          r.Set("basis", NewFloats(env, out->basis.data(), out->basis.size()));
+          r.Set("singular", NewFloats(env, out->singular.data(), out->singular.size()));
+          r.Set("totalEnergy", out->total_energy);
+          r.Set("rank", Napi::Number::New(env, static_cast<double>(rank)));
+          return r;
+        },
+        {info[0]}, info.Length() > 5 ? info[5] : info.Env().Undefined());
+    w->Queue();
+    return w->Promise();
+  });
+}
+
+// allocateBits(projected Float32Array, n, f, budgets number[], progress?) -> Promise<{plans, energy}>
+Napi::Value AllocateBitsJs(const Napi::CallbackInfo& info) {
+  return Guard(info, [&]() -> Napi::Value {
+    KVTC_CHECK(info.Length() >= 4 && info[3].IsArray(), kInvalidArgument, "allocateBits(projected, n, f, budgets)");
+    Bytes x = ViewBytes(info[0], "projected");
+    const int64_t n = info[1].As<Napi::Number>().Int64Value(), f = info[2].As<Napi::Number>().Int64Value();
+    KVTC_CHECK(n > 0 && f > 0 && x.size == static_cast<size_t>(n * f * 4), kInvalidArgument,
+               "Expected " << n << " x " << f << " float32 coefficients but received " << x.size << " bytes");
+    std::vector<uint32_t> budgets;
+    auto arr = info[3].As<Napi::Array>();
+    for (uint32_t i = 0; i < arr.Length(); ++i) {
+      const double b = arr.Get(i).As<Napi::Number>().DoubleValue();
+      KVTC_CHECK(b >= 0 && b <= 16.0 * (1 << 24), kInvalidArgument, "budget " << b << " bits is out of range");
+      budgets.push_back(static_cast<uint32_t>(b));
+    }
+    auto out = std::make_shared<DpResult>();
+    auto* w = new Job(
+        info.Env(),
+        [=](const std::function<void(double)>& progress) {
+          *out = AllocateBits(reinterpret_cast<const float*>(x.data), n, f, budgets, progress);
+        },
+        [out](Napi::Env env) -> Napi::Value {
+          Napi::Object r = Napi::Object::New(env);
+          Napi::Array plans = Napi::Array::New(env, out->plans.size());
+          for (size_t i = 0; i < out->plans.size(); ++i) plans.Set(i, PlanToJs(env, out->plans[i]));
+          r.Set("plans", plans);
+          r.Set("energy", out->energy);
+          return r;
+        },
+        {info[0]}, info.Length() > 4 ? info[4] : info.Env().Undefined());
+    w->Queue();
+    return w->Promise();
+  });
+}
+
+// --- Stages, synchronous, for tests and tools --------------------------------------------------
+
+Napi::Value RopeRotateJs(const Napi::CallbackInfo& info) {
+  return Guard(info, [&]() -> Napi::Value {
+    std::vector<float> x = CopyFloats(info[0], "x");
+    Napi::Object o = ArgObject(info, 1, "options");
+    const uint32_t tokens = Uint(o, "tokens"), heads = Uint(o, "heads"), head_dim = Uint(o, "headDim");
+    KVTC_CHECK(x.size() == static_cast<size_t>(tokens) * heads * head_dim, kInvalidArgument, "x has the wrong size");
+    RopeRotate(x.data(), tokens, heads, static_cast<int>(head_dim), Uint(o, "positionStart"),
+               ParseRope(Prop(o, "rope").As<Napi::Object>()), Prop(o, "inverse").ToBoolean());
+    return NewFloats(info.Env(), x.data(), x.size());
+  });
+}
+
+Napi::Value ProjectJs(const Napi::CallbackInfo& info) {
+  return Guard(info, [&]() -> Napi::Value {
+    std::vector<float> x = CopyFloats(info[0], "x");
+    Napi::Object o = ArgObject(info, 1, "options");
+    StreamBasis b{CopyFloats(Prop(o, "mean"), "mean"), CopyFloats(Prop(o, "basis"), "basis"), Uint(o, "basisRank")};
+    const uint32_t tokens = Uint(o, "tokens"), rank = Uint(o, "rank");
+    KVTC_CHECK(rank <= b.rank && b.basis.size() == b.mean.size() * b.rank && x.size() == tokens * b.mean.size(),
+               kInvalidArgument, "project: inconsistent shapes");
+    const bool inverse = Prop(o, "inverse").ToBoolean();
+    if (!inverse) {
+      std::vector<float> d(static_cast<size_t>(tokens) * rank);
+      Project(x.data(), tokens, b, rank, d.data());
+      return NewFloats(info.Env(), d.data(), d.size());
+    }
+    KVTC_CHECK(x.size() == static_cast<size_t>(tokens) * rank, kInvalidArgument, "reconstruct: d has the wrong size");
+    std::vector<float> out(static_cast<size_t>(tokens) * b.mean.size());
+    Reconstruct(x.data(), tokens, b, rank, out.data());
+    return NewFloats(info.Env(), out.data(), out.size());
+  });
+}
+
+Napi::Value QuantizeJs(const Napi::CallbackInfo& info) {
+  return Guard(info, [&]() -> Napi::Value {
+    std::vector<float> d = CopyFloats(info[0], "d");
+    Napi::Object o = ArgObject(info, 1, "options");
+    const uint32_t tokens = Uint(o, "tokens");
+    Plan plan = ParsePlan(Prop(o, "plan").As<Napi::Object>());
+    ValidatePlan(plan, plan.rank);
+    KVTC_CHECK(d.size() == static_cast<size_t>(tokens) * plan.rank, kInvalidArgument, "d has the wrong size");
+    std::vector<uint8_t> payload(PayloadBytes(plan, tokens));
+    Quantize(d.data(), plan.rank, tokens, plan, payload.data());
+    return NewBuffer(info.Env(), std::move(payload));
+  });
+}
+
+Napi::Value DequantizeJs(const Napi::CallbackInfo& info) {
+  return Guard(info, [&]() -> Napi::Value {
+    Bytes payload = ViewBytes(info[0], "payload");
+    Napi::Object o = ArgObject(info, 1, "options");
+    const uint32_t tokens = Uint(o, "tokens");
+    Plan plan = ParsePlan(Prop(o, "plan").As<Napi::Object>());
+    ValidatePlan(plan, plan.rank);
+    KVTC_CHECK(payload.size == PayloadBytes(plan, tokens), kInvalidArgument, "payload has the wrong size");
+    std::vector<float> d(static_cast<size_t>(tokens) * plan.rank);
+    Dequantize(payload.data, tokens, plan, d.data(), plan.rank);
+    return NewFloats(info.Env(), d.data(), d.size());
+  });
+}
+
+Napi::Value PackBitsJs(const Napi::CallbackInfo& info) {
+  return Guard(info, [&]() -> Napi::Value {
+    Bytes codes = ViewBytes(info[0], "codes");
+    const int bits = info[1].As<Napi::Number>().Int32Value();
+    const bool unpack = info.Length() > 2 && info[2].IsNumber();
+    KVTC_CHECK(bits == 2 || bits == 4 || bits == 8, kInvalidArgument, "Expected bits 2, 4 or 8 but received " << bits);
+    if (!unpack) {
+      std::vector<uint8_t> out((codes.size * bits + 7) / 8);
+      for (size_t i = 0; i < codes.size; ++i)
+        KVTC_CHECK(codes.data[i] < (1u << bits), kInvalidArgument, "code " << int{codes.data[i]} << " needs more than " << bits << " bits");
+      PackBits(codes.data, codes.size, bits, out.data());
+      return NewBuffer(info.Env(), std::move(out));
+    }
+    const size_t count = static_cast<size_t>(info[2].As<Napi::Number>().Int64Value());
+    KVTC_CHECK(codes.size == (count * bits + 7) / 8, kInvalidArgument, "packed buffer has the wrong size");
+    std::vector<uint8_t> out(count);
+    UnpackBits(codes.data, count, bits, out.data());
+    return NewBuffer(info.Env(), std::move(out));
+  });
+}
+
+Napi::Value DeflateJs(const Napi::CallbackInfo& info) {
+  return Guard(info, [&]() -> Napi::Value {
+    Bytes in = ViewBytes(info[0], "data");
+    Napi::Object o = ArgObject(info, 1, "options");
+    if (Prop(o, "inflate").ToBoolean()) {
+      const double expected = Number(o, "expectedBytes");
+      KVTC_CHECK(expected >= 0 && expected <= 1e12, kInvalidArgument, "expectedBytes out of range");
+      std::vector<uint8_t> out(static_cast<size_t>(expected));
+      InflateChunks(in.data, in.size, out.data(), out.size());
+      return NewBuffer(info.Env(), std::move(out));
+    }
+    return NewBuffer(info.Env(), DeflateChunks(in.data, in.size, Uint(o, "chunkBytes"), static_cast<int>(Uint(o, "level"))));
+  });
+}
+
+Napi::Value Crc32cJs(const Napi::CallbackInfo& info) {
+  return Guard(info, [&]() -> Napi::Value {
+    Bytes in = ViewBytes(info[0], "data");
+    return Napi::Number::New(info.Env(), Crc32c(in.data, in.size));
+  });
+}
+
+// convert(Float32Array, 'float16' | 'bfloat16' | 'fp8') -> the rounded values as Float32Array
+Napi::Value RoundJs(const Napi::CallbackInfo& info) {
+  return Guard(info, [&]() -> Napi::Value {
+    std::vector<float> x = CopyFloats(info[0], "x");
+    const std::string to = info[1].As<Napi::String>().Utf8Value();
+    for (float& v : x) {
+      if (to == "float16") v = HalfToFloat(FloatToHalf(v));
+      else if (to == "bfloat16") v = Bf16ToFloat(FloatToBf16(v));
+      else if (to == "fp8") v = Fp8E4m3ToFloat(FloatToFp8E4m3(v));
+      else KVTC_CHECK(false, kInvalidArgument, "Expected float16, bfloat16 or fp8 but received " << to);
+    }
+    return NewFloats(info.Env(), x.data(), x.size());
+  });
+}
+
+// benchGemm({m, n, k, transB, reps}) -> best seconds of one sgemm C[m,n] = A[m,k] B (or B^T),
+// the baseline the codec benchmark divides by (same BLAS, same threads, same process).
+Napi::Value BenchGemmJs(const Napi::CallbackInfo& info) {
+  return Guard(info, [&]() -> Napi::Value {
+    Napi::Object o = ArgObject(info, 0, "options");
+    const uint32_t m = Uint(o, "m"), n = Uint(o, "n"), k = Uint(o, "k"), reps = std::max(1u, Uint(o, "reps"));
+    const bool trans_b = Prop(o, "transB").ToBoolean();
+    std::vector<float> a(static_cast<size_t>(m) * k, 0.5f), b(static_cast<size_t>(k) * n, 0.25f),
+        c(static_cast<size_t>(m) * n);
+    double best = 1e30;
+    for (uint32_t r = 0; r < reps; ++r) {
+      const auto t0 = std::chrono::steady_clock::now();
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, static_cast<int>(m),
+                  static_cast<int>(n), static_cast<int>(k), 1.0f, a.data(), static_cast<int>(k), b.data(),
+                  trans_b ? static_cast<int>(k) : static_cast<int>(n), 0.0f, c.data(), static_cast<int>(n));
+      best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    return Napi::Number::New(info.Env(), best);
+  });
+}
+
+Napi::Value CountersJs(const Napi::CallbackInfo& info) {
+  Napi::Object o = Napi::Object::New(info.Env());
+  o.Set("queued", static_cast<double>(g_jobs_queued.load()));
+  o.Set("running", static_cast<double>(g_jobs_running.load()));
+  o.Set("done", static_cast<double>(g_jobs_done.load()));
+  o.Set("failed", static_cast<double>(g_jobs_failed.load()));
+  return o;
+}
+
+Napi::Value BuildInfoJs(const Napi::CallbackInfo& info) {
+  Napi::Object o = Napi::Object::New(info.Env());
+  o.Set("formatVersion", kFormatVersion);
+  o.Set("cuda", false);
+  o.Set("blas", openblas_get_config());
+  return o;
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  Napi::Function ctor = CalibrationWrap::Define(env);
+  g_calibration_ctor = new Napi::FunctionReference(Napi::Persistent(ctor));
+  exports.Set("Calibration", ctor);
+  exports.Set("encode", Napi::Function::New(env, EncodeJs));
+  exports.Set("decode", Napi::Function::New(env, DecodeJs));
+  exports.Set("inspect", Napi::Function::New(env, InspectJs));
+  exports.Set("fitPca", Napi::Function::New(env, FitPcaJs));
+  exports.Set("allocateBits", Napi::Function::New(env, AllocateBitsJs));
+  exports.Set("benchGemm", Napi::Function::New(env, BenchGemmJs));
+  exports.Set("counters", Napi::Function::New(env, CountersJs));
+  exports.Set("buildInfo", Napi::Function::New(env, BuildInfoJs));
+  Napi::Object stages = Napi::Object::New(env);
+  stages.Set("ropeRotate", Napi::Function::New(env, RopeRotateJs));
+  stages.Set("project", Napi::Function::New(env, ProjectJs));
+  stages.Set("quantize", Napi::Function::New(env, QuantizeJs));
+  stages.Set("dequantize", Napi::Function::New(env, DequantizeJs));
+  stages.Set("packBits", Napi::Function::New(env, PackBitsJs));
+  stages.Set("deflate", Napi::Function::New(env, DeflateJs));
+  stages.Set("crc32c", Napi::Function::New(env, Crc32cJs));
+  stages.Set("round", Napi::Function::New(env, RoundJs));
+  exports.Set("stages", stages);
+  return exports;
+}
+
+}  // namespace
+}  // namespace kvtc::addon
+
+static Napi::Object InitKvtc(Napi::Env env, Napi::Object exports) { return kvtc::addon::Init(env, exports); }
+NODE_API_MODULE(kvtc, InitKvtc)

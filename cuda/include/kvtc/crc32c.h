@@ -1,0 +1,13 @@
+// CRC32C (Castagnoli), the checksum of every record section. Debian ships no CRC32C library for
+// C++ (google/crc32c is not packaged in bookworm), so this is the standard slice-by-8 table code
+// with the SSE4.2 instruction used when the CPU has it. Test vector: "123456789" -> 0xE3069283.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace kvtc {
+
+uint32_t Crc32c(const void* data, size_t size, uint32_t crc = 0);
+
+}  // namespace kvtc

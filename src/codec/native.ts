@@ -1,0 +1,189 @@
+/**
+ * The only file that loads the native addon (cuda/, built by cmake-js). It declares every
+ * native export with its types; everything else imports the typed wrappers in this folder.
+ */
+import { createRequire } from 'node:module';
+import { existsSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import { KvtcError } from '../core/errors.js';
+
+/** Plan as the addon sees it: (start, size, type) triples; type 0 dropped, 1 int2, 2 int4, 3 fp8. */
+export interface NativePlan {
+  groups: Uint32Array;
+  rank: number;
+  ratio?: number;
+}
+
+export interface NativePlanResult extends NativePlan {
+  budgetBits: number;
+  bitsPerToken: number;
+  expectedError: number;
+}
+
+export interface NativeRope {
+  theta: number;
+  rotaryDim: number;
+  layout: 'neox' | 'interleaved';
+  scaling: 'default' | 'linear' | 'llama3';
+  factor?: number;
+  lowFreqFactor?: number;
+  highFreqFactor?: number;
+  originalMaxPositionEmbeddings?: number;
+}
+
+export interface NativeStream {
+  mean: Float32Array;
+  basis: Float32Array;
+  rank: number;
+}
+
+export interface NativeCalibrationDesc {
+  id: Uint8Array;
+  modelFingerprint: Uint8Array;
+  layers: number;
+  kvHeads: number;
+  headDim: number;
+  rope: NativeRope;
+  keys: NativeStream;
+  values: NativeStream;
+  plans: { keys: NativePlan; values: NativePlan }[];
+}
+
+/** A native, immutable copy of a calibration; shared by concurrent jobs. */
+export interface NativeCalibration {
+  readonly featureDim: number;
+  readonly planCount: number;
+}
+
+export interface NativeEncodeJob {
+  keys: Uint8Array;
+  values: Uint8Array;
+  dtype: number;
+  tokens: number;
+  tokenStart: number;
+  planId: number;
+  sinkTokens: number;
+  windowTokens: number;
+  deflateLevel: number;
+  chunkBytes: number;
+}
+
+export interface NativeSection {
+  kind: number;
+  encoding: number;
+  tokenOffset: number;
+  tokens: number;
+  offset: number;
+  storedBytes: number;
+}
+
+export interface NativeHeader {
+  formatVersion: number;
+  calibrationId: Buffer;
+  modelFingerprint: Buffer;
+  tokenStart: number;
+  tokens: number;
+  featureDim: number;
+  planId: number;
+  dtype: number;
+  sinkTokens: number;
+  windowTokens: number;
+  recordBytes: number;
+  sections: NativeSection[];
+}
+
+export interface NativeAddon {
+  Calibration: new (desc: NativeCalibrationDesc) => NativeCalibration;
+  encode(calibration: NativeCalibration, job: NativeEncodeJob): Promise<Buffer>;
+  decode(
+    calibration: NativeCalibration,
+    record: Uint8Array,
+    expectedBytes: number,
+  ): Promise<{ header: NativeHeader; keys: Buffer; values: Buffer }>;
+  inspect(record: Uint8Array): NativeHeader;
+  fitPca(
+    samples: Float32Array,
+    n: number,
+    p: number,
+    rank: number,
+    options: { powerIters: number; oversample: number; seed: number },
+    progress?: (fraction: number) => void,
+  ): Promise<{ mean: Float32Array; basis: Float32Array; singular: Float32Array; totalEnergy: number; rank: number }>;
+  allocateBits(
+    projected: Float32Array,
+    n: number,
+    f: number,
+    budgets: number[],
+    progress?: (fraction: number) => void,
+  ): Promise<{ plans: NativePlanResult[]; energy: number }>;
+  benchGemm(options: { m: number; n: number; k: number; transB: boolean; reps: number }): number;
+  counters(): { queued: number; running: number; done: number; failed: number };
+  buildInfo(): { formatVersion: number; cuda: boolean; blas: string };
+  stages: {
+    ropeRotate(
+      x: Float32Array,
+      o: { tokens: number; heads: number; headDim: number; positionStart: number; rope: NativeRope; inverse: boolean },
+    ): Float32Array;
+    project(
+      x: Float32Array,
+      o: { mean: Float32Array; basis: Float32Array; basisRank: number; tokens: number; rank: number; inverse: boolean },
+    ): Float32Array;
+    quantize(d: Float32Array, o: { tokens: number; plan: NativePlan }): Buffer;
+    dequantize(payload: Uint8Array, o: { tokens: number; plan: NativePlan }): Float32Array;
+    packBits(codes: Uint8Array, bits: number, unpackCount?: number): Buffer;
+    deflate(
+      data: Uint8Array,
+      o: { inflate: false; chunkBytes: number; level: number } | { inflate: true; expectedBytes: number },
+    ): Buffer;
+    crc32c(data: Uint8Array): number;
+    round(x: Float32Array, to: 'float16' | 'bfloat16' | 'fp8'): Float32Array;
+  };
+}
+
+const here = dirname(fileURLToPath(import.meta.url));
+
+function candidates(): string[] {
+  // From src/codec (ts-node, tests) or dist/src/codec (built): the repository root is 2 or 3 up.
+  const roots = [resolve(here, '..', '..'), resolve(here, '..', '..', '..')];
+  const fromEnv = process.env['KVTC_ADDON_PATH'];
+  return [
+    ...(fromEnv ? [fromEnv] : []),
+    ...roots.map((r) => join(r, 'cuda', 'build', 'Release', 'kvtc.node')),
+  ];
+}
+
+let cached: NativeAddon | undefined;
+
+/**
+ * Loads the addon once.
+ * @throws {KvtcError} ERR_KVTC_NATIVE_LOAD with the paths tried and how to build it.
+ */
+export function loadNative(): NativeAddon {
+  if (cached) return cached;
+  const require = createRequire(import.meta.url);
+  const tried: string[] = [];
+  for (const path of candidates()) {
+    if (!existsSync(path)) {
+      tried.push(`${path}: not found`);
+      continue;
+    }
+    try {
+      cached = require(path) as NativeAddon;
+      return cached;
+    } catch (err) {
+      tried.push(`${path}: ${(err as Error).message}`);
+    }
+  }
+  throw new KvtcError(
+    'ERR_KVTC_NATIVE_LOAD',
+    [
+      'Could not load the kvtc native addon.',
+      ...tried.map((t) => `  tried ${t}`),
+      'Possible solutions:',
+      '  - build it: npm run build:native (needs cmake, g++, libopenblas-dev, libdeflate-dev)',
+      '  - point KVTC_ADDON_PATH at a built kvtc.node',
+    ].join('\n'),
+  );
+}

@@ -1,0 +1,41 @@
+import { fitCalibration } from '../../src/calibrate/fit.js';
+import type { Calibration, ModelInfo, RopeJson } from '../../src/codec/calibration.js';
+import { syntheticKv } from './synthetic.js';
+
+export const DEFAULT_ROPE: RopeJson = { theta: 10000, rotary_dim: 8, layout: 'neox', scaling: { type: 'default' } };
+
+export function modelInfo(layers: number, kvHeads: number, headDim: number, rope: Partial<RopeJson> = {}): ModelInfo {
+  return {
+    name: `synthetic-${layers}x${kvHeads}x${headDim}`,
+    fingerprint: '0123456789abcdef0123456789abcdef',
+    layers,
+    kv_heads: kvHeads,
+    head_dim: headDim,
+    rope: { ...DEFAULT_ROPE, rotary_dim: headDim, ...rope },
+  };
+}
+
+/** A calibration fitted on synthetic KV (full-rank PCA, small DP), for codec tests. */
+export async function syntheticCalibration(
+  model: ModelInfo,
+  options: { samples?: number; ratios?: number[]; seed?: number; rankCap?: number } = {},
+): Promise<Calibration> {
+  const p = model.layers * model.kv_heads * model.head_dim;
+  const n = options.samples ?? Math.max(256, 2 * p);
+  const kv = syntheticKv(n, p, options.seed ?? 1);
+  return fitCalibration({
+    model,
+    keys: kv.keys,
+    values: kv.values,
+    n,
+    ratios: options.ratios ?? [4, 16],
+    rankCap: options.rankCap ?? p,
+    powerIters: 4,
+    oversample: 8,
+    seed: options.seed ?? 1,
+    dpSamples: Math.min(n, 512),
+    sinkTokens: 4,
+    windowTokens: 128,
+    source: 'synthetic (test)',
+  });
+}

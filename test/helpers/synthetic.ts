@@ -1,0 +1,81 @@
+/**
+ * Synthetic KV with a real-KV-like spectrum, for tests and benchmarks of shapes without a
+ * captured model: coefficients with standard deviations decaying as a power law
+ * (sigma_j = (1 + j)^-alpha) times a random sign-flipped, permuted Walsh-Hadamard rotation of
+ * the feature space (an orthonormal basis that is dense, so projection costs a real GEMM), plus
+ * a per-feature mean. The PCA fitted on it recovers the rotation; the DP sees a decaying
+ * spectrum like the one real caches show (paper Fig. 6).
+ */
+export function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+export function gaussian(rand: () => number): () => number {
+  return () => {
+    const u = Math.max(rand(), 1e-12), v = rand();
+    return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * v);
+  };
+}
+
+/** In-place fast Walsh-Hadamard transform of the first 2^k entries, normalized. */
+function fwht(x: Float32Array, n: number): void {
+  for (let h = 1; h < n; h *= 2) {
+    for (let i = 0; i < n; i += 2 * h) {
+      for (let j = i; j < i + h; j++) {
+        const a = x[j]!, b = x[j + h]!;
+        x[j] = a + b;
+        x[j + h] = a - b;
+      }
+    }
+  }
+  const s = 1 / Math.sqrt(n);
+  for (let i = 0; i < n; i++) x[i]! *= s;
+}
+
+export interface SyntheticKv {
+  keys: Float32Array;
+  values: Float32Array;
+}
+
+/** `tokens` rows of p features per stream. p need not be a power of two (blocks of 2^k). */
+export function syntheticKv(tokens: number, p: number, seed: number, alpha = 0.9): SyntheticKv {
+  const rand = mulberry32(seed);
+  const normal = gaussian(rand);
+  const perm = Array.from({ length: p }, (_, i) => i);
+  for (let i = p - 1; i > 0; i--) {
+    const j = Math.floor(rand() * (i + 1));
+    [perm[i], perm[j]] = [perm[j]!, perm[i]!];
+  }
+  const signs = Float32Array.from({ length: p }, () => (rand() < 0.5 ? -1 : 1));
+  const mean = Float32Array.from({ length: p }, () => normal() * 0.5);
+  const sigma = Float32Array.from({ length: p }, (_, j) => 4 * Math.pow(1 + j, -alpha));
+  // Largest power-of-two blocks tile p (e.g. 5760 = 4096 + 1024 + 512 + 128).
+  const blocks: [number, number][] = [];
+  for (let at = 0, left = p; left > 0; ) {
+    const n = 2 ** Math.floor(Math.log2(left));
+    blocks.push([at, n]);
+    at += n;
+    left -= n;
+  }
+  const make = (scale: number) => {
+    const out = new Float32Array(tokens * p);
+    const z = new Float32Array(p);
+    for (let t = 0; t < tokens; t++) {
+      for (let j = 0; j < p; j++) z[perm[j]!] = normal() * sigma[j]! * scale;
+      for (const [at, n] of blocks) {
+        const view = z.subarray(at, at + n);
+        fwht(view, n);
+      }
+      for (let j = 0; j < p; j++) out[t * p + j] = z[j]! * signs[j]! + mean[j]!;
+    }
+    return out;
+  };
+  return { keys: make(1), values: make(0.5) };
+}
