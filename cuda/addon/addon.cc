@@ -343,10 +343,11 @@ Napi::Value ProjectJs(const Napi::CallbackInfo& info) {
     Napi::Object o = ArgObject(info, 1, "options");
     StreamBasis b{CopyFloats(Prop(o, "mean"), "mean"), CopyFloats(Prop(o, "basis"), "basis"), Uint(o, "basisRank")};
     const uint32_t tokens = Uint(o, "tokens"), rank = Uint(o, "rank");
-    KVTC_CHECK(rank <= b.rank && b.basis.size() == b.mean.size() * b.rank && x.size() == tokens * b.mean.size(),
-               kInvalidArgument, "project: inconsistent shapes");
+    KVTC_CHECK(rank <= b.rank && b.basis.size() == b.mean.size() * b.rank, kInvalidArgument,
+               "project: basis is not [p, basisRank] or rank exceeds it");
     const bool inverse = Prop(o, "inverse").ToBoolean();
     if (!inverse) {
+      KVTC_CHECK(x.size() == static_cast<size_t>(tokens) * b.mean.size(), kInvalidArgument, "project: x has the wrong size");
       std::vector<float> d(static_cast<size_t>(tokens) * rank);
       Project(x.data(), tokens, b, rank, d.data());
       return NewFloats(info.Env(), d.data(), d.size());

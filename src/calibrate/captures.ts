@@ -54,7 +54,7 @@ export async function readCapture(file: string): Promise<Capture> {
     bad(file, `keys ${JSON.stringify(k.shape)} / values ${JSON.stringify(v.shape)} do not match [tokens, ${layers}, ${kvHeads}, ${headDim}]`);
   const tokens = k.shape[0]!;
   if (pos.dtype !== 'I64' || pos.shape[0] !== tokens) bad(file, 'positions must be I64 [tokens]');
-  const p = new BigInt64Array(pos.data.slice().buffer);
+  const p = new BigInt64Array(new Uint8Array(pos.data).buffer);
   for (let i = 1; i < tokens; i++) if (p[i] !== p[0]! + BigInt(i)) bad(file, 'positions must be consecutive');
   return {
     file,

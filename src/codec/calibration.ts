@@ -218,7 +218,7 @@ function streamFrom(tensors: Map<string, Tensor>, name: string, p: number, sourc
   if (mean.shape.length !== 1 || mean.shape[0] !== p) invalid(source, `${name}.mean has shape [${mean.shape.join(', ')}], expected [${p}]`);
   if (basis.shape.length !== 2 || basis.shape[0] !== p)
     invalid(source, `${name}.basis has shape [${basis.shape.join(', ')}], expected [${p}, rank]`);
-  const copy = (t: Tensor) => new Float32Array(t.data.slice().buffer);
+  const copy = (t: Tensor) => new Float32Array(new Uint8Array(t.data).buffer);
   return { mean: copy(mean), basis: copy(basis), rank: basis.shape[1]! };
 }
 

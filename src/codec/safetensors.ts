@@ -85,7 +85,7 @@ export function tensorToFloat32(t: Tensor): Float32Array {
   const count = t.shape.reduce((a, b) => a * b, 1);
   const out = new Float32Array(count);
   if (t.dtype === 'F32') {
-    out.set(new Float32Array(t.data.slice().buffer));
+    out.set(new Float32Array(new Uint8Array(t.data).buffer));
     return out;
   }
   if (t.dtype === 'BF16') {

@@ -1,6 +1,6 @@
 import { fitCalibration } from '../../src/calibrate/fit.js';
 import type { Calibration, ModelInfo, RopeJson } from '../../src/codec/calibration.js';
-import { syntheticKv } from './synthetic.js';
+import { syntheticKv } from '../../src/calibrate/synthetic.js';
 
 export const DEFAULT_ROPE: RopeJson = { theta: 10000, rotary_dim: 8, layout: 'neox', scaling: { type: 'default' } };
 
@@ -22,7 +22,7 @@ export async function syntheticCalibration(
 ): Promise<Calibration> {
   const p = model.layers * model.kv_heads * model.head_dim;
   const n = options.samples ?? Math.max(256, 2 * p);
-  const kv = syntheticKv(n, p, options.seed ?? 1);
+  const kv = syntheticKv(n, p, 1000 + (options.seed ?? 1), options.seed ?? 1);
   return fitCalibration({
     model,
     keys: kv.keys,

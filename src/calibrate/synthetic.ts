@@ -6,6 +6,8 @@
  * a per-feature mean. The PCA fitted on it recovers the rotation; the DP sees a decaying
  * spectrum like the one real caches show (paper Fig. 6).
  */
+import { toNativeRope, type ModelInfo } from '../codec/calibration.js';
+import { loadNative } from '../codec/native.js';
 export function mulberry32(seed: number): () => number {
   let a = seed >>> 0;
   return () => {
@@ -44,17 +46,22 @@ export interface SyntheticKv {
   values: Float32Array;
 }
 
-/** `tokens` rows of p features per stream. p need not be a power of two (blocks of 2^k). */
-export function syntheticKv(tokens: number, p: number, seed: number, alpha = 0.9): SyntheticKv {
+/**
+ * `tokens` rows of p features per stream. p need not be a power of two (blocks of 2^k).
+ * `seed` fixes the distribution (rotation, mean); `sampleSeed` the rows drawn from it, so a
+ * calibration and the data it is tested on share the former and differ in the latter.
+ */
+export function syntheticKv(tokens: number, p: number, sampleSeed: number, seed = 1, alpha = 0.9): SyntheticKv {
   const rand = mulberry32(seed);
-  const normal = gaussian(rand);
+  const normal0 = gaussian(rand);
   const perm = Array.from({ length: p }, (_, i) => i);
   for (let i = p - 1; i > 0; i--) {
     const j = Math.floor(rand() * (i + 1));
     [perm[i], perm[j]] = [perm[j]!, perm[i]!];
   }
   const signs = Float32Array.from({ length: p }, () => (rand() < 0.5 ? -1 : 1));
-  const mean = Float32Array.from({ length: p }, () => normal() * 0.5);
+  const mean = Float32Array.from({ length: p }, () => normal0() * 0.5);
+  const normal = gaussian(mulberry32(sampleSeed * 7919 + 17));
   const sigma = Float32Array.from({ length: p }, (_, j) => 4 * Math.pow(1 + j, -alpha));
   // Largest power-of-two blocks tile p (e.g. 5760 = 4096 + 1024 + 512 + 128).
   const blocks: [number, number][] = [];
@@ -78,4 +85,19 @@ export function syntheticKv(tokens: number, p: number, seed: number, alpha = 0.9
     return out;
   };
   return { keys: make(1), values: make(0.5) };
+}
+
+/**
+ * Synthetic keys are generated in the RoPE-free frame the calibration is fitted in; a serving
+ * engine caches them rotated. This applies the model's RoPE at positions pos0.. (a copy).
+ */
+export function applyRope(keys: Float32Array, tokens: number, pos0: number, model: ModelInfo): Float32Array {
+  return loadNative().stages.ropeRotate(keys, {
+    tokens,
+    heads: model.layers * model.kv_heads,
+    headDim: model.head_dim,
+    positionStart: pos0,
+    rope: toNativeRope(model.rope),
+    inverse: false,
+  });
 }

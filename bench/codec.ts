@@ -1,0 +1,167 @@
+/**
+ * `kvtc-sidecar bench codec`: encode and decode throughput per model shape, each beside the BLAS
+ * GEMM of the same shape timed in the same process (the projection is the pipeline's floor), so
+ * the figures are ratios that hold on any machine. Inputs are bfloat16 (what serving engines
+ * cache). Shapes without a captured model use a calibration fitted on synthetic KV with a
+ * power-law spectrum (src/calibrate/synthetic.ts), cached under bench/.cache.
+ */
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+
+import { fitCalibration } from '../src/calibrate/fit.js';
+import { applyRope, syntheticKv } from '../src/calibrate/synthetic.js';
+import { parseCalibration, type Calibration, type ModelInfo } from '../src/codec/calibration.js';
+import { decode, encode } from '../src/codec/codec.js';
+import { loadNative } from '../src/codec/native.js';
+
+export interface BenchShape {
+  name: string;
+  layers: number;
+  kvHeads: number;
+  headDim: number;
+  /** tokens encoded per run */
+  tokens: number;
+  /** PCA rank cap of the synthetic calibration */
+  rankCap: number;
+}
+
+export const SHAPES: BenchShape[] = [
+  { name: 'stories260k', layers: 5, kvHeads: 4, headDim: 8, tokens: 4096, rankCap: 160 },
+  { name: 'smollm2', layers: 30, kvHeads: 3, headDim: 64, tokens: 4096, rankCap: 2048 },
+  { name: '1b', layers: 16, kvHeads: 8, headDim: 64, tokens: 4096, rankCap: 2048 },
+  { name: '8b', layers: 32, kvHeads: 8, headDim: 128, tokens: 2048, rankCap: 2048 },
+];
+
+export interface BenchResult {
+  shape: string;
+  tokens: number;
+  raw_bytes: number;
+  record_bytes: number;
+  ratio: number;
+  /** ratio over the transform-coded tokens only (the paper's accounting) */
+  ratio_coded: number;
+  encode_gbps: number;
+  decode_gbps: number;
+  gemm_ratio_encode: number;
+  gemm_ratio_decode: number;
+  rank_keys: number;
+  rank_values: number;
+  target_ratio: number;
+}
+
+export interface BenchOptions {
+  shapes: BenchShape[];
+  ratio: number;
+  reps: number;
+  cacheDir: string;
+  progress?: (label: string, fraction: number) => void;
+}
+
+function toBf16(x: Float32Array): Uint16Array {
+  const u32 = new Uint32Array(x.buffer, x.byteOffset, x.length);
+  const out = new Uint16Array(x.length);
+  for (let i = 0; i < x.length; i++) {
+    const v = u32[i]!;
+    out[i] = (v + 0x7fff + ((v >>> 16) & 1)) >>> 16;
+  }
+  return out;
+}
+
+async function syntheticCalibration(shape: BenchShape, ratio: number, o: BenchOptions): Promise<Calibration> {
+  const p = shape.layers * shape.kvHeads * shape.headDim;
+  const file = join(o.cacheDir, `synthetic-${shape.name}-cr${ratio}-rank${shape.rankCap}.safetensors`);
+  if (existsSync(file)) return parseCalibration(readFileSync(file), file);
+  const n = Math.max(2 * shape.rankCap, 1024);
+  o.progress?.(`${shape.name}: synthetic KV`, 0);
+  const kv = syntheticKv(n, p, 1234); // RoPE-free keys: what calibration pools
+  const model: ModelInfo = {
+    name: `synthetic-${shape.name}`,
+    fingerprint: 'feedfacefeedfacefeedfacefeedface',
+    layers: shape.layers,
+    kv_heads: shape.kvHeads,
+    head_dim: shape.headDim,
+    rope: { theta: 500000, rotary_dim: shape.headDim, layout: 'neox', scaling: { type: 'default' } },
+  };
+  const cal = await fitCalibration({
+    model,
+    keys: kv.keys,
+    values: kv.values,
+    n,
+    ratios: [ratio],
+    rankCap: shape.rankCap,
+    powerIters: 2,
+    oversample: 8,
+    seed: 1,
+    dpSamples: 256,
+    sinkTokens: 4,
+    windowTokens: 128,
+    source: 'synthetic power-law spectrum (bench)',
+    progress: (stage, f) => o.progress?.(`${shape.name}: ${stage}`, f),
+  });
+  mkdirSync(o.cacheDir, { recursive: true });
+  writeFileSync(file, cal.serialize());
+  return cal;
+}
+
+async function best(reps: number, fn: () => Promise<unknown>): Promise<number> {
+  let b = Infinity;
+  for (let i = 0; i < reps; i++) {
+    const t0 = performance.now();
+    await fn();
+    b = Math.min(b, (performance.now() - t0) / 1000);
+  }
+  return b;
+}
+
+export async function benchShape(shape: BenchShape, o: BenchOptions): Promise<BenchResult> {
+  const native = loadNative();
+  const cal = await syntheticCalibration(shape, o.ratio, o);
+  const p = cal.featureDim;
+  const T = shape.tokens;
+  o.progress?.(`${shape.name}: timing`, 0);
+  const kv = syntheticKv(T, p, 42);
+  kv.keys = applyRope(kv.keys, T, 0, cal.model); // as a serving engine caches them
+  const chunk = { keys: toBf16(kv.keys), values: toBf16(kv.values), dtype: 'bfloat16' as const, tokens: T, tokenStart: 0 };
+  const record = await encode(cal, chunk, { ratio: o.ratio });
+  const encodeS = await best(o.reps, () => encode(cal, chunk, { ratio: o.ratio }));
+  const decodeS = await best(o.reps, () => decode(cal, record, { tokens: T, dtype: 'bfloat16' }));
+  const plan = cal.plans[cal.planId(o.ratio)]!;
+  const info = (await decode(cal, record, { tokens: T, dtype: 'bfloat16' })).info;
+  const coded = info.sections.filter((s) => s.kind.startsWith('coded'));
+  const codedTokens = coded.length ? coded[0]!.tokens : 0;
+  const codedBytes = coded.reduce((a, s) => a + s.storedBytes, 0);
+  const gemm = (rank: number, transB: boolean) =>
+    rank === 0 ? 0 : native.benchGemm({ m: codedTokens, n: transB ? p : rank, k: transB ? rank : p, transB, reps: o.reps });
+  const gemmEnc = gemm(plan.keys.rank, false) + gemm(plan.values.rank, false);
+  const gemmDec = gemm(plan.keys.rank, true) + gemm(plan.values.rank, true);
+  const raw = T * p * 2 * 2;
+  o.progress?.(`${shape.name}: done`, 1);
+  return {
+    shape: shape.name,
+    tokens: T,
+    raw_bytes: raw,
+    record_bytes: record.length,
+    ratio: raw / record.length,
+    ratio_coded: codedBytes ? (codedTokens * p * 2 * 2) / codedBytes : 0,
+    encode_gbps: raw / encodeS / 1e9,
+    decode_gbps: raw / decodeS / 1e9,
+    gemm_ratio_encode: gemmEnc ? encodeS / gemmEnc : 0,
+    gemm_ratio_decode: gemmDec ? decodeS / gemmDec : 0,
+    rank_keys: plan.keys.rank,
+    rank_values: plan.values.rank,
+    target_ratio: o.ratio,
+  };
+}
+
+export function markdownTable(results: BenchResult[]): string {
+  const rows = results.map(
+    (r) =>
+      `| ${r.shape} | ${r.tokens} | ${r.rank_keys}/${r.rank_values} | ${(r.raw_bytes / 2 ** 20).toFixed(1)} MiB | ${r.ratio.toFixed(2)} | ${r.ratio_coded.toFixed(2)} | ${r.encode_gbps.toFixed(3)} | ${r.decode_gbps.toFixed(3)} | ${r.gemm_ratio_encode.toFixed(2)} | ${r.gemm_ratio_decode.toFixed(2)} |`,
+  );
+  return [
+    '| shape | tokens | rank K/V | raw (bf16) | ratio | ratio (coded tokens) | encode GB/s | decode GB/s | encode / GEMM | decode / GEMM |',
+    '|---|---|---|---|---|---|---|---|---|---|',
+    ...rows,
+  ].join('\n');
+}

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs everything this repository needs on a fresh Debian/Ubuntu machine with Node.js 20,
+# Python 3.11+, cmake and g++: system libraries, npm packages, a Python virtualenv (.venv) with
+# the connector and its capture/test extras, then builds the native addon and the TypeScript.
+# Idempotent: re-running skips what is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n== %s\n' "$*" >&2; }
+
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+need_pkgs=()
+for pkg in libopenblas-dev libdeflate-dev cmake g++ ninja-build; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need_pkgs+=("$pkg")
+done
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  log "apt: ${need_pkgs[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+
+log "npm ci"
+npm ci --no-audit --no-fund --loglevel=error
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  log "python virtualenv .venv"
+  "$PY" -m venv .venv
+fi
+log "pip install connector-py[capture,dev] (torch CPU wheels are large the first time)"
+.venv/bin/pip install -q --upgrade pip
+.venv/bin/pip install -q -e 'connector-py[capture,dev]'
+
+log "build: native addon (cmake-js) and TypeScript"
+npm run build --silent

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The test command: installs what is missing (scripts/setup.sh), then runs every test suite:
+# node-tap (TypeScript + native addon), pytest (connector-py), and the adversarial decoder
+# check built with AddressSanitizer.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+
+printf '\n== tap\n'
+npm test
+
+printf '\n== pytest (connector-py)\n'
+(cd connector-py && ../.venv/bin/python -m pytest -q)
+
+printf '\n== decoder under AddressSanitizer\n'
+npm run build:native:asan --silent >/dev/null
+check=$(find build-asan -name kvtc_decode_check -type f -perm -u+x | head -n 1)
+ASAN_OPTIONS=detect_leaks=1 "$check"

@@ -1,0 +1,88 @@
+#!/usr/bin/env node
+/** The kvtc-sidecar command line. */
+import { Command, InvalidArgumentError } from 'commander';
+import { readFile } from 'node:fs/promises';
+import { resolve } from 'node:path';
+
+import { inspectRecord } from './codec/codec.js';
+import { isKvtcError } from './core/errors.js';
+import { runCalibrate } from './cli/calibrate.js';
+import { createProgress } from './cli/progress.js';
+
+function int(name: string, min = 0) {
+  return (v: string) => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < min) throw new InvalidArgumentError(`${name} must be an integer >= ${min}`);
+    return n;
+  };
+}
+
+function ratios(v: string): number[] {
+  const list = v.split(',').map(Number);
+  if (list.length === 0 || list.some((r) => !(r >= 1))) throw new InvalidArgumentError('ratios must be numbers >= 1, e.g. 8,16,32,64');
+  return list;
+}
+
+const program = new Command('kvtc-sidecar')
+  .description('KV-cache transform coding (kvtc) for LLM serving: codec, calibration, benchmarks')
+  .version('0.1.0');
+
+program
+  .command('calibrate')
+  .description('fit a calibration (PCA basis + DP bit plans) from KV captures')
+  .requiredOption('--kv <dir>', 'folder of captures from `python -m kvtc_connector.capture`')
+  .requiredOption('--out <file>', 'calibration file to write (.safetensors)')
+  .option('--ratios <list>', 'target compression ratios', ratios, [8, 16, 32, 64])
+  .option('--rank-cap <n>', 'PCA rank cap', int('rank-cap', 1), 10240)
+  .option('--power-iters <n>', 'randomized SVD power iterations', int('power-iters'), 8)
+  .option('--oversample <n>', 'randomized SVD oversampling', int('oversample'), 10)
+  .option('--max-samples <n>', 'token rows pooled for PCA', int('max-samples', 2), 200000)
+  .option('--dp-samples <n>', 'token rows the DP simulates quantization on', int('dp-samples', 1), 2048)
+  .option('--sink-tokens <n>', 'leading positions excluded (attention sinks)', int('sink-tokens'), 4)
+  .option('--window-tokens <n>', 'newest tokens kept raw by default when encoding', int('window-tokens'), 128)
+  .option('--seed <n>', 'random seed', int('seed'), 1)
+  .action(async (o) => runCalibrate({ ...o, kv: resolve(o.kv), out: resolve(o.out) }));
+
+const bench = program.command('bench').description('benchmarks');
+bench
+  .command('codec')
+  .description('encode/decode throughput per model shape, beside the BLAS GEMM of the same shape')
+  .option('--backend <name>', 'codec backend: cpu (cuda comes with the GPU backend)', 'cpu')
+  .option('--shape <name>', 'one of stories260k, smollm2, 1b, 8b (default: all)')
+  .option('--tokens <n>', 'tokens per run (default: per shape)', int('tokens', 1))
+  .option('--ratio <n>', 'target compression ratio of the plan', Number, 16)
+  .option('--reps <n>', 'repetitions (best is reported)', int('reps', 1), 3)
+  .option('--json', 'print one JSON object')
+  .option('--cache <dir>', 'where synthetic calibrations are cached', 'bench/.cache')
+  .action(async (o) => {
+    if (o.backend !== 'cpu') {
+      throw Object.assign(new Error(`backend '${o.backend}' is not built into this addon; use --backend cpu`), {
+        code: 'ERR_KVTC_BACKEND_UNAVAILABLE',
+      });
+    }
+    const { SHAPES, benchShape, markdownTable } = await import('../bench/codec.js');
+    const shapes = SHAPES.filter((s) => !o.shape || s.name === o.shape).map((s) => (o.tokens ? { ...s, tokens: o.tokens } : s));
+    if (shapes.length === 0) throw new InvalidArgumentError(`unknown shape ${o.shape}; known: ${SHAPES.map((s) => s.name).join(', ')}`);
+    const progress = createProgress();
+    const results = [];
+    for (const shape of shapes) {
+      results.push(await benchShape(shape, { shapes, ratio: o.ratio, reps: o.reps, cacheDir: o.cache, progress: progress.update }));
+    }
+    progress.stop();
+    if (o.json) process.stdout.write(JSON.stringify({ backend: 'cpu', results }) + '\n');
+    else process.stdout.write(markdownTable(results) + '\n');
+  });
+
+program
+  .command('inspect')
+  .description("print a record's header")
+  .argument('<record>', 'record file')
+  .action(async (file: string) => {
+    process.stdout.write(JSON.stringify(inspectRecord(await readFile(file)), null, 2) + '\n');
+  });
+
+program.parseAsync().catch((err: unknown) => {
+  const code = isKvtcError(err) ? err.code : ((err as { code?: string }).code ?? 'ERR_KVTC_INTERNAL');
+  process.stderr.write(`kvtc-sidecar: ${(err as Error).message} [${code}]\n`);
+  process.exitCode = 2;
+});

@@ -1,0 +1,58 @@
+import t from 'tap';
+import { inflateRawSync } from 'node:zlib';
+import { loadNative } from '../../src/codec/native.js';
+import { mulberry32 } from '../../src/calibrate/synthetic.js';
+
+const native = loadNative();
+
+function chunks(body: Buffer): { raw: number; stored: number; data: Buffer }[] {
+  const n = body.readUInt32LE(0);
+  let at = 4 + 8 * n;
+  const out = [];
+  for (let i = 0; i < n; i++) {
+    const raw = body.readUInt32LE(4 + 8 * i), stored = body.readUInt32LE(8 + 8 * i);
+    out.push({ raw, stored, data: body.subarray(at, at + stored) });
+    at += stored;
+  }
+  return out;
+}
+
+for (const size of [0, 1, 7, 19, 989, 200_000]) {
+  t.test(`DEFLATE chunks round trip, ${size} bytes`, async (t) => {
+    const rand = mulberry32(size + 1);
+    // Skewed symbols, like quantization codes: compressible but not trivially.
+    const data = Uint8Array.from({ length: size }, () => Math.floor(rand() ** 3 * 16));
+    const body = native.stages.deflate(data, { inflate: false, chunkBytes: 65536, level: 6 });
+    const back = native.stages.deflate(body, { inflate: true, expectedBytes: size });
+    t.same(Buffer.from(back), Buffer.from(data), 'inflate returns the exact bytes');
+    // Each chunk is plain raw DEFLATE (RFC 1951): zlib, an independent implementation, reads it.
+    const parts = chunks(body).map((c) => (c.stored === c.raw ? c.data : inflateRawSync(c.data)));
+    t.same(Buffer.concat(parts), Buffer.from(data), 'zlib inflates every chunk');
+    if (size > 1000) t.ok(body.length < size * 0.8, `compresses (${body.length} of ${size})`);
+  });
+}
+
+t.test('incompressible data is stored, never expanded beyond the table', async (t) => {
+  const rand = mulberry32(9);
+  const data = Uint8Array.from({ length: 100_000 }, () => Math.floor(rand() * 256));
+  const body = native.stages.deflate(data, { inflate: false, chunkBytes: 65536, level: 6 });
+  t.equal(body.length, data.length + 4 + 8 * 2, 'stored chunks cost only the chunk table');
+});
+
+t.test('inflating to the wrong size or from garbage gives coded errors', async (t) => {
+  const data = Buffer.alloc(5000, 3);
+  const body = native.stages.deflate(data, { inflate: false, chunkBytes: 1024, level: 6 });
+  t.throws(() => native.stages.deflate(body, { inflate: true, expectedBytes: 4999 }), { code: 'ERR_KVTC_RECORD_SIZE_MISMATCH' });
+  const bad = Buffer.from(body);
+  bad.fill(0xff, 4 + 8 * 5);
+  t.throws(() => native.stages.deflate(bad, { inflate: true, expectedBytes: 5000 }), { code: 'ERR_KVTC_DEFLATE' });
+  t.throws(() => native.stages.deflate(body.subarray(0, 10), { inflate: true, expectedBytes: 5000 }), {
+    code: 'ERR_KVTC_RECORD_LENGTH',
+  });
+});
+
+t.test('CRC32C test vectors', async (t) => {
+  t.equal(native.stages.crc32c(Buffer.from('123456789')), 0xe3069283);
+  t.equal(native.stages.crc32c(Buffer.alloc(32)), 0x8a9136aa);
+  t.equal(native.stages.crc32c(Buffer.alloc(0)), 0);
+});

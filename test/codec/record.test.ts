@@ -1,0 +1,171 @@
+import t from 'tap';
+import { decode, encode, inspectRecord, type KvDtype } from '../../src/codec/codec.js';
+import { toNativePlan, toNativeRope } from '../../src/codec/calibration.js';
+import { loadNative } from '../../src/codec/native.js';
+import { applyRope, syntheticKv } from '../../src/calibrate/synthetic.js';
+import { modelInfo, syntheticCalibration } from '../helpers/calibration.js';
+import { maxAbsDiff, relError } from '../helpers/reference.js';
+
+const native = loadNative();
+const model = modelInfo(5, 4, 8); // the stories260K shape, p = 160
+const P = 160;
+const cal = await syntheticCalibration(model, { ratios: [4, 16] });
+
+function bf16(x: Float32Array): Uint16Array {
+  const u = new Uint32Array(x.buffer, x.byteOffset, x.length);
+  return Uint16Array.from(u, (v) => (v + 0x7fff + ((v >>> 16) & 1)) >>> 16);
+}
+function fromBf16(b: Uint8Array): Float32Array {
+  const u16 = new Uint16Array(b.buffer, b.byteOffset, b.byteLength / 2);
+  const out = new Uint32Array(u16.length);
+  for (let i = 0; i < u16.length; i++) out[i] = u16[i]! << 16;
+  return new Float32Array(out.buffer);
+}
+function f32(b: Uint8Array): Float32Array {
+  return new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
+}
+
+// The lossy reference: the stages composed by hand (unRoPE, project, quantize, dequantize,
+// reconstruct, reRoPE) on the coded tokens.
+function lossyReference(x: Float32Array, tokens: number, pos0: number, keys: boolean, ratio: number): Float32Array {
+  const plan = cal.plans[cal.planId(ratio)]!;
+  const stream = keys ? cal.keys : cal.values;
+  const sp = keys ? plan.keys : plan.values;
+  const rope = { tokens, heads: 20, headDim: 8, positionStart: pos0, rope: toNativeRope(model.rope) };
+  const un = keys ? native.stages.ropeRotate(x, { ...rope, inverse: true }) : x;
+  const o = { mean: stream.mean, basis: stream.basis, basisRank: stream.rank, tokens, rank: sp.rank };
+  const d = native.stages.project(un, { ...o, inverse: false });
+  const np = toNativePlan(sp);
+  const dq = native.stages.dequantize(native.stages.quantize(d, { tokens, plan: np }), { tokens, plan: np });
+  const back = native.stages.project(dq, { ...o, inverse: true });
+  return keys ? native.stages.ropeRotate(back, { ...rope, inverse: false }) : back;
+}
+
+for (const tokens of [1, 7, 19, 989]) {
+  for (const ratio of [4, 16]) {
+    t.test(`record round trip: ${tokens} tokens at kvtc ${ratio}x, float32`, async (t) => {
+      const tokenStart = tokens === 989 ? 0 : 300; // with and without attention sinks
+      const kv = syntheticKv(tokens, P, tokens + ratio);
+      kv.keys = applyRope(kv.keys, tokens, tokenStart, model);
+      const rec = await encode(cal, { keys: kv.keys, values: kv.values, dtype: 'float32', tokens, tokenStart }, { ratio, windowTokens: 16 });
+      const out = await decode(cal, rec, { tokens, dtype: 'float32' });
+      const info = out.info;
+      t.equal(info.tokens, tokens);
+      t.equal(info.tokenStart, tokenStart);
+      const sinks = tokenStart === 0 ? Math.min(4, tokens) : 0;
+      const window = Math.min(16, tokens - sinks);
+      t.equal(info.sinkTokens, sinks, 'sink tokens kept raw');
+      t.equal(info.windowTokens, window, 'window tokens kept raw');
+      const k = f32(out.keys), v = f32(out.values);
+      const raw = (a: Float32Array, b: Float32Array, from: number, to: number) => maxAbsDiff(a.subarray(from * P, to * P), b.subarray(from * P, to * P));
+      t.equal(raw(k, kv.keys, 0, sinks) + raw(v, kv.values, 0, sinks), 0, 'sinks are bit-exact');
+      t.equal(raw(k, kv.keys, tokens - window, tokens) + raw(v, kv.values, tokens - window, tokens), 0, 'window is bit-exact');
+      const mid = tokens - sinks - window;
+      if (mid > 0) {
+        const s = sinks * P, e = (sinks + mid) * P;
+        for (const [name, got, src, isKeys] of [
+          ['keys', k, kv.keys, true],
+          ['values', v, kv.values, false],
+        ] as const) {
+          const ref = lossyReference(src.slice(s, e), mid, tokenStart + sinks, isKeys, ratio);
+          t.ok(maxAbsDiff(got.subarray(s, e), ref) < 1e-4, `${name}: decode equals the composed lossy stages`);
+          const plan = cal.plans[cal.planId(ratio)]!;
+          const expected = (isKeys ? plan.keys : plan.values).expected_error;
+          const err2 = relError(got.subarray(s, e), src.subarray(s, e)) ** 2;
+          // Relative to the centred energy the plan's error is about; the mean adds energy, so the
+          // raw relative error is below it. Allow sampling noise on few tokens.
+          t.ok(err2 <= 3 * expected + 1e-3, `${name}: relative squared error ${err2.toExponential(2)} within the plan's ${expected.toExponential(2)}`);
+        }
+      }
+    });
+  }
+}
+
+for (const dtype of ['float16', 'bfloat16'] as KvDtype[]) {
+  t.test(`record round trip in ${dtype}`, async (t) => {
+    const tokens = 300;
+    const kv = syntheticKv(tokens, P, 5);
+    kv.keys = applyRope(kv.keys, tokens, 0, model);
+    const toHalf = (x: Float32Array) => (dtype === 'bfloat16' ? bf16(x) : Uint16Array.from(new Uint16Array(native.stages.round(x, 'float16').length), () => 0));
+    if (dtype === 'float16') {
+      // float16 input via the addon's converter: round and pack through a float32 -> f16 view.
+      const enc = (x: Float32Array) => {
+        const r = native.stages.round(x, 'float16');
+        const out = new Uint16Array(r.length);
+        const dv = new DataView(new ArrayBuffer(2));
+        for (let i = 0; i < r.length; i++) {
+          // encode float16 bits from the exactly representable value
+          const v = r[i]!;
+          const sign = v < 0 || Object.is(v, -0) ? 0x8000 : 0;
+          const a = Math.abs(v);
+          let bits = 0;
+          if (a === 0) bits = 0;
+          else if (a < 2 ** -14) bits = Math.round(a / 2 ** -24);
+          else {
+            const e = Math.floor(Math.log2(a));
+            bits = ((e + 15) << 10) | Math.round((a / 2 ** e - 1) * 1024);
+          }
+          dv.setUint16(0, sign | bits, true);
+          out[i] = dv.getUint16(0, true);
+        }
+        return out;
+      };
+      const rec = await encode(cal, { keys: enc(kv.keys), values: enc(kv.values), dtype, tokens }, { ratio: 4 });
+      const out = await decode(cal, rec, { tokens, dtype });
+      t.equal(out.keys.length, tokens * P * 2);
+      const back = native.stages.round(kv.keys, 'float16');
+      t.same(out.keys.subarray(0, 4 * P * 2), Buffer.from(enc(kv.keys).buffer).subarray(0, 4 * P * 2), 'sinks bit-exact');
+      t.ok(back.length === tokens * P);
+    } else {
+      const rec = await encode(cal, { keys: toHalf(kv.keys), values: toHalf(kv.values), dtype, tokens }, { ratio: 4 });
+      const out = await decode(cal, rec, { tokens, dtype });
+      const k = fromBf16(out.keys);
+      t.ok(relError(k, kv.keys) < 0.2, `bfloat16 keys close (${relError(k, kv.keys).toFixed(4)})`);
+    }
+    t.rejects(decode(cal, await encode(cal, { keys: kv.keys, values: kv.values, dtype: 'float32', tokens }), { tokens, dtype }), {
+      code: 'ERR_KVTC_RECORD_SIZE_MISMATCH',
+    });
+  });
+}
+
+t.test('bad records give stable codes', async (t) => {
+  const tokens = 200;
+  const kv = syntheticKv(tokens, P, 77);
+  const rec = await encode(cal, { keys: kv.keys, values: kv.values, dtype: 'float32', tokens }, { ratio: 16, chunkBytes: 1024 });
+  const expect = { tokens, dtype: 'float32' as const };
+  await t.resolves(decode(cal, rec, expect), 'the intact record decodes');
+  await t.rejects(decode(cal, rec.subarray(0, 0), expect), { code: 'ERR_KVTC_RECORD_EMPTY' }, 'zero length');
+  await t.rejects(decode(cal, rec.subarray(0, 50), expect), { code: 'ERR_KVTC_RECORD_TRUNCATED' }, 'shorter than the header');
+  await t.rejects(decode(cal, rec.subarray(0, rec.length - 1), expect), { code: 'ERR_KVTC_RECORD_TRUNCATED' }, 'truncated body');
+  const flipped = Buffer.from(rec);
+  flipped[flipped.length - 10]! ^= 0x04;
+  await t.rejects(decode(cal, flipped, expect), { code: 'ERR_KVTC_RECORD_CORRUPT' }, 'one flipped bit in a section');
+  const flippedHeader = Buffer.from(rec);
+  flippedHeader[45]! ^= 0x01;
+  await t.rejects(decode(cal, flippedHeader, expect), { code: 'ERR_KVTC_RECORD_CORRUPT' }, 'one flipped bit in the header');
+  const magic = Buffer.from(rec);
+  magic[0] = 0x58;
+  await t.rejects(decode(cal, magic, expect), { code: 'ERR_KVTC_RECORD_BAD_MAGIC' }, 'foreign bytes');
+  await t.rejects(decode(cal, rec, { tokens: tokens + 1, dtype: 'float32' }), { code: 'ERR_KVTC_RECORD_SIZE_MISMATCH' }, 'wrong expected size');
+  const other = await syntheticCalibration(model, { ratios: [4, 16], seed: 2 });
+  await t.rejects(decode(other, rec, expect), { code: 'ERR_KVTC_CALIBRATION_MISMATCH' }, 'foreign calibration id');
+  // A huge declared length: record_bytes claims far more than was given (header CRC resealed so
+  // the length check itself must catch it).
+  const huge = Buffer.from(rec);
+  huge.writeBigUInt64LE(1n << 50n, 64);
+  const crcLen = 92;
+  const sections = huge[55]!;
+  const crc = native.stages.crc32c(Buffer.concat([huge.subarray(0, crcLen), huge.subarray(96, 96 + 32 * sections)]));
+  huge.writeUInt32LE(crc, 92);
+  await t.rejects(decode(cal, huge, expect), { code: 'ERR_KVTC_RECORD_TRUNCATED' }, 'huge declared length');
+  t.throws(() => inspectRecord(Buffer.alloc(0)), { code: 'ERR_KVTC_RECORD_EMPTY' });
+  t.equal(inspectRecord(rec).calibrationId, cal.id, 'inspect reads the calibration id');
+});
+
+t.test('encode refuses bad input with coded errors', async (t) => {
+  const kv = syntheticKv(4, P, 1);
+  await t.rejects(encode(cal, { keys: kv.keys, values: kv.values, dtype: 'float32', tokens: 5 }), { code: 'ERR_KVTC_INVALID_ARGUMENT' }, 'wrong shape');
+  await t.rejects(encode(cal, { keys: kv.keys, values: kv.values, dtype: 'float32', tokens: 4 }, { ratio: 3 }), { code: 'ERR_KVTC_PLAN_UNKNOWN' });
+  await t.rejects(encode(cal, { keys: kv.keys, values: kv.values, dtype: 'int8' as KvDtype, tokens: 4 }), { code: 'ERR_KVTC_INVALID_ARGUMENT' });
+  await t.rejects(encode(cal, { keys: kv.keys, values: kv.values, dtype: 'float32', tokens: 0 }), { code: 'ERR_KVTC_INVALID_ARGUMENT' });
+});
