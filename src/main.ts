@@ -7,6 +7,8 @@ import { resolve } from 'node:path';
 import { inspectRecord } from './codec/codec.js';
 import { isKvtcError } from './core/errors.js';
 import { runCalibrate } from './cli/calibrate.js';
+import { runRoundtrip } from './cli/roundtrip.js';
+import { runServe } from './cli/serve.js';
 import { createProgress } from './cli/progress.js';
 
 function int(name: string, min = 0) {
@@ -42,6 +44,47 @@ program
   .option('--window-tokens <n>', 'newest tokens kept raw by default when encoding', int('window-tokens'), 128)
   .option('--seed <n>', 'random seed', int('seed'), 1)
   .action(async (o) => runCalibrate({ ...o, kv: resolve(o.kv), out: resolve(o.out) }));
+
+program
+  .command('serve')
+  .description('serve the codec and stores to vLLM connectors over ZeroMQ')
+  .option('--endpoint <url>', 'ipc://PATH or tcp://HOST:PORT (env KVTC_ENDPOINT; default ipc:///tmp/kvtc-sidecar.sock)')
+  .option('--calibration <file>', 'calibration file (env KVTC_CALIBRATION)')
+  .option('--store <urls>', 'store URLs, comma-separated, fastest first (env KVTC_STORE; default mem://?max=4GiB,file://.cache/kvtc-store?max=32GiB)')
+  .option('--backend <name>', 'auto | cuda | cpu (env KVTC_BACKEND)')
+  .option('--metrics-port <n>', 'serve Prometheus metrics on 127.0.0.1:PORT/metrics (env KVTC_METRICS_PORT)', int('metrics-port'))
+  .option('--log-level <level>', 'trace | debug | info | warn | error (env KVTC_LOG_LEVEL)')
+  .option('--max-in-flight <n>', 'requests worked on at once; more are answered BUSY (env KVTC_MAX_IN_FLIGHT)', int('max-in-flight', 1))
+  .option('--max-frame-bytes <n>', 'largest accepted frame (env KVTC_MAX_FRAME_BYTES)', int('max-frame-bytes', 1))
+  .option('--ratio <n>', 'default target ratio for saves (env KVTC_RATIO; default: the first plan)', Number)
+  .option('--window-tokens <n>', 'newest tokens of each saved chunk kept raw unless the request says (env KVTC_WINDOW_TOKENS)', int('window-tokens'))
+  .option('--config <file>', 'JSON config file with the same keys (camelCase)')
+  .action(async (o) =>
+    runServe({
+      endpoint: o.endpoint,
+      calibration: o.calibration,
+      stores: o.store,
+      backend: o.backend,
+      metricsPort: o.metricsPort,
+      logLevel: o.logLevel,
+      maxInFlight: o.maxInFlight,
+      maxFrameBytes: o.maxFrameBytes,
+      ratio: o.ratio,
+      windowTokens: o.windowTokens,
+      config: o.config,
+    }),
+  );
+
+program
+  .command('roundtrip')
+  .description('compress and restore every capture of a folder through the codec (for quality tools)')
+  .requiredOption('--calibration <file>', 'calibration file')
+  .requiredOption('--kv <dir>', 'folder of captures')
+  .requiredOption('--out <dir>', 'folder for restored captures and summary.json')
+  .option('--ratios <list>', 'ratios (default: every plan of the calibration)', ratios)
+  .option('--sink-tokens <n>', 'attention sinks kept raw', int('sink-tokens'), 4)
+  .option('--window-tokens <n>', 'newest tokens kept raw', int('window-tokens'), 128)
+  .action(async (o) => runRoundtrip({ ...o, calibration: resolve(o.calibration), kv: resolve(o.kv), out: resolve(o.out) }));
 
 const bench = program.command('bench').description('benchmarks');
 bench

@@ -255,6 +255,22 @@ Napi::Value InspectJs(const Napi::CallbackInfo& info) {
   });
 }
 
+// verify(record) -> true when the header and every section CRC are intact (stores use it to
+// refuse a damaged file before the codec sees it).
+Napi::Value VerifyJs(const Napi::CallbackInfo& info) {
+  return Guard(info, [&]() -> Napi::Value {
+    KVTC_CHECK(info.Length() > 0, kInvalidArgument, "Expected a record");
+    Bytes rec = ViewBytes(info[0], "record");
+    try {
+      RecordHeader h = ReadHeader(rec.data, rec.size);
+      VerifySections(h, rec.data);
+    } catch (const Error&) {
+      return Napi::Boolean::New(info.Env(), false);
+    }
+    return Napi::Boolean::New(info.Env(), true);
+  });
+}
+
 // fitPca(samples Float32Array, n, p, rank, {powerIters, oversample, seed}, progress?) -> Promise
 Napi::Value FitPcaJs(const Napi::CallbackInfo& info) {
   return Guard(info, [&]() -> Napi::Value {
@@ -490,6 +506,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("encode", Napi::Function::New(env, EncodeJs));
   exports.Set("decode", Napi::Function::New(env, DecodeJs));
   exports.Set("inspect", Napi::Function::New(env, InspectJs));
+  exports.Set("verify", Napi::Function::New(env, VerifyJs));
   exports.Set("fitPca", Napi::Function::New(env, FitPcaJs));
   exports.Set("allocateBits", Napi::Function::New(env, AllocateBitsJs));
   exports.Set("benchGemm", Napi::Function::New(env, BenchGemmJs));

@@ -190,3 +190,8 @@ export function inspectRecord(record: Uint8Array): RecordInfo {
     throw fromNative(err);
   }
 }
+
+/** True when a record's header and every section CRC32C are intact (no decoding). */
+export function verifyRecord(record: Uint8Array): boolean {
+  return loadNative().verify(record);
+}

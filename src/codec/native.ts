@@ -103,6 +103,7 @@ export interface NativeAddon {
     expectedBytes: number,
   ): Promise<{ header: NativeHeader; keys: Buffer; values: Buffer }>;
   inspect(record: Uint8Array): NativeHeader;
+  verify(record: Uint8Array): boolean;
   fitPca(
     samples: Float32Array,
     n: number,

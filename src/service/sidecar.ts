@@ -1,0 +1,279 @@
+/**
+ * The one orchestrator: requests from the transport go to the codec and the stores. Holds
+ * sessions (handshakes), bounds in-flight work, enforces deadlines, counts everything, and on
+ * shutdown finishes what is in flight before closing.
+ */
+import { createHash } from 'node:crypto';
+import type { Server as HttpServer } from 'node:http';
+
+import { canonicalJson, type Calibration } from '../codec/calibration.js';
+import { decode, dtypeBytes, encode, verifyRecord, type KvDtype } from '../codec/codec.js';
+import { KvtcError } from '../core/errors.js';
+import type { Logger } from '../core/log.js';
+import { dtype, KEY_PATTERN, optionalNumber, parseCompat, str, uint, type Compat, type Request } from '../protocol/messages.js';
+import { PROTOCOL_VERSION, SIDECAR_VERSION } from '../protocol/version.js';
+import { createStore, Tiers } from '../store/index.js';
+import { Server, type Reply } from '../transport/server.js';
+import { Metrics } from './metrics.js';
+
+export interface SidecarOptions {
+  endpoint: string;
+  calibration: Calibration;
+  stores: string[];
+  log: Logger;
+  maxInFlight: number;
+  maxFrameBytes: number;
+  defaultRatio?: number;
+  windowTokens: number;
+  sinkTokens: number;
+  metricsPort?: number;
+}
+
+export class Sidecar {
+  readonly metrics = new Metrics();
+  readonly #sessions = new Map<string, Compat>();
+  readonly #inFlight = new Set<Promise<unknown>>();
+  #server!: Server;
+  #tiers!: Tiers;
+  #http: HttpServer | undefined;
+  #shuttingDown = false;
+  readonly #stats = { requests: 0, bytes_in: 0, bytes_out: 0, hits: 0, misses: 0 };
+
+  private constructor(readonly options: SidecarOptions) {}
+
+  static async start(options: SidecarOptions): Promise<Sidecar> {
+    const s = new Sidecar(options);
+    const stores = [];
+    for (const url of options.stores) stores.push(await createStore(url, verifyRecord));
+    s.#tiers = new Tiers(stores);
+    s.#server = new Server({
+      endpoint: options.endpoint,
+      maxFrameBytes: options.maxFrameBytes,
+      log: options.log.child({ component: 'transport' }),
+      handle: (req) => s.#track(req),
+      onError: (code, op) => {
+        s.metrics.errors.inc({ code });
+        s.metrics.requests.inc({ op: op ?? 'unknown', result: 'error' });
+      },
+    });
+    await s.#server.start();
+    if (options.metricsPort !== undefined) s.#http = await s.metrics.serve(options.metricsPort);
+    const cal = options.calibration;
+    options.log.info(
+      {
+        endpoint: s.#server.endpoint,
+        calibration: cal.id,
+        model: cal.model.name,
+        ratios: cal.plans.map((p) => p.ratio),
+        stores: options.stores,
+        metrics: s.metricsAddress,
+      },
+      'sidecar serving',
+    );
+    return s;
+  }
+
+  get endpoint(): string {
+    return this.#server.endpoint;
+  }
+
+  get metricsAddress(): string | undefined {
+    const a = this.#http?.address();
+    return a && typeof a === 'object' ? `http://${a.address}:${a.port}/metrics` : undefined;
+  }
+
+  get #ratio(): number {
+    return this.options.defaultRatio ?? this.options.calibration.plans[0]!.ratio;
+  }
+
+  async #track(req: Request): Promise<Reply> {
+    if (this.#shuttingDown) throw new KvtcError('ERR_KVTC_SHUTTING_DOWN', 'the sidecar is shutting down');
+    if (this.#inFlight.size >= this.options.maxInFlight) {
+      throw new KvtcError('ERR_KVTC_BUSY', `${this.#inFlight.size} requests in flight (max ${this.options.maxInFlight}); retry later`);
+    }
+    const started = Date.now();
+    const work = this.#handle(req, started);
+    this.#inFlight.add(work);
+    this.metrics.inFlight.set(this.#inFlight.size);
+    try {
+      const reply = await work;
+      this.metrics.requests.inc({ op: req.op, result: 'ok' });
+      return reply;
+    } finally {
+      this.#inFlight.delete(work);
+      this.metrics.inFlight.set(this.#inFlight.size);
+      this.#stats.requests++;
+    }
+  }
+
+  #session(req: Request): Compat {
+    const c = req.session ? this.#sessions.get(req.session) : undefined;
+    if (!c) throw new KvtcError('ERR_KVTC_HANDSHAKE_REQUIRED', 'unknown session: send hello first');
+    return c;
+  }
+
+  #kvFrames(req: Request, tokens: number, dt: KvDtype): [Buffer, Buffer] {
+    const expected = tokens * this.options.calibration.featureDim * dtypeBytes(dt);
+    const [k, v] = req.frames;
+    if (req.frames.length !== 2 || !k || !v || k.length !== expected || v.length !== expected) {
+      throw new KvtcError(
+        'ERR_KVTC_PROTOCOL_MALFORMED',
+        `${req.op} needs 2 frames of ${expected} bytes (${tokens} tokens x ${this.options.calibration.featureDim} features, ${dt}); received ${req.frames.map((f) => f.length).join(', ') || 'none'}`,
+      );
+    }
+    return [k, v];
+  }
+
+  async #handle(req: Request, started: number): Promise<Reply> {
+    if (req.deadlineMs !== undefined && Date.now() - started > req.deadlineMs) {
+      throw new KvtcError('ERR_KVTC_DEADLINE', `deadline of ${req.deadlineMs} ms expired before the ${req.op} started`);
+    }
+    const cal = this.options.calibration;
+    const h = req.header;
+    switch (req.op) {
+      case 'hello': {
+        const compat = parseCompat(h);
+        if (compat.protocol !== PROTOCOL_VERSION) {
+          throw new KvtcError('ERR_KVTC_PROTOCOL_VERSION', `client protocol ${compat.protocol}, sidecar ${PROTOCOL_VERSION}`);
+        }
+        const m = cal.model;
+        if (compat.model_fingerprint !== m.fingerprint || compat.layers !== m.layers || compat.kv_heads !== m.kv_heads || compat.head_dim !== m.head_dim) {
+          throw new KvtcError(
+            'ERR_KVTC_MODEL_MISMATCH',
+            `client model ${compat.model_fingerprint} (${compat.layers}x${compat.kv_heads}x${compat.head_dim}) is not the calibration's ${m.fingerprint} (${m.layers}x${m.kv_heads}x${m.head_dim})`,
+          );
+        }
+        if (compat.calibration_id && compat.calibration_id !== cal.id) {
+          throw new KvtcError('ERR_KVTC_CALIBRATION_MISMATCH', `client expects calibration ${compat.calibration_id}, sidecar has ${cal.id}`);
+        }
+        const full = { ...compat, calibration_id: cal.id };
+        const session = createHash('sha256').update(canonicalJson(full)).digest('hex').slice(0, 32);
+        this.#sessions.set(session, full);
+        return {
+          header: {
+            session,
+            calibration_id: cal.id,
+            model_fingerprint: m.fingerprint,
+            ratios: cal.plans.map((p) => p.ratio),
+            default_ratio: this.#ratio,
+            feature_dim: cal.featureDim,
+            sidecar: SIDECAR_VERSION,
+            max_frame_bytes: this.options.maxFrameBytes,
+          },
+        };
+      }
+      case 'lookup': {
+        this.#session(req);
+        const keys = h['keys'];
+        if (!Array.isArray(keys) || keys.length > 100000 || !keys.every((k) => typeof k === 'string' && KEY_PATTERN.test(k))) {
+          throw new KvtcError('ERR_KVTC_PROTOCOL_MALFORMED', 'lookup needs keys: an array of hex chunk keys');
+        }
+        let hits = 0;
+        for (const k of keys as string[]) {
+          if (!(await this.#tiers.has(k))) break;
+          hits++;
+        }
+        this.metrics.lookups.inc({ result: 'hit' }, hits);
+        this.metrics.lookups.inc({ result: 'miss' }, keys.length - hits);
+        this.#stats.hits += hits;
+        this.#stats.misses += keys.length - hits;
+        return { header: { hits } };
+      }
+      case 'save': {
+        this.#session(req);
+        const key = str(h, 'key', KEY_PATTERN);
+        const tokens = uint(h, 'tokens', 1 << 24);
+        const dt = dtype(h);
+        const [k, v] = this.#kvFrames(req, tokens, dt);
+        const ratio = optionalNumber(h, 'ratio') ?? this.#ratio;
+        const window = h['window_tokens'] === undefined ? this.options.windowTokens : uint(h, 'window_tokens');
+        const t0 = performance.now();
+        const record = await encode(
+          cal,
+          { keys: k, values: v, dtype: dt, tokens, tokenStart: uint(h, 'token_start') },
+          { ratio, windowTokens: window, sinkTokens: this.options.sinkTokens },
+        );
+        const seconds = (performance.now() - t0) / 1000;
+        const tier = await this.#tiers.put(key, record);
+        const raw = k.length + v.length;
+        this.metrics.bytesIn.inc(raw);
+        this.metrics.recordBytes.inc(record.length);
+        this.metrics.ratio.observe(raw / record.length);
+        this.metrics.gbps.observe({ direction: 'encode' }, raw / seconds / 1e9);
+        this.#stats.bytes_in += raw;
+        this.#updateStoreGauges();
+        return { header: { handle: { key, raw_bytes: raw, stored_bytes: record.length, tier } } };
+      }
+      case 'load': {
+        this.#session(req);
+        const key = str(h, 'key', KEY_PATTERN);
+        const tokens = uint(h, 'tokens', 1 << 24);
+        const dt = dtype(h);
+        const hit = await this.#tiers.acquire(key);
+        if (!hit) throw new KvtcError('ERR_KVTC_NOT_FOUND', `no record for chunk ${key}`);
+        try {
+          const t0 = performance.now();
+          const out = await decode(cal, hit.pinned.bytes, { tokens, dtype: dt });
+          const raw = out.keys.length + out.values.length;
+          this.metrics.bytesOut.inc(raw);
+          this.metrics.gbps.observe({ direction: 'decode' }, raw / ((performance.now() - t0) / 1000) / 1e9);
+          this.#stats.bytes_out += raw;
+          return { header: { token_start: out.tokenStart, tokens: out.tokens, tier: hit.tier }, frames: [out.keys, out.values] };
+        } catch (err) {
+          // A record that does not decode is useless to everyone: drop it, report its code.
+          if (err instanceof KvtcError && err.code.startsWith('ERR_KVTC_RECORD')) await this.#tiers.delete(key);
+          throw err;
+        } finally {
+          hit.pinned.release();
+        }
+      }
+      case 'delete': {
+        this.#session(req);
+        const deleted = await this.#tiers.delete(str(h, 'key', KEY_PATTERN));
+        this.#updateStoreGauges();
+        return { header: { deleted } };
+      }
+      case 'encode': {
+        this.#session(req);
+        const tokens = uint(h, 'tokens', 1 << 24);
+        const dt = dtype(h);
+        const [k, v] = this.#kvFrames(req, tokens, dt);
+        const record = await encode(
+          cal,
+          { keys: k, values: v, dtype: dt, tokens, tokenStart: uint(h, 'token_start') },
+          {
+            ratio: optionalNumber(h, 'ratio') ?? this.#ratio,
+            windowTokens: h['window_tokens'] === undefined ? this.options.windowTokens : uint(h, 'window_tokens'),
+            sinkTokens: this.options.sinkTokens,
+          },
+        );
+        return { header: { record_bytes: record.length }, frames: [record] };
+      }
+      case 'decode': {
+        this.#session(req);
+        const [record] = req.frames;
+        if (req.frames.length !== 1 || !record) throw new KvtcError('ERR_KVTC_PROTOCOL_MALFORMED', 'decode needs one record frame');
+        const out = await decode(cal, record, { tokens: uint(h, 'tokens', 1 << 24), dtype: dtype(h) });
+        return { header: { token_start: out.tokenStart, tokens: out.tokens }, frames: [out.keys, out.values] };
+      }
+      case 'stats':
+        return { header: { stats: { ...this.#stats, in_flight: this.#inFlight.size - 1, stores: this.#tiers.stats() } } };
+    }
+  }
+
+  #updateStoreGauges(): void {
+    for (const s of this.#tiers.stats()) this.metrics.storeBytes.set({ tier: s.tier }, s.bytes);
+  }
+
+  /** Refuses new work, finishes what is in flight, then closes socket, stores and metrics. */
+  async close(): Promise<void> {
+    if (this.#shuttingDown) return;
+    this.#shuttingDown = true;
+    const pending = this.#inFlight.size;
+    await Promise.allSettled([...this.#inFlight]);
+    await this.#server.close();
+    await this.#tiers.close();
+    await new Promise<void>((resolve) => (this.#http ? this.#http.close(() => resolve()) : resolve()));
+    this.options.log.info({ finished: pending }, 'sidecar stopped');
+  }
+}
