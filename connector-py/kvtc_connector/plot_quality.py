@@ -41,7 +41,7 @@ def _value(row: dict[str, Any], key: str) -> float | None:
     if key == "ppl_change":
         if row.get("ppl") is None or not row.get("ppl_base"):
             return None
-        return 100.0 * (row["ppl"] / row["ppl_base"] - 1.0)
+        return 100.0 * (float(row["ppl"]) / float(row["ppl_base"]) - 1.0)
     v = row.get(key)
     return None if v is None else float(v)
 
@@ -52,7 +52,6 @@ def plot(docs: Sequence[dict[str, Any]], out: Path, x: str = "achieved") -> list
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
     x_key, x_label = X_FIELDS[x]

@@ -270,8 +270,8 @@ export class Sidecar {
     if (this.#shuttingDown) return;
     this.#shuttingDown = true;
     const pending = this.#inFlight.size;
+    await this.#server.close(); // new requests are refused SHUTTING_DOWN; in-flight ones answered
     await Promise.allSettled([...this.#inFlight]);
-    await this.#server.close();
     await this.#tiers.close();
     await new Promise<void>((resolve) => (this.#http ? this.#http.close(() => resolve()) : resolve()));
     this.options.log.info({ finished: pending }, 'sidecar stopped');

@@ -32,6 +32,8 @@ export class Server {
   #sendChain: Promise<void> = Promise.resolve();
   #loop: Promise<void> | undefined;
   #closed = false;
+  // Every request from receipt to its reply being sent: close() waits for these.
+  readonly #dispatching = new Set<Promise<void>>();
 
   constructor(readonly options: ServerOptions) {
     this.#socket = new Router({
@@ -57,7 +59,9 @@ export class Server {
     try {
       for await (const [identity, ...frames] of this.#socket) {
         if (!identity) continue;
-        void this.#dispatch(identity, frames);
+        const d = this.#dispatch(identity, frames);
+        this.#dispatching.add(d);
+        void d.finally(() => this.#dispatching.delete(d));
       }
     } catch (err) {
       if (!this.#closed) log.error({ err }, 'receive loop failed');
@@ -95,9 +99,10 @@ export class Server {
     return next;
   }
 
-  /** Stops receiving and closes the socket once pending replies are sent. */
+  /** Waits until every request received so far has been answered, then closes the socket. */
   async close(): Promise<void> {
     this.#closed = true;
+    while (this.#dispatching.size > 0) await Promise.allSettled([...this.#dispatching]);
     await this.#sendChain;
     this.#socket.close();
     await this.#loop;
