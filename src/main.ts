@@ -116,6 +116,23 @@ bench
     else process.stdout.write(markdownTable(results) + '\n');
   });
 
+bench
+  .command('load')
+  .description('concurrent clients saving and loading against one sidecar process')
+  .requiredOption('--calibration <file>', 'calibration file')
+  .option('--clients <n>', 'concurrent clients', int('clients', 1), 32)
+  .option('--seconds <n>', 'duration', int('seconds', 1), 60)
+  .option('--tokens <n>', 'tokens per chunk', int('tokens', 1), 256)
+  .option('--store-max <bytes>', 'memory store cap in bytes', int('store-max', 1), 256 * 2 ** 20)
+  .option('--json', 'print one JSON object')
+  .action(async (o) => {
+    const { runLoad } = await import('../bench/load.js');
+    const progress = createProgress();
+    const r = await runLoad({ calibration: resolve(o.calibration), clients: o.clients, seconds: o.seconds, tokens: o.tokens, storeMaxBytes: o.storeMax, progress: progress.update });
+    progress.stop();
+    process.stdout.write(JSON.stringify(r, null, o.json ? undefined : 2) + '\n');
+  });
+
 program
   .command('inspect')
   .description("print a record's header")
