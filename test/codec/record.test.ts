@@ -4,7 +4,7 @@ import { toNativePlan, toNativeRope } from '../../src/codec/calibration.js';
 import { loadNative } from '../../src/codec/native.js';
 import { applyRope, syntheticKv } from '../../src/calibrate/synthetic.js';
 import { modelInfo, syntheticCalibration } from '../helpers/calibration.js';
-import { maxAbsDiff, relError } from '../helpers/reference.js';
+import { maxAbsDiff, relError, roundHalf } from '../helpers/reference.js';
 
 const native = loadNative();
 const model = modelInfo(5, 4, 8); // the stories260K shape, p = 160
@@ -20,6 +20,25 @@ function fromBf16(b: Uint8Array): Float32Array {
   const out = new Uint32Array(u16.length);
   for (let i = 0; i < u16.length; i++) out[i] = u16[i]! << 16;
   return new Float32Array(out.buffer);
+}
+function float16Bits(x: Float32Array): Uint16Array {
+  // From the exactly representable rounded value (reference roundHalf) to IEEE binary16 bits.
+  return Uint16Array.from(x, (v) => {
+    const r = roundHalf(v);
+    const sign = r < 0 || Object.is(r, -0) ? 0x8000 : 0;
+    const a = Math.abs(r);
+    if (a === 0) return sign;
+    if (a < 2 ** -14) return sign | Math.round(a / 2 ** -24);
+    const e = Math.floor(Math.log2(a));
+    return sign | ((e + 15) << 10) | Math.round((a / 2 ** e - 1) * 1024);
+  });
+}
+function fromFloat16(b: Uint8Array): Float32Array {
+  const u = new Uint16Array(b.buffer, b.byteOffset, b.byteLength / 2);
+  return Float32Array.from(u, (h) => {
+    const s = h & 0x8000 ? -1 : 1, e = (h >> 10) & 31, m = h & 1023;
+    return e === 0 ? s * m * 2 ** -24 : s * (1 + m / 1024) * 2 ** (e - 15);
+  });
 }
 function f32(b: Uint8Array): Float32Array {
   return new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
@@ -86,45 +105,20 @@ for (const dtype of ['float16', 'bfloat16'] as KvDtype[]) {
     const tokens = 300;
     const kv = syntheticKv(tokens, P, 5);
     kv.keys = applyRope(kv.keys, tokens, 0, model);
-    const toHalf = (x: Float32Array) => (dtype === 'bfloat16' ? bf16(x) : Uint16Array.from(new Uint16Array(native.stages.round(x, 'float16').length), () => 0));
-    if (dtype === 'float16') {
-      // float16 input via the addon's converter: round and pack through a float32 -> f16 view.
-      const enc = (x: Float32Array) => {
-        const r = native.stages.round(x, 'float16');
-        const out = new Uint16Array(r.length);
-        const dv = new DataView(new ArrayBuffer(2));
-        for (let i = 0; i < r.length; i++) {
-          // encode float16 bits from the exactly representable value
-          const v = r[i]!;
-          const sign = v < 0 || Object.is(v, -0) ? 0x8000 : 0;
-          const a = Math.abs(v);
-          let bits = 0;
-          if (a === 0) bits = 0;
-          else if (a < 2 ** -14) bits = Math.round(a / 2 ** -24);
-          else {
-            const e = Math.floor(Math.log2(a));
-            bits = ((e + 15) << 10) | Math.round((a / 2 ** e - 1) * 1024);
-          }
-          dv.setUint16(0, sign | bits, true);
-          out[i] = dv.getUint16(0, true);
-        }
-        return out;
-      };
-      const rec = await encode(cal, { keys: enc(kv.keys), values: enc(kv.values), dtype, tokens }, { ratio: 4 });
-      const out = await decode(cal, rec, { tokens, dtype });
-      t.equal(out.keys.length, tokens * P * 2);
-      const back = native.stages.round(kv.keys, 'float16');
-      t.same(out.keys.subarray(0, 4 * P * 2), Buffer.from(enc(kv.keys).buffer).subarray(0, 4 * P * 2), 'sinks bit-exact');
-      t.ok(back.length === tokens * P);
-    } else {
-      const rec = await encode(cal, { keys: toHalf(kv.keys), values: toHalf(kv.values), dtype, tokens }, { ratio: 4 });
-      const out = await decode(cal, rec, { tokens, dtype });
-      const k = fromBf16(out.keys);
-      t.ok(relError(k, kv.keys) < 0.2, `bfloat16 keys close (${relError(k, kv.keys).toFixed(4)})`);
-    }
-    t.rejects(decode(cal, await encode(cal, { keys: kv.keys, values: kv.values, dtype: 'float32', tokens }), { tokens, dtype }), {
-      code: 'ERR_KVTC_RECORD_SIZE_MISMATCH',
-    });
+    const half = (x: Float32Array) => (dtype === 'bfloat16' ? bf16(x) : float16Bits(x));
+    const keys = half(kv.keys), values = half(kv.values);
+    const rec = await encode(cal, { keys, values, dtype, tokens }, { ratio: 4, windowTokens: 16 });
+    const out = await decode(cal, rec, { tokens, dtype });
+    t.equal(out.keys.length, tokens * P * 2);
+    const raw = (b: Uint8Array, from: number, to: number) => Buffer.from(b.buffer, b.byteOffset + from * P * 2, (to - from) * P * 2);
+    t.same(raw(out.keys, 0, 4), raw(new Uint8Array(keys.buffer), 0, 4), 'sinks bit-exact');
+    t.same(raw(out.values, tokens - 16, tokens), raw(new Uint8Array(values.buffer), tokens - 16, tokens), 'window bit-exact');
+    const back = dtype === 'bfloat16' ? fromBf16(out.keys) : fromFloat16(out.keys);
+    const err = relError(back.subarray(4 * P, (tokens - 16) * P), kv.keys.subarray(4 * P, (tokens - 16) * P));
+    const ref32 = await decode(cal, await encode(cal, { keys: kv.keys, values: kv.values, dtype: 'float32', tokens }, { ratio: 4, windowTokens: 16 }), { tokens, dtype: 'float32' });
+    const err32 = relError(f32(ref32.keys).subarray(4 * P, (tokens - 16) * P), kv.keys.subarray(4 * P, (tokens - 16) * P));
+    t.ok(Math.abs(err - err32) < 0.01, `coded keys: ${dtype} error ${err.toFixed(4)} ~ float32 error ${err32.toFixed(4)}`);
+    await t.rejects(decode(cal, rec, { tokens, dtype: 'float32' }), { code: 'ERR_KVTC_RECORD_SIZE_MISMATCH' }, 'dtype is part of the expected size');
   });
 }
 
