@@ -17,6 +17,12 @@
 #include "kvtc/entropy.h"
 #include "kvtc/numeric.h"
 
+#if KVTC_WITH_CUDA
+#include <mutex>
+
+#include "kvtc/cuda_codec.h"
+#endif
+
 extern "C" char* openblas_get_config(void);
 
 namespace kvtc::addon {
@@ -161,6 +167,14 @@ class CalibrationWrap : public Napi::ObjectWrap<CalibrationWrap> {
 
   std::shared_ptr<const Calibration> get() const { return calibration_; }
 
+#if KVTC_WITH_CUDA
+  // The device copy, uploaded on first use by a CUDA job.
+  std::shared_ptr<cuda::DeviceCalibration> device() {
+    std::call_once(device_once_, [this] { device_ = cuda::Upload(*calibration_, 0); });
+    return device_;
+  }
+#endif
+
  private:
   Napi::Value FeatureDim(const Napi::CallbackInfo& info) {
     return Napi::Number::New(info.Env(), calibration_ ? calibration_->feature_dim() : 0);
@@ -169,6 +183,10 @@ class CalibrationWrap : public Napi::ObjectWrap<CalibrationWrap> {
     return Napi::Number::New(info.Env(), calibration_ ? calibration_->plans.size() : 0);
   }
   std::shared_ptr<const Calibration> calibration_;
+#if KVTC_WITH_CUDA
+  std::once_flag device_once_;
+  std::shared_ptr<cuda::DeviceCalibration> device_;
+#endif
 };
 
 std::shared_ptr<const Calibration> UnwrapCalibration(const Napi::CallbackInfo& info, Napi::FunctionReference& ctor) {
@@ -180,6 +198,21 @@ std::shared_ptr<const Calibration> UnwrapCalibration(const Napi::CallbackInfo& i
 }
 
 Napi::FunctionReference* g_calibration_ctor = nullptr;
+
+// "cpu" or "cuda": the CUDA backend needs this build and a device.
+bool WantsCuda(const Napi::Value& v) {
+  if (!v.IsString()) return false;
+  const std::string b = v.As<Napi::String>().Utf8Value();
+  KVTC_CHECK(b == "cpu" || b == "cuda", kInvalidArgument, "Expected backend 'cpu' or 'cuda' but received '" << b << "'");
+#if KVTC_WITH_CUDA
+  KVTC_CHECK(b != "cuda" || cuda::Available(), kBackendUnavailable, "backend cuda requested but no CUDA device is usable");
+#else
+  KVTC_CHECK(b != "cuda", kBackendUnavailable, "backend cuda requested but this addon was built without CUDA");
+#endif
+  return b == "cuda";
+}
+
+CalibrationWrap* UnwrapWrap(const Napi::CallbackInfo& info) { return CalibrationWrap::Unwrap(info[0].As<Napi::Object>()); }
 
 KvDtype ParseDtype(uint32_t d) {
   KVTC_CHECK(d <= 2, kInvalidArgument, "Expected dtype 0 (float32), 1 (float16) or 2 (bfloat16) but received " << d);
@@ -210,8 +243,24 @@ Napi::Value EncodeJs(const Napi::CallbackInfo& info) {
     job->keys = k.data;
     job->values = v.data;
     auto out = std::make_shared<std::vector<uint8_t>>();
+    const bool use_cuda = WantsCuda(j.Get("backend"));
+#if KVTC_WITH_CUDA
+    std::shared_ptr<cuda::DeviceCalibration> dev = use_cuda ? UnwrapWrap(info)->device() : nullptr;
+#else
+    (void)use_cuda;
+    std::shared_ptr<void> dev;
+#endif
     auto* w = new Job(
-        info.Env(), [cal, job, out](const auto&) { *out = Encode(*cal, *job); },
+        info.Env(),
+        [cal, job, out, dev](const auto&) {
+#if KVTC_WITH_CUDA
+          if (dev) {
+            *out = cuda::Encode(*cal, *dev, *job, /*device_input=*/false);
+            return;
+          }
+#endif
+          *out = Encode(*cal, *job);
+        },
         [out](Napi::Env env) -> Napi::Value { return NewBuffer(env, std::move(*out)); }, {keys, values},
         info.Env().Undefined());
     w->Queue();
@@ -228,9 +277,22 @@ Napi::Value DecodeJs(const Napi::CallbackInfo& info) {
     const double expected = info[2].As<Napi::Number>().DoubleValue();
     KVTC_CHECK(expected >= 0, kInvalidArgument, "Expected expectedBytes >= 0");
     auto out = std::make_shared<DecodeResult>();
+    const bool use_cuda = info.Length() > 3 && WantsCuda(info[3]);
+#if KVTC_WITH_CUDA
+    std::shared_ptr<cuda::DeviceCalibration> dev = use_cuda ? UnwrapWrap(info)->device() : nullptr;
+#else
+    (void)use_cuda;
+    std::shared_ptr<void> dev;
+#endif
     auto* w = new Job(
         info.Env(),
-        [cal, rec, expected, out](const auto&) {
+        [cal, rec, expected, out, dev](const auto&) {
+#if KVTC_WITH_CUDA
+          if (dev) {
+            *out = cuda::Decode(*cal, *dev, rec.data, rec.size, static_cast<uint64_t>(expected));
+            return;
+          }
+#endif
           *out = Decode(*cal, rec.data, rec.size, static_cast<uint64_t>(expected));
         },
         [out](Napi::Env env) -> Napi::Value {
@@ -482,6 +544,62 @@ Napi::Value BenchGemmJs(const Napi::CallbackInfo& info) {
   });
 }
 
+#if KVTC_WITH_CUDA
+// benchCuda(calibration, {keys: Uint16Array (bf16), values, tokens, batch, planId, reps}) -> figures
+Napi::Value BenchCudaJs(const Napi::CallbackInfo& info) {
+  return Guard(info, [&]() -> Napi::Value {
+    auto cal = UnwrapCalibration(info, *g_calibration_ctor);
+    KVTC_CHECK(cuda::Available(), kBackendUnavailable, "no CUDA device is usable");
+    Napi::Object o = ArgObject(info, 1, "options");
+    Bytes k = ViewBytes(Prop(o, "keys"), "keys"), v = ViewBytes(Prop(o, "values"), "values");
+    const uint32_t tokens = Uint(o, "tokens"), batch = Uint(o, "batch"), reps = Uint(o, "reps");
+    const uint32_t plan_id = Uint(o, "planId");
+    KVTC_CHECK(k.size == size_t(tokens) * cal->feature_dim() * 2 && v.size == k.size, kInvalidArgument,
+               "benchCuda needs bf16 keys and values of tokens x feature_dim");
+    auto dev = UnwrapWrap(info)->device();
+    cuda::BenchFigures f = cuda::Bench(*cal, *dev, reinterpret_cast<const uint16_t*>(k.data),
+                                       reinterpret_cast<const uint16_t*>(v.data), tokens, batch,
+                                       static_cast<uint16_t>(plan_id), static_cast<int>(reps));
+    Napi::Object r = Napi::Object::New(info.Env());
+    r.Set("encodeS", f.encode_s);
+    r.Set("decodeS", f.decode_s);
+    r.Set("gemmEncodeS", f.gemm_encode_s);
+    r.Set("gemmDecodeS", f.gemm_decode_s);
+    r.Set("d2hCopyS", f.d2h_copy_s);
+    r.Set("recordBytes", static_cast<double>(f.record_bytes));
+    r.Set("codedBytes", static_cast<double>(f.coded_bytes));
+    r.Set("codedTokens", f.coded_tokens);
+    r.Set("device", cuda::DeviceName(0));
+    return r;
+  });
+}
+
+Napi::Value QuantizeCudaJs(const Napi::CallbackInfo& info) {
+  return Guard(info, [&]() -> Napi::Value {
+    std::vector<float> d = CopyFloats(info[0], "d");
+    Napi::Object o = ArgObject(info, 1, "options");
+    const uint32_t tokens = Uint(o, "tokens");
+    Plan plan = ParsePlan(Prop(o, "plan").As<Napi::Object>());
+    ValidatePlan(plan, plan.rank);
+    KVTC_CHECK(d.size() == static_cast<size_t>(tokens) * plan.rank, kInvalidArgument, "d has the wrong size");
+    return NewBuffer(info.Env(), cuda::QuantizeOnDevice(d.data(), tokens, plan));
+  });
+}
+
+Napi::Value DequantizeCudaJs(const Napi::CallbackInfo& info) {
+  return Guard(info, [&]() -> Napi::Value {
+    Bytes payload = ViewBytes(info[0], "payload");
+    Napi::Object o = ArgObject(info, 1, "options");
+    const uint32_t tokens = Uint(o, "tokens");
+    Plan plan = ParsePlan(Prop(o, "plan").As<Napi::Object>());
+    ValidatePlan(plan, plan.rank);
+    KVTC_CHECK(payload.size == PayloadBytes(plan, tokens), kInvalidArgument, "payload has the wrong size");
+    std::vector<float> d = cuda::DequantizeOnDevice(payload.data, tokens, plan);
+    return NewFloats(info.Env(), d.data(), d.size());
+  });
+}
+#endif
+
 Napi::Value CountersJs(const Napi::CallbackInfo& info) {
   Napi::Object o = Napi::Object::New(info.Env());
   o.Set("queued", static_cast<double>(g_jobs_queued.load()));
@@ -494,7 +612,12 @@ Napi::Value CountersJs(const Napi::CallbackInfo& info) {
 Napi::Value BuildInfoJs(const Napi::CallbackInfo& info) {
   Napi::Object o = Napi::Object::New(info.Env());
   o.Set("formatVersion", kFormatVersion);
+#if KVTC_WITH_CUDA
+  o.Set("cuda", true);
+  o.Set("cudaDevice", cuda::Available() ? Napi::Value(Napi::String::New(info.Env(), cuda::DeviceName(0))) : info.Env().Null());
+#else
   o.Set("cuda", false);
+#endif
   o.Set("blas", openblas_get_config());
   return o;
 }
@@ -521,6 +644,11 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   stages.Set("deflate", Napi::Function::New(env, DeflateJs));
   stages.Set("crc32c", Napi::Function::New(env, Crc32cJs));
   stages.Set("round", Napi::Function::New(env, RoundJs));
+#if KVTC_WITH_CUDA
+  exports.Set("benchCuda", Napi::Function::New(env, BenchCudaJs));
+  stages.Set("quantizeCuda", Napi::Function::New(env, QuantizeCudaJs));
+  stages.Set("dequantizeCuda", Napi::Function::New(env, DequantizeCudaJs));
+#endif
   exports.Set("stages", stages);
   return exports;
 }

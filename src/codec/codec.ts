@@ -40,7 +40,11 @@ export interface EncodeOptions {
   deflateLevel?: number;
   /** Bytes per independent DEFLATE chunk. Default 65536. */
   chunkBytes?: number;
+  /** 'cpu' (default) or 'cuda' (a CUDA build with a device); both write the same format. */
+  backend?: Backend;
 }
+
+export type Backend = 'cpu' | 'cuda';
 
 export const ENCODE_DEFAULTS = Object.freeze({
   sinkTokens: 4,
@@ -143,6 +147,7 @@ export async function encode(calibration: Calibration, chunk: KvChunk, options: 
       windowTokens: checkCount('windowTokens', options.windowTokens) ?? ENCODE_DEFAULTS.windowTokens,
       deflateLevel: checkCount('deflateLevel', options.deflateLevel) ?? ENCODE_DEFAULTS.deflateLevel,
       chunkBytes: checkCount('chunkBytes', options.chunkBytes, 1) ?? ENCODE_DEFAULTS.chunkBytes,
+      backend: options.backend ?? 'cpu',
     });
   } catch (err) {
     throw fromNative(err, stack);
@@ -154,6 +159,8 @@ export interface DecodeExpectation {
   tokens: number;
   /** Element type the caller expects. */
   dtype: KvDtype;
+  /** 'cpu' (default) or 'cuda'. */
+  backend?: Backend;
 }
 
 /**
@@ -168,7 +175,12 @@ export async function decode(calibration: Calibration, record: Uint8Array, expec
   const stack = new Error();
   let out;
   try {
-    out = await loadNative().decode(calibration.native, record, 2 * tokens * calibration.featureDim * dtypeBytes(expect.dtype));
+    out = await loadNative().decode(
+      calibration.native,
+      record,
+      2 * tokens * calibration.featureDim * dtypeBytes(expect.dtype),
+      expect.backend ?? 'cpu',
+    );
   } catch (err) {
     throw fromNative(err, stack);
   }

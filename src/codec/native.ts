@@ -68,6 +68,7 @@ export interface NativeEncodeJob {
   windowTokens: number;
   deflateLevel: number;
   chunkBytes: number;
+  backend?: 'cpu' | 'cuda';
 }
 
 export interface NativeSection {
@@ -101,6 +102,7 @@ export interface NativeAddon {
     calibration: NativeCalibration,
     record: Uint8Array,
     expectedBytes: number,
+    backend?: 'cpu' | 'cuda',
   ): Promise<{ header: NativeHeader; keys: Buffer; values: Buffer }>;
   inspect(record: Uint8Array): NativeHeader;
   verify(record: Uint8Array): boolean;
@@ -121,7 +123,22 @@ export interface NativeAddon {
   ): Promise<{ plans: NativePlanResult[]; energy: number }>;
   benchGemm(options: { m: number; n: number; k: number; transB: boolean; reps: number }): number;
   counters(): { queued: number; running: number; done: number; failed: number };
-  buildInfo(): { formatVersion: number; cuda: boolean; blas: string };
+  buildInfo(): { formatVersion: number; cuda: boolean; cudaDevice?: string | null; blas: string };
+  /** CUDA builds only: device-resident bf16 KV, median seconds per batch and same-run baselines. */
+  benchCuda?(
+    calibration: NativeCalibration,
+    o: { keys: Uint16Array; values: Uint16Array; tokens: number; batch: number; planId: number; reps: number },
+  ): {
+    encodeS: number;
+    decodeS: number;
+    gemmEncodeS: number;
+    gemmDecodeS: number;
+    d2hCopyS: number;
+    recordBytes: number;
+    codedBytes: number;
+    codedTokens: number;
+    device: string;
+  };
   stages: {
     ropeRotate(
       x: Float32Array,
@@ -140,6 +157,8 @@ export interface NativeAddon {
     ): Buffer;
     crc32c(data: Uint8Array): number;
     round(x: Float32Array, to: 'float16' | 'bfloat16' | 'fp8'): Float32Array;
+    quantizeCuda?(d: Float32Array, o: { tokens: number; plan: NativePlan }): Buffer;
+    dequantizeCuda?(payload: Uint8Array, o: { tokens: number; plan: NativePlan }): Float32Array;
   };
 }
 

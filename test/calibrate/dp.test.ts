@@ -19,7 +19,7 @@ function planError(d: Float32Array, n: number, f: number, groups: G[]): number {
   let rank = 0;
   for (const [s, size, ty] of groups) if (ty) rank = s + size;
   let err = 0;
-  let back = new Float32Array(0);
+  let back: Float32Array = new Float32Array(0);
   if (rank > 0) {
     const trimmed = groups.filter(([s]) => s < rank);
     const plan: NativePlan = { groups: Uint32Array.from(trimmed.flat()), rank };

@@ -35,7 +35,12 @@ t.test('SIGTERM: in-flight saves finish, then exit 0', async (t) => {
   const s = syntheticKv(tokens, 160, 9);
   const k = applyRope(s.keys, tokens, 0, model);
   const pending = c.request('save', { key: 'ab'.repeat(16), token_start: 0, tokens, dtype: 'float32' }, [Buffer.from(k.buffer), Buffer.from(s.values.buffer)]);
-  await new Promise((r) => setTimeout(r, 150)); // the save is being encoded
+  // Wait until the sidecar is working on it (stats excludes itself from in_flight), then stop it.
+  for (let i = 0; i < 600; i++) {
+    const st = await c.request('stats');
+    if (st.header['stats'].in_flight >= 1) break;
+    await new Promise((r) => setTimeout(r, 20));
+  }
   child.kill('SIGTERM');
   const reply = await pending;
   t.equal(reply.header['ok'], true, 'the in-flight save completed and was answered');

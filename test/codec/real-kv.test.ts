@@ -63,18 +63,18 @@ if (!python()) {
         for (let tk = from; tk < to; tk++)
           for (let j = 0; j < p; j++) {
             const l = Math.floor(j / perLayer);
-            errK[l] += (k[tk * p + j]! - c.keys[tk * p + j]!) ** 2;
-            errV[l] += (v[tk * p + j]! - c.values[tk * p + j]!) ** 2;
-            norm[0]![l] += c.keys[tk * p + j]! ** 2;
-            norm[1]![l] += c.values[tk * p + j]! ** 2;
+            errK[l]! += (k[tk * p + j]! - c.keys[tk * p + j]!) ** 2;
+            errV[l]! += (v[tk * p + j]! - c.values[tk * p + j]!) ** 2;
+            norm[0]![l]! += c.keys[tk * p + j]! ** 2;
+            norm[1]![l]! += c.values[tk * p + j]! ** 2;
           }
         const unroped = unropedKeys(c);
         for (let tk = from; tk < to; tk++)
           for (let j = 0; j < p; j++) {
-            centred[0] += (unroped[tk * p + j]! - cal.keys.mean[j]!) ** 2;
-            centred[1] += (c.values[tk * p + j]! - cal.values.mean[j]!) ** 2;
-            sq[0] += (k[tk * p + j]! - c.keys[tk * p + j]!) ** 2;
-            sq[1] += (v[tk * p + j]! - c.values[tk * p + j]!) ** 2;
+            centred[0]! += (unroped[tk * p + j]! - cal.keys.mean[j]!) ** 2;
+            centred[1]! += (c.values[tk * p + j]! - cal.values.mean[j]!) ** 2;
+            sq[0]! += (k[tk * p + j]! - c.keys[tk * p + j]!) ** 2;
+            sq[1]! += (v[tk * p + j]! - c.values[tk * p + j]!) ** 2;
           }
         raw += (to - from) * p * 2 * 2;
         coded += out.info.sections.filter((s) => s.kind.startsWith('coded')).reduce((a, s) => a + s.storedBytes, 0);

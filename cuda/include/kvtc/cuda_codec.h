@@ -1,0 +1,53 @@
+// The CUDA backend: the same pipeline and the same record format as codec.h, on one GPU.
+//   encode: [unRoPE + centre + bf16] -> cuBLAS GEMM (bf16 in, fp32 accumulate) -> quantize+pack
+//           -> nvCOMP batched DEFLATE -> compaction -> one device-to-host copy of the record body
+//   decode: one host-to-device copy -> nvCOMP inflate -> dequantize (bf16) -> GEMM -> + mean,
+//           reRoPE, cast
+// One CUDA stream per job; the only host synchronisation is reading the compressed chunk sizes.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "kvtc/codec.h"
+
+namespace kvtc::cuda {
+
+bool Available();              // a device is present and usable
+std::string DeviceName(int device = 0);
+
+// A calibration's device copy (mean fp32, basis bf16) for one device; immutable once built.
+class DeviceCalibration;
+std::shared_ptr<DeviceCalibration> Upload(const Calibration& calibration, int device = 0);
+
+// Host or device input (job.keys / job.values are device pointers when `device_input`).
+std::vector<uint8_t> Encode(const Calibration& calibration, const DeviceCalibration& dev, const EncodeJob& job,
+                            bool device_input);
+
+// Decodes into device memory: keys_out / values_out hold tokens x feature_dim elements of the
+// record's dtype (the record's structure and CRCs are checked before any device work).
+RecordHeader DecodeToDevice(const Calibration& calibration, const DeviceCalibration& dev, const uint8_t* record,
+                            size_t size, uint64_t expected_bytes, void* keys_out, void* values_out);
+
+// Decodes into host vectors (DecodeResult) after the same checks as the CPU decoder.
+DecodeResult Decode(const Calibration& calibration, const DeviceCalibration& dev, const uint8_t* record, size_t size,
+                    uint64_t expected_bytes);
+
+// Stage parity: quantize host coefficients on the GPU (payload bytes comparable with Quantize).
+std::vector<uint8_t> QuantizeOnDevice(const float* d, int64_t tokens, const Plan& plan);
+std::vector<float> DequantizeOnDevice(const uint8_t* payload, int64_t tokens, const Plan& plan);
+
+struct BenchFigures {
+  double encode_s = 0, decode_s = 0;   // median per job, device-resident KV to host record and back
+  double gemm_encode_s = 0, gemm_decode_s = 0;  // cuBLAS GEMMs of the same shapes (keys + values)
+  double d2h_copy_s = 0;               // raw KV device-to-host copy (pinned)
+  size_t record_bytes = 0, coded_bytes = 0;
+  uint32_t coded_tokens = 0;
+};
+
+// Times `batch` sequences of `tokens` each (bf16 KV on the device, filled from `host_kv`).
+BenchFigures Bench(const Calibration& calibration, const DeviceCalibration& dev, const uint16_t* host_keys,
+                   const uint16_t* host_values, uint32_t tokens, uint32_t batch, uint16_t plan_id, int reps);
+
+}  // namespace kvtc::cuda
