@@ -72,7 +72,8 @@ async function syntheticCalibration(shape: BenchShape, ratio: number, o: BenchOp
   const p = shape.layers * shape.kvHeads * shape.headDim;
   const file = join(o.cacheDir, `synthetic-${shape.name}-cr${ratio}-rank${shape.rankCap}.safetensors`);
   if (existsSync(file)) return parseCalibration(readFileSync(file), file);
-  const n = Math.max(2 * shape.rankCap, 1024);
+  // Enough rows for the randomized SVD (rank + oversampling), bounded for the 8B shape.
+  const n = shape.rankCap > 2048 ? shape.rankCap + 1024 : Math.max(2 * shape.rankCap, 1024);
   o.progress?.(`${shape.name}: synthetic KV`, 0);
   const kv = syntheticKv(n, p, 1234); // RoPE-free keys: what calibration pools
   const model: ModelInfo = {
@@ -153,6 +154,75 @@ export async function benchShape(shape: BenchShape, o: BenchOptions): Promise<Be
     rank_values: plan.values.rank,
     target_ratio: o.ratio,
   };
+}
+
+export interface CudaBenchResult extends BenchResult {
+  batch: number;
+  gpu: string;
+  date: string;
+  d2h_copy_gbps: number;
+}
+
+export const CUDA_SHAPES: BenchShape[] = [
+  { name: '8b', layers: 32, kvHeads: 8, headDim: 128, tokens: 8192, rankCap: 6144 },
+  { name: '1b', layers: 16, kvHeads: 8, headDim: 64, tokens: 8192, rankCap: 2048 },
+  { name: 'smollm2', layers: 30, kvHeads: 3, headDim: 64, tokens: 8192, rankCap: 2048 },
+];
+
+/**
+ * The CUDA bench: device-resident bf16 KV (like a serving engine's cache) -> record in host
+ * memory -> KV back in device memory, median of `reps`, beside the cuBLAS GEMMs of the same
+ * shapes and a raw device-to-host copy of the same KV, all in this process. Inputs are 4096
+ * distinct synthetic tokens repeated to the length (RoPE applied at every true position), so the
+ * ratio column is indicative only; ratios are measured by the CPU bench and docs/quality.md.
+ */
+export async function benchShapeCuda(
+  shape: BenchShape,
+  o: BenchOptions & { tokenCounts: number[]; batches: number[] },
+): Promise<CudaBenchResult[]> {
+  const native = loadNative();
+  if (!native.benchCuda) throw Object.assign(new Error('this addon was built without CUDA'), { code: 'ERR_KVTC_BACKEND_UNAVAILABLE' });
+  const cal = await syntheticCalibration(shape, o.ratio, o);
+  const p = cal.featureDim;
+  const planId = cal.planId(o.ratio);
+  const plan = cal.plans[planId]!;
+  const block = 4096;
+  const base = syntheticKv(block, p, 42);
+  const results: CudaBenchResult[] = [];
+  for (const T of o.tokenCounts) {
+    const keys = new Uint16Array(T * p), values = new Uint16Array(T * p);
+    for (let at = 0; at < T; at += block) {
+      const n = Math.min(block, T - at);
+      const k = applyRope(base.keys.subarray(0, n * p), n, at, cal.model);
+      keys.set(toBf16(k), at * p);
+      values.set(toBf16(base.values.subarray(0, n * p)), at * p);
+    }
+    for (const batch of o.batches) {
+      o.progress?.(`${shape.name}: ${T} tokens x ${batch}`, 0);
+      const f = native.benchCuda(cal.native, { keys, values, tokens: T, batch, planId, reps: o.reps });
+      const raw = T * p * 2 * 2 * batch;
+      results.push({
+        shape: shape.name,
+        tokens: T,
+        batch,
+        raw_bytes: raw,
+        record_bytes: f.recordBytes * batch,
+        ratio: raw / (f.recordBytes * batch),
+        ratio_coded: f.codedBytes ? (f.codedTokens * p * 2 * 2) / f.codedBytes : 0,
+        encode_gbps: raw / f.encodeS / 1e9,
+        decode_gbps: raw / f.decodeS / 1e9,
+        gemm_ratio_encode: f.encodeS / f.gemmEncodeS,
+        gemm_ratio_decode: f.decodeS / f.gemmDecodeS,
+        rank_keys: plan.keys.rank,
+        rank_values: plan.values.rank,
+        target_ratio: o.ratio,
+        gpu: f.device,
+        date: new Date().toISOString().slice(0, 10),
+        d2h_copy_gbps: raw / f.d2hCopyS / 1e9,
+      });
+    }
+  }
+  return results;
 }
 
 export function markdownTable(results: BenchResult[]): string {

@@ -90,7 +90,7 @@ const bench = program.command('bench').description('benchmarks');
 bench
   .command('codec')
   .description('encode/decode throughput per model shape, beside the BLAS GEMM of the same shape')
-  .option('--backend <name>', 'codec backend: cpu (cuda comes with the GPU backend)', 'cpu')
+  .option('--backend <name>', 'codec backend: cpu or cuda (a CUDA build with a device)', 'cpu')
   .option('--shape <name>', 'one of stories260k, smollm2, 1b, 8b (default: all)')
   .option('--tokens <n>', 'tokens per run (default: per shape)', int('tokens', 1))
   .option('--ratio <n>', 'target compression ratio of the plan', Number, 16)
@@ -98,15 +98,33 @@ bench
   .option('--json', 'print one JSON object')
   .option('--cache <dir>', 'where synthetic calibrations are cached', 'bench/.cache')
   .action(async (o) => {
-    if (o.backend !== 'cpu') {
-      throw Object.assign(new Error(`backend '${o.backend}' is not built into this addon; use --backend cpu`), {
-        code: 'ERR_KVTC_BACKEND_UNAVAILABLE',
-      });
-    }
-    const { SHAPES, benchShape, markdownTable } = await import('../bench/codec.js');
-    const shapes = SHAPES.filter((s) => !o.shape || s.name === o.shape).map((s) => (o.tokens ? { ...s, tokens: o.tokens } : s));
-    if (shapes.length === 0) throw new InvalidArgumentError(`unknown shape ${o.shape}; known: ${SHAPES.map((s) => s.name).join(', ')}`);
+    const { SHAPES, CUDA_SHAPES, benchShape, benchShapeCuda, markdownTable } = await import('../bench/codec.js');
+    if (o.backend !== 'cpu' && o.backend !== 'cuda') throw new InvalidArgumentError(`backend must be cpu or cuda, received '${o.backend}'`);
+    const pool = o.backend === 'cuda' ? CUDA_SHAPES : SHAPES;
+    const shapes = pool.filter((s) => !o.shape || s.name === o.shape).map((s) => (o.tokens ? { ...s, tokens: o.tokens } : s));
+    if (shapes.length === 0) throw new InvalidArgumentError(`unknown shape ${o.shape}; known: ${pool.map((s) => s.name).join(', ')}`);
     const progress = createProgress();
+    if (o.backend === 'cuda') {
+      const results = [];
+      for (const shape of shapes) {
+        results.push(
+          ...(await benchShapeCuda(shape, {
+            shapes,
+            ratio: o.ratio,
+            reps: o.reps,
+            cacheDir: o.cache,
+            progress: progress.update,
+            tokenCounts: o.tokens ? [o.tokens] : [8192, 32768],
+            batches: [1, 8],
+          })),
+        );
+      }
+      progress.stop();
+      const first = results[0];
+      const out = { backend: 'cuda', gpu: first?.gpu ?? 'unknown', date: first?.date ?? '', results };
+      process.stdout.write((o.json ? JSON.stringify(out) : markdownTable(results)) + '\n');
+      return;
+    }
     const results = [];
     for (const shape of shapes) {
       results.push(await benchShape(shape, { shapes, ratio: o.ratio, reps: o.reps, cacheDir: o.cache, progress: progress.update }));

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Runs ON the GPU machine, from the repository root, with .gpu/ carried (scripts/gpu-bundle.sh):
+# unpacks Node.js and the libraries, builds the addon with CUDA, runs the GPU tests (and the
+# memcheck/racecheck sanitizers on them), then the GPU benchmark. Results go to $OUT (or ./out).
+#   bash scripts/gpu-run.sh [test|bench|all]   (default all)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what=${1:-all}
+OUT=${OUT:-$PWD/out}
+mkdir -p "$OUT"
+W=/tmp/kvtc-gpu
+mkdir -p "$W/bin" "$W/nvcomp" "$W/sys"
+[ -x "$W/bin/node" ] || { xz -dc .gpu/node.xz > "$W/bin/node"; chmod +x "$W/bin/node"; }
+[ -d node_modules ] || tar -xJf .gpu/node_modules.tar.xz
+tar -xJf .gpu/dist.tar.xz
+[ -f "$W/nvcomp/lib64/libnvcomp.so.6" ] || tar -C "$W/nvcomp" -xJf .gpu/nvcomp.tar.xz
+[ -f "$W/sys/lib/libopenblas.so.0" ] || tar -C "$W/sys" -xJf .gpu/sys.tar.xz
+export PATH="$W/bin:/usr/local/cuda/bin:$PATH"
+export LD_LIBRARY_PATH="$W/sys/lib:$W/nvcomp/lib64:${LD_LIBRARY_PATH:-}"
+export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-16}
+
+echo "== build (CUDA $(nvcc --version | tail -n 1))"
+cmake -S cuda -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DKVTC_WITH_CUDA=ON \
+  -DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc -DNVCOMP_ROOT="$W/nvcomp" -DKVTC_SYS_ROOT="$W/sys" \
+  -DCMAKE_JS_INC="$(node -p "require('node-api-headers').include_dir")" > "$OUT/cmake.log" 2>&1 || { tail -n 30 "$OUT/cmake.log"; exit 1; }
+cmake --build build-gpu 2>&1 | tail -n 3
+export KVTC_ADDON_PATH="$(find "$PWD/build-gpu" -name kvtc.node | head -n 1)"
+node -e "const a=require(process.env.KVTC_ADDON_PATH); console.log(JSON.stringify(a.buildInfo()))"
+
+if [ "$what" = test ] || [ "$what" = all ]; then
+  echo "== GPU tests"
+  node --test --test-reporter=tap dist/test/gpu/ 2>&1 | tee "$OUT/gpu-tests.tap" | grep -E "^(not ok|ok|# (pass|fail|skip))" || true
+  grep -q "^# fail 0" "$OUT/gpu-tests.tap" || { echo "GPU tests FAILED"; tail -n 40 "$OUT/gpu-tests.tap"; }
+  for tool in memcheck racecheck; do
+    echo "== compute-sanitizer --tool $tool"
+    KVTC_GPU_TEST_SMALL=1 compute-sanitizer --tool "$tool" --error-exitcode 7 node --test dist/test/gpu/ > "$OUT/sanitizer-$tool.log" 2>&1 \
+      && echo "$tool: clean" || { echo "$tool: FAILED (rc $?)"; grep -E "ERROR SUMMARY|Invalid|Race" "$OUT/sanitizer-$tool.log" | head -n 10; }
+  done
+fi
+
+if [ "$what" = bench ] || [ "$what" = all ]; then
+  echo "== GPU bench"
+  node dist/src/main.js bench codec --backend cuda --json --reps "${REPS:-5}" > "$OUT/gpu-bench.json"
+  node -e '
+    const r = require(process.argv[1]);
+    console.log(`${r.gpu} ${r.date}`);
+    console.log("shape   tokens batch rank(K/V)   ratio  enc GB/s dec GB/s enc/GEMM dec/GEMM D2H GB/s");
+    for (const x of r.results) console.log(
+      `${x.shape.padEnd(7)} ${String(x.tokens).padStart(6)} ${String(x.batch).padStart(5)} ${(x.rank_keys+"/"+x.rank_values).padStart(11)} ${x.ratio.toFixed(2).padStart(6)} ${x.encode_gbps.toFixed(1).padStart(8)} ${x.decode_gbps.toFixed(1).padStart(8)} ${x.gemm_ratio_encode.toFixed(2).padStart(8)} ${x.gemm_ratio_decode.toFixed(2).padStart(8)} ${x.d2h_copy_gbps.toFixed(1).padStart(8)}`);
+  ' "$OUT/gpu-bench.json"
+fi

@@ -1,0 +1,136 @@
+// GPU parity tests (node:test, so they run on the GPU machine with plain node from dist/; under
+// tap in CI they skip with a message). The CUDA backend against the CPU backend: quantization
+// byte-exact on identical coefficients, and the cross-decode matrix (cpu->cpu, cpu->cuda,
+// cuda->cpu, cuda->cuda) exact on raw sections and within the plan's error end to end.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+
+import { decode, encode, type Backend } from '../../src/codec/codec.js';
+import { loadNative, type NativePlan } from '../../src/codec/native.js';
+import { applyRope, gaussian, mulberry32, syntheticKv } from '../../src/calibrate/synthetic.js';
+import { fitCalibration } from '../../src/calibrate/fit.js';
+import type { ModelInfo } from '../../src/codec/calibration.js';
+
+const native = loadNative();
+const info = native.buildInfo();
+const skip = !info.cuda ? 'addon built without CUDA (KVTC_WITH_CUDA=OFF): GPU tests run on the GPU machine via scripts/gpu-run.sh' : !info.cudaDevice ? 'no CUDA device' : false;
+
+function relErr(a: Float32Array, b: Float32Array): number {
+  let n = 0, d = 0;
+  for (let i = 0; i < a.length; i++) {
+    n += (a[i]! - b[i]!) ** 2;
+    d += b[i]! ** 2;
+  }
+  return Math.sqrt(n / Math.max(d, 1e-30));
+}
+
+const MIXED: [number, number, number][] = [
+  [0, 1, 3],
+  [1, 1, 1],
+  [2, 1, 2],
+  [3, 16, 3],
+  [19, 64, 2],
+  [83, 256, 1],
+  [339, 16, 0],
+  [355, 1024, 1],
+];
+
+test('quantize: CUDA payload is byte-identical to the CPU payload', { skip }, () => {
+  const rank = 355 + 1024;
+  const plan: NativePlan = { groups: Uint32Array.from(MIXED.flat()), rank };
+  for (const tokens of [1, 7, 19, 989]) {
+    const normal = gaussian(mulberry32(tokens));
+    const d = Float32Array.from({ length: tokens * rank }, (_, i) => normal() * 30 * Math.pow(1 + (i % rank), -0.7));
+    const cpu = native.stages.quantize(d, { tokens, plan });
+    const gpu = native.stages.quantizeCuda!(d, { tokens, plan });
+    assert.equal(Buffer.compare(cpu, gpu), 0, `${tokens} tokens: payloads differ`);
+    const back = native.stages.dequantizeCuda!(cpu, { tokens, plan });
+    const ref = native.stages.dequantize(cpu, { tokens, plan });
+    // The GPU writes bf16 (the GEMM's input): equal to the CPU's float32 up to bf16 rounding.
+    let worst = 0;
+    for (let i = 0; i < ref.length; i++) worst = Math.max(worst, Math.abs(back[i]! - ref[i]!) / (Math.abs(ref[i]!) + 1e-6));
+    assert.ok(worst <= 2 ** -8, `${tokens} tokens: dequantized differs by ${worst}`);
+  }
+});
+
+// KVTC_GPU_TEST_SMALL=1 (the sanitizer runs) keeps to the small shape.
+const SHAPES = [
+  ['stories260k', 5, 4, 8],
+  ['smollm2', 30, 3, 64],
+] as const;
+for (const [name, layers, heads, dim] of process.env['KVTC_GPU_TEST_SMALL'] ? SHAPES.slice(0, 1) : SHAPES) {
+  test(`cross-decode matrix, ${name} shape`, { skip }, async () => {
+    const p = layers * heads * dim;
+    const model: ModelInfo = {
+      name,
+      fingerprint: '0123456789abcdef0123456789abcdef',
+      layers,
+      kv_heads: heads,
+      head_dim: dim,
+      rope: { theta: 10000, rotary_dim: dim, layout: 'neox', scaling: { type: 'default' } },
+    };
+    const n = Math.min(2 * p, 4096);
+    const s = syntheticKv(n, p, 1);
+    const cal = await fitCalibration({
+      model,
+      keys: s.keys,
+      values: s.values,
+      n,
+      ratios: [8],
+      rankCap: Math.min(p, 1024),
+      powerIters: 2,
+      oversample: 8,
+      seed: 1,
+      dpSamples: 256,
+      sinkTokens: 4,
+      windowTokens: 128,
+      source: 'gpu parity',
+    });
+    for (const tokens of [1, 7, 19, 989]) {
+      const kv = syntheticKv(tokens, p, tokens + 7);
+      const keys = applyRope(kv.keys, tokens, 100, model);
+      const chunk = { keys, values: kv.values, dtype: 'float32' as const, tokens, tokenStart: 100 };
+      const records: Record<Backend, Buffer> = {
+        cpu: await encode(cal, chunk, { windowTokens: 3, backend: 'cpu' }),
+        cuda: await encode(cal, chunk, { windowTokens: 3, backend: 'cuda' }),
+      };
+      const plan = cal.plans[0]!;
+      for (const enc of ['cpu', 'cuda'] as Backend[]) {
+        for (const dec of ['cpu', 'cuda'] as Backend[]) {
+          const out = await decode(cal, records[enc], { tokens, dtype: 'float32', backend: dec });
+          const k = new Float32Array(out.keys.buffer.slice(out.keys.byteOffset, out.keys.byteOffset + out.keys.length));
+          const v = new Float32Array(out.values.buffer.slice(out.values.byteOffset, out.values.byteOffset + out.values.length));
+          const w = out.info.windowTokens;
+          assert.deepEqual(k.subarray((tokens - w) * p), keys.subarray((tokens - w) * p), `${enc}->${dec}: window exact`);
+          const mid = tokens - w;
+          if (mid > 0) {
+            const ek = relErr(k.subarray(0, mid * p), keys.subarray(0, mid * p)) ** 2;
+            const ev = relErr(v.subarray(0, mid * p), kv.values.subarray(0, mid * p)) ** 2;
+            // bf16 GEMM operands on the GPU add ~1e-5 relative squared error to the plan's.
+            assert.ok(ek <= 3 * plan.keys.expected_error + 2e-3, `${name} ${tokens} ${enc}->${dec}: keys ${ek} vs ${plan.keys.expected_error}`);
+            assert.ok(ev <= 3 * plan.values.expected_error + 2e-3, `${name} ${tokens} ${enc}->${dec}: values ${ev} vs ${plan.values.expected_error}`);
+          }
+        }
+      }
+    }
+  });
+}
+
+test('CUDA decoder refuses bad records with the CPU decoder\'s codes', { skip }, async () => {
+  const model: ModelInfo = {
+    name: 'x',
+    fingerprint: '0123456789abcdef0123456789abcdef',
+    layers: 2,
+    kv_heads: 2,
+    head_dim: 8,
+    rope: { theta: 10000, rotary_dim: 8, layout: 'neox', scaling: { type: 'default' } },
+  };
+  const s = syntheticKv(256, 32, 1);
+  const cal = await fitCalibration({ model, keys: s.keys, values: s.values, n: 256, ratios: [4], rankCap: 32, powerIters: 2, oversample: 4, seed: 1, dpSamples: 128, sinkTokens: 4, windowTokens: 8, source: 't' });
+  const rec = await encode(cal, { keys: s.keys, values: s.values, dtype: 'float32', tokens: 256 }, { backend: 'cuda', windowTokens: 8 });
+  const flipped = Buffer.from(rec);
+  flipped[flipped.length - 20]! ^= 1;
+  await assert.rejects(decode(cal, flipped, { tokens: 256, dtype: 'float32', backend: 'cuda' }), { code: 'ERR_KVTC_RECORD_CORRUPT' });
+  await assert.rejects(decode(cal, rec.subarray(0, 50), { tokens: 256, dtype: 'float32', backend: 'cuda' }), { code: 'ERR_KVTC_RECORD_TRUNCATED' });
+  await assert.rejects(decode(cal, rec, { tokens: 255, dtype: 'float32', backend: 'cuda' }), { code: 'ERR_KVTC_RECORD_SIZE_MISMATCH' });
+});
