@@ -40,12 +40,12 @@ fi
 
 if [ "$what" = bench ] || [ "$what" = all ]; then
   echo "== GPU bench"
-  node dist/src/main.js bench codec --backend cuda --json --reps "${REPS:-5}" > "$OUT/gpu-bench.json"
+  node dist/src/main.js bench codec --backend cuda --json --reps "${REPS:-5}" ${BENCH_ARGS:-} > "$OUT/gpu-bench${BENCH_TAG:-}.json"
   node -e '
     const r = require(process.argv[1]);
     console.log(`${r.gpu} ${r.date}`);
     console.log("shape   tokens batch rank(K/V)   ratio  enc GB/s dec GB/s enc/GEMM dec/GEMM D2H GB/s");
     for (const x of r.results) console.log(
       `${x.shape.padEnd(7)} ${String(x.tokens).padStart(6)} ${String(x.batch).padStart(5)} ${(x.rank_keys+"/"+x.rank_values).padStart(11)} ${x.ratio.toFixed(2).padStart(6)} ${x.encode_gbps.toFixed(1).padStart(8)} ${x.decode_gbps.toFixed(1).padStart(8)} ${x.gemm_ratio_encode.toFixed(2).padStart(8)} ${x.gemm_ratio_decode.toFixed(2).padStart(8)} ${x.d2h_copy_gbps.toFixed(1).padStart(8)}`);
-  ' "$OUT/gpu-bench.json"
+  ' "$OUT/gpu-bench${BENCH_TAG:-}.json"
 fi
