@@ -34,7 +34,7 @@ if [ "$what" = test ] || [ "$what" = all ]; then
   for tool in memcheck racecheck; do
     echo "== compute-sanitizer --tool $tool"
     KVTC_GPU_TEST_SMALL=1 compute-sanitizer --tool "$tool" --error-exitcode 7 node --test dist/test/gpu/ > "$OUT/sanitizer-$tool.log" 2>&1 \
-      && echo "$tool: clean" || { echo "$tool: FAILED (rc $?)"; grep -E "ERROR SUMMARY|Invalid|Race" "$OUT/sanitizer-$tool.log" | head -n 10; }
+      && echo "$tool: clean" || { echo "$tool: FAILED (rc $?)"; grep -E "ERROR SUMMARY|Invalid|Race|hazard" "$OUT/sanitizer-$tool.log" | head -n 10 || true; }
   done
 fi
 

@@ -241,8 +241,11 @@ __global__ void QuantizeKernel(const float* __restrict__ d, int64_t ld, int64_t 
   }
   uint8_t* plane = payload + gd.plane;
   if (lane == 0) {
-    reinterpret_cast<uint16_t*>(plane)[t] = sh;
-    reinterpret_cast<uint16_t*>(plane + 2 * tokens)[t] = sc;
+    // Planes start at any byte offset (their sizes are not even in general): byte stores.
+    plane[2 * t] = uint8_t(sh & 0xff);
+    plane[2 * t + 1] = uint8_t(sh >> 8);
+    plane[2 * tokens + 2 * t] = uint8_t(sc & 0xff);
+    plane[2 * tokens + 2 * t + 1] = uint8_t(sc >> 8);
   }
   const float shift = __half2float(__ushort_as_half(sh)), scale = __half2float(__ushort_as_half(sc));
   const int max_code = (1 << gd.bits) - 1;
@@ -280,8 +283,10 @@ __global__ void DequantizeKernel(const uint8_t* __restrict__ payload, int64_t to
     return;
   }
   const uint8_t* plane = payload + gd.plane;
-  const float shift = __half2float(__ushort_as_half(reinterpret_cast<const uint16_t*>(plane)[t]));
-  const float scale = __half2float(__ushort_as_half(reinterpret_cast<const uint16_t*>(plane + 2 * tokens)[t]));
+  const uint16_t sh = uint16_t(plane[2 * t] | (plane[2 * t + 1] << 8));
+  const uint16_t sc = uint16_t(plane[2 * tokens + 2 * t] | (plane[2 * tokens + 2 * t + 1] << 8));
+  const float shift = __half2float(__ushort_as_half(sh));
+  const float scale = __half2float(__ushort_as_half(sc));
   const uint8_t* codes = plane + 4 * tokens;
   const bool fp8 = gd.fp8 != 0;
   const uint8_t mask = uint8_t((1u << gd.bits) - 1u);
