@@ -31,7 +31,7 @@ if [ "$what" = test ] || [ "$what" = all ]; then
   echo "== GPU tests"
   node --test --test-reporter=tap dist/test/gpu/ 2>&1 | tee "$OUT/gpu-tests.tap" | grep -E "^(not ok|ok|# (pass|fail|skip))" || true
   grep -q "^# fail 0" "$OUT/gpu-tests.tap" || { echo "GPU tests FAILED"; tail -n 40 "$OUT/gpu-tests.tap"; }
-  for tool in memcheck racecheck; do
+  for tool in ${SANITIZERS-memcheck racecheck}; do
     echo "== compute-sanitizer --tool $tool"
     KVTC_GPU_TEST_SMALL=1 compute-sanitizer --tool "$tool" --error-exitcode 7 node --test dist/test/gpu/ > "$OUT/sanitizer-$tool.log" 2>&1 \
       && echo "$tool: clean" || { echo "$tool: FAILED (rc $?)"; grep -E "ERROR SUMMARY|Invalid|Race|hazard" "$OUT/sanitizer-$tool.log" | head -n 10 || true; }

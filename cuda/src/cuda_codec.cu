@@ -11,6 +11,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <string>
@@ -268,6 +270,45 @@ __global__ void QuantizeKernel(const float* __restrict__ d, int64_t ld, int64_t 
   // payload already holds. Tokens sharing a byte never race.
 }
 
+// Groups of 1 or 16 components: one thread per token, elements in a loop. Size 16 fills whole
+// bytes for every width; size 1 with 2 or 4 bits has only zero codes (scale 0, see above).
+__global__ void QuantizeSmallKernel(const float* __restrict__ d, int64_t ld, int64_t tokens,
+                                    const GroupDesc* __restrict__ groups, uint8_t* __restrict__ payload) {
+  const int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= tokens) return;
+  const GroupDesc gd = groups[blockIdx.y];
+  const float* x = d + t * ld + gd.start;
+  const bool fp8 = gd.fp8 != 0;
+  float lo = x[0], hi = x[0];
+  for (uint32_t j = 1; j < gd.size; ++j) {
+    lo = fminf(lo, x[j]);
+    hi = fmaxf(hi, x[j]);
+  }
+  uint16_t sh, sc;
+  if (fp8) {
+    sh = HalfBitsSat(__fmul_rn(0.5f, __fadd_rn(hi, lo)));
+    sc = HalfBitsSat(__fdiv_rn(__fmul_rn(0.5f, __fsub_rn(hi, lo)), 448.0f));
+  } else {
+    sh = HalfBitsSat(lo);
+    sc = HalfBitsSat(__fdiv_rn(__fsub_rn(hi, lo), float((1 << gd.bits) - 1)));
+  }
+  uint8_t* plane = payload + gd.plane;
+  plane[2 * t] = uint8_t(sh & 0xff);
+  plane[2 * t + 1] = uint8_t(sh >> 8);
+  plane[2 * tokens + 2 * t] = uint8_t(sc & 0xff);
+  plane[2 * tokens + 2 * t + 1] = uint8_t(sc >> 8);
+  if (gd.size * gd.bits % 8 != 0) return;
+  const float shift = __half2float(__ushort_as_half(sh)), scale = __half2float(__ushort_as_half(sc));
+  const int max_code = (1 << gd.bits) - 1;
+  const int per_byte = 8 / gd.bits;
+  uint8_t* codes = plane + 4 * tokens + uint64_t(t) * gd.size * gd.bits / 8;
+  for (uint32_t b = 0; b < gd.size * gd.bits / 8; ++b) {
+    uint8_t v = 0;
+    for (int k = 0; k < per_byte; ++k) v |= uint8_t(EncodeOne(x[b * per_byte + k], shift, scale, fp8, max_code) << (k * gd.bits));
+    codes[b] = v;
+  }
+}
+
 // One warp per (token, group) of the whole plan (dropped groups write zeros). Output bf16 [T, ld].
 __global__ void DequantizeKernel(const uint8_t* __restrict__ payload, int64_t tokens, const GroupDesc* __restrict__ groups,
                                  int num_groups, __nv_bfloat16* __restrict__ out, int64_t ld) {
@@ -344,6 +385,48 @@ struct Context {
 Context& ThreadContext() {
   thread_local Context ctx;
   return ctx;
+}
+
+// KVTC_CUDA_PROFILE=1 prints per-stage device-timeline durations of each encode/decode to stderr.
+struct Profiler {
+  bool on = false;
+  cudaStream_t stream = nullptr;
+  std::vector<std::pair<const char*, cudaEvent_t>> marks;
+  explicit Profiler(cudaStream_t s) : stream(s) {
+    static const bool enabled = std::getenv("KVTC_CUDA_PROFILE") != nullptr;
+    on = enabled;
+    mark("start");
+  }
+  void mark(const char* name) {
+    if (!on) return;
+    cudaEvent_t e;
+    cudaEventCreate(&e);
+    cudaEventRecord(e, stream);
+    marks.emplace_back(name, e);
+  }
+  void report(const char* what) {
+    if (!on || marks.size() < 2) return;
+    cudaEventSynchronize(marks.back().second);
+    std::string line = std::string("[kvtc-profile] ") + what + ":";
+    for (size_t i = 1; i < marks.size(); ++i) {
+      float ms = 0;
+      cudaEventElapsedTime(&ms, marks[i - 1].second, marks[i].second);
+      char buf[64];
+      std::snprintf(buf, sizeof(buf), " %s %.3f", marks[i].first, ms);
+      line += buf;
+    }
+    std::fprintf(stderr, "%s ms\n", line.c_str());
+    for (auto& m : marks) cudaEventDestroy(m.second);
+    marks.clear();
+  }
+};
+
+int NvcompAlgorithm() {
+  static const int algo = [] {
+    const char* v = std::getenv("KVTC_NVCOMP_ALGO");
+    return v ? std::atoi(v) : 1;
+  }();
+  return algo;
 }
 
 constexpr int kThreads = 256;
@@ -436,10 +519,33 @@ void DispatchDtype(KvDtype dt, F&& f) {
   }
 }
 
+// Groups of fewer than 32 components: one thread per token; larger: one warp per token.
+void LaunchQuantize(Context& ctx, StreamScratch& s, const Plan& plan, uint32_t tokens, uint32_t ld) {
+  const std::vector<GroupDesc> all = PlanDescs(plan, tokens, /*kept_only=*/true);
+  std::vector<GroupDesc> groups;
+  for (const GroupDesc& g : all) if (g.size < 32) groups.push_back(g);
+  const size_t small = groups.size();
+  for (const GroupDesc& g : all) if (g.size >= 32) groups.push_back(g);
+  if (groups.empty()) return;
+  s.groups.resize(groups.size());
+  KVTC_CUDA_CALL(cudaMemcpyAsync(s.groups.ptr, groups.data(), groups.size() * sizeof(GroupDesc), cudaMemcpyHostToDevice,
+                                 ctx.stream));
+  if (small > 0) {
+    QuantizeSmallKernel<<<dim3(unsigned((tokens + 255) / 256), unsigned(small)), 256, 0, ctx.stream>>>(
+        s.d.ptr, ld, tokens, s.groups.ptr, s.payload.ptr);
+  }
+  if (groups.size() > small) {
+    QuantizeKernel<<<dim3(unsigned((tokens + 7) / 8), unsigned(groups.size() - small)), 256, 0, ctx.stream>>>(
+        s.d.ptr, ld, tokens, s.groups.ptr + small, int(groups.size() - small), s.payload.ptr);
+  }
+  KVTC_CUDA_CALL(cudaGetLastError());
+}
+
 std::vector<uint8_t> EncodeStream(Context& ctx, const Calibration& c, const DeviceCalibration& dev, const Plan& plan,
                                   bool keys, const void* dev_rows, KvDtype dtype, uint32_t tokens, int64_t pos0,
                                   size_t chunk_bytes, int which) {
   StreamScratch& s = Scratch(which);
+  Profiler prof(ctx.stream);
   const int64_t p = c.feature_dim();
   const int heads = int(c.layers * c.kv_heads);
   const int half = c.rope.rotary_dim / 2;
@@ -459,6 +565,7 @@ std::vector<uint8_t> EncodeStream(Context& ctx, const Calibration& c, const Devi
         static_cast<const T*>(dev_rows), tokens, heads, int(c.head_dim), c.rope.rotary_dim, neox, table, mean, s.x.ptr);
   });
   KVTC_CUDA_CALL(cudaGetLastError());
+  prof.mark("prepare");
   const uint32_t r = plan.rank;
   const uint32_t basis_rank = keys ? dev.rank_keys : dev.rank_values;
   s.d.resize(std::max<size_t>(1, size_t(tokens) * r));
@@ -470,18 +577,12 @@ std::vector<uint8_t> EncodeStream(Context& ctx, const Calibration& c, const Devi
                                   s.x.ptr, CUDA_R_16BF, int(p), &zero, s.d.ptr, CUDA_R_32F, int(r), CUBLAS_COMPUTE_32F,
                                   CUBLAS_GEMM_DEFAULT));
   }
+  prof.mark("gemm");
   const size_t payload_bytes = PayloadBytes(plan, tokens);
-  const std::vector<GroupDesc> groups = PlanDescs(plan, tokens, /*kept_only=*/true);
   s.payload.resize(std::max<size_t>(4, payload_bytes + 4));
   KVTC_CUDA_CALL(cudaMemsetAsync(s.payload.ptr, 0, payload_bytes + 4, ctx.stream));
-  if (!groups.empty()) {
-    s.groups.resize(groups.size());
-    KVTC_CUDA_CALL(cudaMemcpyAsync(s.groups.ptr, groups.data(), groups.size() * sizeof(GroupDesc),
-                                   cudaMemcpyHostToDevice, ctx.stream));
-    const dim3 grid(unsigned((tokens + 7) / 8), unsigned(groups.size()));
-    QuantizeKernel<<<grid, 256, 0, ctx.stream>>>(s.d.ptr, r, tokens, s.groups.ptr, int(groups.size()), s.payload.ptr);
-    KVTC_CUDA_CALL(cudaGetLastError());
-  }
+  LaunchQuantize(ctx, s, plan, tokens, r);
+  prof.mark("quantize");
   // nvCOMP batched DEFLATE over chunk_bytes chunks of the payload.
   const size_t chunks = (payload_bytes + chunk_bytes - 1) / chunk_bytes;
   std::vector<uint8_t> body(4 + 8 * chunks);
@@ -492,6 +593,7 @@ std::vector<uint8_t> EncodeStream(Context& ctx, const Calibration& c, const Devi
     return body;
   }
   nvcompBatchedDeflateCompressOpts_t opts = nvcompBatchedDeflateCompressDefaultOpts;
+  opts.algorithm = NvcompAlgorithm();
   size_t max_out = 0, temp_bytes = 0;
   KVTC_NVCOMP_CALL(nvcompBatchedDeflateCompressGetMaxOutputChunkSize(chunk_bytes, opts, &max_out));
   max_out = (max_out + 255) / 256 * 256;  // slots stay aligned for nvCOMP
@@ -518,6 +620,7 @@ std::vector<uint8_t> EncodeStream(Context& ctx, const Calibration& c, const Devi
   KVTC_NVCOMP_CALL(nvcompBatchedDeflateCompressAsync(s.in_ptrs.ptr, s.in_sizes.ptr, chunk_bytes, chunks, s.temp.ptr,
                                                      temp_bytes, s.out_ptrs.ptr, s.out_sizes.ptr, opts, s.statuses.ptr,
                                                      ctx.stream));
+  prof.mark("deflate");
   std::vector<size_t> out_sizes(chunks);
   KVTC_CUDA_CALL(cudaMemcpyAsync(out_sizes.data(), s.out_sizes.ptr, chunks * sizeof(size_t), cudaMemcpyDeviceToHost, ctx.stream));
   KVTC_CUDA_CALL(cudaStreamSynchronize(ctx.stream));  // the one host sync: sizes decide the layout
@@ -551,12 +654,16 @@ std::vector<uint8_t> EncodeStream(Context& ctx, const Calibration& c, const Devi
   KVTC_CUDA_CALL(cudaMemcpyAsync(s.offsets.ptr, offsets.data(), chunks * 8, cudaMemcpyHostToDevice, ctx.stream));
   CompactKernel<<<unsigned(chunks), 256, 0, ctx.stream>>>(s.slots.ptr, max_out, s.out_sizes.ptr, s.offsets.ptr, s.packed.ptr);
   KVTC_CUDA_CALL(cudaGetLastError());
+  prof.mark("compact");
   const size_t head = body.size();
   body.resize(head + total);
   ctx.pinned.resize(total);
   KVTC_CUDA_CALL(cudaMemcpyAsync(ctx.pinned.ptr, s.packed.ptr, total, cudaMemcpyDeviceToHost, ctx.stream));
+  prof.mark("d2h");
   KVTC_CUDA_CALL(cudaStreamSynchronize(ctx.stream));
   std::memcpy(body.data() + head, ctx.pinned.ptr, total);
+  prof.mark("host-copy");
+  prof.report(keys ? "encode keys" : "encode values");
   return body;
 }
 
@@ -796,6 +903,7 @@ RecordHeader DecodeToDevice(const Calibration& c, const DeviceCalibration& dev, 
   KVTC_CUDA_CALL(cudaSetDevice(dev.device));
   Context& ctx = ThreadContext();
   const PlanPair& plan = c.plans[h.plan_id];
+  Profiler prof(ctx.stream);
   for (const Section& s : h.sections) {
     const bool keys = s.kind == SectionKind::kRawKeys || s.kind == SectionKind::kCodedKeys;
     uint8_t* dst = static_cast<uint8_t*>(keys ? keys_out : values_out) + size_t(s.token_offset) * row_bytes;
@@ -806,9 +914,13 @@ RecordHeader DecodeToDevice(const Calibration& c, const DeviceCalibration& dev, 
     const Plan& pl = keys ? plan.keys : plan.values;
     StreamScratch& scratch = Scratch(keys ? 0 : 1);
     InflateToDevice(ctx, scratch, record + s.offset, s.stored_bytes, PayloadBytes(pl, s.token_count));
+    prof.mark(keys ? "inflate-k" : "inflate-v");
     DecodeStream(ctx, c, dev, pl, keys, s.token_count, int64_t(h.token_start) + s.token_offset, h.kv_dtype, dst, scratch);
+    prof.mark(keys ? "reconstruct-k" : "reconstruct-v");
   }
   KVTC_CUDA_CALL(cudaStreamSynchronize(ctx.stream));
+  prof.mark("sync");
+  prof.report("decode");
   return h;
 }
 
@@ -840,14 +952,7 @@ std::vector<uint8_t> QuantizeOnDevice(const float* d, int64_t tokens, const Plan
   KVTC_CUDA_CALL(cudaMemcpyAsync(s.d.ptr, d, size_t(tokens) * plan.rank * 4, cudaMemcpyHostToDevice, ctx.stream));
   s.payload.resize(bytes + 4);
   KVTC_CUDA_CALL(cudaMemsetAsync(s.payload.ptr, 0, bytes + 4, ctx.stream));
-  const std::vector<GroupDesc> groups = PlanDescs(plan, tokens, true);
-  if (!groups.empty()) {
-    s.groups.resize(groups.size());
-    KVTC_CUDA_CALL(cudaMemcpyAsync(s.groups.ptr, groups.data(), groups.size() * sizeof(GroupDesc), cudaMemcpyHostToDevice, ctx.stream));
-    QuantizeKernel<<<dim3(unsigned((tokens + 7) / 8), unsigned(groups.size())), 256, 0, ctx.stream>>>(
-        s.d.ptr, plan.rank, tokens, s.groups.ptr, int(groups.size()), s.payload.ptr);
-    KVTC_CUDA_CALL(cudaGetLastError());
-  }
+  LaunchQuantize(ctx, s, plan, uint32_t(tokens), plan.rank);
   std::vector<uint8_t> out(bytes);
   KVTC_CUDA_CALL(cudaMemcpyAsync(out.data(), s.payload.ptr, bytes, cudaMemcpyDeviceToHost, ctx.stream));
   KVTC_CUDA_CALL(cudaStreamSynchronize(ctx.stream));
