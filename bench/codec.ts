@@ -164,7 +164,7 @@ export interface CudaBenchResult extends BenchResult {
 }
 
 export const CUDA_SHAPES: BenchShape[] = [
-  { name: '8b', layers: 32, kvHeads: 8, headDim: 128, tokens: 8192, rankCap: 6144 },
+  { name: '8b', layers: 32, kvHeads: 8, headDim: 128, tokens: 8192, rankCap: 2048 },
   { name: '1b', layers: 16, kvHeads: 8, headDim: 64, tokens: 8192, rankCap: 2048 },
   { name: 'smollm2', layers: 30, kvHeads: 3, headDim: 64, tokens: 8192, rankCap: 2048 },
 ];

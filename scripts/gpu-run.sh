@@ -17,7 +17,7 @@ tar -xJf .gpu/dist.tar.xz
 [ -f "$W/sys/lib/libopenblas.so.0" ] || tar -C "$W/sys" -xJf .gpu/sys.tar.xz
 export PATH="$W/bin:/usr/local/cuda/bin:$PATH"
 export LD_LIBRARY_PATH="$W/sys/lib:$W/nvcomp/lib64:${LD_LIBRARY_PATH:-}"
-export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-16}
+export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-16} OMP_NUM_THREADS=${OMP_NUM_THREADS:-16}
 
 echo "== build (CUDA $(nvcc --version | tail -n 1))"
 cmake -S cuda -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DKVTC_WITH_CUDA=ON \
