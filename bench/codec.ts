@@ -119,7 +119,13 @@ export async function benchShape(shape: BenchShape, o: BenchOptions): Promise<Be
   o.progress?.(`${shape.name}: timing`, 0);
   const kv = syntheticKv(T, p, 42);
   kv.keys = applyRope(kv.keys, T, 0, cal.model); // as a serving engine caches them
-  const chunk = { keys: toBf16(kv.keys), values: toBf16(kv.values), dtype: 'bfloat16' as const, tokens: T, tokenStart: 0 };
+  const chunk = {
+    keys: toBf16(kv.keys),
+    values: toBf16(kv.values),
+    dtype: 'bfloat16' as const,
+    tokens: T,
+    tokenStart: 0,
+  };
   const record = await encode(cal, chunk, { ratio: o.ratio });
   const plan = cal.plans[cal.planId(o.ratio)]!;
   const info = (await decode(cal, record, { tokens: T, dtype: 'bfloat16' })).info;
@@ -129,7 +135,10 @@ export async function benchShape(shape: BenchShape, o: BenchOptions): Promise<Be
   const gemm = (rank: number, transB: boolean) =>
     rank === 0 ? 0 : native.benchGemm({ m: codedTokens, n: transB ? p : rank, k: transB ? rank : p, transB, reps: 1 });
   // Interleaved repetitions, best of each: pipeline and baseline see the same machine state.
-  let encodeS = Infinity, decodeS = Infinity, gemmEnc = Infinity, gemmDec = Infinity;
+  let encodeS = Infinity,
+    decodeS = Infinity,
+    gemmEnc = Infinity,
+    gemmDec = Infinity;
   for (let r = 0; r < o.reps; r++) {
     encodeS = Math.min(encodeS, await time(() => encode(cal, chunk, { ratio: o.ratio })));
     gemmEnc = Math.min(gemmEnc, gemm(plan.keys.rank, false) + gemm(plan.values.rank, false));
@@ -181,7 +190,8 @@ export async function benchShapeCuda(
   o: BenchOptions & { tokenCounts: number[]; batches: number[] },
 ): Promise<CudaBenchResult[]> {
   const native = loadNative();
-  if (!native.benchCuda) throw Object.assign(new Error('this addon was built without CUDA'), { code: 'ERR_KVTC_BACKEND_UNAVAILABLE' });
+  if (!native.benchCuda)
+    throw Object.assign(new Error('this addon was built without CUDA'), { code: 'ERR_KVTC_BACKEND_UNAVAILABLE' });
   const cal = await syntheticCalibration(shape, o.ratio, o);
   const p = cal.featureDim;
   const planId = cal.planId(o.ratio);
@@ -190,7 +200,8 @@ export async function benchShapeCuda(
   const base = syntheticKv(block, p, 42);
   const results: CudaBenchResult[] = [];
   for (const T of o.tokenCounts) {
-    const keys = new Uint16Array(T * p), values = new Uint16Array(T * p);
+    const keys = new Uint16Array(T * p),
+      values = new Uint16Array(T * p);
     for (let at = 0; at < T; at += block) {
       const n = Math.min(block, T - at);
       const k = applyRope(base.keys.subarray(0, n * p), n, at, cal.model);

@@ -58,7 +58,20 @@ export async function runLoad(o: LoadOptions): Promise<LoadResult> {
   const main = resolve(import.meta.dirname, '..', 'src', 'main.js');
   const child = spawn(
     process.execPath,
-    [main, 'serve', '--calibration', o.calibration, '--endpoint', endpoint, '--store', `mem://?max=${o.storeMaxBytes}`, '--log-level', 'error', '--max-in-flight', '256'],
+    [
+      main,
+      'serve',
+      '--calibration',
+      o.calibration,
+      '--endpoint',
+      endpoint,
+      '--store',
+      `mem://?max=${o.storeMaxBytes}`,
+      '--log-level',
+      'error',
+      '--max-in-flight',
+      '256',
+    ],
     { stdio: ['ignore', 'pipe', 'inherit'] },
   );
   await new Promise<void>((res) => createInterface({ input: child.stdout! }).once('line', () => res()));
@@ -71,16 +84,32 @@ export async function runLoad(o: LoadOptions): Promise<LoadResult> {
     const u = new Uint32Array(x.buffer, x.byteOffset, x.length);
     return Buffer.from(Uint16Array.from(u, (v) => (v + 0x7fff + ((v >>> 16) & 1)) >>> 16).buffer);
   };
-  const keys = bf16(k32), values = bf16(s.values);
+  const keys = bf16(k32),
+    values = bf16(s.values);
   const packr = new Packr({ useRecords: false, mapsAsObjects: true });
-  const compat = { protocol: 1, model_fingerprint: m.fingerprint, dtype: 'bfloat16', layout: 'token-major', block_size: 16, layers: m.layers, kv_heads: m.kv_heads, head_dim: m.head_dim, calibration_id: cal.id };
+  const compat = {
+    protocol: 1,
+    model_fingerprint: m.fingerprint,
+    dtype: 'bfloat16',
+    layout: 'token-major',
+    block_size: 16,
+    layers: m.layers,
+    kv_heads: m.kv_heads,
+    head_dim: m.head_dim,
+    calibration_id: cal.id,
+  };
 
-  const saveMs: number[] = [], loadMs: number[] = [];
+  const saveMs: number[] = [],
+    loadMs: number[] = [];
   const errors: Record<string, number> = {};
-  let saves = 0, loads = 0;
+  let saves = 0,
+    loads = 0;
   const deadline = performance.now() + o.seconds * 1000;
   const t0 = performance.now();
-  const ticker = setInterval(() => o.progress?.('load test', Math.min(1, (performance.now() - t0) / (o.seconds * 1000))), 500);
+  const ticker = setInterval(
+    () => o.progress?.('load test', Math.min(1, (performance.now() - t0) / (o.seconds * 1000))),
+    500,
+  );
 
   async function client(c: number): Promise<void> {
     const sock = new Dealer({ receiveTimeout: 60000, linger: 0 });
@@ -97,7 +126,10 @@ export async function runLoad(o: LoadOptions): Promise<LoadResult> {
     for (let i = 0; performance.now() < deadline; i++) {
       const key = `${c.toString(16).padStart(4, '0')}${i.toString(16).padStart(28, '0')}`;
       let t = performance.now();
-      const sv = await call({ op: 'save', session, key, token_start: 0, tokens: o.tokens, dtype: 'bfloat16' }, [keys, values]);
+      const sv = await call({ op: 'save', session, key, token_start: 0, tokens: o.tokens, dtype: 'bfloat16' }, [
+        keys,
+        values,
+      ]);
       if (sv.h['ok']) {
         saves++;
         saveMs.push(performance.now() - t);

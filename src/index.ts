@@ -1,6 +1,14 @@
 /** Public API of kvtc-sidecar. */
 export { encode, decode, inspectRecord, ENCODE_DEFAULTS, dtypeBytes } from './codec/codec.js';
-export type { KvChunk, KvDtype, EncodeOptions, DecodeExpectation, DecodedChunk, RecordInfo, RecordSection } from './codec/codec.js';
+export type {
+  KvChunk,
+  KvDtype,
+  EncodeOptions,
+  DecodeExpectation,
+  DecodedChunk,
+  RecordInfo,
+  RecordSection,
+} from './codec/codec.js';
 export { Calibration, loadCalibration, parseCalibration } from './codec/calibration.js';
 export type { CalibrationMetadata, ModelInfo, PlanInfo, RopeJson, StreamPlan } from './codec/calibration.js';
 export { fitCalibration } from './calibrate/fit.js';

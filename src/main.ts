@@ -21,7 +21,8 @@ function int(name: string, min = 0) {
 
 function ratios(v: string): number[] {
   const list = v.split(',').map(Number);
-  if (list.length === 0 || list.some((r) => !(r >= 1))) throw new InvalidArgumentError('ratios must be numbers >= 1, e.g. 8,16,32,64');
+  if (list.length === 0 || list.some((r) => !(r >= 1)))
+    throw new InvalidArgumentError('ratios must be numbers >= 1, e.g. 8,16,32,64');
   return list;
 }
 
@@ -50,14 +51,29 @@ program
   .description('serve the codec and stores to vLLM connectors over ZeroMQ')
   .option('--endpoint <url>', 'ipc://PATH or tcp://HOST:PORT (env KVTC_ENDPOINT; default ipc:///tmp/kvtc-sidecar.sock)')
   .option('--calibration <file>', 'calibration file (env KVTC_CALIBRATION)')
-  .option('--store <urls>', 'store URLs, comma-separated, fastest first (env KVTC_STORE; default mem://?max=4GiB,file://.cache/kvtc-store?max=32GiB)')
+  .option(
+    '--store <urls>',
+    'store URLs, comma-separated, fastest first (env KVTC_STORE; default mem://?max=4GiB,file://.cache/kvtc-store?max=32GiB)',
+  )
   .option('--backend <name>', 'auto | cuda | cpu (env KVTC_BACKEND)')
-  .option('--metrics-port <n>', 'serve Prometheus metrics on 127.0.0.1:PORT/metrics (env KVTC_METRICS_PORT)', int('metrics-port'))
+  .option(
+    '--metrics-port <n>',
+    'serve Prometheus metrics on 127.0.0.1:PORT/metrics (env KVTC_METRICS_PORT)',
+    int('metrics-port'),
+  )
   .option('--log-level <level>', 'trace | debug | info | warn | error (env KVTC_LOG_LEVEL)')
-  .option('--max-in-flight <n>', 'requests worked on at once; more are answered BUSY (env KVTC_MAX_IN_FLIGHT)', int('max-in-flight', 1))
+  .option(
+    '--max-in-flight <n>',
+    'requests worked on at once; more are answered BUSY (env KVTC_MAX_IN_FLIGHT)',
+    int('max-in-flight', 1),
+  )
   .option('--max-frame-bytes <n>', 'largest accepted frame (env KVTC_MAX_FRAME_BYTES)', int('max-frame-bytes', 1))
   .option('--ratio <n>', 'default target ratio for saves (env KVTC_RATIO; default: the first plan)', Number)
-  .option('--window-tokens <n>', 'newest tokens of each saved chunk kept raw unless the request says (env KVTC_WINDOW_TOKENS)', int('window-tokens'))
+  .option(
+    '--window-tokens <n>',
+    'newest tokens of each saved chunk kept raw unless the request says (env KVTC_WINDOW_TOKENS)',
+    int('window-tokens'),
+  )
   .option('--config <file>', 'JSON config file with the same keys (camelCase)')
   .action(async (o) =>
     runServe({
@@ -84,7 +100,9 @@ program
   .option('--ratios <list>', 'ratios (default: every plan of the calibration)', ratios)
   .option('--sink-tokens <n>', 'attention sinks kept raw', int('sink-tokens'), 4)
   .option('--window-tokens <n>', 'newest tokens kept raw', int('window-tokens'), 128)
-  .action(async (o) => runRoundtrip({ ...o, calibration: resolve(o.calibration), kv: resolve(o.kv), out: resolve(o.out) }));
+  .action(async (o) =>
+    runRoundtrip({ ...o, calibration: resolve(o.calibration), kv: resolve(o.kv), out: resolve(o.out) }),
+  );
 
 const bench = program.command('bench').description('benchmarks');
 bench
@@ -99,10 +117,14 @@ bench
   .option('--cache <dir>', 'where synthetic calibrations are cached', 'bench/.cache')
   .action(async (o) => {
     const { SHAPES, CUDA_SHAPES, benchShape, benchShapeCuda, markdownTable } = await import('../bench/codec.js');
-    if (o.backend !== 'cpu' && o.backend !== 'cuda') throw new InvalidArgumentError(`backend must be cpu or cuda, received '${o.backend}'`);
+    if (o.backend !== 'cpu' && o.backend !== 'cuda')
+      throw new InvalidArgumentError(`backend must be cpu or cuda, received '${o.backend}'`);
     const pool = o.backend === 'cuda' ? CUDA_SHAPES : SHAPES;
-    const shapes = pool.filter((s) => !o.shape || s.name === o.shape).map((s) => (o.tokens ? { ...s, tokens: o.tokens } : s));
-    if (shapes.length === 0) throw new InvalidArgumentError(`unknown shape ${o.shape}; known: ${pool.map((s) => s.name).join(', ')}`);
+    const shapes = pool
+      .filter((s) => !o.shape || s.name === o.shape)
+      .map((s) => (o.tokens ? { ...s, tokens: o.tokens } : s));
+    if (shapes.length === 0)
+      throw new InvalidArgumentError(`unknown shape ${o.shape}; known: ${pool.map((s) => s.name).join(', ')}`);
     const progress = createProgress();
     if (o.backend === 'cuda') {
       const results = [];
@@ -127,7 +149,9 @@ bench
     }
     const results = [];
     for (const shape of shapes) {
-      results.push(await benchShape(shape, { shapes, ratio: o.ratio, reps: o.reps, cacheDir: o.cache, progress: progress.update }));
+      results.push(
+        await benchShape(shape, { shapes, ratio: o.ratio, reps: o.reps, cacheDir: o.cache, progress: progress.update }),
+      );
     }
     progress.stop();
     if (o.json) process.stdout.write(JSON.stringify({ backend: 'cpu', results }) + '\n');
@@ -146,7 +170,14 @@ bench
   .action(async (o) => {
     const { runLoad } = await import('../bench/load.js');
     const progress = createProgress();
-    const r = await runLoad({ calibration: resolve(o.calibration), clients: o.clients, seconds: o.seconds, tokens: o.tokens, storeMaxBytes: o.storeMax, progress: progress.update });
+    const r = await runLoad({
+      calibration: resolve(o.calibration),
+      clients: o.clients,
+      seconds: o.seconds,
+      tokens: o.tokens,
+      storeMaxBytes: o.storeMax,
+      progress: progress.update,
+    });
     progress.stop();
     process.stdout.write(JSON.stringify(r, null, o.json ? undefined : 2) + '\n');
   });

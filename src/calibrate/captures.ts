@@ -45,13 +45,20 @@ export async function readCapture(file: string): Promise<Capture> {
   if (!meta) bad(file, 'no kvtc_capture metadata: not a KV capture');
   const { layers, kv_heads: kvHeads, head_dim: headDim } = meta;
   if (!(layers! > 0 && kvHeads! > 0 && headDim! > 0)) bad(file, 'capture metadata lacks layers, kv_heads or head_dim');
-  if (!meta.rope || !(meta.rope.theta > 0) || !(meta.rope.rotary_dim > 0)) bad(file, 'capture metadata lacks RoPE parameters');
-  if (!/^[0-9a-f]{32}$/.test(meta.model_fingerprint ?? '')) bad(file, 'capture metadata lacks a 32-hex model_fingerprint');
-  const k = st.tensors.get('keys'), v = st.tensors.get('values'), pos = st.tensors.get('positions');
+  if (!meta.rope || !(meta.rope.theta > 0) || !(meta.rope.rotary_dim > 0))
+    bad(file, 'capture metadata lacks RoPE parameters');
+  if (!/^[0-9a-f]{32}$/.test(meta.model_fingerprint ?? ''))
+    bad(file, 'capture metadata lacks a 32-hex model_fingerprint');
+  const k = st.tensors.get('keys'),
+    v = st.tensors.get('values'),
+    pos = st.tensors.get('positions');
   if (!k || !v || !pos) bad(file, 'capture lacks keys, values or positions');
   const shapeOk = (s: number[]) => s.length === 4 && s[1] === layers && s[2] === kvHeads && s[3] === headDim;
   if (!shapeOk(k.shape) || !shapeOk(v.shape) || k.shape[0] !== v.shape[0])
-    bad(file, `keys ${JSON.stringify(k.shape)} / values ${JSON.stringify(v.shape)} do not match [tokens, ${layers}, ${kvHeads}, ${headDim}]`);
+    bad(
+      file,
+      `keys ${JSON.stringify(k.shape)} / values ${JSON.stringify(v.shape)} do not match [tokens, ${layers}, ${kvHeads}, ${headDim}]`,
+    );
   const tokens = k.shape[0]!;
   if (pos.dtype !== 'I64' || pos.shape[0] !== tokens) bad(file, 'positions must be I64 [tokens]');
   const p = new BigInt64Array(new Uint8Array(pos.data).buffer);
@@ -80,7 +87,10 @@ export async function listCaptures(dir: string): Promise<string[]> {
   } catch (err) {
     throw new KvtcError('ERR_KVTC_INVALID_ARGUMENT', `${dir}: cannot list captures (${(err as Error).message})`);
   }
-  const files = names.filter((n) => n.endsWith('.safetensors')).sort().map((n) => join(dir, n));
+  const files = names
+    .filter((n) => n.endsWith('.safetensors'))
+    .sort()
+    .map((n) => join(dir, n));
   if (files.length === 0) throw new KvtcError('ERR_KVTC_INVALID_ARGUMENT', `${dir}: no .safetensors captures`);
   return files;
 }
@@ -134,7 +144,8 @@ export async function poolCaptures(
     for (let t = 0; t < c.tokens; t++) if (c.positionStart + t >= options.sinkTokens) rows.push(t);
     const p = model.layers * model.kv_heads * model.head_dim;
     for (const arr of [keys, c.values]) {
-      for (let i = 0; i < arr.length; i++) if (!Number.isFinite(arr[i]!)) bad(file, `non-finite value at token ${Math.floor(i / p)}`);
+      for (let i = 0; i < arr.length; i++)
+        if (!Number.isFinite(arr[i]!)) bad(file, `non-finite value at token ${Math.floor(i / p)}`);
     }
     parts.push({ keys, values: c.values, rows });
     total += rows.length;
@@ -150,7 +161,7 @@ export async function poolCaptures(
   const index = Array.from({ length: total }, (_, i) => i);
   const n = Math.min(total, options.maxSamples);
   let state = options.seed >>> 0 || 1;
-  const rand = () => ((state = (Math.imul(state, 1664525) + 1013904223) >>> 0) / 4294967296);
+  const rand = () => (state = (Math.imul(state, 1664525) + 1013904223) >>> 0) / 4294967296;
   if (n < total) {
     for (let i = 0; i < n; i++) {
       const j = i + Math.floor(rand() * (total - i));
@@ -159,8 +170,11 @@ export async function poolCaptures(
     index.length = n;
     index.sort((a, b) => a - b);
   }
-  const keys = new Float32Array(n * p), values = new Float32Array(n * p);
-  let part = 0, base = 0, out = 0;
+  const keys = new Float32Array(n * p),
+    values = new Float32Array(n * p);
+  let part = 0,
+    base = 0,
+    out = 0;
   for (const g of index) {
     while (g >= base + parts[part]!.rows.length) base += parts[part++]!.rows.length;
     const src = parts[part]!.rows[g - base]! * p;

@@ -43,11 +43,22 @@ interface StreamFit {
   plans: NativePlanResult[];
 }
 
-async function fitStream(name: 'keys' | 'values', x: Float32Array, o: FitOptions, p: number, budgets: number[]): Promise<StreamFit> {
+async function fitStream(
+  name: 'keys' | 'values',
+  x: Float32Array,
+  o: FitOptions,
+  p: number,
+  budgets: number[],
+): Promise<StreamFit> {
   const native = loadNative();
   const rank = Math.min(o.rankCap, o.n, p);
-  const pca = await native.fitPca(x, o.n, p, rank, { powerIters: o.powerIters, oversample: o.oversample, seed: o.seed }, (f) =>
-    o.progress?.(`${name} PCA`, f),
+  const pca = await native.fitPca(
+    x,
+    o.n,
+    p,
+    rank,
+    { powerIters: o.powerIters, oversample: o.oversample, seed: o.seed },
+    (f) => o.progress?.(`${name} PCA`, f),
   );
   const nd = Math.min(o.dpSamples, o.n);
   const projected = native.stages.project(x.subarray(0, nd * p), {
@@ -67,7 +78,12 @@ async function fitStream(name: 'keys' | 'values', x: Float32Array, o: FitOptions
 }
 
 function streamPlan(pl: NativePlanResult): StreamPlan {
-  return { rank: pl.rank, groups: fromNativeGroups(pl.groups), bits_per_token: pl.bitsPerToken, expected_error: pl.expectedError };
+  return {
+    rank: pl.rank,
+    groups: fromNativeGroups(pl.groups),
+    bits_per_token: pl.bitsPerToken,
+    expected_error: pl.expectedError,
+  };
 }
 
 /** Fits and returns a calibration (already loaded into the native codec). */
@@ -76,8 +92,10 @@ export async function fitCalibration(o: FitOptions): Promise<Calibration> {
   const p = m.layers * m.kv_heads * m.head_dim;
   if (o.keys.length !== o.n * p || o.values.length !== o.n * p)
     throw new KvtcError('ERR_KVTC_INVALID_ARGUMENT', `Expected ${o.n} x ${p} samples per stream`);
-  if (o.n < 2) throw new KvtcError('ERR_KVTC_INVALID_ARGUMENT', `calibration needs at least 2 token rows, received ${o.n}`);
-  for (const r of o.ratios) if (!(r >= 1)) throw new KvtcError('ERR_KVTC_INVALID_ARGUMENT', `Expected ratios >= 1 but received ${r}`);
+  if (o.n < 2)
+    throw new KvtcError('ERR_KVTC_INVALID_ARGUMENT', `calibration needs at least 2 token rows, received ${o.n}`);
+  for (const r of o.ratios)
+    if (!(r >= 1)) throw new KvtcError('ERR_KVTC_INVALID_ARGUMENT', `Expected ratios >= 1 but received ${r}`);
   const budgets = o.ratios.map((r) => Math.floor((16 * p) / r));
   const keys = await fitStream('keys', o.keys, o, p, budgets);
   const values = await fitStream('values', o.values, o, p, budgets);

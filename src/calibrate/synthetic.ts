@@ -21,7 +21,8 @@ export function mulberry32(seed: number): () => number {
 
 export function gaussian(rand: () => number): () => number {
   return () => {
-    const u = Math.max(rand(), 1e-12), v = rand();
+    const u = Math.max(rand(), 1e-12),
+      v = rand();
     return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * v);
   };
 }
@@ -31,7 +32,8 @@ function fwht(x: Float32Array, n: number): void {
   for (let h = 1; h < n; h *= 2) {
     for (let i = 0; i < n; i += 2 * h) {
       for (let j = i; j < i + h; j++) {
-        const a = x[j]!, b = x[j + h]!;
+        const a = x[j]!,
+          b = x[j + h]!;
         x[j] = a + b;
         x[j + h] = a - b;
       }
@@ -65,7 +67,7 @@ export function syntheticKv(tokens: number, p: number, sampleSeed: number, seed 
   const sigma = Float32Array.from({ length: p }, (_, j) => 4 * Math.pow(1 + j, -alpha));
   // Largest power-of-two blocks tile p (e.g. 5760 = 4096 + 1024 + 512 + 128).
   const blocks: [number, number][] = [];
-  for (let at = 0, left = p; left > 0; ) {
+  for (let at = 0, left = p; left > 0;) {
     const n = 2 ** Math.floor(Math.log2(left));
     blocks.push([at, n]);
     at += n;

@@ -22,7 +22,12 @@ export interface CalibrateArgs {
 export async function runCalibrate(a: CalibrateArgs): Promise<void> {
   const t0 = Date.now();
   const progress = createProgress();
-  const pooled = await poolCaptures(a.kv, { sinkTokens: a.sinkTokens, maxSamples: a.maxSamples, seed: a.seed, minSamples: 16 });
+  const pooled = await poolCaptures(a.kv, {
+    sinkTokens: a.sinkTokens,
+    maxSamples: a.maxSamples,
+    seed: a.seed,
+    minSamples: 16,
+  });
   const cal = await fitCalibration({
     model: pooled.model,
     keys: pooled.keys,

@@ -11,9 +11,13 @@ export async function runServe(flags: Partial<ServeConfig> & { config?: string }
   const log = createLogger(config.logLevel);
   const build = loadNative().buildInfo();
   if (config.backend === 'cuda' && !build.cuda) {
-    throw new KvtcError('ERR_KVTC_BACKEND_UNAVAILABLE', 'backend cuda requested but this addon was built without CUDA (KVTC_WITH_CUDA=OFF)');
+    throw new KvtcError(
+      'ERR_KVTC_BACKEND_UNAVAILABLE',
+      'backend cuda requested but this addon was built without CUDA (KVTC_WITH_CUDA=OFF)',
+    );
   }
-  if (config.backend === 'auto' && !build.cuda) log.info({ blas: build.blas }, 'backend auto: falling back to cpu (addon built without CUDA)');
+  if (config.backend === 'auto' && !build.cuda)
+    log.info({ blas: build.blas }, 'backend auto: falling back to cpu (addon built without CUDA)');
   const calibration = await loadCalibration(config.calibration);
   const sidecar = await Sidecar.start({
     endpoint: config.endpoint,
@@ -28,7 +32,14 @@ export async function runServe(flags: Partial<ServeConfig> & { config?: string }
     ...(config.metricsPort !== undefined ? { metricsPort: config.metricsPort } : {}),
   });
   // Machine-readable readiness line for supervisors and tests.
-  process.stdout.write(JSON.stringify({ ready: true, endpoint: sidecar.endpoint, metrics: sidecar.metricsAddress, calibration: calibration.id }) + '\n');
+  process.stdout.write(
+    JSON.stringify({
+      ready: true,
+      endpoint: sidecar.endpoint,
+      metrics: sidecar.metricsAddress,
+      calibration: calibration.id,
+    }) + '\n',
+  );
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {
       log.info({ signal }, 'stopping: finishing in-flight work');

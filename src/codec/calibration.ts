@@ -178,7 +178,9 @@ export function fromNativeGroups(groups: Uint32Array): GroupTriple[] {
 export function canonicalJson(value: unknown): string {
   return JSON.stringify(value, (_key, v: unknown) =>
     v && typeof v === 'object' && !Array.isArray(v)
-      ? Object.fromEntries(Object.entries(v as Record<string, unknown>).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
+      ? Object.fromEntries(
+          Object.entries(v as Record<string, unknown>).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)),
+        )
       : v,
   );
 }
@@ -215,7 +217,8 @@ function streamFrom(tensors: Map<string, Tensor>, name: string, p: number, sourc
   const basis = tensors.get(`${name}.basis`);
   if (!mean || !basis) invalid(source, `missing tensor ${name}.mean or ${name}.basis`);
   if (mean.dtype !== 'F32' || basis.dtype !== 'F32') invalid(source, `${name} tensors must be F32`);
-  if (mean.shape.length !== 1 || mean.shape[0] !== p) invalid(source, `${name}.mean has shape [${mean.shape.join(', ')}], expected [${p}]`);
+  if (mean.shape.length !== 1 || mean.shape[0] !== p)
+    invalid(source, `${name}.mean has shape [${mean.shape.join(', ')}], expected [${p}]`);
   if (basis.shape.length !== 2 || basis.shape[0] !== p)
     invalid(source, `${name}.basis has shape [${basis.shape.join(', ')}], expected [${p}, rank]`);
   const copy = (t: Tensor) => new Float32Array(new Uint8Array(t.data).buffer);
@@ -247,16 +250,15 @@ export function parseCalibration(buf: Uint8Array, source = 'calibration'): Calib
   const values = streamFrom(file.tensors, 'values', p, source);
   const id = calibrationId(keys, values, metadata);
   if (id !== metadata.calibration_id)
-    invalid(source, `content hash ${id} does not match calibration_id ${metadata.calibration_id}: the file was modified`);
+    invalid(
+      source,
+      `content hash ${id} does not match calibration_id ${metadata.calibration_id}: the file was modified`,
+    );
   try {
     return new Calibration(metadata, keys, values);
   } catch (err) {
     const e = err as { code?: string; message?: string };
-    throw new KvtcError(
-      'ERR_KVTC_CALIBRATION_INVALID',
-      `${source}: ${e.message ?? String(err)}`,
-      { cause: err },
-    );
+    throw new KvtcError('ERR_KVTC_CALIBRATION_INVALID', `${source}: ${e.message ?? String(err)}`, { cause: err });
   }
 }
 
@@ -269,7 +271,9 @@ export async function loadCalibration(path: string): Promise<Calibration> {
   try {
     buf = await readFile(path);
   } catch (err) {
-    throw new KvtcError('ERR_KVTC_CALIBRATION_INVALID', `${path}: cannot read (${(err as Error).message})`, { cause: err });
+    throw new KvtcError('ERR_KVTC_CALIBRATION_INVALID', `${path}: cannot read (${(err as Error).message})`, {
+      cause: err,
+    });
   }
   return parseCalibration(buf, path);
 }

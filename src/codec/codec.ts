@@ -169,7 +169,11 @@ export interface DecodeExpectation {
  * @throws {KvtcError} ERR_KVTC_RECORD_* for malformed records, ERR_KVTC_CALIBRATION_MISMATCH for a
  * record of another calibration, ERR_KVTC_MODEL_MISMATCH for another model.
  */
-export async function decode(calibration: Calibration, record: Uint8Array, expect: DecodeExpectation): Promise<DecodedChunk> {
+export async function decode(
+  calibration: Calibration,
+  record: Uint8Array,
+  expect: DecodeExpectation,
+): Promise<DecodedChunk> {
   if (!(expect.dtype in DTYPE_CODE)) throw invalidArgument("'float32', 'float16' or 'bfloat16'", 'dtype', expect.dtype);
   const tokens = checkCount('tokens', expect.tokens, 0)!;
   const stack = new Error();
@@ -186,9 +190,19 @@ export async function decode(calibration: Calibration, record: Uint8Array, expec
   }
   const info = toInfo(out.header);
   if (info.dtype !== expect.dtype) {
-    throw new KvtcError('ERR_KVTC_RECORD_SIZE_MISMATCH', `record holds ${info.dtype}, the caller expects ${expect.dtype}`);
+    throw new KvtcError(
+      'ERR_KVTC_RECORD_SIZE_MISMATCH',
+      `record holds ${info.dtype}, the caller expects ${expect.dtype}`,
+    );
   }
-  return { keys: out.keys, values: out.values, dtype: info.dtype, tokens: info.tokens, tokenStart: info.tokenStart, info };
+  return {
+    keys: out.keys,
+    values: out.values,
+    dtype: info.dtype,
+    tokens: info.tokens,
+    tokenStart: info.tokenStart,
+    info,
+  };
 }
 
 /**

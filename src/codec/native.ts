@@ -168,10 +168,7 @@ function candidates(): string[] {
   // From src/codec (ts-node, tests) or dist/src/codec (built): the repository root is 2 or 3 up.
   const roots = [resolve(here, '..', '..'), resolve(here, '..', '..', '..')];
   const fromEnv = process.env['KVTC_ADDON_PATH'];
-  return [
-    ...(fromEnv ? [fromEnv] : []),
-    ...roots.map((r) => join(r, 'cuda', 'build', 'Release', 'kvtc.node')),
-  ];
+  return [...(fromEnv ? [fromEnv] : []), ...roots.map((r) => join(r, 'cuda', 'build', 'Release', 'kvtc.node'))];
 }
 
 let cached: NativeAddon | undefined;

@@ -33,7 +33,10 @@ export function parseSafetensors(buf: Uint8Array, source = 'safetensors'): Safet
   if (headerLen > MAX_HEADER || 8 + headerLen > buf.byteLength) fail(source, `header length ${headerLen} is invalid`);
   let header: Record<string, unknown>;
   try {
-    header = JSON.parse(Buffer.from(buf.buffer, buf.byteOffset + 8, headerLen).toString('utf8')) as Record<string, unknown>;
+    header = JSON.parse(Buffer.from(buf.buffer, buf.byteOffset + 8, headerLen).toString('utf8')) as Record<
+      string,
+      unknown
+    >;
   } catch (err) {
     fail(source, `header is not JSON (${(err as Error).message})`);
   }
@@ -51,7 +54,10 @@ export function parseSafetensors(buf: Uint8Array, source = 'safetensors'): Safet
     const shape = t.shape ?? [];
     const [begin, end] = t.data_offsets ?? [-1, -1];
     const count = shape.reduce((a, b) => a * b, 1);
-    if (!(begin >= 0 && end >= begin && dataStart + end <= buf.byteLength) || end - begin !== count * ELEMENT_BYTES[dtype])
+    if (
+      !(begin >= 0 && end >= begin && dataStart + end <= buf.byteLength) ||
+      end - begin !== count * ELEMENT_BYTES[dtype]
+    )
       fail(source, `tensor ${name} has invalid offsets [${begin}, ${end}] for shape [${shape.join(', ')}]`);
     tensors.set(name, { dtype, shape, data: buf.subarray(dataStart + begin, dataStart + end) });
   }

@@ -47,37 +47,63 @@ const ENV: Record<string, keyof ServeConfig> = {
   KVTC_SINK_TOKENS: 'sinkTokens',
 };
 
-const NUMERIC = new Set<keyof ServeConfig>(['metricsPort', 'maxInFlight', 'maxFrameBytes', 'ratio', 'windowTokens', 'sinkTokens']);
+const NUMERIC = new Set<keyof ServeConfig>([
+  'metricsPort',
+  'maxInFlight',
+  'maxFrameBytes',
+  'ratio',
+  'windowTokens',
+  'sinkTokens',
+]);
 
 function coerce(key: keyof ServeConfig, value: unknown, source: string): unknown {
   if (key === 'stores') return typeof value === 'string' ? value.split(',').filter(Boolean) : value;
   if (NUMERIC.has(key) && typeof value === 'string') {
     const n = Number(value);
-    if (!Number.isFinite(n)) throw new KvtcError('ERR_KVTC_INVALID_ARGUMENT', `${source}: ${key} must be a number, received '${value}'`);
+    if (!Number.isFinite(n))
+      throw new KvtcError('ERR_KVTC_INVALID_ARGUMENT', `${source}: ${key} must be a number, received '${value}'`);
     return n;
   }
   return value;
 }
 
 /** Merges file, environment and flags over the defaults and validates the result once. */
-export function loadServeConfig(flags: Partial<ServeConfig> & { config?: string }, env: NodeJS.ProcessEnv = process.env): ServeConfig {
+export function loadServeConfig(
+  flags: Partial<ServeConfig> & { config?: string },
+  env: NodeJS.ProcessEnv = process.env,
+): ServeConfig {
   const merged: Record<string, unknown> = { ...SERVE_DEFAULTS };
   if (flags.config) {
     let file: Record<string, unknown>;
     try {
       file = JSON.parse(readFileSync(flags.config, 'utf8')) as Record<string, unknown>;
     } catch (err) {
-      throw new KvtcError('ERR_KVTC_INVALID_ARGUMENT', `${flags.config}: cannot read config (${(err as Error).message})`);
+      throw new KvtcError(
+        'ERR_KVTC_INVALID_ARGUMENT',
+        `${flags.config}: cannot read config (${(err as Error).message})`,
+      );
     }
     for (const [k, v] of Object.entries(file)) merged[k] = coerce(k as keyof ServeConfig, v, flags.config);
   }
-  for (const [name, key] of Object.entries(ENV)) if (env[name] !== undefined) merged[key] = coerce(key, env[name], name);
-  for (const [k, v] of Object.entries(flags)) if (v !== undefined && k !== 'config') merged[k] = coerce(k as keyof ServeConfig, v, `--${k}`);
+  for (const [name, key] of Object.entries(ENV))
+    if (env[name] !== undefined) merged[key] = coerce(key, env[name], name);
+  for (const [k, v] of Object.entries(flags))
+    if (v !== undefined && k !== 'config') merged[k] = coerce(k as keyof ServeConfig, v, `--${k}`);
   const c = merged as unknown as ServeConfig;
-  if (!c.calibration) throw new KvtcError('ERR_KVTC_INVALID_ARGUMENT', 'a calibration is required: --calibration FILE or KVTC_CALIBRATION');
-  if (!['auto', 'cuda', 'cpu'].includes(c.backend)) throw new KvtcError('ERR_KVTC_INVALID_ARGUMENT', `backend must be auto, cuda or cpu, received '${c.backend}'`);
-  if (!/^(ipc|tcp):\/\//.test(c.endpoint)) throw new KvtcError('ERR_KVTC_INVALID_ARGUMENT', `endpoint must be ipc://PATH or tcp://HOST:PORT, received '${c.endpoint}'`);
-  if (!Array.isArray(c.stores) || c.stores.length === 0) throw new KvtcError('ERR_KVTC_INVALID_ARGUMENT', 'at least one store URL is needed');
+  if (!c.calibration)
+    throw new KvtcError(
+      'ERR_KVTC_INVALID_ARGUMENT',
+      'a calibration is required: --calibration FILE or KVTC_CALIBRATION',
+    );
+  if (!['auto', 'cuda', 'cpu'].includes(c.backend))
+    throw new KvtcError('ERR_KVTC_INVALID_ARGUMENT', `backend must be auto, cuda or cpu, received '${c.backend}'`);
+  if (!/^(ipc|tcp):\/\//.test(c.endpoint))
+    throw new KvtcError(
+      'ERR_KVTC_INVALID_ARGUMENT',
+      `endpoint must be ipc://PATH or tcp://HOST:PORT, received '${c.endpoint}'`,
+    );
+  if (!Array.isArray(c.stores) || c.stores.length === 0)
+    throw new KvtcError('ERR_KVTC_INVALID_ARGUMENT', 'at least one store URL is needed');
   if (!(c.maxInFlight >= 1)) throw new KvtcError('ERR_KVTC_INVALID_ARGUMENT', 'maxInFlight must be >= 1');
   return Object.freeze(c);
 }

@@ -62,8 +62,7 @@ export function isKvtcError(err: unknown, code?: ErrorCode): err is KvtcError {
 export function fromNative(err: unknown, stack?: Error): KvtcError {
   if (err instanceof KvtcError) return err;
   const e = err as { code?: unknown; message?: unknown };
-  const code =
-    typeof e?.code === 'string' && KNOWN.has(e.code) ? (e.code as ErrorCode) : 'ERR_KVTC_INTERNAL';
+  const code = typeof e?.code === 'string' && KNOWN.has(e.code) ? (e.code as ErrorCode) : 'ERR_KVTC_INTERNAL';
   const out = new KvtcError(code, typeof e?.message === 'string' ? e.message : String(err), {
     cause: err,
   });

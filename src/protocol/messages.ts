@@ -34,13 +34,15 @@ function malformed(message: string): KvtcError {
 
 export function str(h: Header, key: string, pattern?: RegExp): string {
   const v = h[key];
-  if (typeof v !== 'string' || (pattern && !pattern.test(v))) throw malformed(`field ${key} must be a string${pattern ? ` matching ${pattern}` : ''}`);
+  if (typeof v !== 'string' || (pattern && !pattern.test(v)))
+    throw malformed(`field ${key} must be a string${pattern ? ` matching ${pattern}` : ''}`);
   return v;
 }
 
 export function uint(h: Header, key: string, max = 0xffffffff): number {
   const v = h[key];
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > max) throw malformed(`field ${key} must be an integer in 0..${max}`);
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > max)
+    throw malformed(`field ${key} must be an integer in 0..${max}`);
   return v;
 }
 
@@ -53,7 +55,8 @@ export function optionalNumber(h: Header, key: string): number | undefined {
 
 export function dtype(h: Header): KvDtype {
   const v = h['dtype'];
-  if (v !== 'float32' && v !== 'float16' && v !== 'bfloat16') throw malformed(`field dtype must be float32, float16 or bfloat16`);
+  if (v !== 'float32' && v !== 'float16' && v !== 'bfloat16')
+    throw malformed(`field dtype must be float32, float16 or bfloat16`);
   return v;
 }
 
@@ -65,14 +68,25 @@ export function parseRequest(header: Header, frames: Buffer[]): Request {
   const id = header['id'];
   if (!(typeof id === 'number' || typeof id === 'string')) throw malformed('field id must be an int or a string');
   if (header['v'] !== PROTOCOL_VERSION) {
-    throw new KvtcError('ERR_KVTC_PROTOCOL_VERSION', `protocol version ${String(header['v'])} is not supported; this sidecar speaks ${PROTOCOL_VERSION}`);
+    throw new KvtcError(
+      'ERR_KVTC_PROTOCOL_VERSION',
+      `protocol version ${String(header['v'])} is not supported; this sidecar speaks ${PROTOCOL_VERSION}`,
+    );
   }
   const op = header['op'];
   if (typeof op !== 'string' || !(OPS as readonly string[]).includes(op)) throw malformed(`unknown op ${String(op)}`);
   const session = header['session'];
-  if (session !== undefined && (typeof session !== 'string' || !HEX32.test(session))) throw malformed('field session must be 32 hex characters');
+  if (session !== undefined && (typeof session !== 'string' || !HEX32.test(session)))
+    throw malformed('field session must be 32 hex characters');
   const deadline = optionalNumber(header, 'deadline_ms');
-  return { id, op: op as Op, ...(session ? { session } : {}), ...(deadline !== undefined ? { deadlineMs: deadline } : {}), header, frames };
+  return {
+    id,
+    op: op as Op,
+    ...(session ? { session } : {}),
+    ...(deadline !== undefined ? { deadlineMs: deadline } : {}),
+    header,
+    frames,
+  };
 }
 
 export function parseCompat(h: Header): Compat {
@@ -88,6 +102,7 @@ export function parseCompat(h: Header): Compat {
     layers: uint(m, 'layers'),
     kv_heads: uint(m, 'kv_heads'),
     head_dim: uint(m, 'head_dim'),
-    calibration_id: m['calibration_id'] === '' || m['calibration_id'] === undefined ? '' : str(m, 'calibration_id', HEX32),
+    calibration_id:
+      m['calibration_id'] === '' || m['calibration_id'] === undefined ? '' : str(m, 'calibration_id', HEX32),
   };
 }

@@ -4,11 +4,33 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 
 export class Metrics {
   readonly registry = new Registry();
-  readonly requests = new Counter({ name: 'kvtc_requests_total', help: 'requests by op and result', labelNames: ['op', 'result'], registers: [this.registry] });
-  readonly errors = new Counter({ name: 'kvtc_errors_total', help: 'error replies by code', labelNames: ['code'], registers: [this.registry] });
-  readonly bytesIn = new Counter({ name: 'kvtc_kv_bytes_in_total', help: 'raw KV bytes received for saving', registers: [this.registry] });
-  readonly bytesOut = new Counter({ name: 'kvtc_kv_bytes_out_total', help: 'raw KV bytes restored', registers: [this.registry] });
-  readonly recordBytes = new Counter({ name: 'kvtc_record_bytes_total', help: 'compressed record bytes written', registers: [this.registry] });
+  readonly requests = new Counter({
+    name: 'kvtc_requests_total',
+    help: 'requests by op and result',
+    labelNames: ['op', 'result'],
+    registers: [this.registry],
+  });
+  readonly errors = new Counter({
+    name: 'kvtc_errors_total',
+    help: 'error replies by code',
+    labelNames: ['code'],
+    registers: [this.registry],
+  });
+  readonly bytesIn = new Counter({
+    name: 'kvtc_kv_bytes_in_total',
+    help: 'raw KV bytes received for saving',
+    registers: [this.registry],
+  });
+  readonly bytesOut = new Counter({
+    name: 'kvtc_kv_bytes_out_total',
+    help: 'raw KV bytes restored',
+    registers: [this.registry],
+  });
+  readonly recordBytes = new Counter({
+    name: 'kvtc_record_bytes_total',
+    help: 'compressed record bytes written',
+    registers: [this.registry],
+  });
   readonly ratio = new Histogram({
     name: 'kvtc_compression_ratio',
     help: 'raw bytes / record bytes per save',
@@ -22,9 +44,23 @@ export class Metrics {
     buckets: [0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100],
     registers: [this.registry],
   });
-  readonly lookups = new Counter({ name: 'kvtc_lookup_chunks_total', help: 'chunk keys looked up, by result', labelNames: ['result'], registers: [this.registry] });
-  readonly inFlight = new Gauge({ name: 'kvtc_in_flight', help: 'requests being worked on', registers: [this.registry] });
-  readonly storeBytes = new Gauge({ name: 'kvtc_store_bytes', help: 'bytes held per store tier', labelNames: ['tier'], registers: [this.registry] });
+  readonly lookups = new Counter({
+    name: 'kvtc_lookup_chunks_total',
+    help: 'chunk keys looked up, by result',
+    labelNames: ['result'],
+    registers: [this.registry],
+  });
+  readonly inFlight = new Gauge({
+    name: 'kvtc_in_flight',
+    help: 'requests being worked on',
+    registers: [this.registry],
+  });
+  readonly storeBytes = new Gauge({
+    name: 'kvtc_store_bytes',
+    help: 'bytes held per store tier',
+    labelNames: ['tier'],
+    registers: [this.registry],
+  });
 
   constructor() {
     collectDefaultMetrics({ register: this.registry });

@@ -10,7 +10,16 @@ import { canonicalJson, type Calibration } from '../codec/calibration.js';
 import { decode, dtypeBytes, encode, verifyRecord, type KvDtype } from '../codec/codec.js';
 import { KvtcError } from '../core/errors.js';
 import type { Logger } from '../core/log.js';
-import { dtype, KEY_PATTERN, optionalNumber, parseCompat, str, uint, type Compat, type Request } from '../protocol/messages.js';
+import {
+  dtype,
+  KEY_PATTERN,
+  optionalNumber,
+  parseCompat,
+  str,
+  uint,
+  type Compat,
+  type Request,
+} from '../protocol/messages.js';
 import { PROTOCOL_VERSION, SIDECAR_VERSION } from '../protocol/version.js';
 import { createStore, Tiers } from '../store/index.js';
 import { Server, type Reply } from '../transport/server.js';
@@ -89,7 +98,10 @@ export class Sidecar {
   async #track(req: Request): Promise<Reply> {
     if (this.#shuttingDown) throw new KvtcError('ERR_KVTC_SHUTTING_DOWN', 'the sidecar is shutting down');
     if (this.#inFlight.size >= this.options.maxInFlight) {
-      throw new KvtcError('ERR_KVTC_BUSY', `${this.#inFlight.size} requests in flight (max ${this.options.maxInFlight}); retry later`);
+      throw new KvtcError(
+        'ERR_KVTC_BUSY',
+        `${this.#inFlight.size} requests in flight (max ${this.options.maxInFlight}); retry later`,
+      );
     }
     const started = Date.now();
     const work = this.#handle(req, started);
@@ -134,17 +146,28 @@ export class Sidecar {
       case 'hello': {
         const compat = parseCompat(h);
         if (compat.protocol !== PROTOCOL_VERSION) {
-          throw new KvtcError('ERR_KVTC_PROTOCOL_VERSION', `client protocol ${compat.protocol}, sidecar ${PROTOCOL_VERSION}`);
+          throw new KvtcError(
+            'ERR_KVTC_PROTOCOL_VERSION',
+            `client protocol ${compat.protocol}, sidecar ${PROTOCOL_VERSION}`,
+          );
         }
         const m = cal.model;
-        if (compat.model_fingerprint !== m.fingerprint || compat.layers !== m.layers || compat.kv_heads !== m.kv_heads || compat.head_dim !== m.head_dim) {
+        if (
+          compat.model_fingerprint !== m.fingerprint ||
+          compat.layers !== m.layers ||
+          compat.kv_heads !== m.kv_heads ||
+          compat.head_dim !== m.head_dim
+        ) {
           throw new KvtcError(
             'ERR_KVTC_MODEL_MISMATCH',
             `client model ${compat.model_fingerprint} (${compat.layers}x${compat.kv_heads}x${compat.head_dim}) is not the calibration's ${m.fingerprint} (${m.layers}x${m.kv_heads}x${m.head_dim})`,
           );
         }
         if (compat.calibration_id && compat.calibration_id !== cal.id) {
-          throw new KvtcError('ERR_KVTC_CALIBRATION_MISMATCH', `client expects calibration ${compat.calibration_id}, sidecar has ${cal.id}`);
+          throw new KvtcError(
+            'ERR_KVTC_CALIBRATION_MISMATCH',
+            `client expects calibration ${compat.calibration_id}, sidecar has ${cal.id}`,
+          );
         }
         const full = { ...compat, calibration_id: cal.id };
         const session = createHash('sha256').update(canonicalJson(full)).digest('hex').slice(0, 32);
@@ -165,7 +188,11 @@ export class Sidecar {
       case 'lookup': {
         this.#session(req);
         const keys = h['keys'];
-        if (!Array.isArray(keys) || keys.length > 100000 || !keys.every((k) => typeof k === 'string' && KEY_PATTERN.test(k))) {
+        if (
+          !Array.isArray(keys) ||
+          keys.length > 100000 ||
+          !keys.every((k) => typeof k === 'string' && KEY_PATTERN.test(k))
+        ) {
           throw new KvtcError('ERR_KVTC_PROTOCOL_MALFORMED', 'lookup needs keys: an array of hex chunk keys');
         }
         let hits = 0;
@@ -218,7 +245,10 @@ export class Sidecar {
           this.metrics.bytesOut.inc(raw);
           this.metrics.gbps.observe({ direction: 'decode' }, raw / ((performance.now() - t0) / 1000) / 1e9);
           this.#stats.bytes_out += raw;
-          return { header: { token_start: out.tokenStart, tokens: out.tokens, tier: hit.tier }, frames: [out.keys, out.values] };
+          return {
+            header: { token_start: out.tokenStart, tokens: out.tokens, tier: hit.tier },
+            frames: [out.keys, out.values],
+          };
         } catch (err) {
           // A record that does not decode is useless to everyone: drop it, report its code.
           if (err instanceof KvtcError && err.code.startsWith('ERR_KVTC_RECORD')) await this.#tiers.delete(key);
@@ -252,12 +282,15 @@ export class Sidecar {
       case 'decode': {
         this.#session(req);
         const [record] = req.frames;
-        if (req.frames.length !== 1 || !record) throw new KvtcError('ERR_KVTC_PROTOCOL_MALFORMED', 'decode needs one record frame');
+        if (req.frames.length !== 1 || !record)
+          throw new KvtcError('ERR_KVTC_PROTOCOL_MALFORMED', 'decode needs one record frame');
         const out = await decode(cal, record, { tokens: uint(h, 'tokens', 1 << 24), dtype: dtype(h) });
         return { header: { token_start: out.tokenStart, tokens: out.tokens }, frames: [out.keys, out.values] };
       }
       case 'stats':
-        return { header: { stats: { ...this.#stats, in_flight: this.#inFlight.size - 1, stores: this.#tiers.stats() } } };
+        return {
+          header: { stats: { ...this.#stats, in_flight: this.#inFlight.size - 1, stores: this.#tiers.stats() } },
+        };
     }
   }
 

@@ -50,7 +50,9 @@ export class FileStore implements Store {
         s.#bytes += f.size;
       }
     } catch (err) {
-      throw new KvtcError('ERR_KVTC_STORE_IO', `${url}: cannot open ${dir} (${(err as Error).message})`, { cause: err });
+      throw new KvtcError('ERR_KVTC_STORE_IO', `${url}: cannot open ${dir} (${(err as Error).message})`, {
+        cause: err,
+      });
     }
     return s;
   }
@@ -93,7 +95,10 @@ export class FileStore implements Store {
 
   async put(key: string, bytes: Buffer): Promise<void> {
     if (bytes.length > this.maxBytes) {
-      throw new KvtcError('ERR_KVTC_STORE_FULL', `${this.url}: a ${bytes.length}-byte record exceeds the ${this.maxBytes}-byte cap`);
+      throw new KvtcError(
+        'ERR_KVTC_STORE_FULL',
+        `${this.url}: a ${bytes.length}-byte record exceeds the ${this.maxBytes}-byte cap`,
+      );
     }
     const old = this.#index.get(key);
     if (old && old.pins > 0) return;
@@ -117,7 +122,9 @@ export class FileStore implements Store {
       await rename(tmp, path);
     } catch (err) {
       await rm(tmp, { force: true });
-      throw new KvtcError('ERR_KVTC_STORE_IO', `${this.url}: cannot write ${key} (${(err as Error).message})`, { cause: err });
+      throw new KvtcError('ERR_KVTC_STORE_IO', `${this.url}: cannot write ${key} (${(err as Error).message})`, {
+        cause: err,
+      });
     }
     this.#forget(key);
     this.#index.set(key, { size: bytes.length, pins: 0 });

@@ -15,7 +15,11 @@ export type { Store, StoreStats, Pinned };
 
 export async function createStore(url: string, check: RecordCheck): Promise<Store> {
   const m = /^([a-z]+):\/\/([^?]*)(?:\?(.*))?$/.exec(url);
-  if (!m) throw new KvtcError('ERR_KVTC_INVALID_ARGUMENT', `Expected a store URL such as mem://?max=1GiB but received '${url}'`);
+  if (!m)
+    throw new KvtcError(
+      'ERR_KVTC_INVALID_ARGUMENT',
+      `Expected a store URL such as mem://?max=1GiB but received '${url}'`,
+    );
   const [, scheme, path, query] = m;
   const params = new URLSearchParams(query ?? '');
   let max: number;

@@ -40,7 +40,10 @@ export class MemoryStore implements Store {
 
   async put(key: string, bytes: Buffer): Promise<void> {
     if (bytes.length > this.maxBytes) {
-      throw new KvtcError('ERR_KVTC_STORE_FULL', `${this.url}: a ${bytes.length}-byte record exceeds the ${this.maxBytes}-byte cap`);
+      throw new KvtcError(
+        'ERR_KVTC_STORE_FULL',
+        `${this.url}: a ${bytes.length}-byte record exceeds the ${this.maxBytes}-byte cap`,
+      );
     }
     const old = this.#entries.get(key);
     if (old && old.pins > 0) return; // the same key names the same tokens: keep the one being read
@@ -56,7 +59,10 @@ export class MemoryStore implements Store {
       this.#bytes -= e.bytes.length;
     }
     if (this.#bytes + bytes.length > this.maxBytes) {
-      throw new KvtcError('ERR_KVTC_STORE_FULL', `${this.url}: full (${this.#bytes} of ${this.maxBytes} bytes pinned by readers)`);
+      throw new KvtcError(
+        'ERR_KVTC_STORE_FULL',
+        `${this.url}: full (${this.#bytes} of ${this.maxBytes} bytes pinned by readers)`,
+      );
     }
     this.#entries.set(key, { bytes, pins: 0 });
     this.#bytes += bytes.length;

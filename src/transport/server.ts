@@ -80,12 +80,16 @@ export class Server {
       const payload = frames.slice(1);
       const big = payload.find((f) => f.length > this.options.maxFrameBytes);
       if (big) {
-        throw new KvtcError('ERR_KVTC_PROTOCOL_OVERSIZED', `a ${big.length}-byte frame exceeds max_frame_bytes ${this.options.maxFrameBytes}`);
+        throw new KvtcError(
+          'ERR_KVTC_PROTOCOL_OVERSIZED',
+          `a ${big.length}-byte frame exceeds max_frame_bytes ${this.options.maxFrameBytes}`,
+        );
       }
       const reply = await this.options.handle(parseRequest(header, payload));
       await this.#send(identity, { id, ok: true, ...reply.header }, reply.frames ?? []);
     } catch (err) {
-      const e = err instanceof KvtcError ? err : new KvtcError('ERR_KVTC_INTERNAL', (err as Error).message ?? String(err));
+      const e =
+        err instanceof KvtcError ? err : new KvtcError('ERR_KVTC_INTERNAL', (err as Error).message ?? String(err));
       this.options.onError?.(e.code, op);
       if (e.code === 'ERR_KVTC_INTERNAL') this.options.log.error({ err, op }, 'request failed');
       else this.options.log.warn({ code: e.code, op, msg: e.message }, 'request refused');

@@ -9,7 +9,11 @@ import { float32Tensor, serializeSafetensors } from '../../src/codec/safetensors
 
 const ROPE = { theta: 10000, rotary_dim: 8, layout: 'neox', scaling: { type: 'default' } };
 
-function capture(tokens: number, shape: [number, number, number], opts: { nan?: boolean; rope?: unknown } = {}): Buffer {
+function capture(
+  tokens: number,
+  shape: [number, number, number],
+  opts: { nan?: boolean; rope?: unknown } = {},
+): Buffer {
   const [l, h, d] = shape;
   const k = Float32Array.from({ length: tokens * l * h * d }, (_, i) => Math.sin(i));
   if (opts.nan) k[5] = NaN;
@@ -44,14 +48,20 @@ function folder(files: Record<string, Buffer>): string {
 const opts = { sinkTokens: 4, maxSamples: 1000, seed: 1, minSamples: 16 };
 
 t.test('good captures pool, sinks excluded', async (t) => {
-  const pooled = await poolCaptures(folder({ 'a.safetensors': capture(30, [2, 1, 8]), 'b.safetensors': capture(10, [2, 1, 8]) }), opts);
+  const pooled = await poolCaptures(
+    folder({ 'a.safetensors': capture(30, [2, 1, 8]), 'b.safetensors': capture(10, [2, 1, 8]) }),
+    opts,
+  );
   t.equal(pooled.n, 26 + 6);
   t.equal(pooled.files, 2);
 });
 
 t.test('mismatched shapes across captures', async (t) => {
   const dir = folder({ 'a.safetensors': capture(30, [2, 1, 8]), 'b.safetensors': capture(30, [2, 2, 8]) });
-  await t.rejects(poolCaptures(dir, opts), { code: 'ERR_KVTC_CALIBRATION_INVALID', message: /b\.safetensors: model shape/ });
+  await t.rejects(poolCaptures(dir, opts), {
+    code: 'ERR_KVTC_CALIBRATION_INVALID',
+    message: /b\.safetensors: model shape/,
+  });
 });
 
 t.test('NaN in a capture', async (t) => {

@@ -75,12 +75,19 @@ for (const [f, sizes, budgets, n] of [
       }
       const got = dp.plans[b]!;
       const groups: G[] = [];
-      for (let i = 0; i < got.groups.length; i += 3) groups.push([got.groups[i]!, got.groups[i + 1]!, got.groups[i + 2]!]);
+      for (let i = 0; i < got.groups.length; i += 3)
+        groups.push([got.groups[i]!, got.groups[i + 1]!, got.groups[i + 2]!]);
       const measured = planError(d, n, f, groups);
       t.ok(cost(groups) <= budget, `budget ${budget}: plan costs ${cost(groups)} bits`);
       t.equal(cost(groups), got.bitsPerToken, 'the plan reports the bits it spends');
-      t.ok(Math.abs(measured - best) <= 1e-6 * energy, `budget ${budget}: DP error ${measured.toFixed(4)} = brute force ${best.toFixed(4)} over ${count} plans`);
-      t.ok(Math.abs(got.expectedError * energy - measured) <= 1e-6 * energy, 'expected_error is the plan\'s measured error');
+      t.ok(
+        Math.abs(measured - best) <= 1e-6 * energy,
+        `budget ${budget}: DP error ${measured.toFixed(4)} = brute force ${best.toFixed(4)} over ${count} plans`,
+      );
+      t.ok(
+        Math.abs(got.expectedError * energy - measured) <= 1e-6 * energy,
+        "expected_error is the plan's measured error",
+      );
       t.ok(measured <= prevErr + 1e-9 * energy, 'more budget never increases the error');
       prevErr = measured;
     }
@@ -88,9 +95,10 @@ for (const [f, sizes, budgets, n] of [
 }
 
 t.test('DP at a realistic size meets every budget and trims the basis', async (t) => {
-  const n = 64, f = 600;
+  const n = 64,
+    f = 600;
   const d = coefficients(n, f, 3);
-  const budgets = [16 * f / 64, 16 * f / 16, 16 * f / 4].map(Math.floor);
+  const budgets = [(16 * f) / 64, (16 * f) / 16, (16 * f) / 4].map(Math.floor);
   const dp = await native.allocateBits(d, n, f, budgets);
   let prev = Infinity;
   for (const [i, plan] of dp.plans.entries()) {
@@ -98,10 +106,15 @@ t.test('DP at a realistic size meets every budget and trims the basis', async (t
     t.ok(plan.expectedError <= prev, 'monotone in budget');
     prev = plan.expectedError;
     const last = plan.groups.length - 3;
-    t.ok(plan.groups[last + 2] !== 0 && plan.groups[last]! + plan.groups[last + 1]! === plan.rank, 'the plan ends at its last kept group');
+    t.ok(
+      plan.groups[last + 2] !== 0 && plan.groups[last]! + plan.groups[last + 1]! === plan.rank,
+      'the plan ends at its last kept group',
+    );
   }
 });
 
 t.test('DP input errors are coded', async (t) => {
-  await t.rejects(async () => native.allocateBits(new Float32Array(3), 1, 4, [10]), { code: 'ERR_KVTC_INVALID_ARGUMENT' });
+  await t.rejects(async () => native.allocateBits(new Float32Array(3), 1, 4, [10]), {
+    code: 'ERR_KVTC_INVALID_ARGUMENT',
+  });
 });

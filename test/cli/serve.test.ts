@@ -20,9 +20,24 @@ writeFileSync(calFile, cal.serialize());
 
 t.test('SIGTERM: in-flight saves finish, then exit 0', async (t) => {
   const endpoint = `ipc://${join(dir, 'a.sock')}`;
-  const child = spawn(process.execPath, [MAIN, 'serve', '--calibration', calFile, '--endpoint', endpoint, '--store', 'mem://?max=1GiB', '--log-level', 'warn'], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
+  const child = spawn(
+    process.execPath,
+    [
+      MAIN,
+      'serve',
+      '--calibration',
+      calFile,
+      '--endpoint',
+      endpoint,
+      '--store',
+      'mem://?max=1GiB',
+      '--log-level',
+      'warn',
+    ],
+    {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    },
+  );
   const exited = new Promise<number | null>((res) => child.on('exit', (code) => res(code)));
   const ready = await new Promise<Record<string, unknown>>((res) => {
     createInterface({ input: child.stdout! }).once('line', (line) => res(JSON.parse(line)));
@@ -30,11 +45,24 @@ t.test('SIGTERM: in-flight saves finish, then exit 0', async (t) => {
   t.equal(ready['ready'], true);
   t.equal(ready['calibration'], cal.id);
   const c = new TestClient(endpoint);
-  await c.hello({ protocol: 1, model_fingerprint: model.fingerprint, dtype: 'float32', layout: 'token-major', block_size: 16, layers: 5, kv_heads: 4, head_dim: 8, calibration_id: cal.id });
+  await c.hello({
+    protocol: 1,
+    model_fingerprint: model.fingerprint,
+    dtype: 'float32',
+    layout: 'token-major',
+    block_size: 16,
+    layers: 5,
+    kv_heads: 4,
+    head_dim: 8,
+    calibration_id: cal.id,
+  });
   const tokens = 40000;
   const s = syntheticKv(tokens, 160, 9);
   const k = applyRope(s.keys, tokens, 0, model);
-  const pending = c.request('save', { key: 'ab'.repeat(16), token_start: 0, tokens, dtype: 'float32' }, [Buffer.from(k.buffer), Buffer.from(s.values.buffer)]);
+  const pending = c.request('save', { key: 'ab'.repeat(16), token_start: 0, tokens, dtype: 'float32' }, [
+    Buffer.from(k.buffer),
+    Buffer.from(s.values.buffer),
+  ]);
   // Wait until the sidecar is working on it (stats excludes itself from in_flight), then stop it.
   for (let i = 0; i < 600; i++) {
     const st = await c.request('stats');
@@ -51,12 +79,21 @@ t.test('SIGTERM: in-flight saves finish, then exit 0', async (t) => {
 t.test('configuration errors exit 2 with a coded message', async (t) => {
   for (const [args, pattern] of [
     [['serve'], /a calibration is required.*ERR_KVTC_INVALID_ARGUMENT/],
-    [['serve', '--calibration', join(dir, 'missing.safetensors')], /missing\.safetensors: cannot read.*ERR_KVTC_CALIBRATION_INVALID/],
-    [['serve', '--calibration', calFile, '--endpoint', 'http://x'], /endpoint must be ipc:\/\/PATH or tcp:\/\/HOST:PORT/],
+    [
+      ['serve', '--calibration', join(dir, 'missing.safetensors')],
+      /missing\.safetensors: cannot read.*ERR_KVTC_CALIBRATION_INVALID/,
+    ],
+    [
+      ['serve', '--calibration', calFile, '--endpoint', 'http://x'],
+      /endpoint must be ipc:\/\/PATH or tcp:\/\/HOST:PORT/,
+    ],
     [['serve', '--calibration', calFile, '--backend', 'cuda'], /ERR_KVTC_BACKEND_UNAVAILABLE/],
     [['serve', '--calibration', calFile, '--store', 'redis://x'], /unknown store scheme/],
   ] as const) {
-    const child = spawn(process.execPath, [MAIN, ...args], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, KVTC_CALIBRATION: '' } });
+    const child = spawn(process.execPath, [MAIN, ...args], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+      env: { ...process.env, KVTC_CALIBRATION: '' },
+    });
     let err = '';
     child.stderr!.on('data', (d) => (err += d));
     const code = await new Promise((res) => child.on('exit', res));
@@ -70,5 +107,14 @@ t.test('--help lists every option', async (t) => {
   let out = '';
   child.stdout!.on('data', (d) => (out += d));
   await new Promise((res) => child.on('exit', res));
-  for (const opt of ['--endpoint', '--calibration', '--store', '--backend', '--metrics-port', '--log-level', '--config']) t.match(out, opt);
+  for (const opt of [
+    '--endpoint',
+    '--calibration',
+    '--store',
+    '--backend',
+    '--metrics-port',
+    '--log-level',
+    '--config',
+  ])
+    t.match(out, opt);
 });

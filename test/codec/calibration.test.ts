@@ -26,7 +26,10 @@ t.test('a modified file is refused, naming the file', async (t) => {
   bytes[bytes.length - 5]! ^= 0x10; // one bit of the last tensor
   const file = join(dir, 'tampered.safetensors');
   writeFileSync(file, bytes);
-  await t.rejects(loadCalibration(file), { code: 'ERR_KVTC_CALIBRATION_INVALID', message: /tampered\.safetensors: content hash/ });
+  await t.rejects(loadCalibration(file), {
+    code: 'ERR_KVTC_CALIBRATION_INVALID',
+    message: /tampered\.safetensors: content hash/,
+  });
 });
 
 function rewrite(mutate: (meta: Record<string, any>) => void): Buffer {
@@ -37,11 +40,38 @@ function rewrite(mutate: (meta: Record<string, any>) => void): Buffer {
 }
 
 t.test('inconsistent calibrations are refused with clear errors', async (t) => {
-  t.throws(() => parseCalibration(Buffer.alloc(3), 'x.safetensors'), { code: 'ERR_KVTC_CALIBRATION_INVALID', message: /x\.safetensors/ });
-  t.throws(() => parseCalibration(rewrite((m) => delete m.model.rope), 'norope'), { message: /norope: RoPE parameters are missing/ });
-  t.throws(() => parseCalibration(rewrite((m) => (m.model.layers = 3)), 'shape'), { message: /shape: keys.mean has shape/ });
-  t.throws(() => parseCalibration(rewrite((m) => (m.plans[0].keys.groups[0][1] = 5)), 'plan'), {
+  t.throws(() => parseCalibration(Buffer.alloc(3), 'x.safetensors'), {
     code: 'ERR_KVTC_CALIBRATION_INVALID',
+    message: /x\.safetensors/,
   });
-  await t.rejects(loadCalibration(join(dir, 'missing.safetensors')), { code: 'ERR_KVTC_CALIBRATION_INVALID', message: /missing\.safetensors/ });
+  t.throws(
+    () =>
+      parseCalibration(
+        rewrite((m) => delete m.model.rope),
+        'norope',
+      ),
+    { message: /norope: RoPE parameters are missing/ },
+  );
+  t.throws(
+    () =>
+      parseCalibration(
+        rewrite((m) => (m.model.layers = 3)),
+        'shape',
+      ),
+    { message: /shape: keys.mean has shape/ },
+  );
+  t.throws(
+    () =>
+      parseCalibration(
+        rewrite((m) => (m.plans[0].keys.groups[0][1] = 5)),
+        'plan',
+      ),
+    {
+      code: 'ERR_KVTC_CALIBRATION_INVALID',
+    },
+  );
+  await t.rejects(loadCalibration(join(dir, 'missing.safetensors')), {
+    code: 'ERR_KVTC_CALIBRATION_INVALID',
+    message: /missing\.safetensors/,
+  });
 });

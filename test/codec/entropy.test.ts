@@ -10,7 +10,8 @@ function chunks(body: Buffer): { raw: number; stored: number; data: Buffer }[] {
   let at = 4 + 8 * n;
   const out = [];
   for (let i = 0; i < n; i++) {
-    const raw = body.readUInt32LE(4 + 8 * i), stored = body.readUInt32LE(8 + 8 * i);
+    const raw = body.readUInt32LE(4 + 8 * i),
+      stored = body.readUInt32LE(8 + 8 * i);
     out.push({ raw, stored, data: body.subarray(at, at + stored) });
     at += stored;
   }
@@ -42,7 +43,9 @@ t.test('incompressible data is stored, never expanded beyond the table', async (
 t.test('inflating to the wrong size or from garbage gives coded errors', async (t) => {
   const data = Buffer.alloc(5000, 3);
   const body = native.stages.deflate(data, { inflate: false, chunkBytes: 1024, level: 6 });
-  t.throws(() => native.stages.deflate(body, { inflate: true, expectedBytes: 4999 }), { code: 'ERR_KVTC_RECORD_SIZE_MISMATCH' });
+  t.throws(() => native.stages.deflate(body, { inflate: true, expectedBytes: 4999 }), {
+    code: 'ERR_KVTC_RECORD_SIZE_MISMATCH',
+  });
   const bad = Buffer.from(body);
   bad.fill(0xff, 4 + 8 * 5);
   t.throws(() => native.stages.deflate(bad, { inflate: true, expectedBytes: 5000 }), { code: 'ERR_KVTC_DEFLATE' });

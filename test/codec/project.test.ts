@@ -51,7 +51,10 @@ for (const [layers, heads, headDim] of [
           for (let c = 0; c < rank; c++) s += d[i * rank + c]! * basis[j * basisRank + c]!;
           refBack[i * p + j] = s;
         }
-      t.ok(maxAbsDiff(back, refBack) < 1e-4 * Math.sqrt(rank), `reconstruction matches float64 (max diff ${maxAbsDiff(back, refBack)})`);
+      t.ok(
+        maxAbsDiff(back, refBack) < 1e-4 * Math.sqrt(rank),
+        `reconstruction matches float64 (max diff ${maxAbsDiff(back, refBack)})`,
+      );
     });
   }
 }

@@ -11,7 +11,9 @@ import { captureStories, python } from '../helpers/python.js';
 import { unropedKeys } from '../../src/calibrate/captures.js';
 
 if (!python()) {
-  t.fail('real-KV tests need the Python environment: run scripts/setup.sh (it creates .venv with torch and transformers)');
+  t.fail(
+    'real-KV tests need the Python environment: run scripts/setup.sh (it creates .venv with torch and transformers)',
+  );
 } else {
   const calibDir = captureStories('stories-calib.txt', 'stories-calib');
   const evalDir = captureStories('stories-eval.txt', 'stories-eval');
@@ -38,28 +40,43 @@ if (!python()) {
     t.equal(cal.featureDim, 160);
     let prev = 0;
     for (const plan of cal.plans) {
-      t.ok(plan.keys.bits_per_token <= plan.budget_bits && plan.values.bits_per_token <= plan.budget_bits, `kvtc ${plan.ratio}x within budget`);
+      t.ok(
+        plan.keys.bits_per_token <= plan.budget_bits && plan.values.bits_per_token <= plan.budget_bits,
+        `kvtc ${plan.ratio}x within budget`,
+      );
       t.ok(plan.keys.expected_error >= prev, 'less budget never lowers the error');
       prev = plan.keys.expected_error;
     }
   });
 
-  const files = readdirSync(evalDir).filter((f) => f.endsWith('.safetensors')).sort();
+  const files = readdirSync(evalDir)
+    .filter((f) => f.endsWith('.safetensors'))
+    .sort();
   for (const ratio of [4, 8, 16]) {
     t.test(`held-out stories round trip at kvtc ${ratio}x`, async (t) => {
-      const p = cal.featureDim, perLayer = 4 * 8;
-      const errK = new Float64Array(5), errV = new Float64Array(5), norm = [new Float64Array(5), new Float64Array(5)];
-      let raw = 0, coded = 0;
+      const p = cal.featureDim,
+        perLayer = 4 * 8;
+      const errK = new Float64Array(5),
+        errV = new Float64Array(5),
+        norm = [new Float64Array(5), new Float64Array(5)];
+      let raw = 0,
+        coded = 0;
       // Squared error against the energy the plan's expected error is relative to: the centred
       // PCA-domain energy (RoPE removed from keys; rotation keeps distances).
-      const centred = [0, 0], sq = [0, 0];
+      const centred = [0, 0],
+        sq = [0, 0];
       for (const f of files) {
         const c = await readCapture(join(evalDir, f));
-        const rec = await encode(cal, { keys: c.keys, values: c.values, dtype: 'float32', tokens: c.tokens }, { ratio, windowTokens: 32 });
+        const rec = await encode(
+          cal,
+          { keys: c.keys, values: c.values, dtype: 'float32', tokens: c.tokens },
+          { ratio, windowTokens: 32 },
+        );
         const out = await decode(cal, rec, { tokens: c.tokens, dtype: 'float32' });
         const k = new Float32Array(out.keys.buffer, out.keys.byteOffset, out.keys.length / 4);
         const v = new Float32Array(out.values.buffer, out.values.byteOffset, out.values.length / 4);
-        const from = out.info.sinkTokens, to = c.tokens - out.info.windowTokens;
+        const from = out.info.sinkTokens,
+          to = c.tokens - out.info.windowTokens;
         for (let tk = from; tk < to; tk++)
           for (let j = 0; j < p; j++) {
             const l = Math.floor(j / perLayer);
@@ -78,10 +95,15 @@ if (!python()) {
           }
         raw += (to - from) * p * 2 * 2;
         coded += out.info.sections.filter((s) => s.kind.startsWith('coded')).reduce((a, s) => a + s.storedBytes, 0);
-        t.equal(Buffer.compare(out.keys.subarray(0, 4 * p * 4), Buffer.from(c.keys.buffer, c.keys.byteOffset, 4 * p * 4)), 0, `${f}: sinks exact`);
+        t.equal(
+          Buffer.compare(out.keys.subarray(0, 4 * p * 4), Buffer.from(c.keys.buffer, c.keys.byteOffset, 4 * p * 4)),
+          0,
+          `${f}: sinks exact`,
+        );
       }
       const rel = (e: Float64Array, n: Float64Array) => Array.from(e, (x, l) => Math.sqrt(x / n[l]!));
-      const rk = rel(errK, norm[0]!), rv = rel(errV, norm[1]!);
+      const rk = rel(errK, norm[0]!),
+        rv = rel(errV, norm[1]!);
       t.comment(`kvtc ${ratio}x: ratio on compressed tokens (bf16 accounting) ${(raw / coded).toFixed(2)}`);
       t.comment(`  keys relative error per layer:   ${rk.map((x) => x.toFixed(3)).join(' ')}`);
       t.comment(`  values relative error per layer: ${rv.map((x) => x.toFixed(3)).join(' ')}`);
@@ -93,9 +115,15 @@ if (!python()) {
         [1, 'values', plan.values.expected_error],
       ] as const) {
         const got = sq[i]! / centred[i]!;
-        t.ok(got <= 2 * expected + 0.005, `${name}: held-out relative squared error ${got.toFixed(4)} vs calibration ${expected.toFixed(4)}`);
+        t.ok(
+          got <= 2 * expected + 0.005,
+          `${name}: held-out relative squared error ${got.toFixed(4)} vs calibration ${expected.toFixed(4)}`,
+        );
       }
-      t.ok(raw / coded > ratio * 0.8, `achieved ratio on compressed tokens ${(raw / coded).toFixed(2)} is near the ${ratio}x target or above`);
+      t.ok(
+        raw / coded > ratio * 0.8,
+        `achieved ratio on compressed tokens ${(raw / coded).toFixed(2)} is near the ${ratio}x target or above`,
+      );
     });
   }
 }

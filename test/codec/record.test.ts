@@ -36,7 +36,9 @@ function float16Bits(x: Float32Array): Uint16Array {
 function fromFloat16(b: Uint8Array): Float32Array {
   const u = new Uint16Array(b.buffer, b.byteOffset, b.byteLength / 2);
   return Float32Array.from(u, (h) => {
-    const s = h & 0x8000 ? -1 : 1, e = (h >> 10) & 31, m = h & 1023;
+    const s = h & 0x8000 ? -1 : 1,
+      e = (h >> 10) & 31,
+      m = h & 1023;
     return e === 0 ? s * m * 2 ** -24 : s * (1 + m / 1024) * 2 ** (e - 15);
   });
 }
@@ -66,7 +68,11 @@ for (const tokens of [1, 7, 19, 989]) {
       const tokenStart = tokens === 989 ? 0 : 300; // with and without attention sinks
       const kv = syntheticKv(tokens, P, tokens + ratio);
       kv.keys = applyRope(kv.keys, tokens, tokenStart, model);
-      const rec = await encode(cal, { keys: kv.keys, values: kv.values, dtype: 'float32', tokens, tokenStart }, { ratio, windowTokens: 16 });
+      const rec = await encode(
+        cal,
+        { keys: kv.keys, values: kv.values, dtype: 'float32', tokens, tokenStart },
+        { ratio, windowTokens: 16 },
+      );
       const out = await decode(cal, rec, { tokens, dtype: 'float32' });
       const info = out.info;
       t.equal(info.tokens, tokens);
@@ -75,13 +81,20 @@ for (const tokens of [1, 7, 19, 989]) {
       const window = Math.min(16, tokens - sinks);
       t.equal(info.sinkTokens, sinks, 'sink tokens kept raw');
       t.equal(info.windowTokens, window, 'window tokens kept raw');
-      const k = f32(out.keys), v = f32(out.values);
-      const raw = (a: Float32Array, b: Float32Array, from: number, to: number) => maxAbsDiff(a.subarray(from * P, to * P), b.subarray(from * P, to * P));
+      const k = f32(out.keys),
+        v = f32(out.values);
+      const raw = (a: Float32Array, b: Float32Array, from: number, to: number) =>
+        maxAbsDiff(a.subarray(from * P, to * P), b.subarray(from * P, to * P));
       t.equal(raw(k, kv.keys, 0, sinks) + raw(v, kv.values, 0, sinks), 0, 'sinks are bit-exact');
-      t.equal(raw(k, kv.keys, tokens - window, tokens) + raw(v, kv.values, tokens - window, tokens), 0, 'window is bit-exact');
+      t.equal(
+        raw(k, kv.keys, tokens - window, tokens) + raw(v, kv.values, tokens - window, tokens),
+        0,
+        'window is bit-exact',
+      );
       const mid = tokens - sinks - window;
       if (mid > 0) {
-        const s = sinks * P, e = (sinks + mid) * P;
+        const s = sinks * P,
+          e = (sinks + mid) * P;
         for (const [name, got, src, isKeys] of [
           ['keys', k, kv.keys, true],
           ['values', v, kv.values, false],
@@ -93,7 +106,10 @@ for (const tokens of [1, 7, 19, 989]) {
           const err2 = relError(got.subarray(s, e), src.subarray(s, e)) ** 2;
           // Relative to the centred energy the plan's error is about; the mean adds energy, so the
           // raw relative error is below it. Allow sampling noise on few tokens.
-          t.ok(err2 <= 3 * expected + 1e-3, `${name}: relative squared error ${err2.toExponential(2)} within the plan's ${expected.toExponential(2)}`);
+          t.ok(
+            err2 <= 3 * expected + 1e-3,
+            `${name}: relative squared error ${err2.toExponential(2)} within the plan's ${expected.toExponential(2)}`,
+          );
         }
       }
     });
@@ -106,41 +122,81 @@ for (const dtype of ['float16', 'bfloat16'] as KvDtype[]) {
     const kv = syntheticKv(tokens, P, 5);
     kv.keys = applyRope(kv.keys, tokens, 0, model);
     const half = (x: Float32Array) => (dtype === 'bfloat16' ? bf16(x) : float16Bits(x));
-    const keys = half(kv.keys), values = half(kv.values);
+    const keys = half(kv.keys),
+      values = half(kv.values);
     const rec = await encode(cal, { keys, values, dtype, tokens }, { ratio: 4, windowTokens: 16 });
     const out = await decode(cal, rec, { tokens, dtype });
     t.equal(out.keys.length, tokens * P * 2);
-    const raw = (b: Uint8Array, from: number, to: number) => Buffer.from(b.buffer, b.byteOffset + from * P * 2, (to - from) * P * 2);
+    const raw = (b: Uint8Array, from: number, to: number) =>
+      Buffer.from(b.buffer, b.byteOffset + from * P * 2, (to - from) * P * 2);
     t.same(raw(out.keys, 0, 4), raw(new Uint8Array(keys.buffer), 0, 4), 'sinks bit-exact');
-    t.same(raw(out.values, tokens - 16, tokens), raw(new Uint8Array(values.buffer), tokens - 16, tokens), 'window bit-exact');
+    t.same(
+      raw(out.values, tokens - 16, tokens),
+      raw(new Uint8Array(values.buffer), tokens - 16, tokens),
+      'window bit-exact',
+    );
     const back = dtype === 'bfloat16' ? fromBf16(out.keys) : fromFloat16(out.keys);
     const err = relError(back.subarray(4 * P, (tokens - 16) * P), kv.keys.subarray(4 * P, (tokens - 16) * P));
-    const ref32 = await decode(cal, await encode(cal, { keys: kv.keys, values: kv.values, dtype: 'float32', tokens }, { ratio: 4, windowTokens: 16 }), { tokens, dtype: 'float32' });
-    const err32 = relError(f32(ref32.keys).subarray(4 * P, (tokens - 16) * P), kv.keys.subarray(4 * P, (tokens - 16) * P));
-    t.ok(Math.abs(err - err32) < 0.01, `coded keys: ${dtype} error ${err.toFixed(4)} ~ float32 error ${err32.toFixed(4)}`);
-    await t.rejects(decode(cal, rec, { tokens, dtype: 'float32' }), { code: 'ERR_KVTC_RECORD_SIZE_MISMATCH' }, 'dtype is part of the expected size');
+    const ref32 = await decode(
+      cal,
+      await encode(cal, { keys: kv.keys, values: kv.values, dtype: 'float32', tokens }, { ratio: 4, windowTokens: 16 }),
+      { tokens, dtype: 'float32' },
+    );
+    const err32 = relError(
+      f32(ref32.keys).subarray(4 * P, (tokens - 16) * P),
+      kv.keys.subarray(4 * P, (tokens - 16) * P),
+    );
+    t.ok(
+      Math.abs(err - err32) < 0.01,
+      `coded keys: ${dtype} error ${err.toFixed(4)} ~ float32 error ${err32.toFixed(4)}`,
+    );
+    await t.rejects(
+      decode(cal, rec, { tokens, dtype: 'float32' }),
+      { code: 'ERR_KVTC_RECORD_SIZE_MISMATCH' },
+      'dtype is part of the expected size',
+    );
   });
 }
 
 t.test('bad records give stable codes', async (t) => {
   const tokens = 200;
   const kv = syntheticKv(tokens, P, 77);
-  const rec = await encode(cal, { keys: kv.keys, values: kv.values, dtype: 'float32', tokens }, { ratio: 16, chunkBytes: 1024 });
+  const rec = await encode(
+    cal,
+    { keys: kv.keys, values: kv.values, dtype: 'float32', tokens },
+    { ratio: 16, chunkBytes: 1024 },
+  );
   const expect = { tokens, dtype: 'float32' as const };
   await t.resolves(decode(cal, rec, expect), 'the intact record decodes');
   await t.rejects(decode(cal, rec.subarray(0, 0), expect), { code: 'ERR_KVTC_RECORD_EMPTY' }, 'zero length');
-  await t.rejects(decode(cal, rec.subarray(0, 50), expect), { code: 'ERR_KVTC_RECORD_TRUNCATED' }, 'shorter than the header');
-  await t.rejects(decode(cal, rec.subarray(0, rec.length - 1), expect), { code: 'ERR_KVTC_RECORD_TRUNCATED' }, 'truncated body');
+  await t.rejects(
+    decode(cal, rec.subarray(0, 50), expect),
+    { code: 'ERR_KVTC_RECORD_TRUNCATED' },
+    'shorter than the header',
+  );
+  await t.rejects(
+    decode(cal, rec.subarray(0, rec.length - 1), expect),
+    { code: 'ERR_KVTC_RECORD_TRUNCATED' },
+    'truncated body',
+  );
   const flipped = Buffer.from(rec);
   flipped[flipped.length - 10]! ^= 0x04;
   await t.rejects(decode(cal, flipped, expect), { code: 'ERR_KVTC_RECORD_CORRUPT' }, 'one flipped bit in a section');
   const flippedHeader = Buffer.from(rec);
   flippedHeader[45]! ^= 0x01;
-  await t.rejects(decode(cal, flippedHeader, expect), { code: 'ERR_KVTC_RECORD_CORRUPT' }, 'one flipped bit in the header');
+  await t.rejects(
+    decode(cal, flippedHeader, expect),
+    { code: 'ERR_KVTC_RECORD_CORRUPT' },
+    'one flipped bit in the header',
+  );
   const magic = Buffer.from(rec);
   magic[0] = 0x58;
   await t.rejects(decode(cal, magic, expect), { code: 'ERR_KVTC_RECORD_BAD_MAGIC' }, 'foreign bytes');
-  await t.rejects(decode(cal, rec, { tokens: tokens + 1, dtype: 'float32' }), { code: 'ERR_KVTC_RECORD_SIZE_MISMATCH' }, 'wrong expected size');
+  await t.rejects(
+    decode(cal, rec, { tokens: tokens + 1, dtype: 'float32' }),
+    { code: 'ERR_KVTC_RECORD_SIZE_MISMATCH' },
+    'wrong expected size',
+  );
   const other = await syntheticCalibration(model, { ratios: [4, 16], seed: 2 });
   await t.rejects(decode(other, rec, expect), { code: 'ERR_KVTC_CALIBRATION_MISMATCH' }, 'foreign calibration id');
   // A huge declared length: record_bytes claims far more than was given (header CRC resealed so
@@ -158,8 +214,18 @@ t.test('bad records give stable codes', async (t) => {
 
 t.test('encode refuses bad input with coded errors', async (t) => {
   const kv = syntheticKv(4, P, 1);
-  await t.rejects(encode(cal, { keys: kv.keys, values: kv.values, dtype: 'float32', tokens: 5 }), { code: 'ERR_KVTC_INVALID_ARGUMENT' }, 'wrong shape');
-  await t.rejects(encode(cal, { keys: kv.keys, values: kv.values, dtype: 'float32', tokens: 4 }, { ratio: 3 }), { code: 'ERR_KVTC_PLAN_UNKNOWN' });
-  await t.rejects(encode(cal, { keys: kv.keys, values: kv.values, dtype: 'int8' as KvDtype, tokens: 4 }), { code: 'ERR_KVTC_INVALID_ARGUMENT' });
-  await t.rejects(encode(cal, { keys: kv.keys, values: kv.values, dtype: 'float32', tokens: 0 }), { code: 'ERR_KVTC_INVALID_ARGUMENT' });
+  await t.rejects(
+    encode(cal, { keys: kv.keys, values: kv.values, dtype: 'float32', tokens: 5 }),
+    { code: 'ERR_KVTC_INVALID_ARGUMENT' },
+    'wrong shape',
+  );
+  await t.rejects(encode(cal, { keys: kv.keys, values: kv.values, dtype: 'float32', tokens: 4 }, { ratio: 3 }), {
+    code: 'ERR_KVTC_PLAN_UNKNOWN',
+  });
+  await t.rejects(encode(cal, { keys: kv.keys, values: kv.values, dtype: 'int8' as KvDtype, tokens: 4 }), {
+    code: 'ERR_KVTC_INVALID_ARGUMENT',
+  });
+  await t.rejects(encode(cal, { keys: kv.keys, values: kv.values, dtype: 'float32', tokens: 0 }), {
+    code: 'ERR_KVTC_INVALID_ARGUMENT',
+  });
 });

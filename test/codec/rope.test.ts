@@ -8,7 +8,10 @@ import { maxAbsDiff, ropeReference } from '../helpers/reference.js';
 const native = loadNative();
 const variants: [string, (d: number) => RopeJson][] = [
   ['neox default', (d) => ({ theta: 10000, rotary_dim: d, layout: 'neox', scaling: { type: 'default' } })],
-  ['interleaved default', (d) => ({ theta: 10000, rotary_dim: d, layout: 'interleaved', scaling: { type: 'default' } })],
+  [
+    'interleaved default',
+    (d) => ({ theta: 10000, rotary_dim: d, layout: 'interleaved', scaling: { type: 'default' } }),
+  ],
   ['neox partial rotary', (d) => ({ theta: 10000, rotary_dim: d / 2, layout: 'neox', scaling: { type: 'default' } })],
   ['neox linear x4', (d) => ({ theta: 10000, rotary_dim: d, layout: 'neox', scaling: { type: 'linear', factor: 4 } })],
   [
@@ -17,7 +20,13 @@ const variants: [string, (d: number) => RopeJson][] = [
       theta: 500000,
       rotary_dim: d,
       layout: 'neox',
-      scaling: { type: 'llama3', factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 8192 },
+      scaling: {
+        type: 'llama3',
+        factor: 8,
+        low_freq_factor: 1,
+        high_freq_factor: 4,
+        original_max_position_embeddings: 8192,
+      },
     }),
   ],
 ];
@@ -41,7 +50,8 @@ for (const [name, make] of variants) {
         if (rope.rotary_dim < headDim) {
           let untouched = true;
           for (let i = 0; i < tokens * heads; i++)
-            for (let j = rope.rotary_dim; j < headDim; j++) untouched &&= applied[i * headDim + j] === x[i * headDim + j];
+            for (let j = rope.rotary_dim; j < headDim; j++)
+              untouched &&= applied[i * headDim + j] === x[i * headDim + j];
           t.ok(untouched, 'dims beyond rotary_dim are not rotated');
         }
       });

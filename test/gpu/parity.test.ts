@@ -13,10 +13,15 @@ import type { ModelInfo } from '../../src/codec/calibration.js';
 
 const native = loadNative();
 const info = native.buildInfo();
-const skip = !info.cuda ? 'addon built without CUDA (KVTC_WITH_CUDA=OFF): GPU tests run on the GPU machine via scripts/gpu-run.sh' : !info.cudaDevice ? 'no CUDA device' : false;
+const skip = !info.cuda
+  ? 'addon built without CUDA (KVTC_WITH_CUDA=OFF): GPU tests run on the GPU machine via scripts/gpu-run.sh'
+  : !info.cudaDevice
+    ? 'no CUDA device'
+    : false;
 
 function relErr(a: Float32Array, b: Float32Array): number {
-  let n = 0, d = 0;
+  let n = 0,
+    d = 0;
   for (let i = 0; i < a.length; i++) {
     n += (a[i]! - b[i]!) ** 2;
     d += b[i]! ** 2;
@@ -48,7 +53,8 @@ test('quantize: CUDA payload is byte-identical to the CPU payload', { skip }, ()
     const ref = native.stages.dequantize(cpu, { tokens, plan });
     // The GPU writes bf16 (the GEMM's input): equal to the CPU's float32 up to bf16 rounding.
     let worst = 0;
-    for (let i = 0; i < ref.length; i++) worst = Math.max(worst, Math.abs(back[i]! - ref[i]!) / (Math.abs(ref[i]!) + 1e-6));
+    for (let i = 0; i < ref.length; i++)
+      worst = Math.max(worst, Math.abs(back[i]! - ref[i]!) / (Math.abs(ref[i]!) + 1e-6));
     assert.ok(worst <= 2 ** -8, `${tokens} tokens: dequantized differs by ${worst}`);
   }
 });
@@ -99,16 +105,28 @@ for (const [name, layers, heads, dim] of process.env['KVTC_GPU_TEST_SMALL'] ? SH
         for (const dec of ['cpu', 'cuda'] as Backend[]) {
           const out = await decode(cal, records[enc], { tokens, dtype: 'float32', backend: dec });
           const k = new Float32Array(out.keys.buffer.slice(out.keys.byteOffset, out.keys.byteOffset + out.keys.length));
-          const v = new Float32Array(out.values.buffer.slice(out.values.byteOffset, out.values.byteOffset + out.values.length));
+          const v = new Float32Array(
+            out.values.buffer.slice(out.values.byteOffset, out.values.byteOffset + out.values.length),
+          );
           const w = out.info.windowTokens;
-          assert.deepEqual(k.subarray((tokens - w) * p), keys.subarray((tokens - w) * p), `${enc}->${dec}: window exact`);
+          assert.deepEqual(
+            k.subarray((tokens - w) * p),
+            keys.subarray((tokens - w) * p),
+            `${enc}->${dec}: window exact`,
+          );
           const mid = tokens - w;
           if (mid > 0) {
             const ek = relErr(k.subarray(0, mid * p), keys.subarray(0, mid * p)) ** 2;
             const ev = relErr(v.subarray(0, mid * p), kv.values.subarray(0, mid * p)) ** 2;
             // bf16 GEMM operands on the GPU add ~1e-5 relative squared error to the plan's.
-            assert.ok(ek <= 3 * plan.keys.expected_error + 2e-3, `${name} ${tokens} ${enc}->${dec}: keys ${ek} vs ${plan.keys.expected_error}`);
-            assert.ok(ev <= 3 * plan.values.expected_error + 2e-3, `${name} ${tokens} ${enc}->${dec}: values ${ev} vs ${plan.values.expected_error}`);
+            assert.ok(
+              ek <= 3 * plan.keys.expected_error + 2e-3,
+              `${name} ${tokens} ${enc}->${dec}: keys ${ek} vs ${plan.keys.expected_error}`,
+            );
+            assert.ok(
+              ev <= 3 * plan.values.expected_error + 2e-3,
+              `${name} ${tokens} ${enc}->${dec}: values ${ev} vs ${plan.values.expected_error}`,
+            );
           }
         }
       }
@@ -116,7 +134,7 @@ for (const [name, layers, heads, dim] of process.env['KVTC_GPU_TEST_SMALL'] ? SH
   });
 }
 
-test('CUDA decoder refuses bad records with the CPU decoder\'s codes', { skip }, async () => {
+test("CUDA decoder refuses bad records with the CPU decoder's codes", { skip }, async () => {
   const model: ModelInfo = {
     name: 'x',
     fingerprint: '0123456789abcdef0123456789abcdef',
@@ -126,11 +144,35 @@ test('CUDA decoder refuses bad records with the CPU decoder\'s codes', { skip },
     rope: { theta: 10000, rotary_dim: 8, layout: 'neox', scaling: { type: 'default' } },
   };
   const s = syntheticKv(256, 32, 1);
-  const cal = await fitCalibration({ model, keys: s.keys, values: s.values, n: 256, ratios: [4], rankCap: 32, powerIters: 2, oversample: 4, seed: 1, dpSamples: 128, sinkTokens: 4, windowTokens: 8, source: 't' });
-  const rec = await encode(cal, { keys: s.keys, values: s.values, dtype: 'float32', tokens: 256 }, { backend: 'cuda', windowTokens: 8 });
+  const cal = await fitCalibration({
+    model,
+    keys: s.keys,
+    values: s.values,
+    n: 256,
+    ratios: [4],
+    rankCap: 32,
+    powerIters: 2,
+    oversample: 4,
+    seed: 1,
+    dpSamples: 128,
+    sinkTokens: 4,
+    windowTokens: 8,
+    source: 't',
+  });
+  const rec = await encode(
+    cal,
+    { keys: s.keys, values: s.values, dtype: 'float32', tokens: 256 },
+    { backend: 'cuda', windowTokens: 8 },
+  );
   const flipped = Buffer.from(rec);
   flipped[flipped.length - 20]! ^= 1;
-  await assert.rejects(decode(cal, flipped, { tokens: 256, dtype: 'float32', backend: 'cuda' }), { code: 'ERR_KVTC_RECORD_CORRUPT' });
-  await assert.rejects(decode(cal, rec.subarray(0, 50), { tokens: 256, dtype: 'float32', backend: 'cuda' }), { code: 'ERR_KVTC_RECORD_TRUNCATED' });
-  await assert.rejects(decode(cal, rec, { tokens: 255, dtype: 'float32', backend: 'cuda' }), { code: 'ERR_KVTC_RECORD_SIZE_MISMATCH' });
+  await assert.rejects(decode(cal, flipped, { tokens: 256, dtype: 'float32', backend: 'cuda' }), {
+    code: 'ERR_KVTC_RECORD_CORRUPT',
+  });
+  await assert.rejects(decode(cal, rec.subarray(0, 50), { tokens: 256, dtype: 'float32', backend: 'cuda' }), {
+    code: 'ERR_KVTC_RECORD_TRUNCATED',
+  });
+  await assert.rejects(decode(cal, rec, { tokens: 255, dtype: 'float32', backend: 'cuda' }), {
+    code: 'ERR_KVTC_RECORD_SIZE_MISMATCH',
+  });
 });

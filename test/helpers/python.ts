@@ -26,7 +26,18 @@ export function captureStories(texts: string, name: string, maxTokens = 512): st
     mkdirSync(out, { recursive: true });
     execFileSync(
       py,
-      ['-m', 'kvtc_connector.capture', '--model', STORIES_MODEL, '--texts', join(DATA, texts), '--out', out, '--max-tokens', String(maxTokens)],
+      [
+        '-m',
+        'kvtc_connector.capture',
+        '--model',
+        STORIES_MODEL,
+        '--texts',
+        join(DATA, texts),
+        '--out',
+        out,
+        '--max-tokens',
+        String(maxTokens),
+      ],
       { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, HF_HUB_OFFLINE: '1', KVTC_NO_PROGRESS: '1' } },
     );
   }

@@ -18,7 +18,8 @@ export function invFreq(rope: RopeJson): Float64Array {
       const wavelen = (2 * Math.PI) / f;
       if (wavelen > lowWavelen) inv[i] = f / s.factor;
       else if (wavelen >= highWavelen) {
-        const smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+        const smooth =
+          (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
         inv[i] = ((1 - smooth) * f) / s.factor + smooth * f;
       }
     }
@@ -46,8 +47,10 @@ export function ropeReference(
         const a = rope.layout === 'neox' ? i : 2 * i;
         const b = rope.layout === 'neox' ? i + half : 2 * i + 1;
         const ang = (pos0 + t) * inv[i]!;
-        const c = Math.cos(ang), s = inverse ? -Math.sin(ang) : Math.sin(ang);
-        const x0 = out[base + a]!, x1 = out[base + b]!;
+        const c = Math.cos(ang),
+          s = inverse ? -Math.sin(ang) : Math.sin(ang);
+        const x0 = out[base + a]!,
+          x1 = out[base + b]!;
         out[base + a] = x0 * c - x1 * s;
         out[base + b] = x1 * c + x0 * s;
       }
@@ -100,7 +103,8 @@ export function packReference(codes: ArrayLike<number>, bits: number): Uint8Arra
 }
 
 export function relError(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let num = 0, den = 0;
+  let num = 0,
+    den = 0;
   for (let i = 0; i < a.length; i++) {
     num += (a[i]! - b[i]!) ** 2;
     den += b[i]! ** 2;

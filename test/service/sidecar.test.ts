@@ -66,7 +66,11 @@ t.test('handshake, save, lookup, load, delete, stats', async (t) => {
   t.match(hello.header['session'], /^[0-9a-f]{32}$/);
 
   const [k, v] = kv(300, 1);
-  const save = await c.request('save', { key: 'aa'.repeat(16), token_start: 0, tokens: 300, dtype: 'float32', ratio: 4 }, [k, v]);
+  const save = await c.request(
+    'save',
+    { key: 'aa'.repeat(16), token_start: 0, tokens: 300, dtype: 'float32', ratio: 4 },
+    [k, v],
+  );
   t.equal(save.header['ok'], true, JSON.stringify(save.header));
   const handle = save.header['handle'];
   t.equal(handle.key, 'aa'.repeat(16));
@@ -117,7 +121,10 @@ t.test('malformed, truncated, oversized and wrong-version messages get coded err
   t.equal(unknownOp.header['code'], 'ERR_KVTC_PROTOCOL_MALFORMED');
   const truncated = await c.request('save', { key: 'ab'.repeat(16), token_start: 0, tokens: 10, dtype: 'float32' });
   t.equal(truncated.header['code'], 'ERR_KVTC_PROTOCOL_MALFORMED', 'save without its frames');
-  const short = await c.request('save', { key: 'ab'.repeat(16), token_start: 0, tokens: 10, dtype: 'float32' }, [Buffer.alloc(10), Buffer.alloc(10)]);
+  const short = await c.request('save', { key: 'ab'.repeat(16), token_start: 0, tokens: 10, dtype: 'float32' }, [
+    Buffer.alloc(10),
+    Buffer.alloc(10),
+  ]);
   t.equal(short.header['code'], 'ERR_KVTC_PROTOCOL_MALFORMED', 'frames of the wrong size');
   const [k, v] = kv(200, 2);
   const big = await c.request('save', { key: 'ab'.repeat(16), token_start: 0, tokens: 200, dtype: 'float32' }, [k, v]);
@@ -146,7 +153,9 @@ t.test('busy: beyond max in-flight the sidecar answers BUSY at once', async (t) 
   await c.hello(compat);
   const [k, v] = kv(2000, 3);
   const replies = await Promise.all(
-    [0, 1, 2, 3].map((i) => c.request('save', { key: `${i}`.repeat(32), token_start: 0, tokens: 2000, dtype: 'float32' }, [k, v])),
+    [0, 1, 2, 3].map((i) =>
+      c.request('save', { key: `${i}`.repeat(32), token_start: 0, tokens: 2000, dtype: 'float32' }, [k, v]),
+    ),
   );
   const codes = replies.map((r) => (r.header['ok'] ? 'ok' : r.header['code']));
   t.ok(codes.includes('ok'), `some saves succeed: ${codes}`);
@@ -189,7 +198,11 @@ t.test('file store: survives a restart, refuses a corrupt record on disk', async
     await s.close();
   });
   await c.hello(compat);
-  t.equal((await c.request('lookup', { keys: ['e1'.repeat(16), 'e2'.repeat(16)] })).header['hits'], 2, 'records found after restart');
+  t.equal(
+    (await c.request('lookup', { keys: ['e1'.repeat(16), 'e2'.repeat(16)] })).header['hits'],
+    2,
+    'records found after restart',
+  );
   const ok = await c.request('load', { key: 'e1'.repeat(16), tokens: 200, dtype: 'float32' });
   t.equal(ok.header['ok'], true);
   // Flip one byte of the second record's file.
@@ -221,9 +234,16 @@ t.test('tiers: memory in front of disk, promotion on load', async (t) => {
   });
   await c.hello(compat);
   const [k, v] = kv(300, 6);
-  for (let i = 0; i < 8; i++) await c.request('save', { key: `f${i}`.repeat(16), token_start: 0, tokens: 300, dtype: 'float32', ratio: 4 }, [k, v]);
+  for (let i = 0; i < 8; i++)
+    await c.request('save', { key: `f${i}`.repeat(16), token_start: 0, tokens: 300, dtype: 'float32', ratio: 4 }, [
+      k,
+      v,
+    ]);
   const stats = (await c.request('stats')).header['stats'].stores;
-  t.ok(stats[0].entries < 8, `memory tier evicted (${stats[0].entries} left, ${stats[0].bytes} bytes <= ${stats[0].maxBytes})`);
+  t.ok(
+    stats[0].entries < 8,
+    `memory tier evicted (${stats[0].entries} left, ${stats[0].bytes} bytes <= ${stats[0].maxBytes})`,
+  );
   t.ok(stats[0].bytes <= stats[0].maxBytes);
   t.equal(stats[1].entries, 8, 'disk keeps all');
   const r = await c.request('load', { key: 'f0'.repeat(16), tokens: 300, dtype: 'float32' });
