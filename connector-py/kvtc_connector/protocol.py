@@ -1,0 +1,96 @@
+"""The sidecar wire protocol, Python side (docs/protocol.md is the contract).
+
+``PROTOCOL_VERSION`` mirrors ``src/protocol/version.ts``. History (docs/protocol.md):
+
+1. First version (2026-11-29).
+
+Every message is multipart: frame 0 a msgpack map (the header), then raw byte frames. Only
+:mod:`kvtc_connector.client` puts these on a socket.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+__all__ = [
+    "CLIENT_ONLY_CODES",
+    "DTYPES",
+    "ERROR_CODES",
+    "OPS",
+    "PROTOCOL_VERSION",
+    "SESSIONLESS_OPS",
+    "Dtype",
+]
+
+PROTOCOL_VERSION: Final = 1
+
+OPS: Final = ("hello", "lookup", "save", "load", "delete", "encode", "decode", "stats")
+# Operations that need no ``session`` field (every other op needs the one `hello` returned).
+SESSIONLESS_OPS: Final = frozenset({"hello", "stats"})
+
+Dtype = Literal["bfloat16", "float16", "float32"]
+DTYPES: Final[tuple[Dtype, ...]] = ("bfloat16", "float16", "float32")
+
+# docs/errors.md: codes of the codec, records and calibrations.
+ERR_KVTC_INVALID_ARGUMENT: Final = "ERR_KVTC_INVALID_ARGUMENT"
+ERR_KVTC_RECORD_EMPTY: Final = "ERR_KVTC_RECORD_EMPTY"
+ERR_KVTC_RECORD_TRUNCATED: Final = "ERR_KVTC_RECORD_TRUNCATED"
+ERR_KVTC_RECORD_BAD_MAGIC: Final = "ERR_KVTC_RECORD_BAD_MAGIC"
+ERR_KVTC_RECORD_VERSION: Final = "ERR_KVTC_RECORD_VERSION"
+ERR_KVTC_RECORD_CORRUPT: Final = "ERR_KVTC_RECORD_CORRUPT"
+ERR_KVTC_RECORD_LENGTH: Final = "ERR_KVTC_RECORD_LENGTH"
+ERR_KVTC_RECORD_SIZE_MISMATCH: Final = "ERR_KVTC_RECORD_SIZE_MISMATCH"
+ERR_KVTC_CALIBRATION_MISMATCH: Final = "ERR_KVTC_CALIBRATION_MISMATCH"
+ERR_KVTC_MODEL_MISMATCH: Final = "ERR_KVTC_MODEL_MISMATCH"
+ERR_KVTC_PLAN_UNKNOWN: Final = "ERR_KVTC_PLAN_UNKNOWN"
+ERR_KVTC_CALIBRATION_INVALID: Final = "ERR_KVTC_CALIBRATION_INVALID"
+ERR_KVTC_DEFLATE: Final = "ERR_KVTC_DEFLATE"
+ERR_KVTC_BACKEND_UNAVAILABLE: Final = "ERR_KVTC_BACKEND_UNAVAILABLE"
+ERR_KVTC_NUMERICAL: Final = "ERR_KVTC_NUMERICAL"
+ERR_KVTC_NATIVE_LOAD: Final = "ERR_KVTC_NATIVE_LOAD"
+ERR_KVTC_INTERNAL: Final = "ERR_KVTC_INTERNAL"
+# docs/protocol.md: codes of the service and its transport.
+ERR_KVTC_PROTOCOL_MALFORMED: Final = "ERR_KVTC_PROTOCOL_MALFORMED"
+ERR_KVTC_PROTOCOL_VERSION: Final = "ERR_KVTC_PROTOCOL_VERSION"
+ERR_KVTC_PROTOCOL_OVERSIZED: Final = "ERR_KVTC_PROTOCOL_OVERSIZED"
+ERR_KVTC_HANDSHAKE_REQUIRED: Final = "ERR_KVTC_HANDSHAKE_REQUIRED"
+ERR_KVTC_BUSY: Final = "ERR_KVTC_BUSY"
+ERR_KVTC_DEADLINE: Final = "ERR_KVTC_DEADLINE"
+ERR_KVTC_NOT_FOUND: Final = "ERR_KVTC_NOT_FOUND"
+ERR_KVTC_STORE_FULL: Final = "ERR_KVTC_STORE_FULL"
+ERR_KVTC_STORE_IO: Final = "ERR_KVTC_STORE_IO"
+ERR_KVTC_SHUTTING_DOWN: Final = "ERR_KVTC_SHUTTING_DOWN"
+# Raised by the client itself, never sent by the sidecar: no reply within the timeout.
+ERR_KVTC_SIDECAR_UNAVAILABLE: Final = "ERR_KVTC_SIDECAR_UNAVAILABLE"
+
+ERROR_CODES: Final = (
+    ERR_KVTC_INVALID_ARGUMENT,
+    ERR_KVTC_RECORD_EMPTY,
+    ERR_KVTC_RECORD_TRUNCATED,
+    ERR_KVTC_RECORD_BAD_MAGIC,
+    ERR_KVTC_RECORD_VERSION,
+    ERR_KVTC_RECORD_CORRUPT,
+    ERR_KVTC_RECORD_LENGTH,
+    ERR_KVTC_RECORD_SIZE_MISMATCH,
+    ERR_KVTC_CALIBRATION_MISMATCH,
+    ERR_KVTC_MODEL_MISMATCH,
+    ERR_KVTC_PLAN_UNKNOWN,
+    ERR_KVTC_CALIBRATION_INVALID,
+    ERR_KVTC_DEFLATE,
+    ERR_KVTC_BACKEND_UNAVAILABLE,
+    ERR_KVTC_NUMERICAL,
+    ERR_KVTC_NATIVE_LOAD,
+    ERR_KVTC_INTERNAL,
+    ERR_KVTC_PROTOCOL_MALFORMED,
+    ERR_KVTC_PROTOCOL_VERSION,
+    ERR_KVTC_PROTOCOL_OVERSIZED,
+    ERR_KVTC_HANDSHAKE_REQUIRED,
+    ERR_KVTC_BUSY,
+    ERR_KVTC_DEADLINE,
+    ERR_KVTC_NOT_FOUND,
+    ERR_KVTC_STORE_FULL,
+    ERR_KVTC_STORE_IO,
+    ERR_KVTC_SHUTTING_DOWN,
+    ERR_KVTC_SIDECAR_UNAVAILABLE,
+)
+CLIENT_ONLY_CODES: Final = frozenset({ERR_KVTC_SIDECAR_UNAVAILABLE})

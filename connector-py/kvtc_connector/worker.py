@@ -1,0 +1,511 @@
+"""Worker side of the kvtc connector: gathers chunks out of vLLM's paged KV cache and scatters
+loaded chunks back in. Runs in each worker process, next to the KV tensors.
+
+On the CPU (vLLM's CPU backend) blocks travel as raw frames: a chunk is gathered from the blocks of
+every layer into token-major ``[tokens, layers, kv_heads, head_dim]`` keys and values, sent with
+``save``, and ``load`` replies are scattered back the same way. Loads run in ``start_load_kv``,
+before the forward; saves in ``wait_for_save``, after it. Both are synchronous, so a block is never
+read after vLLM reuses it. GPU tensors are refused at ``register_kv_caches``: their path (CUDA IPC,
+the sidecar reading and writing blocks in place) is not implemented yet.
+
+The paged layout. vLLM >= 0.32 hands each layer over as ``[blocks, kv_heads, block, 2 * head_dim]``
+(shape and strides are read, never assumed contiguous), but what a ``(block, head)`` page holds
+depends on the CPU attention kernel's ISA: with ``vec`` the keys are stored transposed,
+``[head_dim, block]``, and the values ``[block, head_dim]``; ``amx`` packs differently again. So
+the worker does not guess: at registration it writes known token and dim indices through vLLM's
+own cache writer (``cpu_attn_reshape_and_cache`` with the layers' ISA) into a scratch page and
+reads back where each key and value element landed (:func:`probe_page_layout`). Gather and
+scatter then index pages with that map.
+
+Block ids are the scheduler's; when the kernel block is smaller than vLLM's block, block ``b``
+is kernel blocks ``b * r .. b * r + r - 1``. Block 0 is vLLM's null block and never appears.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from kvtc_connector.client import (
+    Compat,
+    HelloResult,
+    LoadItem,
+    LoadResult,
+    SaveItem,
+    SidecarClient,
+)
+from kvtc_connector.errors import KvtcSidecarError
+from kvtc_connector.metadata import (
+    FRAME_LAYOUT,
+    KvtcConnectorMetadata,
+    KvtcSettings,
+    LoadSpec,
+    SaveSpec,
+    dtype_name,
+    model_identity,
+)
+from kvtc_connector.protocol import Dtype
+
+if TYPE_CHECKING:
+    from vllm.config import VllmConfig
+    from vllm.v1.kv_cache_interface import KVCacheConfig
+
+__all__ = ["KvtcWorker", "PagedLayer", "WorkerStats"]
+
+logger = logging.getLogger(__name__)
+
+_WARN_EVERY_S = 60.0
+
+
+@dataclass
+class PagedLayer:
+    """One layer's cache as ``[kernel_blocks, kv_heads, page]`` (a view of vLLM's tensor)."""
+
+    name: str
+    pages: torch.Tensor
+
+
+@dataclass(frozen=True)
+class PageLayout:
+    """Where a ``(block, head)`` page keeps each key and value element: flat page offsets
+    ``key_pos[token * head_dim + dim]`` and ``value_pos[...]``, as vLLM's cache writer put them."""
+
+    block: int
+    head_dim: int
+    isa: str
+    key_pos: torch.Tensor
+    value_pos: torch.Tensor
+
+
+@dataclass
+class WorkerStats:
+    chunks_loaded: int = 0
+    tokens_loaded: int = 0
+    chunks_saved: int = 0
+    load_errors: int = 0
+    save_errors: int = 0
+
+
+def _layer_index(name: str) -> int:
+    try:
+        from vllm.model_executor.models.utils import extract_layer_index
+
+        return int(extract_layer_index(name))
+    except Exception:
+        numbers = re.findall(r"\.(\d+)\.", name)
+        if not numbers:
+            raise ValueError(f"kvtc cannot tell the layer index of KV cache {name!r}") from None
+        return int(numbers[-1])
+
+
+def page_view(name: str, kv: torch.Tensor, kv_heads: int, head_dim: int) -> torch.Tensor:
+    """``[blocks, kv_heads, 2 * block * head_dim]`` view of one layer's cache (no copy).
+
+    :raises NotImplementedError: a shape or strides this connector does not know (the message
+        has both).
+    """
+    shape, strides = tuple(kv.shape), tuple(kv.stride())
+    if (
+        kv.dim() == 4
+        and shape[1] == kv_heads
+        and shape[3] == 2 * head_dim
+        and strides[3] == 1
+        and strides[2] == 2 * head_dim
+    ):
+        return kv.as_strided((shape[0], kv_heads, shape[2] * shape[3]), (strides[0], strides[1], 1))
+    raise NotImplementedError(
+        f"kvtc does not know the paged KV layout of {name}: shape {shape}, strides {strides} "
+        f"(expected [blocks, {kv_heads}, block, {2 * head_dim}] with pages of "
+        f"block x {2 * head_dim} contiguous elements, as vLLM's CPU attention backend has)"
+    )
+
+
+def attention_isa(vllm_config: VllmConfig, layer_name: str, dtype: torch.dtype, block: int) -> str:
+    """The ISA of vLLM's CPU attention kernel for a layer (it decides the page layout)."""
+    ctx = vllm_config.compilation_config.static_forward_context
+    isa = getattr(ctx.get(layer_name), "isa", None)
+    if isinstance(isa, str):
+        return isa
+    try:  # no model loaded (tests): ask the backend the way its metadata builder does
+        from vllm.v1.attention.backends.cpu_attn import _get_attn_isa
+
+        head = vllm_config.model_config.get_head_size()
+        return str(_get_attn_isa(dtype, block, head, vllm_config.cache_config.cache_dtype))
+    except Exception as e:
+        raise NotImplementedError(
+            f"kvtc cannot tell which CPU attention kernel writes {layer_name}: {e}"
+        ) from e
+
+
+def probe_page_layout(
+    kv_heads: int, block: int, head_dim: int, dtype: torch.dtype, isa: str
+) -> PageLayout:
+    """Finds the page layout by writing known indices with vLLM's own cache writer.
+
+    Each probe writes one integer field of (token, dim) plus one (exact in any float dtype) into
+    the keys or the values of a scratch page and reads back where the numbers landed. Fields are
+    split base 128 so that bfloat16 holds them exactly.
+
+    :raises NotImplementedError: the writer is missing, or it does not store a page as a
+        permutation of its keys and values, one head per page.
+    """
+    try:
+        from vllm._custom_ops import cpu_attn_reshape_and_cache
+    except Exception as e:
+        raise NotImplementedError(f"kvtc needs vLLM's CPU cache writer: {e}") from e
+    page = 2 * block * head_dim
+    n = torch.arange(block)[:, None, None].expand(block, kv_heads, head_dim)
+    h = torch.arange(kv_heads)[None, :, None].expand(block, kv_heads, head_dim)
+    d = torch.arange(head_dim)[None, None, :].expand(block, kv_heads, head_dim)
+    fields = {"n_lo": n % 128, "n_hi": n // 128, "d_lo": d % 128, "d_hi": d // 128, "h": h % 128}
+    scratch = torch.zeros((2, kv_heads, block, 2 * head_dim), dtype=dtype)
+    key_cache, value_cache = scratch.view(2, kv_heads, 2 * block, head_dim).chunk(2, dim=2)
+    slots = torch.arange(block) + block  # block 1 of the scratch cache
+    found: dict[str, dict[str, torch.Tensor]] = {"key": {}, "value": {}}
+    for side in ("key", "value"):
+        for fname, field in fields.items():
+            scratch.zero_()
+            marked = (field + 1).to(dtype).contiguous()
+            zero = torch.zeros_like(marked)
+            k, v = (marked, zero) if side == "key" else (zero, marked)
+            try:
+                cpu_attn_reshape_and_cache(k, v, key_cache, value_cache, slots, isa)
+            except Exception as e:
+                raise NotImplementedError(
+                    f"kvtc could not probe vLLM's CPU cache writer (isa {isa}): {e}"
+                ) from e
+            found[side][fname] = scratch[1].reshape(kv_heads, page).to(torch.int64) - 1
+    pos: dict[str, torch.Tensor] = {}
+    head_ids = torch.arange(kv_heads)[:, None]
+    for side, got in found.items():
+        written = got["n_lo"] >= 0
+        count = block * head_dim
+        if not bool((written.sum(dim=1) == count).all()) or not bool(
+            (got["h"][written].view(kv_heads, count) == head_ids).all()
+        ):
+            raise NotImplementedError(
+                f"kvtc: vLLM's CPU cache writer (isa {isa}) does not store {side}s as one "
+                "permuted page per head; this layout is not supported"
+            )
+        token = (got["n_hi"] * 128 + got["n_lo"])[0]
+        dim = (got["d_hi"] * 128 + got["d_lo"])[0]
+        offsets = torch.nonzero(written[0]).flatten()
+        index = torch.full((count,), -1, dtype=torch.int64)
+        index[token[offsets] * head_dim + dim[offsets]] = offsets
+        if bool((index < 0).any()):
+            raise NotImplementedError(f"kvtc: the {side} page layout of isa {isa} is not a map")
+        pos[side] = index
+    if bool(torch.isin(pos["key"], pos["value"]).any()):
+        raise NotImplementedError(f"kvtc: keys and values share page offsets (isa {isa})")
+    return PageLayout(block, head_dim, isa, pos["key"], pos["value"])
+
+
+class KvtcWorker:
+    """The worker-role half of :class:`kvtc_connector.connector.KvtcConnector`."""
+
+    def __init__(
+        self,
+        vllm_config: VllmConfig,
+        kv_cache_config: KVCacheConfig | None,
+        settings: KvtcSettings,
+        *,
+        client: SidecarClient | None = None,
+    ) -> None:
+        parallel = vllm_config.parallel_config
+        if parallel.tensor_parallel_size > 1 or parallel.pipeline_parallel_size > 1:
+            raise NotImplementedError(
+                "kvtc records hold every layer and KV head of a token; tensor and pipeline "
+                "parallelism split them across workers, which this connector does not support yet"
+            )
+        self.settings = settings
+        self.block_size = int(vllm_config.cache_config.block_size)
+        settings.check_block_size(self.block_size)
+        self.chunk_tokens = settings.chunk_tokens
+        self.identity = model_identity(vllm_config, settings)
+        self.client = client or SidecarClient(
+            settings.endpoint,
+            timeout_ms=settings.timeout_ms,
+            retry_ms=settings.retry_ms,
+            max_pipeline=settings.max_pipeline,
+        )
+        self._vllm_config = vllm_config
+        self.layers: list[PagedLayer] = []
+        self.page_layout: PageLayout | None = None
+        self.layout = ""
+        self.dtype: Dtype = "bfloat16"
+        self._torch_dtype = torch.bfloat16
+        self.kernel_block_size = self.block_size
+        self.compat: Compat | None = None
+        self._hello: HelloResult | None = None
+        self._next_hello = 0.0
+        self._finished_sending: set[str] = set()
+        self._failed_blocks: set[int] = set()
+        self._warned: dict[str, float] = {}
+        self.stats = WorkerStats()
+        self.metadata: KvtcConnectorMetadata | None = None
+
+    # ---------------------------------------------------------------- registration
+
+    def register_kv_caches(self, kv_caches: dict[str, torch.Tensor]) -> None:
+        ident = self.identity
+        named = sorted(kv_caches.items(), key=lambda item: _layer_index(item[0]))
+        if len(named) != ident.layers or len({_layer_index(n) for n, _ in named}) != ident.layers:
+            raise NotImplementedError(
+                f"kvtc expects one KV cache per layer ({ident.layers}) but vLLM registered "
+                f"{len(named)} ({', '.join(n for n, _ in named[:4])}, ...); cross-layer KV "
+                "sharing and hybrid models are not supported"
+            )
+        layers: list[PagedLayer] = []
+        shapes = set()
+        dtypes = set()
+        for name, kv in named:
+            if kv.device.type != "cpu":
+                raise NotImplementedError(
+                    f"kvtc: KV cache {name} is on {kv.device}. Only vLLM's CPU backend is "
+                    "supported so far (blocks travel as raw frames); the GPU path, where the "
+                    "sidecar reads and writes blocks in place through CUDA IPC, is not "
+                    "implemented yet"
+                )
+            layers.append(PagedLayer(name, page_view(name, kv, ident.kv_heads, ident.head_dim)))
+            shapes.add(tuple(kv.shape[1:]))
+            dtypes.add(kv.dtype)
+        if len(shapes) != 1 or len(dtypes) != 1:
+            raise NotImplementedError(
+                f"kvtc needs one page shape and dtype for all layers; got {shapes} and {dtypes}"
+            )
+        self._torch_dtype = dtypes.pop()
+        self.dtype = dtype_name(self._torch_dtype)
+        kernel_block = int(named[0][1].shape[2])
+        if self.block_size % kernel_block != 0:
+            raise NotImplementedError(
+                f"kvtc: kernel block size {kernel_block} does not divide the block size "
+                f"{self.block_size}"
+            )
+        isa = attention_isa(self._vllm_config, named[0][0], self._torch_dtype, kernel_block)
+        self.page_layout = probe_page_layout(
+            ident.kv_heads, kernel_block, ident.head_dim, self._torch_dtype, isa
+        )
+        self.layout = f"cpu-attn-{isa}"
+        self.kernel_block_size = kernel_block
+        self.layers = layers
+        self.compat = Compat(
+            model_fingerprint=ident.fingerprint,
+            dtype=self.dtype,
+            layout=FRAME_LAYOUT,
+            block_size=self.block_size,
+            layers=ident.layers,
+            kv_heads=ident.kv_heads,
+            head_dim=ident.head_dim,
+            calibration_id=self.settings.calibration_id,
+        )
+        logger.info(
+            "kvtc: registered %d layers, layout %s, %s, block %d (kernel block %d)",
+            len(layers),
+            self.layout,
+            self.dtype,
+            self.block_size,
+            kernel_block,
+        )
+        self._session()
+
+    # ---------------------------------------------------------------- per step
+
+    def bind(self, metadata: KvtcConnectorMetadata | None) -> None:
+        self.metadata = metadata
+
+    def start_load_kv(self) -> None:
+        """Loads this step's chunks and writes them into their blocks, before the forward."""
+        meta = self.metadata
+        if meta is None or not meta.loads:
+            return
+        for spec in meta.loads:
+            try:
+                self._load(spec)
+            except Exception as e:  # never into vLLM: a failed load is recomputed
+                self._warn("load", "kvtc: load of %s failed, recomputing: %s", spec.req_id, e)
+                self.stats.load_errors += 1
+                self._failed_blocks.update(spec.block_ids[self._block_offset(spec) :])
+
+    def wait_for_save(self) -> None:
+        """Gathers and saves this step's chunks (best effort: failures are logged, not raised)."""
+        meta = self.metadata
+        if meta is None or not meta.saves:
+            return
+        for spec in meta.saves:
+            try:
+                self._save(spec)
+            except Exception as e:
+                self._warn("save", "kvtc: save of %s failed: %s", spec.req_id, e)
+                self.stats.save_errors += 1
+            finally:
+                if spec.held:
+                    self._finished_sending.add(spec.req_id)
+
+    def get_finished(self, finished_req_ids: set[str]) -> tuple[set[str] | None, None]:
+        done, self._finished_sending = self._finished_sending, set()
+        return (done or None), None
+
+    def get_block_ids_with_load_errors(self) -> set[int]:
+        failed, self._failed_blocks = self._failed_blocks, set()
+        return failed
+
+    def shutdown(self) -> None:
+        s = self.stats
+        logger.info(
+            "kvtc worker: loaded %d chunks (%d tokens, %d errors), saved %d chunks (%d errors)",
+            s.chunks_loaded,
+            s.tokens_loaded,
+            s.load_errors,
+            s.chunks_saved,
+            s.save_errors,
+        )
+        self.client.close()
+
+    # ---------------------------------------------------------------- gather / scatter
+
+    def _kernel_blocks(self, block_ids: list[int]) -> torch.Tensor:
+        r = self.block_size // self.kernel_block_size
+        ids = torch.tensor(block_ids, dtype=torch.long)
+        if r == 1:
+            return ids
+        return (ids[:, None] * r + torch.arange(r)[None, :]).reshape(-1)
+
+    def gather(self, block_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of the tokens in ``block_ids``: ``[tokens, layers, heads, dim]``."""
+        ids = self._kernel_blocks(block_ids)
+        k, kb = int(ids.numel()), self.kernel_block_size
+        ident = self.identity
+        heads, dim = ident.kv_heads, ident.head_dim
+        shape = (k * kb, ident.layers, heads, dim)
+        keys = torch.empty(shape, dtype=self._torch_dtype)
+        values = torch.empty(shape, dtype=self._torch_dtype)
+        layout = self.page_layout
+        assert layout is not None, "register_kv_caches first"
+        for i, layer in enumerate(self.layers):
+            pages = layer.pages.index_select(0, ids)  # [k, heads, page]
+            for pos, dst in ((layout.key_pos, keys), (layout.value_pos, values)):
+                # [k, heads, block * dim] -> [k, block, heads, dim] -> [tokens, heads, dim]
+                part = pages[:, :, pos].view(k, heads, kb, dim).transpose(1, 2)
+                dst[:, i] = part.reshape(k * kb, heads, dim)
+        return keys, values
+
+    def scatter(self, block_ids: list[int], keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Writes ``[tokens, layers, heads, dim]`` keys and values into the tokens of the blocks
+        (whole blocks: ``tokens`` is ``len(block_ids) * block_size``)."""
+        ids = self._kernel_blocks(block_ids)
+        k, kb = int(ids.numel()), self.kernel_block_size
+        heads, dim = self.identity.kv_heads, self.identity.head_dim
+        layout = self.page_layout
+        assert layout is not None, "register_kv_caches first"
+        for i, layer in enumerate(self.layers):
+            pages = layer.pages.index_select(0, ids)
+            for pos, src in ((layout.key_pos, keys), (layout.value_pos, values)):
+                part = src[:, i].reshape(k, kb, heads, dim).transpose(1, 2)
+                pages[:, :, pos] = part.reshape(k, heads, kb * dim).to(pages.dtype)
+            layer.pages.index_copy_(0, ids, pages)
+
+    # ---------------------------------------------------------------- sidecar calls
+
+    def _block_offset(self, spec: LoadSpec) -> int:
+        """Index in ``spec.block_ids`` of the block holding ``token_lo``."""
+        base = spec.first_chunk * self.chunk_tokens
+        return (spec.token_lo - base) // self.block_size
+
+    def _load(self, spec: LoadSpec) -> None:
+        c, bs = self.chunk_tokens, self.block_size
+        base_block = spec.first_chunk * c // bs
+        if self._session() is None:
+            raise KvtcSidecarError("ERR_KVTC_SIDECAR_UNAVAILABLE", "no session with the sidecar")
+        results = self.client.load_many([LoadItem(key, c, self.dtype) for key in spec.keys])
+        for i, result in enumerate(results):
+            chunk = spec.first_chunk + i
+            lo = max(spec.token_lo, chunk * c)
+            hi = min(spec.token_hi, (chunk + 1) * c)
+            blocks = spec.block_ids[lo // bs - base_block : hi // bs - base_block]
+            if isinstance(result, LoadResult) and not (
+                result.token_start == chunk * c and result.tokens == c
+            ):
+                result = KvtcSidecarError(
+                    "ERR_KVTC_RECORD_SIZE_MISMATCH",
+                    f"record holds tokens {result.token_start}+{result.tokens}, "
+                    f"expected {chunk * c}+{c}",
+                )
+            if not isinstance(result, LoadResult):
+                self._warn(
+                    "load", "kvtc: chunk %d of %s not loaded: %s", chunk, spec.req_id, result
+                )
+                self.stats.load_errors += 1
+                self._failed_blocks.update(blocks)
+                continue
+            shape = (c, self.identity.layers, self.identity.kv_heads, self.identity.head_dim)
+            keys = torch.frombuffer(result.keys, dtype=self._torch_dtype).view(shape)
+            values = torch.frombuffer(result.values, dtype=self._torch_dtype).view(shape)
+            off = lo - chunk * c
+            self.scatter(blocks, keys[off : off + hi - lo], values[off : off + hi - lo])
+            self.stats.chunks_loaded += 1
+            self.stats.tokens_loaded += hi - lo
+
+    def _save(self, spec: SaveSpec) -> None:
+        if self._session() is None:
+            raise KvtcSidecarError("ERR_KVTC_SIDECAR_UNAVAILABLE", "no session with the sidecar")
+        c, bs = self.chunk_tokens, self.block_size
+        per_chunk = c // bs
+        step = self.settings.max_pipeline
+        for start in range(0, len(spec.keys), step):
+            items = []
+            for i in range(start, min(start + step, len(spec.keys))):
+                keys, values = self.gather(spec.block_ids[i * per_chunk : (i + 1) * per_chunk])
+                items.append(
+                    SaveItem(
+                        key=spec.keys[i],
+                        keys=_bytes(keys),
+                        values=_bytes(values),
+                        token_start=(spec.first_chunk + i) * c,
+                        tokens=c,
+                        dtype=self.dtype,
+                        ratio=self.settings.ratio,
+                        window_tokens=spec.window_tokens[i],
+                    )
+                )
+            for item, result in zip(items, self.client.save_many(items), strict=True):
+                if isinstance(result, KvtcSidecarError):
+                    self._warn("save", "kvtc: chunk %s not saved: %s", item.key, result)
+                    self.stats.save_errors += 1
+                else:
+                    self.stats.chunks_saved += 1
+
+    def _session(self) -> HelloResult | None:
+        if self.client.hello_result is not None:
+            self._hello = self.client.hello_result
+            return self._hello
+        if self.compat is None:
+            return None
+        now = time.monotonic()
+        if now < self._next_hello:
+            return None
+        self._next_hello = now + self.settings.retry_ms / 1000
+        try:
+            self._hello = self.client.hello(self.compat)
+        except KvtcSidecarError as e:
+            self._warn(
+                "hello", "kvtc: no session with the sidecar at %s: %s", self.client.endpoint, e
+            )
+            return None
+        return self._hello
+
+    def _warn(self, key: str, msg: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._warned.get(key, -_WARN_EVERY_S) >= _WARN_EVERY_S:
+            self._warned[key] = now
+            logger.warning(msg, *args)
+
+
+def _bytes(t: torch.Tensor) -> memoryview:
+    """The bytes of a contiguous CPU tensor, without a copy (numpy has no bfloat16)."""
+    flat = t.contiguous().view(-1).view(torch.uint8)
+    return flat.numpy().data

@@ -1,0 +1,180 @@
+"""End to end: vLLM (CPU) with the kvtc connector, a real sidecar, the converted SmolLM2.
+
+One LLM for the module (vLLM takes about a minute to start on a 2-core machine). Request 1 has a
+long prompt and saves its chunks; request 2 shares its prefix and loads them. Its greedy output is
+compared with the same request computed by vLLM alone (``skip_reading_prefix_cache``: the
+connector may not load for it, so every token is computed by the model) at the calibration's 8x
+plan; a difference is reported as token agreement, not failed on, because the codec is lossy.
+The last test kills the sidecar between two requests: vLLM must still answer.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from vllm_utils import (
+    CONNECTOR,
+    MODEL_DIR,
+    Sidecar,
+    compat,
+    require_inputs,
+    start_sidecar,
+)
+
+from kvtc_connector.client import SidecarClient, SidecarStats
+
+pytestmark = pytest.mark.slow
+
+RATIO = 8.0
+CHUNK = 256
+MAX_TOKENS = 24
+REPORT: dict[str, Any] = {}
+
+
+@pytest.fixture(scope="module")
+def sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sidecar]:
+    require_inputs()
+    s = start_sidecar(folder=tmp_path_factory.mktemp("e2e"))
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def llm(sidecar: Sidecar) -> Iterator[Any]:
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    from vllm import LLM
+
+    engine = LLM(
+        model=str(MODEL_DIR),
+        dtype="bfloat16",
+        enforce_eager=True,
+        enable_prefix_caching=False,
+        max_model_len=2048,
+        seed=0,
+        kv_transfer_config={
+            **CONNECTOR,
+            "kv_role": "kv_both",
+            "kv_load_failure_policy": "recompute",
+            "kv_connector_extra_config": {
+                "endpoint": sidecar.endpoint,
+                "chunk_tokens": CHUNK,
+                "ratio": RATIO,
+                "window_tokens": 128,
+                "timeout_ms": 3000,
+                "retry_ms": 1000,
+            },
+        },
+    )
+    yield engine
+    shutdown = getattr(getattr(engine.llm_engine, "engine_core", None), "shutdown", None)
+    if shutdown is not None:
+        shutdown()
+    del engine
+    gc.collect()
+
+
+@pytest.fixture(scope="module")
+def prompts(llm: Any) -> dict[str, list[int]]:
+    text = (Path(__file__).parents[1] / "kvtc_connector/data/general-eval.txt").read_text()
+    ids: list[int] = llm.get_tokenizer().encode(text)
+    return {
+        "first": ids[:700],  # two full chunks and a partial one
+        # Continues the same document: shares both full chunks (512 tokens) with the first.
+        "second": ids[:900],
+        "third": ids[1000 : 1000 + 2 * CHUNK + 60],
+        "fourth": ids[2000 : 2000 + 2 * CHUNK + 60],
+    }
+
+
+def generate(llm: Any, ids: list[int], *, skip_reading: bool = False) -> Any:
+    from vllm import SamplingParams, TokensPrompt
+
+    params = SamplingParams(
+        max_tokens=MAX_TOKENS, temperature=0.0, skip_reading_prefix_cache=skip_reading
+    )
+    (out,) = llm.generate([TokensPrompt(prompt_token_ids=ids)], params, use_tqdm=False)
+    return out
+
+
+def stats(sidecar: Sidecar) -> SidecarStats:
+    with SidecarClient(sidecar.endpoint, timeout_ms=10000) as c:
+        return c.stats()
+
+
+def agreement(a: list[int], b: list[int]) -> tuple[int, float]:
+    """Length of the common prefix, and the fraction of equal tokens position by position."""
+    prefix = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), len(a))
+    same = sum(x == y for x, y in zip(a, b, strict=False)) / max(len(a), 1)
+    return prefix, same
+
+
+def test_prefix_is_saved_then_loaded(
+    llm: Any, sidecar: Sidecar, prompts: dict[str, list[int]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = stats(sidecar)
+    first = generate(llm, prompts["first"])
+    after_first = stats(sidecar)
+    # Request 1 saved its two full prompt chunks (the third is partial: never saved).
+    assert first.num_cached_tokens == 0
+    assert after_first.bytes_in - before.bytes_in == 2 * CHUNK * 2 * 5760 * 2
+    assert after_first.stores[0].entries == before.stores[0].entries + 2
+
+    second = generate(llm, prompts["second"])
+    after_second = stats(sidecar)
+    # Request 2 found both chunks and vLLM took 512 tokens from them (block-aligned, < 600).
+    assert after_second.hits - after_first.hits == 2
+    assert second.num_cached_tokens == 2 * CHUNK
+    assert after_second.bytes_out - after_first.bytes_out == 2 * CHUNK * 2 * 5760 * 2
+
+    baseline = generate(llm, prompts["second"], skip_reading=True)
+    assert baseline.num_cached_tokens == 0
+    got = list(second.outputs[0].token_ids)
+    want = list(baseline.outputs[0].token_ids)
+    prefix, same = agreement(got, want)
+    REPORT.update(
+        ratio=RATIO,
+        tokens_loaded=second.num_cached_tokens,
+        prompt_tokens=len(prompts["second"]),
+        equal=got == want,
+        common_prefix=prefix,
+        token_agreement=same,
+        restored_text=second.outputs[0].text,
+        baseline_text=baseline.outputs[0].text,
+    )
+    with capsys.disabled():
+        print(f"\nkvtc e2e at {RATIO:g}x: {REPORT}")
+    assert len(got) == len(want) == MAX_TOKENS
+
+
+def test_vllm_answers_when_the_sidecar_dies(
+    llm: Any,
+    sidecar: Sidecar,
+    prompts: dict[str, list[int]],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    reference = generate(llm, prompts["third"], skip_reading=True)
+    assert sidecar.stop(signal.SIGKILL) == -signal.SIGKILL
+    # No sidecar: the lookup and the save time out and count as misses; vLLM computes.
+    out = generate(llm, prompts["third"])
+    assert out.num_cached_tokens == 0
+    assert list(out.outputs[0].token_ids) == list(reference.outputs[0].token_ids)
+    out = generate(llm, prompts["fourth"])
+    assert len(out.outputs[0].token_ids) == MAX_TOKENS
+    # A new sidecar on the same endpoint: the connector says hello again by itself.
+    revived = start_sidecar(folder=sidecar.folder)
+    try:
+        with SidecarClient(revived.endpoint, timeout_ms=10000) as c:
+            c.hello(compat())
+        time.sleep(1.2)  # past the connector's retry_ms
+        generate(llm, prompts["third"])
+        again = generate(llm, prompts["third"])
+        assert again.num_cached_tokens == 2 * CHUNK
+    finally:
+        revived.stop()
