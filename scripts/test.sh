@@ -9,6 +9,9 @@ bash scripts/setup.sh
 printf '\n== tap\n'
 npm test
 
+printf '\n== SmolLM2 and its calibration for the connector tests\n'
+bash scripts/prepare-smollm2.sh
+
 printf '\n== pytest (connector-py)\n'
 (cd connector-py && ../.venv/bin/python -m pytest -q)
 

@@ -31,7 +31,20 @@ CALIBRATION = Path(
     os.environ.get("KVTC_TEST_CALIBRATION", ROOT / ".cache/calib/smollm2-hf.kvtc.safetensors")
 )
 SIDECAR_MAIN = ROOT / "dist/src/main.js"
-MODEL_FINGERPRINT = "e20b53f8bee8b537a3cd36e926abcdcc"  # .cache/kv/smollm2-hf-calib/manifest
+def _calibration_fingerprint(default: str = "e20b53f8bee8b537a3cd36e926abcdcc") -> str:
+    """The model fingerprint recorded in the calibration (made from the same converted folder)."""
+    try:
+        import json as _json
+
+        from safetensors import safe_open
+
+        with safe_open(str(CALIBRATION), "np") as f:
+            return str(_json.loads((f.metadata() or {})["kvtc"])["model"]["fingerprint"])
+    except (OSError, KeyError, ValueError):
+        return default
+
+
+MODEL_FINGERPRINT = _calibration_fingerprint()
 LAYERS, KV_HEADS, HEAD_DIM = 30, 3, 64
 FEATURES = LAYERS * KV_HEADS * HEAD_DIM
 BLOCK_SIZE = 128
