@@ -17,7 +17,7 @@ Failure model, so that a caller can always treat a failure as a cache miss:
   its last ``hello`` once and retries.
 
 Thread-safe: one lock serializes calls (vLLM may call from several threads). A client is tied to
-the process that made it; after a fork it opens its own context and socket.
+the process that made it; after a fork it opens its own socket (on pyzmq's process-wide context).
 """
 
 from __future__ import annotations
@@ -225,7 +225,6 @@ class SidecarClient:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._pid = os.getpid()
-        self._context: zmq.Context[zmq.Socket[bytes]] | None = None
         self._socket: zmq.Socket[bytes] | None = None
         self._down_until = 0.0
         self._compat: Compat | None = None
@@ -375,9 +374,6 @@ class SidecarClient:
         with self._lock:
             self._closed = True
             self._drop_socket()
-            if self._context is not None and self._pid == os.getpid():
-                self._context.term()
-            self._context = None
 
     def __enter__(self) -> SidecarClient:
         return self
@@ -436,12 +432,12 @@ class SidecarClient:
         if self._pid != os.getpid():
             # Forked: the parent's context and socket are not ours to use or close.
             self._pid = os.getpid()
-            self._context = None
             self._socket = None
-        if self._context is None:
-            self._context = zmq.Context()
         if self._socket is None:
-            sock = self._context.socket(zmq.DEALER)
+            # The process-wide context (pyzmq makes a new one after a fork). It is never
+            # terminated: a private context garbage-collected before its socket would block
+            # forever in term() (pyzmq's Context.__del__), which hung test runs.
+            sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.SNDHWM, 10000)
             sock.setsockopt(zmq.RCVHWM, 10000)
