@@ -365,3 +365,18 @@ def test_sidecar_restart_repeats_hello(tmp_path_factory: pytest.TempPathFactory)
                 second.stop()
     finally:
         first.stop()
+
+
+def test_every_code_has_its_class() -> None:
+    from kvtc_connector import errors
+    from kvtc_connector.protocol import ERROR_CODES
+
+    classes = {errors.error_class(code) for code in ERROR_CODES}
+    assert len(classes) == len(ERROR_CODES)  # 1:1
+    for code in ERROR_CODES:
+        e = errors.error_from_reply(code, "why")
+        assert (e.code, e.message, type(e).CODE) == (code, "why", code)
+        assert isinstance(e, KvtcSidecarError)
+    assert isinstance(errors.error_from_reply("ERR_KVTC_RECORD_CORRUPT", ""), errors.RecordError)
+    unknown = errors.error_from_reply("ERR_KVTC_FROM_THE_FUTURE", None)
+    assert type(unknown) is KvtcSidecarError and unknown.code == "ERR_KVTC_FROM_THE_FUTURE"

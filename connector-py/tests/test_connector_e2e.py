@@ -3,8 +3,10 @@
 One LLM for the module (vLLM takes about a minute to start on a 2-core machine). Request 1 has a
 long prompt and saves its chunks; request 2 shares its prefix and loads them. Its greedy output is
 compared with the same request computed by vLLM alone (``skip_reading_prefix_cache``: the
-connector may not load for it, so every token is computed by the model) at the calibration's 8x
-plan; a difference is reported as token agreement, not failed on, because the codec is lossy.
+connector may not load for it, so every token is computed by the model; this gives the same
+tokens as an LLM built without ``kv_transfer_config``, checked by hand, and saves a second minute
+of engine start) at the calibration's 8x plan. A difference is reported as token agreement, not
+failed on: the codec is lossy.
 The last test kills the sidecar between two requests: vLLM must still answer.
 """
 
@@ -23,7 +25,6 @@ from vllm_utils import (
     CONNECTOR,
     MODEL_DIR,
     Sidecar,
-    compat,
     require_inputs,
     start_sidecar,
 )
@@ -88,8 +89,6 @@ def prompts(llm: Any) -> dict[str, list[int]]:
         "first": ids[:700],  # two full chunks and a partial one
         # Continues the same document: shares both full chunks (512 tokens) with the first.
         "second": ids[:900],
-        "third": ids[1000 : 1000 + 2 * CHUNK + 60],
-        "fourth": ids[2000 : 2000 + 2 * CHUNK + 60],
     }
 
 
@@ -128,7 +127,7 @@ def test_prefix_is_saved_then_loaded(
 
     second = generate(llm, prompts["second"])
     after_second = stats(sidecar)
-    # Request 2 found both chunks and vLLM took 512 tokens from them (block-aligned, < 600).
+    # Request 2 found both chunks: vLLM took their 512 tokens and computed the other 388.
     assert after_second.hits - after_first.hits == 2
     assert second.num_cached_tokens == 2 * CHUNK
     assert after_second.bytes_out - after_first.bytes_out == 2 * CHUNK * 2 * 5760 * 2
@@ -150,31 +149,30 @@ def test_prefix_is_saved_then_loaded(
     )
     with capsys.disabled():
         print(f"\nkvtc e2e at {RATIO:g}x: {REPORT}")
+    REPORT["baseline_tokens"] = want
     assert len(got) == len(want) == MAX_TOKENS
 
 
 def test_vllm_answers_when_the_sidecar_dies(
-    llm: Any,
-    sidecar: Sidecar,
-    prompts: dict[str, list[int]],
-    tmp_path_factory: pytest.TempPathFactory,
+    llm: Any, sidecar: Sidecar, prompts: dict[str, list[int]]
 ) -> None:
-    reference = generate(llm, prompts["third"], skip_reading=True)
+    if "baseline_tokens" not in REPORT:  # the first test did not run
+        REPORT["baseline_tokens"] = list(
+            generate(llm, prompts["second"], skip_reading=True).outputs[0].token_ids
+        )
     assert sidecar.stop(signal.SIGKILL) == -signal.SIGKILL
-    # No sidecar: the lookup and the save time out and count as misses; vLLM computes.
-    out = generate(llm, prompts["third"])
+    # No sidecar: the lookup and the saves time out and count as misses; vLLM computes every
+    # token, so the answer is exactly the one computed without the connector.
+    out = generate(llm, prompts["second"])
     assert out.num_cached_tokens == 0
-    assert list(out.outputs[0].token_ids) == list(reference.outputs[0].token_ids)
-    out = generate(llm, prompts["fourth"])
-    assert len(out.outputs[0].token_ids) == MAX_TOKENS
-    # A new sidecar on the same endpoint: the connector says hello again by itself.
+    assert list(out.outputs[0].token_ids) == REPORT["baseline_tokens"]
+    # A new sidecar on the same endpoint and store: the connector says hello again by itself
+    # and finds the chunks the first request saved (the file store kept them).
     revived = start_sidecar(folder=sidecar.folder)
     try:
-        with SidecarClient(revived.endpoint, timeout_ms=10000) as c:
-            c.hello(compat())
         time.sleep(1.2)  # past the connector's retry_ms
-        generate(llm, prompts["third"])
-        again = generate(llm, prompts["third"])
+        again = generate(llm, prompts["first"])
         assert again.num_cached_tokens == 2 * CHUNK
+        assert len(again.outputs[0].token_ids) == MAX_TOKENS
     finally:
         revived.stop()

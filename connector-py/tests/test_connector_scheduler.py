@@ -412,3 +412,17 @@ def test_gpu_tensors_are_refused(sidecar: Sidecar) -> None:
     }
     with pytest.raises(NotImplementedError, match="CUDA IPC"):
         connector.register_kv_caches(caches)
+
+
+def test_settings_are_validated(sidecar: Sidecar) -> None:
+    from kvtc_connector.metadata import KvtcSettings
+
+    assert KvtcSettings.from_extra_config({}) == KvtcSettings()
+    with pytest.raises(ValueError, match="Unknown kv_connector_extra_config keys"):
+        KvtcSettings.from_extra_config({"endpont": "ipc:///x"})
+    with pytest.raises(ValueError, match="integer >= 1"):
+        KvtcSettings.from_extra_config({"timeout_ms": "5000"})
+    with pytest.raises(ValueError, match="number >= 1"):
+        KvtcSettings.from_extra_config({"ratio": 0.5})
+    with pytest.raises(ValueError, match="multiple of vLLM's block size 128"):
+        new_scheduler(sidecar, chunk_tokens=200)

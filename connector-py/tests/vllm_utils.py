@@ -31,15 +31,15 @@ CALIBRATION = Path(
     os.environ.get("KVTC_TEST_CALIBRATION", ROOT / ".cache/calib/smollm2-hf.kvtc.safetensors")
 )
 SIDECAR_MAIN = ROOT / "dist/src/main.js"
-def _calibration_fingerprint(default: str = "e20b53f8bee8b537a3cd36e926abcdcc") -> str:
-    """The model fingerprint recorded in the calibration (made from the same converted folder)."""
-    try:
-        import json as _json
 
+
+def _calibration_fingerprint(default: str = "e20b53f8bee8b537a3cd36e926abcdcc") -> str:
+    """The model fingerprint the calibration records (it was made from the same folder)."""
+    try:
         from safetensors import safe_open
 
         with safe_open(str(CALIBRATION), "np") as f:
-            return str(_json.loads((f.metadata() or {})["kvtc"])["model"]["fingerprint"])
+            return str(json.loads((f.metadata() or {})["kvtc"])["model"]["fingerprint"])
     except (OSError, KeyError, ValueError):
         return default
 
