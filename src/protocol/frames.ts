@@ -11,7 +11,22 @@ const packr = new Packr({ useRecords: false, mapsAsObjects: true, int64AsType: '
 export type Header = Record<string, unknown>;
 
 export function encodeHeader(h: Header): Buffer {
-  return packr.pack(h);
+  return packr.pack(widenIntegers(h));
+}
+
+/**
+ * msgpackr writes integers beyond 32 bits as float64, which Python's msgpack reads back as a float
+ * (byte counters pass 4 GiB quickly). BigInt makes it write a 64-bit integer instead.
+ */
+function widenIntegers(v: unknown): unknown {
+  if (typeof v === 'number') return Number.isSafeInteger(v) && (v > 0xffffffff || v < -0x80000000) ? BigInt(v) : v;
+  if (Array.isArray(v)) return v.map(widenIntegers);
+  if (v && typeof v === 'object' && !Buffer.isBuffer(v) && !ArrayBuffer.isView(v)) {
+    const out: Record<string, unknown> = {};
+    for (const [k, x] of Object.entries(v)) out[k] = widenIntegers(x);
+    return out;
+  }
+  return v;
 }
 
 /** @throws {KvtcError} ERR_KVTC_PROTOCOL_MALFORMED when the frame is not a msgpack map. */

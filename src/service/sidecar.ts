@@ -287,10 +287,17 @@ export class Sidecar {
         const out = await decode(cal, record, { tokens: uint(h, 'tokens', 1 << 24), dtype: dtype(h) });
         return { header: { token_start: out.tokenStart, tokens: out.tokens }, frames: [out.keys, out.values] };
       }
-      case 'stats':
-        return {
-          header: { stats: { ...this.#stats, in_flight: this.#inFlight.size - 1, stores: this.#tiers.stats() } },
-        };
+      case 'stats': {
+        // This request is not in #inFlight yet: a synchronous handler runs before #track adds it.
+        const stores = this.#tiers.stats().map((s) => ({
+          tier: s.tier,
+          url: s.url,
+          entries: s.entries,
+          bytes: s.bytes,
+          max_bytes: s.maxBytes,
+        }));
+        return { header: { stats: { ...this.#stats, in_flight: this.#inFlight.size, stores } } };
+      }
     }
   }
 

@@ -94,6 +94,8 @@ t.test('handshake, save, lookup, load, delete, stats', async (t) => {
   t.equal(del.header['deleted'], true);
   const stats = await c.request('stats');
   t.equal(stats.header['stats'].stores[0].entries, 0);
+  t.equal(stats.header['stats'].in_flight, 0, 'nothing else in flight');
+  t.type(stats.header['stats'].stores[0].max_bytes, 'number');
 
   const metrics = await (await fetch(s.metricsAddress!)).text();
   t.match(metrics, /kvtc_requests_total\{op="save",result="ok"\} 1/);
@@ -242,9 +244,9 @@ t.test('tiers: memory in front of disk, promotion on load', async (t) => {
   const stats = (await c.request('stats')).header['stats'].stores;
   t.ok(
     stats[0].entries < 8,
-    `memory tier evicted (${stats[0].entries} left, ${stats[0].bytes} bytes <= ${stats[0].maxBytes})`,
+    `memory tier evicted (${stats[0].entries} left, ${stats[0].bytes} bytes <= ${stats[0].max_bytes})`,
   );
-  t.ok(stats[0].bytes <= stats[0].maxBytes);
+  t.ok(stats[0].bytes <= stats[0].max_bytes);
   t.equal(stats[1].entries, 8, 'disk keeps all');
   const r = await c.request('load', { key: 'f0'.repeat(16), tokens: 300, dtype: 'float32' });
   t.equal(r.header['tier'], 'file', 'evicted record served from disk');
