@@ -20,7 +20,12 @@
 #if KVTC_WITH_CUDA
 #include <mutex>
 
+#include <cuda_runtime_api.h>
+
+#include <map>
+
 #include "kvtc/cuda_codec.h"
+#include "kvtc/cuda_paged.h"
 #endif
 
 extern "C" char* openblas_get_config(void);
@@ -574,6 +579,213 @@ Napi::Value BenchCudaJs(const Napi::CallbackInfo& info) {
   });
 }
 
+// --- GPU data plane: regions over a client's paged KV cache (cuda_paged.h) ---------------------
+// Regions live in a registry keyed by a small integer: JavaScript never holds a device pointer.
+// A job captures its region's shared_ptr, so releasing a region during a job is safe.
+
+std::map<uint32_t, std::shared_ptr<cuda::KvRegion>> g_regions;  // JS thread only
+uint32_t g_next_region = 1;
+
+cuda::PagedGeometry ParseGeometry(const Napi::Object& o) {
+  cuda::PagedGeometry g;
+  g.layers = Uint(o, "layers");
+  g.num_blocks = Uint(o, "numBlocks");
+  g.block_size = Uint(o, "blockSize");
+  g.kv_heads = Uint(o, "kvHeads");
+  g.head_dim = Uint(o, "headDim");
+  g.dtype = ParseDtype(Uint(o, "dtype"));
+  Napi::Value s = Prop(o, "strides");
+  KVTC_CHECK(s.IsArray() && s.As<Napi::Array>().Length() == 5, kInvalidArgument,
+             "Expected strides: 5 element strides (kv, block, slot, head, dim)");
+  for (uint32_t i = 0; i < 5; ++i) {
+    Napi::Value v = s.As<Napi::Array>().Get(i);
+    KVTC_CHECK(v.IsNumber(), kInvalidArgument, "Expected a number for strides[" << i << "]");
+    const double d = v.As<Napi::Number>().DoubleValue();
+    KVTC_CHECK(d >= 0 && d < 1099511627776.0 && d == static_cast<double>(static_cast<int64_t>(d)), kInvalidArgument,
+               "Expected a non-negative integer for strides[" << i << "] but received " << d);
+    g.strides[i] = static_cast<int64_t>(d);
+  }
+  return g;
+}
+
+cuda::IpcHandle ParseHandle(const Napi::Value& v, const char* name) {
+  Bytes b = ViewBytes(v, name);
+  KVTC_CHECK(b.size == 64, kInvalidArgument, "Expected a 64-byte CUDA IPC handle for " << name << " but received " << b.size << " bytes");
+  cuda::IpcHandle h;
+  std::memcpy(h.data(), b.data, 64);
+  return h;
+}
+
+std::vector<uint32_t> ParseU32List(const Napi::Value& v, const char* name) {
+  std::vector<uint32_t> out;
+  if (v.IsTypedArray() && v.As<Napi::TypedArray>().TypedArrayType() == napi_uint32_array) {
+    Bytes b = ViewBytes(v, name);
+    out.resize(b.size / 4);
+    if (b.size) std::memcpy(out.data(), b.data, b.size);
+    return out;
+  }
+  KVTC_CHECK(v.IsArray(), kInvalidArgument, "Expected an array or Uint32Array for " << name);
+  auto a = v.As<Napi::Array>();
+  for (uint32_t i = 0; i < a.Length(); ++i) {
+    Napi::Value x = a.Get(i);
+    KVTC_CHECK(x.IsNumber(), kInvalidArgument, "Expected numbers in " << name);
+    const double d = x.As<Napi::Number>().DoubleValue();
+    KVTC_CHECK(d >= 0 && d <= 4294967295.0 && d == static_cast<double>(static_cast<uint32_t>(d)), kInvalidArgument,
+               "Expected unsigned integers in " << name << " but received " << d);
+    out.push_back(static_cast<uint32_t>(d));
+  }
+  return out;
+}
+
+std::shared_ptr<cuda::KvRegion> RegionArg(const Napi::CallbackInfo& info, size_t i) {
+  KVTC_CHECK(info.Length() > i && info[i].IsNumber(), kInvalidArgument, "Expected a region id");
+  auto it = g_regions.find(info[i].As<Napi::Number>().Uint32Value());
+  KVTC_CHECK(it != g_regions.end(), kInvalidArgument, "unknown or released KV region");
+  return it->second;
+}
+
+Napi::Object RegionToJs(Napi::Env env, uint32_t id, const cuda::KvRegion& r) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("region", id);
+  const cuda::IpcHandle h = cuda::RegionEventHandle(r);
+  o.Set("event", NewBuffer(env, std::vector<uint8_t>(h.begin(), h.end())));
+  return o;
+}
+
+// cudaRegisterKv({device, geometry, allocations: Buffer[], layerAllocation, layerOffset, clientEvent?})
+Napi::Value RegisterKvJs(const Napi::CallbackInfo& info) {
+  return Guard(info, [&]() -> Napi::Value {
+    Napi::Object o = ArgObject(info, 0, "registration");
+    cuda::KvRegionDesc d;
+    d.device = static_cast<int>(Uint(o, "device"));
+    d.geometry = ParseGeometry(Prop(o, "geometry").As<Napi::Object>());
+    Napi::Value allocs = Prop(o, "allocations");
+    KVTC_CHECK(allocs.IsArray(), kInvalidArgument, "Expected an array of handles for allocations");
+    for (uint32_t i = 0; i < allocs.As<Napi::Array>().Length(); ++i)
+      d.allocations.push_back(ParseHandle(allocs.As<Napi::Array>().Get(i), "allocations[i]"));
+    d.layer_allocation = ParseU32List(Prop(o, "layerAllocation"), "layerAllocation");
+    Napi::Value offs = Prop(o, "layerOffset");
+    KVTC_CHECK(offs.IsArray(), kInvalidArgument, "Expected an array for layerOffset");
+    for (uint32_t i = 0; i < offs.As<Napi::Array>().Length(); ++i) {
+      Napi::Value x = offs.As<Napi::Array>().Get(i);
+      KVTC_CHECK(x.IsNumber() && x.As<Napi::Number>().DoubleValue() >= 0, kInvalidArgument, "Expected byte offsets in layerOffset");
+      d.layer_offset.push_back(static_cast<uint64_t>(x.As<Napi::Number>().DoubleValue()));
+    }
+    Napi::Value ev = o.Get("clientEvent");
+    if (!ev.IsUndefined() && !ev.IsNull()) {
+      d.client_event = ParseHandle(ev, "clientEvent");
+      d.has_client_event = true;
+    }
+    auto region = cuda::OpenKvRegion(d);
+    const uint32_t id = g_next_region++;
+    g_regions[id] = region;
+    return RegionToJs(info.Env(), id, *region);
+  });
+}
+
+// cudaAllocateKv(device, geometry): a region over memory the addon allocates (tests, benchmarks).
+Napi::Value AllocateKvJs(const Napi::CallbackInfo& info) {
+  return Guard(info, [&]() -> Napi::Value {
+    KVTC_CHECK(info.Length() > 1 && info[0].IsNumber(), kInvalidArgument, "Expected (device, geometry)");
+    auto region = cuda::AllocateKvRegion(info[0].As<Napi::Number>().Int32Value(), ParseGeometry(ArgObject(info, 1, "geometry")));
+    const uint32_t id = g_next_region++;
+    g_regions[id] = region;
+    return RegionToJs(info.Env(), id, *region);
+  });
+}
+
+Napi::Value WriteKvJs(const Napi::CallbackInfo& info) {
+  return Guard(info, [&]() -> Napi::Value {
+    auto region = RegionArg(info, 0);
+    Bytes b = ViewBytes(info[1], "bytes");
+    cuda::WriteKvRegion(*region, b.data, b.size);
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value ReadKvJs(const Napi::CallbackInfo& info) {
+  return Guard(info, [&]() -> Napi::Value { return NewBuffer(info.Env(), cuda::ReadKvRegion(*RegionArg(info, 0))); });
+}
+
+// cudaReleaseKv(id) -> whether it existed. IPC mappings close when the last job using them ends.
+Napi::Value ReleaseKvJs(const Napi::CallbackInfo& info) {
+  return Guard(info, [&]() -> Napi::Value {
+    KVTC_CHECK(info.Length() > 0 && info[0].IsNumber(), kInvalidArgument, "Expected a region id");
+    return Napi::Boolean::New(info.Env(), g_regions.erase(info[0].As<Napi::Number>().Uint32Value()) > 0);
+  });
+}
+
+cuda::PagedSpan ParseSpan(const Napi::Object& o) {
+  cuda::PagedSpan s;
+  s.block_ids = ParseU32List(Prop(o, "blockIds"), "blockIds");
+  s.first_slot = Uint(o, "firstSlot");
+  s.tokens = Uint(o, "tokens");
+  return s;
+}
+
+// encodePaged(calibration, region, job, span) -> Promise<Buffer>
+Napi::Value EncodePagedJs(const Napi::CallbackInfo& info) {
+  return Guard(info, [&]() -> Napi::Value {
+    auto cal = UnwrapCalibration(info, *g_calibration_ctor);
+    auto region = RegionArg(info, 1);
+    Napi::Object j = ArgObject(info, 2, "job");
+    auto job = std::make_shared<EncodeJob>();
+    job->dtype = cuda::RegionGeometry(*region).dtype;
+    job->tokens = Uint(j, "tokens");
+    job->token_start = Uint(j, "tokenStart");
+    job->plan_id = static_cast<uint16_t>(Uint(j, "planId"));
+    job->sink_tokens = Uint(j, "sinkTokens");
+    job->window_tokens = Uint(j, "windowTokens");
+    job->deflate_level = static_cast<int>(Uint(j, "deflateLevel"));
+    job->chunk_bytes = Uint(j, "chunkBytes");
+    auto span = std::make_shared<cuda::PagedSpan>(ParseSpan(ArgObject(info, 3, "span")));
+    KVTC_CHECK(span->tokens == job->tokens, kInvalidArgument, "span.tokens and job.tokens differ");
+    auto dev = UnwrapWrap(info)->device();
+    auto out = std::make_shared<std::vector<uint8_t>>();
+    auto* w = new Job(
+        info.Env(), [cal, job, out, dev, region, span](const auto&) { *out = cuda::EncodePaged(*cal, *dev, *region, *span, *job); },
+        [out](Napi::Env env) -> Napi::Value { return NewBuffer(env, std::move(*out)); }, {}, info.Env().Undefined());
+    w->Queue();
+    return w->Promise();
+  });
+}
+
+// decodePaged(calibration, region, record, span) -> Promise<header>
+Napi::Value DecodePagedJs(const Napi::CallbackInfo& info) {
+  return Guard(info, [&]() -> Napi::Value {
+    auto cal = UnwrapCalibration(info, *g_calibration_ctor);
+    auto region = RegionArg(info, 1);
+    Bytes rec = ViewBytes(info[2], "record");
+    auto span = std::make_shared<cuda::PagedSpan>(ParseSpan(ArgObject(info, 3, "span")));
+    auto dev = UnwrapWrap(info)->device();
+    auto out = std::make_shared<RecordHeader>();
+    auto* w = new Job(
+        info.Env(),
+        [cal, rec, out, dev, region, span](const auto&) { *out = cuda::DecodePaged(*cal, *dev, *region, *span, rec.data, rec.size); },
+        [out](Napi::Env env) -> Napi::Value { return HeaderToJs(env, *out); }, {info[2]}, info.Env().Undefined());
+    w->Queue();
+    return w->Promise();
+  });
+}
+
+// cudaDevices() -> [{index, name, uuid}]
+Napi::Value DevicesJs(const Napi::CallbackInfo& info) {
+  return Guard(info, [&]() -> Napi::Value {
+    Napi::Array out = Napi::Array::New(info.Env());
+    if (!cuda::Available()) return out;
+    int count = 0;
+    cudaGetDeviceCount(&count);
+    for (int d = 0; d < count; ++d) {
+      Napi::Object o = Napi::Object::New(info.Env());
+      o.Set("index", d);
+      o.Set("name", cuda::DeviceName(d));
+      o.Set("uuid", cuda::DeviceUuid(d));
+      out.Set(uint32_t(d), o);
+    }
+    return out;
+  });
+}
+
 Napi::Value QuantizeCudaJs(const Napi::CallbackInfo& info) {
   return Guard(info, [&]() -> Napi::Value {
     std::vector<float> d = CopyFloats(info[0], "d");
@@ -648,6 +860,14 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("benchCuda", Napi::Function::New(env, BenchCudaJs));
   stages.Set("quantizeCuda", Napi::Function::New(env, QuantizeCudaJs));
   stages.Set("dequantizeCuda", Napi::Function::New(env, DequantizeCudaJs));
+  exports.Set("cudaRegisterKv", Napi::Function::New(env, RegisterKvJs));
+  exports.Set("cudaAllocateKv", Napi::Function::New(env, AllocateKvJs));
+  exports.Set("cudaWriteKv", Napi::Function::New(env, WriteKvJs));
+  exports.Set("cudaReadKv", Napi::Function::New(env, ReadKvJs));
+  exports.Set("cudaReleaseKv", Napi::Function::New(env, ReleaseKvJs));
+  exports.Set("encodePaged", Napi::Function::New(env, EncodePagedJs));
+  exports.Set("decodePaged", Napi::Function::New(env, DecodePagedJs));
+  exports.Set("cudaDevices", Napi::Function::New(env, DevicesJs));
 #endif
   exports.Set("stages", stages);
   return exports;

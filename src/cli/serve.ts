@@ -16,8 +16,15 @@ export async function runServe(flags: Partial<ServeConfig> & { config?: string }
       'backend cuda requested but this addon was built without CUDA (KVTC_WITH_CUDA=OFF)',
     );
   }
-  if (config.backend === 'auto' && !build.cuda)
-    log.info({ blas: build.blas }, 'backend auto: falling back to cpu (addon built without CUDA)');
+  if (config.backend === 'cuda' && !build.cudaDevice) {
+    throw new KvtcError('ERR_KVTC_BACKEND_UNAVAILABLE', 'backend cuda requested but no CUDA device is usable');
+  }
+  const backend = config.backend === 'auto' ? (build.cuda && build.cudaDevice ? 'cuda' : 'cpu') : config.backend;
+  if (config.backend === 'auto' && backend === 'cpu')
+    log.info(
+      { blas: build.blas },
+      `backend auto: cpu (${build.cuda ? 'no CUDA device is usable' : 'addon built without CUDA'})`,
+    );
   const calibration = await loadCalibration(config.calibration);
   const sidecar = await Sidecar.start({
     endpoint: config.endpoint,
@@ -29,6 +36,7 @@ export async function runServe(flags: Partial<ServeConfig> & { config?: string }
     ...(config.ratio !== undefined ? { defaultRatio: config.ratio } : {}),
     windowTokens: config.windowTokens,
     sinkTokens: config.sinkTokens,
+    backend,
     ...(config.metricsPort !== undefined ? { metricsPort: config.metricsPort } : {}),
   });
   // Machine-readable readiness line for supervisors and tests.

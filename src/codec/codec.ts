@@ -9,7 +9,7 @@ import { loadNative, type NativeHeader } from './native.js';
 
 export type KvDtype = 'float32' | 'float16' | 'bfloat16';
 
-const DTYPE_CODE: Record<KvDtype, number> = { float32: 0, float16: 1, bfloat16: 2 };
+export const DTYPE_CODE: Record<KvDtype, number> = { float32: 0, float16: 1, bfloat16: 2 };
 const DTYPE_NAME: KvDtype[] = ['float32', 'float16', 'bfloat16'];
 
 export function dtypeBytes(dtype: KvDtype): number {
@@ -87,7 +87,7 @@ export interface DecodedChunk {
 
 const KIND: RecordSection['kind'][] = ['raw-keys', 'raw-values', 'coded-keys', 'coded-values'];
 
-function toInfo(h: NativeHeader): RecordInfo {
+export function toInfo(h: NativeHeader): RecordInfo {
   return {
     formatVersion: h.formatVersion,
     calibrationId: h.calibrationId.toString('hex'),

@@ -95,6 +95,40 @@ export interface NativeHeader {
   sections: NativeSection[];
 }
 
+/** Layout of one layer of a paged cache: element strides of [kv, block, slot, head, dim]. */
+export interface NativePagedGeometry {
+  layers: number;
+  numBlocks: number;
+  blockSize: number;
+  kvHeads: number;
+  headDim: number;
+  dtype: number;
+  strides: [number, number, number, number, number];
+}
+
+export interface NativeKvRegistration {
+  device: number;
+  geometry: NativePagedGeometry;
+  /** 64-byte cudaIpcMemHandle_t of each allocation. */
+  allocations: Uint8Array[];
+  layerAllocation: number[];
+  layerOffset: number[];
+  /** 64-byte cudaIpcEventHandle_t the client records when its blocks are ready to read. */
+  clientEvent?: Uint8Array;
+}
+
+/** A registered region: its id and the sidecar's IPC event (recorded after each load). */
+export interface NativeRegion {
+  region: number;
+  event: Buffer;
+}
+
+export interface NativePagedSpan {
+  blockIds: Uint32Array | number[];
+  firstSlot: number;
+  tokens: number;
+}
+
 export interface NativeAddon {
   Calibration: new (desc: NativeCalibrationDesc) => NativeCalibration;
   encode(calibration: NativeCalibration, job: NativeEncodeJob): Promise<Buffer>;
@@ -139,6 +173,25 @@ export interface NativeAddon {
     codedTokens: number;
     device: string;
   };
+  /** CUDA builds only: the GPU data plane over paged KV caches (cuda/include/kvtc/cuda_paged.h). */
+  cudaRegisterKv?(registration: NativeKvRegistration): NativeRegion;
+  cudaAllocateKv?(device: number, geometry: NativePagedGeometry): NativeRegion;
+  cudaWriteKv?(region: number, bytes: Uint8Array): void;
+  cudaReadKv?(region: number): Buffer;
+  cudaReleaseKv?(region: number): boolean;
+  encodePaged?(
+    calibration: NativeCalibration,
+    region: number,
+    job: Omit<NativeEncodeJob, 'keys' | 'values' | 'dtype' | 'backend'>,
+    span: NativePagedSpan,
+  ): Promise<Buffer>;
+  decodePaged?(
+    calibration: NativeCalibration,
+    region: number,
+    record: Uint8Array,
+    span: NativePagedSpan,
+  ): Promise<NativeHeader>;
+  cudaDevices?(): { index: number; name: string; uuid: string }[];
   stages: {
     ropeRotate(
       x: Float32Array,

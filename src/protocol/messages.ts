@@ -4,7 +4,20 @@ import type { KvDtype } from '../codec/codec.js';
 import type { Header } from './frames.js';
 import { PROTOCOL_VERSION } from './version.js';
 
-export const OPS = ['hello', 'lookup', 'save', 'load', 'delete', 'encode', 'decode', 'stats'] as const;
+export const OPS = [
+  'hello',
+  'lookup',
+  'save',
+  'load',
+  'delete',
+  'encode',
+  'decode',
+  'stats',
+  'register_kv',
+  'save_blocks',
+  'load_blocks',
+  'unregister_kv',
+] as const;
 export type Op = (typeof OPS)[number];
 
 export interface Compat {
@@ -51,6 +64,29 @@ export function optionalNumber(h: Header, key: string): number | undefined {
   if (v === undefined || v === null) return undefined;
   if (typeof v !== 'number' || !Number.isFinite(v)) throw malformed(`field ${key} must be a number`);
   return v;
+}
+
+/** A binary field of exactly `size` bytes (msgpack bin). */
+export function bin(h: Header, key: string, size: number): Uint8Array {
+  const v = h[key];
+  if (!(v instanceof Uint8Array) || v.length !== size)
+    throw malformed(`field ${key} must be ${size} bytes of msgpack bin`);
+  return v;
+}
+
+/** An array of unsigned integers, at most `maxLength` long. */
+export function uintList(h: Header, key: string, maxLength: number, max = 0xffffffff): number[] {
+  const v = h[key];
+  if (!Array.isArray(v) || v.length > maxLength || !v.every((x) => Number.isInteger(x) && x >= 0 && x <= max))
+    throw malformed(`field ${key} must be an array of at most ${maxLength} integers in 0..${max}`);
+  return v as number[];
+}
+
+export function map(h: Header, key: string): Header {
+  const v = h[key];
+  if (!v || typeof v !== 'object' || Array.isArray(v) || v instanceof Uint8Array)
+    throw malformed(`field ${key} must be a map`);
+  return v as Header;
 }
 
 export function dtype(h: Header): KvDtype {

@@ -7,23 +7,28 @@ import { createHash } from 'node:crypto';
 import type { Server as HttpServer } from 'node:http';
 
 import { canonicalJson, type Calibration } from '../codec/calibration.js';
-import { decode, dtypeBytes, encode, verifyRecord, type KvDtype } from '../codec/codec.js';
+import { decode, dtypeBytes, encode, verifyRecord, type Backend, type KvDtype } from '../codec/codec.js';
+import { cudaDevices, decodePaged, encodePaged, registerKv, type PagedSpan } from '../codec/paged.js';
 import { KvtcError } from '../core/errors.js';
 import type { Logger } from '../core/log.js';
 import {
+  bin,
   dtype,
   KEY_PATTERN,
+  map,
   optionalNumber,
   parseCompat,
   str,
   uint,
   type Compat,
   type Request,
+  uintList,
 } from '../protocol/messages.js';
 import { PROTOCOL_VERSION, SIDECAR_VERSION } from '../protocol/version.js';
 import { createStore, Tiers } from '../store/index.js';
 import { Server, type Reply } from '../transport/server.js';
 import { Metrics } from './metrics.js';
+import { KvRegions } from './regions.js';
 
 export interface SidecarOptions {
   endpoint: string;
@@ -36,6 +41,8 @@ export interface SidecarOptions {
   windowTokens: number;
   sinkTokens: number;
   metricsPort?: number;
+  /** Codec backend of save/load/encode/decode; register_kv and the block ops need 'cuda'. */
+  backend?: Backend;
 }
 
 export class Sidecar {
@@ -45,6 +52,7 @@ export class Sidecar {
   #server!: Server;
   #tiers!: Tiers;
   #http: HttpServer | undefined;
+  #regions: KvRegions | undefined;
   #shuttingDown = false;
   readonly #stats = { requests: 0, bytes_in: 0, bytes_out: 0, hits: 0, misses: 0 };
 
@@ -75,6 +83,7 @@ export class Sidecar {
         model: cal.model.name,
         ratios: cal.plans.map((p) => p.ratio),
         stores: options.stores,
+        backend: options.backend ?? 'cpu',
         metrics: s.metricsAddress,
       },
       'sidecar serving',
@@ -89,6 +98,34 @@ export class Sidecar {
   get metricsAddress(): string | undefined {
     const a = this.#http?.address();
     return a && typeof a === 'object' ? `http://${a.address}:${a.port}/metrics` : undefined;
+  }
+
+  get #backend(): Backend {
+    return this.options.backend ?? 'cpu';
+  }
+
+  /** Registered GPU caches; created on first use (CPU sidecars never need one). */
+  get #kv(): KvRegions {
+    if (this.#backend !== 'cuda')
+      throw new KvtcError(
+        'ERR_KVTC_BACKEND_UNAVAILABLE',
+        'the GPU data plane (register_kv, save_blocks, load_blocks) needs a sidecar started with --backend cuda',
+      );
+    this.#regions ??= new KvRegions(this.options.log.child({ component: 'kv-regions' }));
+    return this.#regions;
+  }
+
+  #planId(ratio: number | undefined): number {
+    return ratio === undefined ? this.options.calibration.planId(this.#ratio) : this.options.calibration.planId(ratio);
+  }
+
+  /** The span of a block op: tokens from slot first_slot of the first listed block. */
+  #span(h: Record<string, unknown>, tokens: number, blockSize: number): PagedSpan {
+    return {
+      blockIds: uintList(h, 'block_ids', 1 << 20),
+      firstSlot: h['first_slot'] === undefined ? 0 : uint(h, 'first_slot', blockSize - 1),
+      tokens,
+    };
   }
 
   get #ratio(): number {
@@ -218,7 +255,7 @@ export class Sidecar {
         const record = await encode(
           cal,
           { keys: k, values: v, dtype: dt, tokens, tokenStart: uint(h, 'token_start') },
-          { ratio, windowTokens: window, sinkTokens: this.options.sinkTokens },
+          { ratio, windowTokens: window, sinkTokens: this.options.sinkTokens, backend: this.#backend },
         );
         const seconds = (performance.now() - t0) / 1000;
         const tier = await this.#tiers.put(key, record);
@@ -240,7 +277,7 @@ export class Sidecar {
         if (!hit) throw new KvtcError('ERR_KVTC_NOT_FOUND', `no record for chunk ${key}`);
         try {
           const t0 = performance.now();
-          const out = await decode(cal, hit.pinned.bytes, { tokens, dtype: dt });
+          const out = await decode(cal, hit.pinned.bytes, { tokens, dtype: dt, backend: this.#backend });
           const raw = out.keys.length + out.values.length;
           this.metrics.bytesOut.inc(raw);
           this.metrics.gbps.observe({ direction: 'decode' }, raw / ((performance.now() - t0) / 1000) / 1e9);
@@ -275,6 +312,7 @@ export class Sidecar {
             ratio: optionalNumber(h, 'ratio') ?? this.#ratio,
             windowTokens: h['window_tokens'] === undefined ? this.options.windowTokens : uint(h, 'window_tokens'),
             sinkTokens: this.options.sinkTokens,
+            backend: this.#backend,
           },
         );
         return { header: { record_bytes: record.length }, frames: [record] };
@@ -284,8 +322,113 @@ export class Sidecar {
         const [record] = req.frames;
         if (req.frames.length !== 1 || !record)
           throw new KvtcError('ERR_KVTC_PROTOCOL_MALFORMED', 'decode needs one record frame');
-        const out = await decode(cal, record, { tokens: uint(h, 'tokens', 1 << 24), dtype: dtype(h) });
+        const out = await decode(cal, record, {
+          tokens: uint(h, 'tokens', 1 << 24),
+          dtype: dtype(h),
+          backend: this.#backend,
+        });
         return { header: { token_start: out.tokenStart, tokens: out.tokens }, frames: [out.keys, out.values] };
+      }
+      case 'register_kv': {
+        const compat = this.#session(req);
+        const kv = this.#kv;
+        const uuid = str(h, 'device_uuid', /^[0-9a-f]{32}$/);
+        const device = cudaDevices().find((d) => d.uuid === uuid);
+        if (!device)
+          throw new KvtcError('ERR_KVTC_DEVICE_UNKNOWN', `no device with UUID ${uuid} is visible to this sidecar`);
+        const layout = map(h, 'layout');
+        const strides = uintList(layout, 'strides', 5, 2 ** 40);
+        if (strides.length !== 5) throw new KvtcError('ERR_KVTC_PROTOCOL_MALFORMED', 'layout.strides needs 5 strides');
+        const allocations = h['allocations'];
+        if (!Array.isArray(allocations) || allocations.length === 0 || allocations.length > 4096)
+          throw new KvtcError('ERR_KVTC_PROTOCOL_MALFORMED', 'allocations must be a non-empty array of IPC handles');
+        const handles = allocations.map((_, i) =>
+          bin(allocations as unknown as Record<string, unknown>, String(i), 64),
+        );
+        const layerAllocation = uintList(h, 'layer_allocation', cal.model.layers, allocations.length - 1);
+        const layerOffset = uintList(h, 'layer_offset', cal.model.layers, Number.MAX_SAFE_INTEGER);
+        if (layerAllocation.length !== cal.model.layers || layerOffset.length !== cal.model.layers)
+          throw new KvtcError(
+            'ERR_KVTC_PROTOCOL_MALFORMED',
+            `layer_allocation and layer_offset need ${cal.model.layers} entries (one per layer)`,
+          );
+        const paged = {
+          numBlocks: uint(layout, 'num_blocks'),
+          blockSize: uint(layout, 'block_size', 1 << 16),
+          kvHeads: compat.kv_heads,
+          headDim: compat.head_dim,
+          dtype: compat.dtype,
+          strides: strides as [number, number, number, number, number],
+        };
+        if (paged.blockSize !== compat.block_size)
+          throw new KvtcError(
+            'ERR_KVTC_PROTOCOL_MALFORMED',
+            `layout.block_size ${paged.blockSize} differs from the handshake's ${compat.block_size}`,
+          );
+        const region = registerKv({
+          device: device.index,
+          layout: paged,
+          layers: cal.model.layers,
+          allocations: handles,
+          layerAllocation,
+          layerOffset,
+          ...(h['event'] !== undefined ? { clientEvent: bin(h, 'event', 64) } : {}),
+        });
+        const pid = h['pid'] === undefined ? undefined : uint(h, 'pid');
+        kv.add(req.session!, { region, device: device.index, layout: paged, pid });
+        return { header: { event: region.event, device: device.index } };
+      }
+      case 'unregister_kv': {
+        this.#session(req);
+        return { header: { released: this.#regions?.release(req.session!, 'client unregistered') ?? false } };
+      }
+      case 'save_blocks': {
+        this.#session(req);
+        const reg = this.#kv.get(req.session!);
+        const key = str(h, 'key', KEY_PATTERN);
+        const tokens = uint(h, 'tokens', 1 << 24);
+        const span = this.#span(h, tokens, reg.layout.blockSize);
+        const t0 = performance.now();
+        const record = await encodePaged(cal, reg.region, span, {
+          planId: this.#planId(optionalNumber(h, 'ratio')),
+          tokenStart: uint(h, 'token_start'),
+          sinkTokens: this.options.sinkTokens,
+          windowTokens: h['window_tokens'] === undefined ? this.options.windowTokens : uint(h, 'window_tokens'),
+        });
+        const seconds = (performance.now() - t0) / 1000;
+        const tier = await this.#tiers.put(key, record);
+        const raw = 2 * tokens * cal.featureDim * dtypeBytes(reg.layout.dtype);
+        this.metrics.bytesIn.inc(raw);
+        this.metrics.recordBytes.inc(record.length);
+        this.metrics.ratio.observe(raw / record.length);
+        this.metrics.gbps.observe({ direction: 'encode' }, raw / seconds / 1e9);
+        this.#stats.bytes_in += raw;
+        this.#updateStoreGauges();
+        return { header: { handle: { key, raw_bytes: raw, stored_bytes: record.length, tier } } };
+      }
+      case 'load_blocks': {
+        this.#session(req);
+        const reg = this.#kv.get(req.session!);
+        const key = str(h, 'key', KEY_PATTERN);
+        const tokens = uint(h, 'tokens', 1 << 24);
+        const span = this.#span(h, tokens, reg.layout.blockSize);
+        const hit = await this.#tiers.acquire(key);
+        if (!hit) throw new KvtcError('ERR_KVTC_NOT_FOUND', `no record for chunk ${key}`);
+        try {
+          const t0 = performance.now();
+          const info = await decodePaged(cal, reg.region, span, hit.pinned.bytes);
+          const raw = 2 * tokens * cal.featureDim * dtypeBytes(reg.layout.dtype);
+          this.metrics.bytesOut.inc(raw);
+          this.metrics.gbps.observe({ direction: 'decode' }, raw / ((performance.now() - t0) / 1000) / 1e9);
+          this.#stats.bytes_out += raw;
+          // The blocks are written when the region's event fires: the client waits on it.
+          return { header: { token_start: info.tokenStart, tokens: info.tokens, tier: hit.tier } };
+        } catch (err) {
+          if (err instanceof KvtcError && err.code.startsWith('ERR_KVTC_RECORD')) await this.#tiers.delete(key);
+          throw err;
+        } finally {
+          hit.pinned.release();
+        }
       }
       case 'stats': {
         // This request is not in #inFlight yet: a synchronous handler runs before #track adds it.
@@ -296,7 +439,17 @@ export class Sidecar {
           bytes: s.bytes,
           max_bytes: s.maxBytes,
         }));
-        return { header: { stats: { ...this.#stats, in_flight: this.#inFlight.size, stores } } };
+        return {
+          header: {
+            stats: {
+              ...this.#stats,
+              in_flight: this.#inFlight.size,
+              backend: this.#backend,
+              kv_regions: this.#regions?.size ?? 0,
+              stores,
+            },
+          },
+        };
       }
     }
   }
@@ -312,6 +465,7 @@ export class Sidecar {
     const pending = this.#inFlight.size;
     await this.#server.close(); // new requests are refused SHUTTING_DOWN; in-flight ones answered
     await Promise.allSettled([...this.#inFlight]);
+    this.#regions?.close();
     await this.#tiers.close();
     await new Promise<void>((resolve) => (this.#http ? this.#http.close(() => resolve()) : resolve()));
     this.options.log.info({ finished: pending }, 'sidecar stopped');

@@ -253,3 +253,28 @@ t.test('tiers: memory in front of disk, promotion on load', async (t) => {
   const again = await c.request('load', { key: 'f0'.repeat(16), tokens: 300, dtype: 'float32' });
   t.equal(again.header['tier'], 'mem', 'and promoted to memory');
 });
+
+t.test('GPU data plane ops on a CPU sidecar: coded refusals, then still serving', async (t) => {
+  const s = await start();
+  const c = new TestClient(s.endpoint);
+  t.teardown(async () => {
+    c.close();
+    await s.close();
+  });
+  await c.hello(compat);
+  const reg = await c.request('register_kv', {
+    device_uuid: '0'.repeat(32),
+    layout: { num_blocks: 4, block_size: 16, strides: [1, 1, 1, 1, 1] },
+    allocations: [Buffer.alloc(64)],
+    layer_allocation: [0, 0, 0, 0, 0],
+    layer_offset: [0, 0, 0, 0, 0],
+  });
+  t.equal(reg.header['code'], 'ERR_KVTC_BACKEND_UNAVAILABLE', String(reg.header['message']));
+  const save = await c.request('save_blocks', { key: 'ab'.repeat(16), tokens: 16, token_start: 0, block_ids: [0] });
+  t.equal(save.header['code'], 'ERR_KVTC_BACKEND_UNAVAILABLE');
+  const un = await c.request('unregister_kv', {});
+  t.equal(un.header['released'], false, 'nothing was registered');
+  const stats = await c.request('stats');
+  t.equal(stats.header['stats'].backend, 'cpu');
+  t.equal(stats.header['stats'].kv_regions, 0);
+});

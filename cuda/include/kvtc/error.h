@@ -24,6 +24,7 @@ namespace kvtc {
   X(kDeflate, "ERR_KVTC_DEFLATE")                                                  \
   X(kBackendUnavailable, "ERR_KVTC_BACKEND_UNAVAILABLE")                           \
   X(kNumerical, "ERR_KVTC_NUMERICAL")                                              \
+  X(kIpc, "ERR_KVTC_IPC")                                                          \
   X(kInternal, "ERR_KVTC_INTERNAL")
 
 enum class ErrorCode : uint8_t {

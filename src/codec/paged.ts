@@ -1,0 +1,186 @@
+/**
+ * The GPU data plane in TypeScript: regions over a client's paged KV cache (opened by CUDA IPC)
+ * and the encode/decode of a sequence's blocks in place. CUDA builds only; every entry point
+ * throws ERR_KVTC_BACKEND_UNAVAILABLE elsewhere.
+ */
+import type { Calibration } from './calibration.js';
+import { DTYPE_CODE, ENCODE_DEFAULTS, toInfo, type KvDtype, type RecordInfo } from './codec.js';
+import { KvtcError, fromNative } from '../core/errors.js';
+import { loadNative, type NativeAddon, type NativePagedSpan } from './native.js';
+
+/** Element strides of the logical [kv, block, slot, head, dim] index of one layer's tensor. */
+export interface PagedLayout {
+  numBlocks: number;
+  blockSize: number;
+  kvHeads: number;
+  headDim: number;
+  dtype: KvDtype;
+  strides: [number, number, number, number, number];
+}
+
+export interface KvRegistration {
+  device: number;
+  layout: PagedLayout;
+  layers: number;
+  allocations: Uint8Array[];
+  layerAllocation: number[];
+  layerOffset: number[];
+  clientEvent?: Uint8Array;
+}
+
+/** A sequence's tokens: token t is slot (firstSlot + t) % blockSize of blockIds[(firstSlot + t) / blockSize]. */
+export type PagedSpan = NativePagedSpan;
+
+export interface Region {
+  id: number;
+  /** The sidecar's IPC event handle (64 bytes): recorded after every load into this region. */
+  event: Buffer;
+}
+
+type Paged = Required<
+  Pick<
+    NativeAddon,
+    | 'cudaRegisterKv'
+    | 'cudaAllocateKv'
+    | 'cudaWriteKv'
+    | 'cudaReadKv'
+    | 'cudaReleaseKv'
+    | 'encodePaged'
+    | 'decodePaged'
+    | 'cudaDevices'
+  >
+>;
+
+function paged(): Paged {
+  const n = loadNative();
+  if (!n.cudaRegisterKv || !n.buildInfo().cudaDevice) {
+    throw new KvtcError(
+      'ERR_KVTC_BACKEND_UNAVAILABLE',
+      n.cudaRegisterKv
+        ? 'the GPU data plane needs a CUDA device; none is usable here'
+        : 'the GPU data plane needs the CUDA build of the addon (KVTC_WITH_CUDA=ON)',
+    );
+  }
+  return n as unknown as Paged;
+}
+
+/** True when this process can open CUDA IPC regions (CUDA build with a device). */
+export function pagedAvailable(): boolean {
+  try {
+    paged();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function geometry(layers: number, l: PagedLayout) {
+  return {
+    layers,
+    numBlocks: l.numBlocks,
+    blockSize: l.blockSize,
+    kvHeads: l.kvHeads,
+    headDim: l.headDim,
+    dtype: DTYPE_CODE[l.dtype],
+    strides: l.strides,
+  };
+}
+
+function call<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (err) {
+    throw fromNative(err);
+  }
+}
+
+/** Opens a client's cache by IPC. @throws ERR_KVTC_IPC, ERR_KVTC_INVALID_ARGUMENT. */
+export function registerKv(r: KvRegistration): Region {
+  const n = paged();
+  const out = call(() =>
+    n.cudaRegisterKv({
+      device: r.device,
+      geometry: geometry(r.layers, r.layout),
+      allocations: r.allocations,
+      layerAllocation: r.layerAllocation,
+      layerOffset: r.layerOffset,
+      ...(r.clientEvent ? { clientEvent: r.clientEvent } : {}),
+    }),
+  );
+  return { id: out.region, event: out.event };
+}
+
+/** A region over memory this process allocates on `device` (tests and benchmarks). */
+export function allocateKv(device: number, layers: number, layout: PagedLayout): Region {
+  const n = paged();
+  const out = call(() => n.cudaAllocateKv(device, geometry(layers, layout)));
+  return { id: out.region, event: out.event };
+}
+
+export function writeKv(region: Region, bytes: Uint8Array): void {
+  call(() => paged().cudaWriteKv(region.id, bytes));
+}
+
+export function readKv(region: Region): Buffer {
+  return call(() => paged().cudaReadKv(region.id));
+}
+
+/** Releases the region; IPC mappings close once no job uses them. */
+export function releaseKv(region: Region): boolean {
+  return call(() => paged().cudaReleaseKv(region.id));
+}
+
+export function cudaDevices(): { index: number; name: string; uuid: string }[] {
+  return pagedAvailable() ? paged().cudaDevices() : [];
+}
+
+export interface PagedEncodeOptions {
+  planId: number;
+  tokenStart: number;
+  sinkTokens?: number;
+  windowTokens?: number;
+}
+
+export async function encodePaged(
+  calibration: Calibration,
+  region: Region,
+  span: PagedSpan,
+  o: PagedEncodeOptions,
+): Promise<Buffer> {
+  const n = paged();
+  const stack = new Error();
+  try {
+    return await n.encodePaged(
+      calibration.native,
+      region.id,
+      {
+        tokens: span.tokens,
+        tokenStart: o.tokenStart,
+        planId: o.planId,
+        sinkTokens: o.sinkTokens ?? ENCODE_DEFAULTS.sinkTokens,
+        windowTokens: o.windowTokens ?? ENCODE_DEFAULTS.windowTokens,
+        deflateLevel: ENCODE_DEFAULTS.deflateLevel,
+        chunkBytes: ENCODE_DEFAULTS.chunkBytes,
+      },
+      span,
+    );
+  } catch (err) {
+    throw fromNative(err, stack);
+  }
+}
+
+/** Decodes `record` into the span's blocks; the region's event is recorded when they are written. */
+export async function decodePaged(
+  calibration: Calibration,
+  region: Region,
+  span: PagedSpan,
+  record: Uint8Array,
+): Promise<RecordInfo> {
+  const n = paged();
+  const stack = new Error();
+  try {
+    return toInfo(await n.decodePaged(calibration.native, region.id, record, span));
+  } catch (err) {
+    throw fromNative(err, stack);
+  }
+}
