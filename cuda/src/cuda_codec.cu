@@ -17,21 +17,12 @@
 #include <mutex>
 #include <string>
 
+#include "cuda_common.cuh"
 #include "kvtc/crc32c.h"
 #include "kvtc/error.h"
 
 namespace kvtc::cuda {
 
-#define KVTC_CUDA_CALL(expr)                                                                      \
-  do {                                                                                            \
-    cudaError_t kvtc_e_ = (expr);                                                                 \
-    KVTC_CHECK(kvtc_e_ == cudaSuccess, kInternal, "CUDA error " << cudaGetErrorString(kvtc_e_) << " at " #expr); \
-  } while (0)
-#define KVTC_CUBLAS_CALL(expr)                                                                        \
-  do {                                                                                                \
-    cublasStatus_t kvtc_s_ = (expr);                                                                  \
-    KVTC_CHECK(kvtc_s_ == CUBLAS_STATUS_SUCCESS, kInternal, "cuBLAS status " << int(kvtc_s_) << " at " #expr); \
-  } while (0)
 #define KVTC_NVCOMP_CALL(expr)                                                                        \
   do {                                                                                                \
     nvcompStatus_t kvtc_n_ = (expr);                                                                  \
@@ -40,68 +31,7 @@ namespace kvtc::cuda {
 
 namespace {
 
-// ---- device buffers ------------------------------------------------------------------------
-
-template <typename T>
-struct DeviceBuffer {
-  T* ptr = nullptr;
-  size_t count = 0;
-  DeviceBuffer() = default;
-  explicit DeviceBuffer(size_t n) { resize(n); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  ~DeviceBuffer() {
-    if (ptr) cudaFree(ptr);
-  }
-  void resize(size_t n) {
-    if (n <= count) return;
-    if (ptr) cudaFree(ptr);
-    ptr = nullptr;
-    count = 0;
-    if (n == 0) return;
-    KVTC_CUDA_CALL(cudaMalloc(&ptr, n * sizeof(T)));
-    count = n;
-  }
-};
-
-struct PinnedBuffer {
-  uint8_t* ptr = nullptr;
-  size_t size = 0;
-  ~PinnedBuffer() {
-    if (ptr) cudaFreeHost(ptr);
-  }
-  void resize(size_t n) {
-    if (n <= size) return;
-    if (ptr) cudaFreeHost(ptr);
-    ptr = nullptr;
-    KVTC_CUDA_CALL(cudaMallocHost(&ptr, n));
-    size = n;
-  }
-};
-
 // ---- kernels -------------------------------------------------------------------------------
-
-template <typename T>
-__device__ __forceinline__ float LoadAsFloat(const T* p, size_t i);
-template <>
-__device__ __forceinline__ float LoadAsFloat<float>(const float* p, size_t i) { return p[i]; }
-template <>
-__device__ __forceinline__ float LoadAsFloat<__half>(const __half* p, size_t i) { return __half2float(p[i]); }
-template <>
-__device__ __forceinline__ float LoadAsFloat<__nv_bfloat16>(const __nv_bfloat16* p, size_t i) {
-  return __bfloat162float(p[i]);
-}
-
-template <typename T>
-__device__ __forceinline__ void StoreFromFloat(T* p, size_t i, float v);
-template <>
-__device__ __forceinline__ void StoreFromFloat<float>(float* p, size_t i, float v) { p[i] = v; }
-template <>
-__device__ __forceinline__ void StoreFromFloat<__half>(__half* p, size_t i, float v) { p[i] = __float2half_rn(v); }
-template <>
-__device__ __forceinline__ void StoreFromFloat<__nv_bfloat16>(__nv_bfloat16* p, size_t i, float v) {
-  p[i] = __float2bfloat16_rn(v);
-}
 
 // cos/sin per (token, frequency), computed in double as the CPU backend does.
 __global__ void RopeTableKernel(const double* inv_freq, int half, int64_t pos0, int64_t tokens, float2* table) {
@@ -433,6 +363,8 @@ constexpr int kThreads = 256;
 inline unsigned Blocks(int64_t n) { return unsigned((n + kThreads - 1) / kThreads); }
 
 }  // namespace
+
+cudaStream_t JobStream() { return ThreadContext().stream; }
 
 class DeviceCalibration {
  public:
@@ -841,7 +773,10 @@ std::vector<uint8_t> Encode(const Calibration& c, const DeviceCalibration& dev, 
     std::vector<uint8_t> out(size_t(count) * row_bytes);
     if (count == 0) return out;
     if (device_input) {
-      KVTC_CUDA_CALL(cudaMemcpy(out.data(), base + first * row_bytes, out.size(), cudaMemcpyDeviceToHost));
+      // On the job's stream: device input may have just been written there (a paged gather).
+      KVTC_CUDA_CALL(cudaMemcpyAsync(out.data(), base + first * row_bytes, out.size(), cudaMemcpyDeviceToHost,
+                                     ctx.stream));
+      KVTC_CUDA_CALL(cudaStreamSynchronize(ctx.stream));
     } else {
       std::memcpy(out.data(), base + first * row_bytes, out.size());
     }
