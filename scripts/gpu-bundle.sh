@@ -7,6 +7,8 @@
 #   dist.tar.xz        the compiled TypeScript, GPU tests included (tsconfig.gpu.json)
 #   nvcomp.tar.xz      nvCOMP 6 headers and libnvcomp.so.6 (PyPI nvidia-libnvcomp-cu13)
 #   sys.tar.xz         OpenBLAS, libgfortran, libquadmath, libdeflate (.so and headers) from this machine
+#   wheels/            pyzmq and pytest for the machine's Python 3.12 (the IPC end-to-end test)
+#   stories260K/       the tiny trained Llama (../shared/models/stories260K/hf) and its calibration
 # Usage: bash scripts/gpu-bundle.sh   (then carry .gpu in the device run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,4 +48,14 @@ ln -s libopenblas.so.0 "$tmp/sys/lib/libopenblas.so"
 ln -s libdeflate.so.0 "$tmp/sys/lib/libdeflate.so"
 cp /usr/include/x86_64-linux-gnu/cblas.h /usr/include/x86_64-linux-gnu/openblas_config.h /usr/include/libdeflate.h "$tmp/sys/include/"
 tar -C "$tmp/sys" -cJf "$OUTD/sys.tar.xz" .
+if [ ! -f "$OUTD/wheels/.done" ]; then
+  mkdir -p "$OUTD/wheels"
+  pip download -q --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 \
+    -d "$OUTD/wheels" pyzmq pytest pluggy iniconfig packaging
+  touch "$OUTD/wheels/.done"
+fi
+mkdir -p "$OUTD/stories260K"
+cp ../shared/models/stories260K/hf/* "$OUTD/stories260K/"
+[ -f "$OUTD/stories260K.kvtc.safetensors" ] || node dist/src/main.js calibrate --kv test/.cache/stories-calib \
+  --out "$OUTD/stories260K.kvtc.safetensors" --ratios 4,8,16
 du -ch "$OUTD"/* | tail -n 1

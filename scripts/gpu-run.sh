@@ -2,7 +2,7 @@
 # Runs ON the GPU machine, from the repository root, with .gpu/ carried (scripts/gpu-bundle.sh):
 # unpacks Node.js and the libraries, builds the addon with CUDA, runs the GPU tests (and the
 # memcheck/racecheck sanitizers on them), then the GPU benchmark. Results go to $OUT (or ./out).
-#   bash scripts/gpu-run.sh [test|bench|all]   (default all)
+#   bash scripts/gpu-run.sh [test|e2e|bench|all]   (default all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
@@ -36,6 +36,15 @@ if [ "$what" = test ] || [ "$what" = all ]; then
     KVTC_GPU_TEST_SMALL=1 compute-sanitizer --tool "$tool" --error-exitcode 7 node --test dist/test/gpu/ > "$OUT/sanitizer-$tool.log" 2>&1 \
       && echo "$tool: clean" || { echo "$tool: FAILED (rc $?)"; grep -E "ERROR SUMMARY|Invalid|Race|hazard" "$OUT/sanitizer-$tool.log" | head -n 10 || true; }
   done
+fi
+
+if [ "$what" = e2e ] || [ "$what" = all ]; then
+  echo "== IPC end to end (Python + torch + stories260K, sidecar --backend cuda)"
+  PY=$W/py
+  [ -d "$PY/zmq" ] || python3 -m pip install -q --no-index --no-deps --target "$PY" .gpu/wheels/*.whl
+  PYTHONPATH="$PWD/connector-py:$PY" KVTC_STORIES="$PWD/.gpu/stories260K" \
+    KVTC_GPU_CALIBRATION="$PWD/.gpu/stories260K.kvtc.safetensors" \
+    python3 -m pytest -p no:cacheprovider -q -s connector-py/tests/test_gpu_ipc.py 2>&1 | tee "$OUT/gpu-e2e.log" | tail -n 30
 fi
 
 if [ "$what" = bench ] || [ "$what" = all ]; then

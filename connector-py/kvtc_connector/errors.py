@@ -163,6 +163,25 @@ class NumericalError(KvtcSidecarError):
     CODE = p.ERR_KVTC_NUMERICAL
 
 
+class IpcError(KvtcSidecarError):
+    """A CUDA IPC handle or event that does not open, memory smaller than its layout, or a
+    cuMem/VMM allocation (e.g. PyTorch's expandable_segments), which legacy IPC cannot share."""
+
+    CODE = p.ERR_KVTC_IPC
+
+
+class DeviceUnknownError(KvtcSidecarError):
+    """The registered KV cache lives on a GPU the sidecar cannot see."""
+
+    CODE = p.ERR_KVTC_DEVICE_UNKNOWN
+
+
+class KvUnregisteredError(KvtcSidecarError):
+    """A block operation from a session that registered no KV cache (or lost it on a restart)."""
+
+    CODE = p.ERR_KVTC_KV_UNREGISTERED
+
+
 class NativeLoadError(KvtcSidecarError):
     """The sidecar cannot load its native addon."""
 

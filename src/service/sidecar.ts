@@ -375,16 +375,17 @@ export class Sidecar {
           ...(h['event'] !== undefined ? { clientEvent: bin(h, 'event', 64) } : {}),
         });
         const pid = h['pid'] === undefined ? undefined : uint(h, 'pid');
-        kv.add(req.session!, { region, device: device.index, layout: paged, pid });
-        return { header: { event: region.event, device: device.index } };
+        kv.add({ session: req.session!, region, device: device.index, layout: paged, pid });
+        return { header: { region: region.id, event: region.event, device: device.index } };
       }
       case 'unregister_kv': {
         this.#session(req);
-        return { header: { released: this.#regions?.release(req.session!, 'client unregistered') ?? false } };
+        const id = uint(h, 'region');
+        return { header: { released: this.#regions?.release(id, 'client unregistered', req.session!) ?? false } };
       }
       case 'save_blocks': {
         this.#session(req);
-        const reg = this.#kv.get(req.session!);
+        const reg = this.#kv.get(req.session!, uint(h, 'region'));
         const key = str(h, 'key', KEY_PATTERN);
         const tokens = uint(h, 'tokens', 1 << 24);
         const span = this.#span(h, tokens, reg.layout.blockSize);
@@ -408,7 +409,7 @@ export class Sidecar {
       }
       case 'load_blocks': {
         this.#session(req);
-        const reg = this.#kv.get(req.session!);
+        const reg = this.#kv.get(req.session!, uint(h, 'region'));
         const key = str(h, 'key', KEY_PATTERN);
         const tokens = uint(h, 'tokens', 1 << 24);
         const span = this.#span(h, tokens, reg.layout.blockSize);

@@ -270,9 +270,15 @@ t.test('GPU data plane ops on a CPU sidecar: coded refusals, then still serving'
     layer_offset: [0, 0, 0, 0, 0],
   });
   t.equal(reg.header['code'], 'ERR_KVTC_BACKEND_UNAVAILABLE', String(reg.header['message']));
-  const save = await c.request('save_blocks', { key: 'ab'.repeat(16), tokens: 16, token_start: 0, block_ids: [0] });
+  const save = await c.request('save_blocks', {
+    region: 1,
+    key: 'ab'.repeat(16),
+    tokens: 16,
+    token_start: 0,
+    block_ids: [0],
+  });
   t.equal(save.header['code'], 'ERR_KVTC_BACKEND_UNAVAILABLE');
-  const un = await c.request('unregister_kv', {});
+  const un = await c.request('unregister_kv', { region: 1 });
   t.equal(un.header['released'], false, 'nothing was registered');
   const stats = await c.request('stats');
   t.equal(stats.header['stats'].backend, 'cpu');

@@ -1,0 +1,214 @@
+// GPU data plane tests (node:test; skipped without a CUDA device): gather from and scatter into a
+// paged cache in each layout, against a host reference of the same strides. All-raw records make
+// the round trip bit-exact; a kvtc record restores within the plan's error and touches no other
+// block. Bad spans and records are refused before a block is written.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+
+import { decode } from '../../src/codec/codec.js';
+import { loadNative } from '../../src/codec/native.js';
+import {
+  allocateKv,
+  decodePaged,
+  encodePaged,
+  readKv,
+  releaseKv,
+  writeKv,
+  type PagedLayout,
+} from '../../src/codec/paged.js';
+import { syntheticKv } from '../../src/calibrate/synthetic.js';
+import { fitCalibration } from '../../src/calibrate/fit.js';
+import type { ModelInfo } from '../../src/codec/calibration.js';
+
+const info = loadNative().buildInfo();
+const skip = !info.cuda
+  ? 'addon built without CUDA (KVTC_WITH_CUDA=OFF): GPU tests run on the GPU machine via scripts/gpu-run.sh'
+  : !info.cudaDevice
+    ? 'no CUDA device'
+    : false;
+
+const model: ModelInfo = {
+  name: 'paged-test',
+  fingerprint: 'ab'.repeat(16),
+  layers: 3,
+  kv_heads: 2,
+  head_dim: 16,
+  rope: { theta: 10000, rotary_dim: 16, layout: 'neox', scaling: { type: 'default' } },
+};
+const P = model.layers * model.kv_heads * model.head_dim;
+const NUM_BLOCKS = 13;
+const BLOCK = 5; // odd on purpose
+
+// [kv, block, slot, head, dim] strides (elements) of each layout, with one layer's shape.
+function layoutOf(name: string): PagedLayout {
+  const H = model.kv_heads,
+    D = model.head_dim;
+  const s: Record<string, [number, number, number, number, number]> = {
+    flash_attn: [NUM_BLOCKS * BLOCK * H * D, BLOCK * H * D, H * D, D, 1], // (2, N, B, H, D)
+    flashinfer: [BLOCK * H * D, 2 * BLOCK * H * D, H * D, D, 1], // (N, 2, B, H, D)
+    hnd: [H * BLOCK * D, 2 * H * BLOCK * D, D, BLOCK * D, 1], // (N, 2, H, B, D)
+  };
+  return { numBlocks: NUM_BLOCKS, blockSize: BLOCK, kvHeads: H, headDim: D, dtype: 'float32', strides: s[name]! };
+}
+
+function extent(l: PagedLayout): number {
+  const [a, b, c, d, e] = l.strides;
+  return a + (l.numBlocks - 1) * b + (l.blockSize - 1) * c + (l.kvHeads - 1) * d + (l.headDim - 1) * e + 1;
+}
+
+// Host reference: element index of (layer, kv, token) row element j in the flat region.
+function index(l: PagedLayout, layer: number, kv: number, blockIds: number[], firstSlot: number, t: number, j: number) {
+  const h = Math.floor(j / model.head_dim) % model.kv_heads;
+  const d = j % model.head_dim;
+  const pos = firstSlot + t;
+  const [sk, sb, ss, sh, sd] = l.strides;
+  return (
+    layer * extent(l) +
+    kv * sk +
+    blockIds[Math.floor(pos / l.blockSize)]! * sb +
+    (pos % l.blockSize) * ss +
+    h * sh +
+    d * sd
+  );
+}
+
+function gatherHost(l: PagedLayout, flat: Float32Array, blockIds: number[], firstSlot: number, tokens: number) {
+  const keys = new Float32Array(tokens * P),
+    values = new Float32Array(tokens * P);
+  const perLayer = model.kv_heads * model.head_dim;
+  for (let t = 0; t < tokens; t++)
+    for (let j = 0; j < P; j++) {
+      const layer = Math.floor(j / perLayer);
+      keys[t * P + j] = flat[index(l, layer, 0, blockIds, firstSlot, t, j % perLayer)]!;
+      values[t * P + j] = flat[index(l, layer, 1, blockIds, firstSlot, t, j % perLayer)]!;
+    }
+  return { keys, values };
+}
+
+async function calibration() {
+  const n = 600;
+  const s = syntheticKv(n, P, 3);
+  return fitCalibration({
+    model,
+    keys: s.keys,
+    values: s.values,
+    n,
+    ratios: [4],
+    rankCap: P,
+    powerIters: 2,
+    oversample: 8,
+    seed: 1,
+    dpSamples: 256,
+    sinkTokens: 4,
+    windowTokens: 0,
+    source: 'gpu paged test',
+  });
+}
+
+for (const name of ['flash_attn', 'flashinfer', 'hnd']) {
+  test(
+    `paged ${name}: all-raw round trip is bit-exact, kvtc within the plan, other blocks untouched`,
+    { skip },
+    async () => {
+      const cal = await calibration();
+      const l = layoutOf(name);
+      const region = allocateKv(0, model.layers, l);
+      try {
+        const total = model.layers * extent(l);
+        const flat = Float32Array.from({ length: total }, (_, i) => Math.sin(i * 0.37) * 3 + (i % 7) * 0.1);
+        writeKv(region, new Uint8Array(flat.buffer));
+        const blockIds = [7, 2, 11, 0, 5];
+        const firstSlot = 3;
+        const tokens = 19; // slots 3..21 over 5 blocks of 5
+        const span = { blockIds, firstSlot, tokens };
+        const want = gatherHost(l, flat, blockIds, firstSlot, tokens);
+
+        // 1. Gather: an all-raw record holds exactly the gathered rows.
+        const raw = await encodePaged(cal, region, span, {
+          planId: 0,
+          tokenStart: 40,
+          sinkTokens: 0,
+          windowTokens: tokens,
+        });
+        const back = await decode(cal, raw, { tokens, dtype: 'float32' });
+        assert.deepEqual(
+          new Float32Array(back.keys.buffer, back.keys.byteOffset, tokens * P),
+          want.keys,
+          'keys gathered',
+        );
+        assert.deepEqual(
+          new Float32Array(back.values.buffer, back.values.byteOffset, tokens * P),
+          want.values,
+          'values gathered',
+        );
+
+        // 2. Scatter: zero the region, restore, compare every element (other blocks stay zero).
+        writeKv(region, new Uint8Array(total * 4));
+        await decodePaged(cal, region, span, raw);
+        const restored = new Float32Array(readKv(region).buffer.slice(0));
+        const expected = new Float32Array(total);
+        const perLayer = model.kv_heads * model.head_dim;
+        for (let t = 0; t < tokens; t++)
+          for (let j = 0; j < P; j++)
+            for (const kv of [0, 1]) {
+              const i = index(l, Math.floor(j / perLayer), kv, blockIds, firstSlot, t, j % perLayer);
+              expected[i] = flat[i]!;
+            }
+        assert.deepEqual(restored, expected, 'scatter wrote exactly the span');
+
+        // 3. kvtc: restored within the plan's error.
+        writeKv(region, new Uint8Array(flat.buffer));
+        const coded = await encodePaged(cal, region, span, {
+          planId: 0,
+          tokenStart: 40,
+          sinkTokens: 0,
+          windowTokens: 0,
+        });
+        assert.ok(coded.length < raw.length, `coded ${coded.length} < raw ${raw.length}`);
+        writeKv(region, new Uint8Array(total * 4));
+        await decodePaged(cal, region, span, coded);
+        const got = gatherHost(l, new Float32Array(readKv(region).buffer.slice(0)), blockIds, firstSlot, tokens);
+        for (const [k, a, b] of [
+          ['keys', got.keys, want.keys],
+          ['values', got.values, want.values],
+        ] as const) {
+          let n = 0,
+            d = 0;
+          for (let i = 0; i < a.length; i++) {
+            n += (a[i]! - b[i]!) ** 2;
+            d += b[i]! ** 2;
+          }
+          assert.ok(Math.sqrt(n / d) < 0.5, `${k}: relative error ${Math.sqrt(n / d)}`);
+        }
+      } finally {
+        releaseKv(region);
+      }
+    },
+  );
+}
+
+test('paged: bad spans and records are refused before any block is written', { skip }, async () => {
+  const cal = await calibration();
+  const l = layoutOf('flash_attn');
+  const region = allocateKv(0, model.layers, l);
+  try {
+    const span = { blockIds: [1, 2], firstSlot: 0, tokens: 10 };
+    await assert.rejects(encodePaged(cal, region, { ...span, blockIds: [1, 99] }, { planId: 0, tokenStart: 0 }), {
+      code: 'ERR_KVTC_INVALID_ARGUMENT',
+    });
+    await assert.rejects(encodePaged(cal, region, { ...span, blockIds: [1] }, { planId: 0, tokenStart: 0 }), {
+      code: 'ERR_KVTC_INVALID_ARGUMENT',
+    });
+    const rec = await encodePaged(cal, region, span, { planId: 0, tokenStart: 0 });
+    const bad = Buffer.from(rec);
+    bad[bad.length - 3]! ^= 0x40;
+    const before = readKv(region);
+    await assert.rejects(decodePaged(cal, region, span, bad), { code: 'ERR_KVTC_RECORD_CORRUPT' });
+    await assert.rejects(decodePaged(cal, region, { ...span, tokens: 9, blockIds: [1, 2] }, rec), {
+      code: 'ERR_KVTC_RECORD_SIZE_MISMATCH',
+    });
+    assert.equal(Buffer.compare(before, readKv(region)), 0, 'no block written');
+  } finally {
+    releaseKv(region);
+  }
+});
