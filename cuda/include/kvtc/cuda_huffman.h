@@ -1,0 +1,711 @@
+// kvtc's own DEFLATE coder for the GPU (RFC 1951, standard raw DEFLATE, so records stay
+// cross-decodable with libdeflate on the CPU).
+//
+// Encoder: one dynamic-Huffman block per chunk, literals only (no LZ77 matches): byte histogram,
+// length-limited (15-bit) Huffman code over the 256 literals + end-of-block, the block header
+// (code-length alphabet with its own 7-bit code, run-length codes 16/17/18, one distance code of
+// length 1), then the literal bit stream. The quantized payload has few matches; the gain is in
+// the entropy.
+// Decoder: any valid raw DEFLATE stream (stored, fixed and dynamic blocks, matches), validating
+// everything: corrupt input gives an error status, never an out-of-bounds access or a hang.
+//
+// Every per-chunk step is a __host__ __device__ function, so the host test
+// (tools/huffman_check.cc, plain g++ with -fsanitize=address) runs the very code the kernels run.
+// The kernels themselves (src/cuda_huffman.cu) are declared at the end, for CUDA translation units.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__CUDACC__)
+#define KVTC_HD __host__ __device__
+#define KVTC_HD_INLINE __host__ __device__ __forceinline__
+#else
+#define KVTC_HD
+#define KVTC_HD_INLINE inline
+#endif
+
+#if defined(__CUDA_ARCH__)
+#define KVTC_SYNCWARP() __syncwarp()
+#else
+#define KVTC_SYNCWARP() \
+  do {                  \
+  } while (0)
+#endif
+
+namespace kvtc::huff {
+
+constexpr int kMaxBits = 15;         // DEFLATE's longest litlen/distance codeword
+constexpr int kMaxPrecodeBits = 7;   // longest code-length-alphabet codeword
+constexpr int kLitSyms = 257;        // 256 literals + end-of-block
+constexpr int kMaxHeaderBits = 3 + 14 + 19 * 3 + 258 * (7 + 7);  // generous bound on our header
+constexpr int kHeaderWords = (kMaxHeaderBits + 31) / 32;
+
+// ---- shared helpers --------------------------------------------------------------------------
+
+KVTC_HD_INLINE uint32_t ReverseBits(uint32_t code, int len) {
+#if defined(__CUDA_ARCH__)
+  return __brev(code) >> (32 - len);
+#else
+  uint32_t r = 0;
+  for (int i = 0; i < len; ++i) {
+    r = (r << 1) | (code & 1);
+    code >>= 1;
+  }
+  return r;
+#endif
+}
+
+// Scratch of the Huffman construction (one thread).
+struct TreeScratch {
+  uint32_t weight[2 * 288];
+  uint16_t parent[2 * 288];
+  uint16_t depth[2 * 288];
+  uint16_t count[2 * 288];  // leaves per depth
+};
+
+// Length-limited Huffman code lengths. `order` lists the m >= 2 used symbols by ascending
+// (freq, symbol); `freq` is indexed by symbol; writes lens[order[i]] (the caller zeroes the
+// unused symbols' lengths). Builds the Huffman tree with the two-queue method, then limits the
+// depth to `maxbits` with the JPEG (Annex K.3) adjustment, which keeps the code complete, and
+// hands the longest lengths to the rarest symbols. Needs m <= 288 and m <= 2^maxbits.
+KVTC_HD inline void LengthsFromSorted(const uint32_t* freq, const uint16_t* order, int m, int maxbits, uint8_t* lens,
+                                      TreeScratch& t) {
+  for (int i = 0; i < m; ++i) t.weight[i] = freq[order[i]];
+  int leaf = 0, inner = m, next = m;
+  const int nodes = 2 * m - 1;
+  while (next < nodes) {
+    int pick[2];
+    for (int k = 0; k < 2; ++k) {
+      if (leaf < m && (inner >= next || t.weight[leaf] <= t.weight[inner])) {
+        pick[k] = leaf++;
+      } else {
+        pick[k] = inner++;
+      }
+    }
+    t.weight[next] = t.weight[pick[0]] + t.weight[pick[1]];
+    t.parent[pick[0]] = t.parent[pick[1]] = uint16_t(next);
+    ++next;
+  }
+  t.depth[nodes - 1] = 0;
+  int maxdepth = 0;
+  for (int i = 0; i < 2 * 288; ++i) t.count[i] = 0;
+  for (int i = nodes - 2; i >= 0; --i) {
+    t.depth[i] = uint16_t(t.depth[t.parent[i]] + 1);
+    if (i < m) {
+      t.count[t.depth[i]]++;
+      if (t.depth[i] > maxdepth) maxdepth = t.depth[i];
+    }
+  }
+  for (int i = maxdepth; i > maxbits; --i) {
+    while (t.count[i] > 0) {
+      int j = i - 2;
+      while (t.count[j] == 0) --j;
+      t.count[i] -= 2;
+      t.count[i - 1] += 1;
+      t.count[j + 1] += 2;
+      t.count[j] -= 1;
+    }
+  }
+  int k = 0;
+  for (int bits = maxbits < maxdepth ? maxbits : maxdepth; bits >= 1; --bits) {
+    for (int c = 0; c < t.count[bits]; ++c) lens[order[k++]] = uint8_t(bits);
+  }
+}
+
+// Canonical codes (bit-reversed, ready to emit LSB first) from lengths.
+KVTC_HD inline void CanonicalCodes(const uint8_t* lens, int n, uint16_t* codes) {
+  uint16_t count[kMaxBits + 2] = {0};
+  uint16_t next[kMaxBits + 2] = {0};
+  for (int s = 0; s < n; ++s) count[lens[s]]++;
+  count[0] = 0;
+  uint32_t code = 0;
+  for (int b = 1; b <= kMaxBits; ++b) {
+    code = (code + count[b - 1]) << 1;
+    next[b] = uint16_t(code);
+  }
+  for (int s = 0; s < n; ++s) {
+    const int l = lens[s];
+    codes[s] = l ? uint16_t(ReverseBits(next[l]++, l)) : 0;
+  }
+}
+
+// Serial sort of the used symbols by (freq, symbol): insertion sort (n is 19 or 257).
+KVTC_HD inline int SortUsed(const uint32_t* freq, int n, uint16_t* order) {
+  int m = 0;
+  for (int s = 0; s < n; ++s) {
+    if (!freq[s]) continue;
+    int i = m++;
+    while (i > 0 && freq[order[i - 1]] > freq[s]) {
+      order[i] = order[i - 1];
+      --i;
+    }
+    order[i] = uint16_t(s);
+  }
+  return m;
+}
+
+// Gives a code of at least two symbols: pads `order` (sorted) with unused symbols of weight 0
+// placed first; `freq` is a scratch copy the caller may modify.
+KVTC_HD inline int PadOrder(uint16_t* order, int m, int n) {
+  for (int s = 0; m < 2 && s < n; ++s) {
+    bool used = false;
+    for (int i = 0; i < m; ++i) used |= order[i] == s;
+    if (used) continue;
+    for (int i = m; i > 0; --i) order[i] = order[i - 1];
+    order[0] = uint16_t(s);
+    ++m;
+  }
+  return m;
+}
+
+// Bit writer into zeroed 32-bit words (LSB first, as DEFLATE packs bits).
+struct BitWriter {
+  uint32_t* words;
+  uint32_t bits = 0;
+  KVTC_HD_INLINE void Put(uint32_t value, int n) {
+    if (n == 0) return;
+    const uint32_t w = bits >> 5, s = bits & 31;
+    words[w] |= value << s;
+    if (s + n > 32) words[w + 1] |= value >> (32 - s);
+    bits += n;
+  }
+};
+
+// ---- encoder -----------------------------------------------------------------------------------
+
+// Everything the literal bit stream needs after the header: per-symbol code | len << 16.
+struct EncodePlan {
+  uint32_t sym[kLitSyms];  // reversed code in the low 16 bits, length in bits 16..19
+  uint32_t header_bits;
+  uint64_t total_bits;     // header + literals + end-of-block
+};
+
+struct EncodeScratch {
+  TreeScratch tree;
+  uint32_t freq[kLitSyms];  // with end-of-block = 1
+  uint16_t order[288];
+  uint8_t lens[kLitSyms];
+  uint16_t codes[kLitSyms];
+  uint8_t rle_sym[260];
+  uint8_t rle_extra[260];
+  uint32_t pre_freq[19];
+  uint16_t pre_order[19];
+  uint8_t pre_lens[19];
+  uint16_t pre_codes[19];
+};
+
+// From the histogram (s.freq, end-of-block included) and its sorted used symbols (s.order, m of
+// them): code lengths, codes and the block header written into `header` (zeroed, kHeaderWords
+// words). Fills `plan`. One thread.
+KVTC_HD inline void PlanBlock(EncodeScratch& s, int m, uint32_t* header, EncodePlan& plan) {
+  m = PadOrder(s.order, m, kLitSyms);
+  for (int i = 0; i < kLitSyms; ++i) s.lens[i] = 0;
+  LengthsFromSorted(s.freq, s.order, m, kMaxBits, s.lens, s.tree);
+  CanonicalCodes(s.lens, kLitSyms, s.codes);
+  uint64_t total = 0;
+  for (int i = 0; i < kLitSyms; ++i) {
+    plan.sym[i] = uint32_t(s.codes[i]) | (uint32_t(s.lens[i]) << 16);
+    total += uint64_t(s.freq[i]) * s.lens[i];  // freq[256] is 1: the end-of-block
+  }
+  // Run-length coded code lengths: the 257 litlen lengths, then the single distance length
+  // (kept as a separate run so no repeat crosses from litlen into distance lengths).
+  int nr = 0;
+  for (int i = 0; i < 19; ++i) s.pre_freq[i] = 0;
+  for (int i = 0; i < kLitSyms;) {
+    const uint8_t v = s.lens[i];
+    int run = 1;
+    while (i + run < kLitSyms && s.lens[i + run] == v) ++run;
+    i += run;
+    if (v == 0) {
+      while (run >= 11) {
+        const int r = run > 138 ? 138 : run;
+        s.rle_sym[nr] = 18;
+        s.rle_extra[nr++] = uint8_t(r - 11);
+        run -= r;
+      }
+      if (run >= 3) {
+        s.rle_sym[nr] = 17;
+        s.rle_extra[nr++] = uint8_t(run - 3);
+        run = 0;
+      }
+    } else {
+      s.rle_sym[nr] = v;
+      s.rle_extra[nr++] = 0;
+      --run;
+      while (run >= 3) {
+        const int r = run > 6 ? 6 : run;
+        s.rle_sym[nr] = 16;
+        s.rle_extra[nr++] = uint8_t(r - 3);
+        run -= r;
+      }
+    }
+    while (run-- > 0) {
+      s.rle_sym[nr] = v;
+      s.rle_extra[nr++] = 0;
+    }
+  }
+  s.rle_sym[nr] = 1;  // the one distance code, of length 1
+  s.rle_extra[nr++] = 0;
+  for (int i = 0; i < nr; ++i) s.pre_freq[s.rle_sym[i]]++;
+  int pm = SortUsed(s.pre_freq, 19, s.pre_order);
+  pm = PadOrder(s.pre_order, pm, 19);
+  for (int i = 0; i < 19; ++i) s.pre_lens[i] = 0;
+  LengthsFromSorted(s.pre_freq, s.pre_order, pm, kMaxPrecodeBits, s.pre_lens, s.tree);
+  CanonicalCodes(s.pre_lens, 19, s.pre_codes);
+  const uint8_t kPermutation[19] = {16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1, 15};
+  int hclen = 19;
+  while (hclen > 4 && s.pre_lens[kPermutation[hclen - 1]] == 0) --hclen;
+  BitWriter w{header};
+  w.Put(1, 1);  // BFINAL
+  w.Put(2, 2);  // BTYPE = dynamic Huffman
+  w.Put(kLitSyms - 257, 5);
+  w.Put(1 - 1, 5);
+  w.Put(uint32_t(hclen - 4), 4);
+  for (int i = 0; i < hclen; ++i) w.Put(s.pre_lens[kPermutation[i]], 3);
+  for (int i = 0; i < nr; ++i) {
+    const int sym = s.rle_sym[i];
+    w.Put(s.pre_codes[sym], s.pre_lens[sym]);
+    if (sym == 16) w.Put(s.rle_extra[i], 2);
+    if (sym == 17) w.Put(s.rle_extra[i], 3);
+    if (sym == 18) w.Put(s.rle_extra[i], 7);
+  }
+  plan.header_bits = w.bits;
+  plan.total_bits = total + w.bits;
+}
+
+// Serial reference encoder of one chunk (the host test, and the layout the kernel reproduces
+// bit for bit). Returns the DEFLATE size in bytes, or n when the chunk is to be stored (the
+// stream would not be smaller than the chunk); `out` needs (n + 3) / 4 * 4 bytes.
+inline size_t EncodeChunkSerial(const uint8_t* in, size_t n, uint8_t* out, EncodeScratch& s) {
+  for (int i = 0; i < kLitSyms; ++i) s.freq[i] = 0;
+  for (size_t i = 0; i < n; ++i) s.freq[in[i]]++;
+  s.freq[256] = 1;
+  const int m = SortUsed(s.freq, kLitSyms, s.order);
+  uint32_t header[kHeaderWords] = {0};
+  EncodePlan plan;
+  PlanBlock(s, m, header, plan);
+  const uint64_t bytes = (plan.total_bits + 7) / 8;
+  if (bytes >= n) return n;
+  const size_t words = (plan.total_bits + 31) / 32;
+  uint32_t* w = new uint32_t[words + 1]();
+  std::memcpy(w, header, ((plan.header_bits + 31) / 32) * 4);
+  BitWriter bw{w, plan.header_bits};
+  for (size_t i = 0; i < n; ++i) bw.Put(plan.sym[in[i]] & 0xffff, int(plan.sym[in[i]] >> 16));
+  bw.Put(plan.sym[256] & 0xffff, int(plan.sym[256] >> 16));
+  std::memcpy(out, w, size_t(bytes));
+  delete[] w;
+  return size_t(bytes);
+}
+
+// ---- decoder -----------------------------------------------------------------------------------
+
+enum InflateStatus : int32_t {
+  kInflateOk = 0,
+  kInflateBadData = 1,     // malformed stream
+  kInflateTruncated = 2,   // ran past the end of the input
+  kInflateOverflow = 3,    // would write past the expected output size
+  kInflateShort = 4,       // ended before the expected output size
+};
+
+constexpr int kLitTableBits = 10;
+constexpr int kDistTableBits = 8;
+constexpr int kPreTableBits = 7;
+
+// A Huffman decoding table: a direct table of 2^bits entries (symbol | length << 9; 0 sends the
+// decoder to the canonical slow path for codes longer than `bits`, and for bit patterns of an
+// incomplete code) plus the canonical description (count per length, symbols sorted by code).
+template <int kBits, int kSyms>
+struct DecodeTable {
+  uint16_t direct[1 << kBits];
+  uint16_t count[kMaxBits + 1];
+  uint16_t offs[kMaxBits + 1];   // first index in sym[] per length
+  uint16_t first[kMaxBits + 1];  // first canonical code per length
+  uint16_t sym[kSyms];
+  uint16_t ncodes;
+};
+
+using LitTable = DecodeTable<kLitTableBits, 288>;
+using DistTable = DecodeTable<kDistTableBits, 32>;
+using PreTable = DecodeTable<kPreTableBits, 19>;
+
+// The serial part of building a table: counts, validity (over-subscribed codes are rejected;
+// incomplete codes only when empty or a single codeword of length 1, as libdeflate does),
+// canonical order. Returns false on a bad code.
+template <int kBits, int kSyms>
+KVTC_HD inline bool PrepareTable(const uint8_t* lens, int n, DecodeTable<kBits, kSyms>& t) {
+  for (int b = 0; b <= kMaxBits; ++b) t.count[b] = 0;
+  for (int s = 0; s < n; ++s) t.count[lens[s]]++;
+  t.count[0] = 0;
+  int left = 1, total = 0;
+  for (int b = 1; b <= kMaxBits; ++b) {
+    left <<= 1;
+    left -= t.count[b];
+    if (left < 0) return false;
+    total += t.count[b];
+  }
+  if (left > 0 && !(total == 0 || (total == 1 && t.count[1] == 1))) return false;
+  uint32_t code = 0;
+  int idx = 0;
+  for (int b = 1; b <= kMaxBits; ++b) {
+    t.offs[b] = uint16_t(idx);
+    t.first[b] = uint16_t(code);
+    idx += t.count[b];
+    code = (code + t.count[b]) << 1;
+  }
+  uint16_t at[kMaxBits + 1];
+  for (int b = 1; b <= kMaxBits; ++b) at[b] = t.offs[b];
+  for (int s = 0; s < n; ++s) {
+    if (lens[s]) t.sym[at[lens[s]]++] = uint16_t(s);
+  }
+  t.ncodes = uint16_t(total);
+  return true;
+}
+
+// The parallel part: fills the direct table; lanes [0, nlanes) of a warp (one lane on the host)
+// share it, with a warp barrier between clearing and filling, and after.
+template <int kBits, int kSyms>
+KVTC_HD inline void FillTable(const uint8_t* lens, DecodeTable<kBits, kSyms>& t, int lane, int nlanes) {
+  for (int i = lane; i < (1 << kBits); i += nlanes) t.direct[i] = 0;
+  KVTC_SYNCWARP();
+  for (int i = lane; i < t.ncodes; i += nlanes) {
+    const int s = t.sym[i];
+    const int l = lens[s];
+    if (l > kBits) continue;
+    const uint32_t rev = ReverseBits(t.first[l] + uint32_t(i - t.offs[l]), l);
+    const uint16_t e = uint16_t(s | (l << 9));
+    for (uint32_t k = rev; k < (1u << kBits); k += 1u << l) t.direct[k] = e;
+  }
+  KVTC_SYNCWARP();
+}
+
+// Bit reader over [in, in + size): loads past the end read zeros; the decoder errors once more
+// than 16 such bytes were loaded, and checks at the end that no loaded zero was consumed.
+struct BitReader {
+  const uint8_t* in;
+  uint32_t size;
+  uint32_t pos;  // bytes loaded into buf (may pass size)
+  uint32_t count;
+  uint64_t buf;
+  uint32_t ahead0, ahead1;  // the words at pos and pos + 4, loaded one refill ahead of use
+
+  KVTC_HD_INLINE void Start(uint32_t p) {
+    pos = p;
+    count = 0;
+    buf = 0;
+    ahead0 = Load32(p);
+    ahead1 = Load32(p + 4);
+  }
+
+  KVTC_HD_INLINE uint32_t Load32(uint32_t p) const {
+    if (p >= size) return 0;
+#if defined(__CUDA_ARCH__)
+    if ((reinterpret_cast<uintptr_t>(in) & 3) == 0) {
+      // Aligned words: at most two loads and a funnel shift instead of four byte loads. The
+      // word holding the last byte may extend past `size` (never past a 4-byte boundary).
+      const uint32_t* w = reinterpret_cast<const uint32_t*>(in);
+      const uint32_t i = p >> 2, nw = (size + 3) >> 2;
+      const uint32_t lo = w[i], hi = i + 1 < nw ? w[i + 1] : 0u;
+      uint32_t v = __funnelshift_r(lo, hi, (p & 3) * 8);
+      if (p + 4 > size) v &= 0xffffffffu >> (8 * (p + 4 - size));
+      return v;
+    }
+#endif
+    uint32_t v = 0;
+    for (uint32_t k = 0; k < 4 && p + k < size; ++k) v |= uint32_t(in[p + k]) << (8 * k);
+    return v;
+  }
+  // Ensures n <= 32 bits in buf; false once the input is overrun by more than 16 bytes.
+  KVTC_HD_INLINE bool Need(int n) {
+    if (count < uint32_t(n)) {
+      if (pos > size + 16) return false;
+      buf |= uint64_t(ahead0) << count;
+      pos += 4;
+      count += 32;
+      ahead0 = ahead1;
+      ahead1 = Load32(pos + 4);
+    }
+    return true;
+  }
+  KVTC_HD_INLINE uint32_t Peek(int n) const { return uint32_t(buf) & ((1u << n) - 1); }
+  KVTC_HD_INLINE void Drop(int n) {
+    buf >>= n;
+    count -= n;
+  }
+  KVTC_HD_INLINE uint32_t Take(int n) {
+    const uint32_t v = n ? Peek(n) : 0;
+    Drop(n);
+    return v;
+  }
+  // Bits consumed so far beyond the real input?
+  KVTC_HD_INLINE bool Overrun() const { return uint64_t(pos) * 8 - count > uint64_t(size) * 8; }
+};
+
+// Decodes one symbol; needs >= kMaxBits bits in the reader. Returns -1 for a bit pattern that is
+// no codeword.
+template <int kBits, int kSyms>
+KVTC_HD_INLINE int DecodeSym(BitReader& br, const DecodeTable<kBits, kSyms>& t) {
+  const uint16_t e = t.direct[br.Peek(kBits)];
+  if (e) {
+    br.Drop(e >> 9);
+    return e & 511;
+  }
+  // Canonical decoding, one bit at a time (codes longer than kBits, or no codeword).
+  uint32_t code = 0, first = 0, index = 0;
+  const uint32_t bits = uint32_t(br.buf);
+  for (int len = 1; len <= kMaxBits; ++len) {
+    code |= (bits >> (len - 1)) & 1;
+    const uint32_t count = t.count[len];
+    if (code - first < count) {
+      br.Drop(len);
+      return t.sym[index + (code - first)];
+    }
+    index += count;
+    first = (first + count) << 1;
+    code <<= 1;
+  }
+  return -1;
+}
+
+// Decoder state of one chunk (in shared memory on the GPU, one per warp).
+struct InflateState {
+  LitTable lit;
+  DistTable dist;
+  PreTable pre;
+  uint8_t lens[288 + 32];
+  BitReader br;
+  uint32_t out_pos;
+  int32_t status;
+  int16_t nlit, ndist;
+  int8_t phase;  // 0: next block header, 1: Huffman block ready, 2: done (status set)
+  int8_t final_block;
+};
+
+namespace detail {
+
+// Length and distance bases and extra bits, computed (no tables to place in device memory).
+KVTC_HD_INLINE int LenExtra(int sym) { return sym < 8 || sym == 28 ? 0 : (sym - 4) >> 2; }
+KVTC_HD_INLINE uint32_t LenBase(int sym) {
+  return sym < 8 ? uint32_t(3 + sym) : sym == 28 ? 258u : ((4u + (sym & 3)) << LenExtra(sym)) + 3;
+}
+KVTC_HD_INLINE int DistExtra(int sym) { return sym < 4 ? 0 : (sym - 2) >> 1; }
+KVTC_HD_INLINE uint32_t DistBase(int sym) { return sym < 4 ? uint32_t(1 + sym) : ((2u + (sym & 1)) << DistExtra(sym)) + 1; }
+
+KVTC_HD_INLINE void Fail(InflateState& st, int32_t status) {
+  st.status = status;
+  st.phase = 2;
+}
+
+// Lane 0: reads the next block header. Stored blocks are copied here; Huffman blocks leave their
+// code lengths in st.lens and st.lit / st.dist prepared, phase 1, for the warp to fill tables.
+KVTC_HD inline void ReadBlockHeader(InflateState& st, uint8_t* out, uint32_t out_size) {
+  BitReader& br = st.br;
+  if (!br.Need(3)) return Fail(st, kInflateTruncated);
+  st.final_block = int8_t(br.Take(1));
+  const uint32_t type = br.Take(2);
+  if (type == 0) {
+    br.Drop(br.count & 7);  // to a byte boundary
+    uint32_t p = br.pos - br.count / 8;  // next unconsumed byte
+    if (p > br.size || br.size - p < 4) return Fail(st, kInflateTruncated);
+    const uint32_t len = uint32_t(br.in[p]) | uint32_t(br.in[p + 1]) << 8;
+    const uint32_t nlen = uint32_t(br.in[p + 2]) | uint32_t(br.in[p + 3]) << 8;
+    p += 4;
+    if ((len ^ 0xffffu) != nlen) return Fail(st, kInflateBadData);
+    if (br.size - p < len) return Fail(st, kInflateTruncated);
+    if (out_size - st.out_pos < len) return Fail(st, kInflateOverflow);
+    for (uint32_t i = 0; i < len; ++i) out[st.out_pos + i] = br.in[p + i];
+    st.out_pos += len;
+    br.Start(p + len);
+    st.phase = st.final_block ? 2 : 0;
+    return;
+  }
+  if (type == 3) return Fail(st, kInflateBadData);
+  if (type == 1) {
+    st.nlit = 288;
+    st.ndist = 32;
+    for (int i = 0; i < 288; ++i) st.lens[i] = i < 144 ? 8 : i < 256 ? 9 : i < 280 ? 7 : 8;
+    for (int i = 0; i < 32; ++i) st.lens[288 + i] = 5;
+  } else {
+    if (!br.Need(14)) return Fail(st, kInflateTruncated);
+    st.nlit = int16_t(br.Take(5) + 257);
+    st.ndist = int16_t(br.Take(5) + 1);
+    const int ncl = int(br.Take(4)) + 4;
+    const uint8_t kPermutation[19] = {16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1, 15};
+    uint8_t pl[19] = {0};
+    for (int i = 0; i < ncl; ++i) {
+      if (!br.Need(3)) return Fail(st, kInflateTruncated);
+      pl[kPermutation[i]] = uint8_t(br.Take(3));
+    }
+    if (!PrepareTable(pl, 19, st.pre)) return Fail(st, kInflateBadData);
+    FillTable(pl, st.pre, 0, 1);
+    const int total = st.nlit + st.ndist;
+    uint8_t* lens = st.lens;  // decoded as one sequence, then split into litlen | distance
+    for (int i = 0; i < total;) {
+      if (!br.Need(kMaxPrecodeBits + 7)) return Fail(st, kInflateTruncated);
+      const int sym = DecodeSym(br, st.pre);
+      if (sym < 0) return Fail(st, kInflateBadData);
+      if (sym < 16) {
+        lens[i++] = uint8_t(sym);
+        continue;
+      }
+      int rep;
+      uint8_t v = 0;
+      if (sym == 16) {
+        if (i == 0) return Fail(st, kInflateBadData);
+        v = lens[i - 1];
+        rep = 3 + int(br.Take(2));
+      } else if (sym == 17) {
+        rep = 3 + int(br.Take(3));
+      } else {
+        rep = 11 + int(br.Take(7));
+      }
+      if (rep > total - i) return Fail(st, kInflateBadData);
+      while (rep--) lens[i++] = v;
+    }
+    if (br.Overrun()) return Fail(st, kInflateTruncated);
+    for (int i = 31; i >= 0; --i) st.lens[288 + i] = i < st.ndist ? lens[st.nlit + i] : 0;  // dst >= src
+    for (int i = st.nlit; i < 288; ++i) st.lens[i] = 0;
+    if (st.lens[256] == 0) return Fail(st, kInflateBadData);  // no end-of-block code
+  }
+  if (!PrepareTable(st.lens, 288, st.lit) || !PrepareTable(st.lens + 288, 32, st.dist)) {
+    return Fail(st, kInflateBadData);
+  }
+  st.phase = 1;
+}
+
+// Lane 0: decodes the symbols of a Huffman block up to its end-of-block.
+KVTC_HD inline void DecodeBlock(InflateState& st, uint8_t* __restrict__ out, uint32_t out_size) {
+  BitReader br = st.br;  // registers in the hot loop
+  uint32_t op = st.out_pos;
+  int32_t status = kInflateOk;
+  for (;;) {
+    if (!br.Need(kMaxBits)) {
+      status = kInflateTruncated;
+      break;
+    }
+    int sym = DecodeSym(br, st.lit);
+    if (sym < 256) {
+      if (sym < 0) {
+        status = kInflateBadData;
+        break;
+      }
+      if (op >= out_size) {
+        status = kInflateOverflow;
+        break;
+      }
+      out[op++] = uint8_t(sym);
+      continue;
+    }
+    if (sym == 256) break;
+    sym -= 257;
+    if (sym >= 29) {
+      status = kInflateBadData;
+      break;
+    }
+    if (!br.Need(5)) {
+      status = kInflateTruncated;
+      break;
+    }
+    const uint32_t len = LenBase(sym) + br.Take(LenExtra(sym));
+    if (!br.Need(kMaxBits)) {
+      status = kInflateTruncated;
+      break;
+    }
+    const int ds = DecodeSym(br, st.dist);
+    if (ds < 0 || ds >= 30) {
+      status = kInflateBadData;
+      break;
+    }
+    if (!br.Need(13)) {
+      status = kInflateTruncated;
+      break;
+    }
+    const uint32_t dist = DistBase(ds) + br.Take(DistExtra(ds));
+    if (dist > op) {
+      status = kInflateBadData;
+      break;
+    }
+    if (len > out_size - op) {
+      status = kInflateOverflow;
+      break;
+    }
+    const uint8_t* from = out + op - dist;
+    for (uint32_t k = 0; k < len; ++k) out[op + k] = from[k];
+    op += len;
+  }
+  if (status == kInflateOk && br.Overrun()) status = kInflateTruncated;
+  st.br = br;
+  st.out_pos = op;
+  if (status != kInflateOk) {
+    Fail(st, status);
+  } else {
+    st.phase = st.final_block ? 2 : 0;
+  }
+}
+
+}  // namespace detail
+
+// Inflates one raw DEFLATE stream of `in_size` bytes into exactly `out_size` bytes. Run by lanes
+// [0, nlanes) of one warp together on the GPU (lane 0 decodes, all lanes fill tables), by one
+// caller with lane 0, nlanes 1 on the host. Returns an InflateStatus.
+KVTC_HD inline int32_t InflateChunk(const uint8_t* in, uint32_t in_size, uint8_t* out, uint32_t out_size,
+                                    InflateState& st, int lane, int nlanes) {
+  if (lane == 0) {
+    st.br.in = in;
+    st.br.size = in_size;
+    st.br.Start(0);
+    st.out_pos = 0;
+    st.status = kInflateOk;
+    st.phase = 0;
+    st.final_block = 0;
+  }
+  KVTC_SYNCWARP();
+  for (;;) {
+    if (lane == 0 && st.phase == 0) detail::ReadBlockHeader(st, out, out_size);
+    KVTC_SYNCWARP();
+    const int phase = st.phase;
+    KVTC_SYNCWARP();
+    if (phase == 2) break;
+    if (phase == 1) {
+      FillTable(st.lens, st.lit, lane, nlanes);
+      FillTable(st.lens + 288, st.dist, lane, nlanes);
+      if (lane == 0) detail::DecodeBlock(st, out, out_size);
+      KVTC_SYNCWARP();
+    }
+  }
+  int32_t status = st.status;
+  if (status == kInflateOk && st.out_pos != out_size) status = kInflateShort;
+  KVTC_SYNCWARP();
+  return status;
+}
+
+}  // namespace kvtc::huff
+
+#if defined(__CUDACC__)
+#include <cuda_runtime.h>
+
+namespace kvtc::huff {
+
+// Compresses `payload` in chunks of chunk_bytes (the last may be shorter), one thread block per
+// chunk, into slots of slot_bytes (a multiple of 4, >= chunk_bytes rounded up to 4) at `slots`;
+// sizes[c] = DEFLATE bytes of chunk c, or the chunk's own size when it is to be stored (then
+// its slot holds nothing useful). Bit-identical to EncodeChunkSerial.
+void LaunchEncode(const uint8_t* payload, size_t payload_bytes, size_t chunk_bytes, uint8_t* slots, size_t slot_bytes,
+                  size_t* sizes, cudaStream_t stream);
+
+// One compressed chunk to inflate: input at in_off of the input buffer (4-byte aligned for the
+// fast loads), output at out_off of the output buffer.
+struct InflateJob {
+  uint64_t in_off;
+  uint64_t out_off;
+  uint32_t in_size;
+  uint32_t out_size;
+};
+
+// Inflates n jobs, one warp each; status[i] = InflateStatus of job i.
+void LaunchInflate(const uint8_t* in, uint8_t* out, const InflateJob* jobs, uint32_t n, int32_t* status,
+                   cudaStream_t stream);
+
+}  // namespace kvtc::huff
+#endif
