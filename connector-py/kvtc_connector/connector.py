@@ -112,7 +112,8 @@ class KvtcConnector(KVConnectorBase_V1):
         self.connector_worker.start_load_kv()
 
     def wait_for_layer_load(self, layer_name: str) -> None:
-        # Loads complete in start_load_kv, before the forward.
+        # Nothing per layer: async loads are for requests vLLM does not schedule until they are
+        # reported in finished_recving; sync loads (load_async: false) complete in start_load_kv.
         return
 
     def save_kv_layer(

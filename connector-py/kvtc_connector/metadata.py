@@ -6,6 +6,8 @@ scheduler process to the workers, which always run the same build, so it is a de
 compatibility gate). History:
 
 1. First version: loads and saves of whole chunks, by block ids (2026-11-29).
+2. ``LoadSpec.asynchronous``: the worker loads on its loader thread and reports the request in
+   ``finished_recving`` (2026-12).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-METADATA_VERSION = 1
+METADATA_VERSION = 2
 
 # The `layout` sent in `hello`: on the raw-frame path the sidecar only ever sees token-major
 # frames, [tokens, layers, kv_heads, head_dim], whatever vLLM's paged layout is.
@@ -55,6 +57,10 @@ class LoadSpec:
 
     ``block_ids[j]`` holds tokens ``[(first_block + j) * block_size, ...)`` where ``first_block``
     is ``first_chunk * chunk_tokens // block_size``. Token bounds are multiples of the block size.
+
+    ``asynchronous``: the request waits in ``WAITING_FOR_REMOTE_KVS``; the worker loads on its
+    loader thread and reports the request in ``finished_recving`` once it no longer writes the
+    blocks. Otherwise the load completes in ``start_load_kv``, before the step's forward.
     """
 
     req_id: str
@@ -63,6 +69,7 @@ class LoadSpec:
     token_lo: int
     token_hi: int
     block_ids: list[int]
+    asynchronous: bool = False
 
 
 @dataclass
@@ -112,6 +119,13 @@ def _str(extra: Mapping[str, Any], name: str, default: str | None) -> str | None
     return value
 
 
+def _bool(extra: Mapping[str, Any], name: str, default: bool) -> bool:
+    value = extra.get(name, default)
+    if not isinstance(value, bool):
+        raise _bad(name, "a boolean", value)
+    return value
+
+
 def _ratio(extra: Mapping[str, Any]) -> float | None:
     value = extra.get("ratio")
     if value is None:
@@ -123,7 +137,33 @@ def _ratio(extra: Mapping[str, Any]) -> float | None:
 
 @dataclass(frozen=True)
 class KvtcSettings:
-    """``kv_transfer_config.kv_connector_extra_config`` of the kvtc connector (README)."""
+    """``kv_transfer_config.kv_connector_extra_config`` of the kvtc connector (README).
+
+    ``load_async`` (default True): stored chunks load asynchronously. The scheduler reports hits
+    as ``(n, True)``, vLLM parks the request in ``WAITING_FOR_REMOTE_KVS`` with its blocks
+    allocated, the worker fetches and decodes on a background thread while other requests run,
+    and reports the request in ``finished_recving``. False loads in ``start_load_kv`` before the
+    forward instead (one step less of latency for a lone request, but the whole batch waits).
+
+    Window policy (``window_tokens``, ``window_chunk_factor``). The codec keeps the first 4
+    positions of a sequence raw (attention sinks, the sidecar's ``--sink-tokens``) and can keep
+    the newest ``window_tokens`` of a chunk raw. The connector asks for that window only on the
+    newest chunk a request stores (the last full prompt chunk at prefill, the last chunk saved
+    when it finishes), and only when ``chunk_tokens >= window_chunk_factor * window_tokens``
+    (defaults 128 and 4: chunks of 512 tokens or more); otherwise every stored token but the
+    sinks is coded. Why: the paper keeps the newest 128 tokens of the *live* context raw, a
+    small share (1.6 % at 8K) of the tokens that attention weighs most. A stored chunk is
+    different. (1) vLLM always recomputes the tokens after the last stored chunk (at least one,
+    usually the partial chunk plus the new turn), so the newest tokens of a resumed context are
+    exact anyway. (2) A chunk is stored once under a content key and reused by every later
+    request with that prefix; in a conversation the next turn appends the reply and a new
+    message, so its "newest" tokens soon sit in the middle of the context while still stored
+    raw. (3) With 256-token chunks a 128-token window is half the record: the multi-turn chat
+    stored at 1.76x with the 8x plan. Capping the raw share of a windowed chunk at
+    ``1 / window_chunk_factor`` keeps the paper's window where it is cheap (long chunks) and
+    drops it where it would dominate. ``window_chunk_factor: 1`` restores a window on every
+    newest chunk; ``window_tokens: 0`` turns it off for any chunk size.
+    """
 
     endpoint: str = DEFAULT_ENDPOINT
     timeout_ms: int = 5000
@@ -134,6 +174,8 @@ class KvtcSettings:
     calibration_id: str = ""
     model_fingerprint: str | None = None
     max_pipeline: int = 16
+    load_async: bool = True
+    window_chunk_factor: int = 4
 
     @staticmethod
     def from_extra_config(extra: Mapping[str, Any] | None) -> KvtcSettings:
@@ -156,7 +198,15 @@ class KvtcSettings:
             calibration_id=_str(extra, "calibration_id", d.calibration_id) or "",
             model_fingerprint=_str(extra, "model_fingerprint", None) or None,
             max_pipeline=_int(extra, "max_pipeline", d.max_pipeline, 1),
+            load_async=_bool(extra, "load_async", d.load_async),
+            window_chunk_factor=_int(extra, "window_chunk_factor", d.window_chunk_factor, 1),
         )
+
+    @property
+    def stored_window_tokens(self) -> int:
+        """The raw window of the newest chunk a request stores (see the window policy)."""
+        w = min(self.window_tokens, self.chunk_tokens)
+        return w if self.chunk_tokens >= self.window_chunk_factor * w else 0
 
     def check_block_size(self, block_size: int) -> None:
         if self.chunk_tokens % block_size != 0:

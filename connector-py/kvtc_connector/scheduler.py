@@ -7,14 +7,26 @@ sidecar already holds (found by ``lookup`` or saved through us), so that no chun
 Saves. A chunk is saved once all its tokens are computed:
 
 - chunks inside the prompt are saved in the step that computes them (so that a request sharing
-  the prefix finds them at once); the prompt's last full chunk keeps ``window_tokens`` raw;
+  the prefix finds them at once); the prompt's last full chunk may keep a raw window;
 - chunks of generated tokens are saved when the request finishes, in one batch whose last chunk
-  keeps the raw window. ``request_finished`` then returns ``True``: vLLM keeps the request's
-  blocks until the worker has read them and reports the request in ``finished_sending`` (the
-  worker does so in the same step, after its save, whether the save succeeded or not).
+  may keep the raw window (``KvtcSettings`` documents when: the window policy).
+  ``request_finished`` then returns ``True``: vLLM keeps the request's blocks until the worker
+  has read them and reports the request in ``finished_sending`` (the worker does so in the same
+  step, after its save, whether the save succeeded or not).
 
-Loads are synchronous: the worker fills the blocks in ``start_load_kv`` before the forward. A
-sidecar that is down, slow or wrong is a cache miss, never an exception into vLLM.
+Loads. ``get_num_new_matched_tokens`` looks the request's chunk keys up and reports the hit as
+``(n, True)`` (``load_async``, the default): vLLM allocates the blocks, parks the request in
+``WAITING_FOR_REMOTE_KVS``, and the next metadata carries the ``LoadSpec``. The worker loads on
+its loader thread and reports the request in ``finished_recving`` once it no longer writes the
+blocks, with the blocks of any chunk it could not load in ``get_block_ids_with_load_errors`` in
+the same step or earlier. vLLM then rolls ``num_computed_tokens`` back to the valid prefix and
+recomputes the rest (``kv_load_failure_policy="recompute"``). This side remembers the failed
+chunk: the request is never offered those chunks again (no load-fail-reload loop), and the
+chunks it recomputes are saved again. While a load is in flight vLLM holds the request's blocks
+even if it is aborted, until ``finished_recving``; a request that cannot compute is never
+preempted. With ``load_async: false`` hits are ``(n, False)`` and the worker loads in
+``start_load_kv``, before the forward. A sidecar that is down, slow or wrong is a cache miss,
+never an exception into vLLM.
 """
 
 from __future__ import annotations
@@ -76,7 +88,11 @@ class _RequestState:
     stored: int = 0
     # The local-hit count vLLM passed to the last get_num_new_matched_tokens.
     lookup_computed: int = 0
-    load: LoadSpec | None = None
+    # The last load handed to the worker, until it is known done (async: finished_recving;
+    # sync: a later load, preemption or the end of the request). Maps load errors to chunks.
+    loading: LoadSpec | None = None
+    # After a failed load: offer at most this many leading chunks again.
+    load_cap: int | None = None
 
 
 def _cacheable(request: Request) -> bool:
@@ -109,7 +125,8 @@ class KvtcScheduler:
         self.block_size = int(vllm_config.cache_config.block_size)
         settings.check_block_size(self.block_size)
         self.chunk_tokens = settings.chunk_tokens
-        self.window_tokens = min(settings.window_tokens, settings.chunk_tokens)
+        self.window_tokens = settings.stored_window_tokens
+        self.load_async = settings.load_async
         self.identity = model_identity(vllm_config, settings)
         dtype: Dtype = "bfloat16"
         if kv_cache_config is not None and kv_cache_config.kv_cache_groups:
@@ -136,6 +153,10 @@ class KvtcScheduler:
         self._next_hello = 0.0
         self._reqs: dict[str, _RequestState] = {}
         self._finish_saves: list[SaveSpec] = []
+        # Loads decided by update_state_after_alloc, for the next build_connector_meta.
+        self._pending_loads: dict[str, LoadSpec] = {}
+        # Requests whose async load the worker has not reported in finished_recving yet.
+        self.recving: set[str] = set()
         # Requests whose blocks vLLM holds for us until the worker reports finished_sending.
         self.held: set[str] = set()
         policy = getattr(vllm_config.kv_transfer_config, "kv_load_failure_policy", "recompute")
@@ -152,7 +173,8 @@ class KvtcScheduler:
     def get_num_new_matched_tokens(
         self, request: Request, num_computed_tokens: int
     ) -> tuple[int, bool]:
-        """Tokens beyond ``num_computed_tokens`` that stored chunks can fill (a sync load)."""
+        """Tokens beyond ``num_computed_tokens`` that stored chunks can fill, and whether they
+        load asynchronously (``load_async``)."""
         state = self._state(request)
         if state is None:
             return 0, False
@@ -165,11 +187,14 @@ class KvtcScheduler:
         except KvtcSidecarError as e:
             self._log.warning("lookup", "kvtc: lookup failed, treating as a miss: %s", e)
             return 0, False
+        if state.load_cap is not None:
+            hits = min(hits, state.load_cap)
         state.stored = max(state.stored, hits)
         # vLLM must compute at least one token itself; hits end on a block boundary.
         limit = (request.num_tokens - 1) // self.block_size * self.block_size
         matched = min(hits * self.chunk_tokens, limit)
-        return max(0, matched - num_computed_tokens), False
+        n = max(0, matched - num_computed_tokens)
+        return n, self.load_async and n > 0
 
     def update_state_after_alloc(
         self, request: Request, blocks: KVCacheBlocks, num_external_tokens: int
@@ -179,20 +204,22 @@ class KvtcScheduler:
             return
         state.block_ids = list(blocks.get_block_ids()[0])
         if num_external_tokens <= 0 or state.chain is None:
-            state.load = None
+            # Nothing to load (for an async load: its second call, once the KV has arrived).
+            self._pending_loads.pop(request.request_id, None)
             return
         c, bs = self.chunk_tokens, self.block_size
         lo = state.lookup_computed
         hi = lo + num_external_tokens
         first = lo // c
         last = -(-hi // c)
-        state.load = LoadSpec(
+        self._pending_loads[request.request_id] = LoadSpec(
             req_id=request.request_id,
             keys=state.chain.keys[first:last],
             first_chunk=first,
             token_lo=lo,
             token_hi=hi,
             block_ids=state.block_ids[first * c // bs : -(-hi // bs)],
+            asynchronous=self.load_async,
         )
 
     def build_connector_meta(self, scheduler_output: SchedulerOutput) -> KvtcConnectorMetadata:
@@ -207,6 +234,7 @@ class KvtcScheduler:
             state = self._reqs.get(req_id)
             if state is not None:
                 state.block_ids = []
+                state.loading = None
         for new in scheduler_output.scheduled_new_reqs:
             state = self._reqs.get(new.req_id)
             if state is not None:
@@ -222,14 +250,22 @@ class KvtcScheduler:
             elif new_ids is not None:
                 state.block_ids.extend(new_ids[0])
 
+        # Every load decided this step: sync ones are scheduled, async ones wait for their KV.
+        for req_id, load in self._pending_loads.items():
+            state = self._reqs.get(req_id)
+            if state is None:
+                continue
+            meta.loads.append(load)
+            state.loading = load
+            if load.asynchronous:
+                self.recving.add(req_id)
+        self._pending_loads = {}
+
         c, bs = self.chunk_tokens, self.block_size
         for req_id, scheduled in scheduler_output.num_scheduled_tokens.items():
             state = self._reqs.get(req_id)
             if state is None:
                 continue
-            if state.load is not None:
-                meta.loads.append(state.load)
-                state.load = None
             request = state.request
             tokens = request.all_token_ids
             computed = min(request.num_computed_tokens + scheduled, len(tokens))
@@ -259,7 +295,12 @@ class KvtcScheduler:
     def request_finished(self, request: Request, block_ids: list[int]) -> tuple[bool, None]:
         """Queues the save of the generated tokens' full chunks; True holds the blocks for it."""
         state = self._reqs.pop(request.request_id, None)
+        self._pending_loads.pop(request.request_id, None)
         if state is None:
+            return False, None
+        if request.request_id in self.recving:
+            # Finished (aborted) while its load is in flight: vLLM holds the blocks until the
+            # worker reports finished_recving, and nothing past the lookup was computed.
             return False, None
         c, bs = self.chunk_tokens, self.block_size
         tokens = request.all_token_ids
@@ -287,6 +328,30 @@ class KvtcScheduler:
     def update_connector_output(self, connector_output: KVConnectorOutput) -> None:
         for req_id in connector_output.finished_sending or ():
             self.held.discard(req_id)
+        invalid = connector_output.invalid_block_ids
+        if invalid:
+            self._note_load_errors(invalid)
+        for req_id in connector_output.finished_recving or ():
+            self.recving.discard(req_id)
+            state = self._reqs.get(req_id)
+            if state is not None:
+                state.loading = None
+
+    def _note_load_errors(self, invalid: set[int]) -> None:
+        """Chunks whose blocks failed to load: never offered to the request again, and saved
+        again once it has recomputed them (the record may be lost or corrupt)."""
+        c, bs = self.chunk_tokens, self.block_size
+        for state in self._reqs.values():
+            load = state.loading
+            if load is None:
+                continue
+            bad = next((j for j, b in enumerate(load.block_ids) if b in invalid), None)
+            if bad is None:
+                continue
+            chunk = (load.first_chunk * c // bs + bad) * bs // c
+            state.load_cap = chunk if state.load_cap is None else min(state.load_cap, chunk)
+            state.stored = min(state.stored, chunk)
+            logger.debug("kvtc: load of %s failed from chunk %d", load.req_id, chunk)
 
     def shutdown(self) -> None:
         self.client.close()

@@ -3,9 +3,19 @@ loaded chunks back in. Runs in each worker process, next to the KV tensors.
 
 On the CPU (vLLM's CPU backend) blocks travel as raw frames: a chunk is gathered from the blocks of
 every layer into token-major ``[tokens, layers, kv_heads, head_dim]`` keys and values, sent with
-``save``, and ``load`` replies are scattered back the same way. Loads run in ``start_load_kv``,
-before the forward; saves in ``wait_for_save``, after it. Both are synchronous, so a block is never
-read after vLLM reuses it. GPU tensors are refused at ``register_kv_caches``: their path (CUDA IPC,
+``save``, and ``load`` replies are scattered back the same way. Saves run in ``wait_for_save``,
+after the forward, synchronously, so a block is never read after vLLM reuses it.
+
+Loads. An asynchronous ``LoadSpec`` (the default) becomes a job for the loader thread, which
+fetches the chunks from the sidecar, decodes nothing itself (the sidecar decodes) and scatters
+them into the request's blocks while the engine runs other requests. ``get_finished`` reports a
+job's request in ``finished_recving`` only once the thread is done with it, so vLLM, which holds
+the blocks of a loading request until then (even when it is aborted), never frees a block the
+thread still writes. Blocks of chunks that failed to load are returned by
+``get_block_ids_with_load_errors`` in that same step; an aborted request's job stops at the next
+chunk batch and reports no errors. Every sidecar call has the client's timeout, so a job always
+ends. A synchronous ``LoadSpec`` (``load_async: false``) is loaded in ``start_load_kv``, before
+the forward. GPU tensors are refused at ``register_kv_caches``: their path (CUDA IPC,
 the sidecar reading and writing blocks in place) is not implemented yet.
 
 The paged layout. vLLM >= 0.32 hands each layer over as ``[blocks, kv_heads, block, 2 * head_dim]``
@@ -24,9 +34,12 @@ is kernel blocks ``b * r .. b * r + r - 1``. Block 0 is vLLM's null block and ne
 from __future__ import annotations
 
 import logging
+import queue
 import re
+import threading
 import time
 from dataclasses import dataclass
+from dataclasses import field as dc_field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -80,6 +93,16 @@ class PageLayout:
     isa: str
     key_pos: torch.Tensor
     value_pos: torch.Tensor
+
+
+@dataclass
+class _LoadJob:
+    """One asynchronous load: owned by the loader thread until ``done``."""
+
+    spec: LoadSpec
+    failed_blocks: set[int] = dc_field(default_factory=set)
+    cancelled: bool = False  # the request finished (aborted): stop writing, report no errors
+    done: bool = False
 
 
 @dataclass
@@ -241,13 +264,22 @@ class KvtcWorker:
         self._torch_dtype = torch.bfloat16
         self.kernel_block_size = self.block_size
         self.compat: Compat | None = None
-        self._hello: HelloResult | None = None
-        self._next_hello = 0.0
         self._finished_sending: set[str] = set()
         self._failed_blocks: set[int] = set()
         self._warned: dict[str, float] = {}
         self.stats = WorkerStats()
         self.metadata: KvtcConnectorMetadata | None = None
+        self._hello_after: dict[int, float] = {}  # id(client) -> next handshake attempt
+        # Asynchronous loads. The loader thread has a client of its own (its own DEALER socket
+        # and session), made on first use: SidecarClient is thread-safe only by serialising
+        # every call on one lock, so a shared client would make the saves in wait_for_save (on
+        # the forward's thread) wait behind whole load batches; and a ZeroMQ socket must not be
+        # used by two threads at once anyway.
+        self._jobs: list[_LoadJob] = []  # guarded by _jobs_lock; removed once reported
+        self._jobs_lock = threading.Lock()
+        self._job_queue: queue.Queue[_LoadJob | None] = queue.Queue()
+        self._loader: threading.Thread | None = None
+        self._load_client: SidecarClient | None = None
 
     # ---------------------------------------------------------------- registration
 
@@ -311,7 +343,7 @@ class KvtcWorker:
             self.block_size,
             kernel_block,
         )
-        self._session()
+        self._session(self.client)
 
     # ---------------------------------------------------------------- per step
 
@@ -319,17 +351,32 @@ class KvtcWorker:
         self.metadata = metadata
 
     def start_load_kv(self) -> None:
-        """Loads this step's chunks and writes them into their blocks, before the forward."""
+        """Hands this step's asynchronous loads to the loader thread; loads the synchronous
+        ones now, before the forward."""
         meta = self.metadata
         if meta is None or not meta.loads:
             return
         for spec in meta.loads:
-            try:
-                self._load(spec)
-            except Exception as e:  # never into vLLM: a failed load is recomputed
-                self._warn("load", "kvtc: load of %s failed, recomputing: %s", spec.req_id, e)
-                self.stats.load_errors += 1
-                self._failed_blocks.update(spec.block_ids[self._block_offset(spec) :])
+            if spec.asynchronous:
+                job = _LoadJob(spec)
+                with self._jobs_lock:
+                    self._jobs.append(job)
+                self._ensure_loader()
+                self._job_queue.put(job)
+            else:
+                self._failed_blocks.update(self._run_load(spec, self.client))
+
+    def wait_for_loads(self, timeout: float | None = None) -> bool:
+        """Blocks until every asynchronous load handed over so far is done (tests, shutdown).
+        False if ``timeout`` seconds passed first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._jobs_lock:
+                if all(j.done for j in self._jobs):
+                    return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(0.002)
 
     def wait_for_save(self) -> None:
         """Gathers and saves this step's chunks (best effort: failures are logged, not raised)."""
@@ -346,15 +393,39 @@ class KvtcWorker:
                 if spec.held:
                     self._finished_sending.add(spec.req_id)
 
-    def get_finished(self, finished_req_ids: set[str]) -> tuple[set[str] | None, None]:
-        done, self._finished_sending = self._finished_sending, set()
-        return (done or None), None
+    def get_finished(self, finished_req_ids: set[str]) -> tuple[set[str] | None, set[str] | None]:
+        """(saves of finished requests done, async loads done). A load is reported only once
+        the loader thread no longer touches its blocks; its failed blocks are queued for
+        ``get_block_ids_with_load_errors``, which vLLM calls right after, in the same step."""
+        sending, self._finished_sending = self._finished_sending, set()
+        recving: set[str] = set()
+        with self._jobs_lock:
+            pending = []
+            for job in self._jobs:
+                if job.spec.req_id in finished_req_ids:
+                    job.cancelled = True  # aborted while loading: stop at the next batch
+                if not job.done:
+                    pending.append(job)
+                    continue
+                recving.add(job.spec.req_id)
+                if not job.cancelled:
+                    self._failed_blocks.update(job.failed_blocks)
+            self._jobs = pending
+        return (sending or None), (recving or None)
 
     def get_block_ids_with_load_errors(self) -> set[int]:
         failed, self._failed_blocks = self._failed_blocks, set()
         return failed
 
     def shutdown(self) -> None:
+        if self._loader is not None:
+            with self._jobs_lock:
+                for job in self._jobs:
+                    job.cancelled = True
+            self._job_queue.put(None)
+            self._loader.join(timeout=2 * self.settings.timeout_ms / 1000 + 1)
+        if self._load_client is not None:
+            self._load_client.close()
         s = self.stats
         logger.info(
             "kvtc worker: loaded %d chunks (%d tokens, %d errors), saved %d chunks (%d errors)",
@@ -416,13 +487,88 @@ class KvtcWorker:
         base = spec.first_chunk * self.chunk_tokens
         return (spec.token_lo - base) // self.block_size
 
-    def _load(self, spec: LoadSpec) -> None:
+    def _ensure_loader(self) -> None:
+        if self._loader is None or not self._loader.is_alive():
+            self._loader = threading.Thread(
+                target=self._loader_main, name="kvtc-loader", daemon=True
+            )
+            self._loader.start()
+
+    def _loader_main(self) -> None:
+        while True:
+            job = self._job_queue.get()
+            if job is None:
+                return
+            try:
+                if not job.cancelled:
+                    if self._load_client is None:
+                        self._load_client = SidecarClient(
+                            self.settings.endpoint,
+                            timeout_ms=self.settings.timeout_ms,
+                            retry_ms=self.settings.retry_ms,
+                            max_pipeline=self.settings.max_pipeline,
+                        )
+                    job.failed_blocks = self._run_load(job.spec, self._load_client, job)
+            except BaseException as e:  # the thread must survive anything
+                job.failed_blocks = set(job.spec.block_ids[self._block_offset(job.spec) :])
+                self._warn("load", "kvtc: loader failed on %s: %s", job.spec.req_id, e)
+            finally:
+                with self._jobs_lock:
+                    job.done = True
+
+    def _run_load(
+        self, spec: LoadSpec, client: SidecarClient, job: _LoadJob | None = None
+    ) -> set[int]:
+        """Loads ``spec``; returns the blocks it could not fill (never raises)."""
+        failed: set[int] = set()
+        try:
+            self._load(spec, client, failed, job)
+        except Exception as e:  # never into vLLM: a failed load is recomputed
+            self._warn("load", "kvtc: load of %s failed, recomputing: %s", spec.req_id, e)
+            self.stats.load_errors += 1
+            # Every block from token_lo that was not filled (a scatter may have run already).
+            failed.update(spec.block_ids[self._block_offset(spec) :])
+        return failed
+
+    def _load(
+        self,
+        spec: LoadSpec,
+        client: SidecarClient,
+        failed: set[int],
+        job: _LoadJob | None = None,
+    ) -> None:
         c, bs = self.chunk_tokens, self.block_size
         base_block = spec.first_chunk * c // bs
-        if self._session() is None:
+        if self._session(client) is None:
             raise KvtcSidecarError("ERR_KVTC_SIDECAR_UNAVAILABLE", "no session with the sidecar")
-        results = self.client.load_many([LoadItem(key, c, self.dtype) for key in spec.keys])
-        for i, result in enumerate(results):
+        step = self.settings.max_pipeline
+        for start in range(0, len(spec.keys), step):
+            if job is not None and job.cancelled:
+                return
+            batch = spec.keys[start : start + step]
+            try:
+                results = client.load_many([LoadItem(key, c, self.dtype) for key in batch])
+            except KvtcSidecarError as e:
+                # The batch is lost (timeout): its blocks and all after them are not filled.
+                self._warn("load", "kvtc: load of %s failed, recomputing: %s", spec.req_id, e)
+                self.stats.load_errors += 1
+                lo = max(spec.token_lo, (spec.first_chunk + start) * c)
+                failed.update(spec.block_ids[lo // bs - base_block :])
+                return
+            if job is not None and job.cancelled:
+                return
+            self._scatter_results(spec, start, results, base_block, failed)
+
+    def _scatter_results(
+        self,
+        spec: LoadSpec,
+        start: int,
+        results: list[LoadResult | KvtcSidecarError],
+        base_block: int,
+        failed: set[int],
+    ) -> None:
+        c, bs = self.chunk_tokens, self.block_size
+        for i, result in enumerate(results, start):
             chunk = spec.first_chunk + i
             lo = max(spec.token_lo, chunk * c)
             hi = min(spec.token_hi, (chunk + 1) * c)
@@ -440,7 +586,7 @@ class KvtcWorker:
                     "load", "kvtc: chunk %d of %s not loaded: %s", chunk, spec.req_id, result
                 )
                 self.stats.load_errors += 1
-                self._failed_blocks.update(blocks)
+                failed.update(blocks)
                 continue
             shape = (c, self.identity.layers, self.identity.kv_heads, self.identity.head_dim)
             keys = torch.frombuffer(result.keys, dtype=self._torch_dtype).view(shape)
@@ -451,7 +597,7 @@ class KvtcWorker:
             self.stats.tokens_loaded += hi - lo
 
     def _save(self, spec: SaveSpec) -> None:
-        if self._session() is None:
+        if self._session(self.client) is None:
             raise KvtcSidecarError("ERR_KVTC_SIDECAR_UNAVAILABLE", "no session with the sidecar")
         c, bs = self.chunk_tokens, self.block_size
         per_chunk = c // bs
@@ -479,24 +625,21 @@ class KvtcWorker:
                 else:
                     self.stats.chunks_saved += 1
 
-    def _session(self) -> HelloResult | None:
-        if self.client.hello_result is not None:
-            self._hello = self.client.hello_result
-            return self._hello
+    def _session(self, client: SidecarClient) -> HelloResult | None:
+        """``client``'s handshake result, shaking hands first (at most once per retry_ms)."""
+        if client.hello_result is not None:
+            return client.hello_result
         if self.compat is None:
             return None
         now = time.monotonic()
-        if now < self._next_hello:
+        if now < self._hello_after.get(id(client), 0.0):
             return None
-        self._next_hello = now + self.settings.retry_ms / 1000
+        self._hello_after[id(client)] = now + self.settings.retry_ms / 1000
         try:
-            self._hello = self.client.hello(self.compat)
+            return client.hello(self.compat)
         except KvtcSidecarError as e:
-            self._warn(
-                "hello", "kvtc: no session with the sidecar at %s: %s", self.client.endpoint, e
-            )
+            self._warn("hello", "kvtc: no session with the sidecar at %s: %s", client.endpoint, e)
             return None
-        return self._hello
 
     def _warn(self, key: str, msg: str, *args: Any) -> None:
         now = time.monotonic()

@@ -375,6 +375,7 @@ class StepResult:
     metadata: Any
     finished_sending: set[str] | None
     invalid_block_ids: set[int]
+    finished_recving: set[str] | None = None
 
 
 class EngineLoop:
@@ -389,7 +390,14 @@ class EngineLoop:
         self.worker = worker
         self.pattern = pattern
 
-    def step(self, before_output: Callable[[StepResult], None] | None = None) -> StepResult:
+    def step(
+        self,
+        before_output: Callable[[StepResult], None] | None = None,
+        *,
+        wait_loads: bool = True,
+    ) -> StepResult:
+        """One engine step. ``wait_loads``: let the worker's asynchronous loads finish before
+        it reports (deterministic tests); False reports only what is done by then."""
         so = self.scheduler.schedule()
         meta = so.kv_connector_metadata
         w = self.worker
@@ -397,14 +405,20 @@ class EngineLoop:
         w.start_load_kv(None)  # kvtc does not read the forward context
         self._forward(so)
         w.wait_for_save()
-        sending, _ = w.get_finished(so.finished_req_ids)
+        if wait_loads:
+            assert w.connector_worker.wait_for_loads(timeout=60), "a load did not finish"
+        sending, recving = w.get_finished(so.finished_req_ids)
         invalid = w.get_block_ids_with_load_errors()
         w.clear_connector_metadata()
-        result = StepResult(so, meta, sending, invalid)
+        result = StepResult(so, meta, sending, invalid, recving)
         if before_output is not None:
             before_output(result)
         out = model_runner_output(
-            self.scheduler, so, finished_sending=sending, invalid_block_ids=invalid
+            self.scheduler,
+            so,
+            finished_sending=sending,
+            finished_recving=recving,
+            invalid_block_ids=invalid,
         )
         self.scheduler.update_from_output(so, out)
         return result
