@@ -224,6 +224,16 @@ KvDtype ParseDtype(uint32_t d) {
   return static_cast<KvDtype>(d);
 }
 
+#if KVTC_WITH_CUDA
+// A record from the CUDA backend handed to JavaScript without a copy.
+Napi::Buffer<uint8_t> NewHostBuffer(Napi::Env env, cuda::HostBytes&& bytes) {
+  auto* owned = new cuda::HostBytes(std::move(bytes));
+  return Napi::Buffer<uint8_t>::New(env, owned->data.get(), owned->size,
+                                    [](Napi::Env, uint8_t*, cuda::HostBytes* b) { delete b; }, owned);
+}
+
+#endif
+
 // encode(calibration, job) -> Promise<Buffer>
 Napi::Value EncodeJs(const Napi::CallbackInfo& info) {
   return Guard(info, [&]() -> Napi::Value {
@@ -251,23 +261,29 @@ Napi::Value EncodeJs(const Napi::CallbackInfo& info) {
     const bool use_cuda = WantsCuda(j.Get("backend"));
 #if KVTC_WITH_CUDA
     std::shared_ptr<cuda::DeviceCalibration> dev = use_cuda ? UnwrapWrap(info)->device() : nullptr;
+    auto gpu_out = std::make_shared<cuda::HostBytes>();
 #else
     (void)use_cuda;
     std::shared_ptr<void> dev;
 #endif
     auto* w = new Job(
         info.Env(),
-        [cal, job, out, dev](const auto&) {
+        [=](const auto&) {
 #if KVTC_WITH_CUDA
           if (dev) {
-            *out = cuda::Encode(*cal, *dev, *job, /*device_input=*/false);
+            *gpu_out = cuda::Encode(*cal, *dev, *job, /*device_input=*/false);
             return;
           }
 #endif
           *out = Encode(*cal, *job);
         },
-        [out](Napi::Env env) -> Napi::Value { return NewBuffer(env, std::move(*out)); }, {keys, values},
-        info.Env().Undefined());
+        [=](Napi::Env env) -> Napi::Value {
+#if KVTC_WITH_CUDA
+          if (dev) return NewHostBuffer(env, std::move(*gpu_out));
+#endif
+          return NewBuffer(env, std::move(*out));
+        },
+        {keys, values}, info.Env().Undefined());
     w->Queue();
     return w->Promise();
   });
@@ -509,7 +525,7 @@ Napi::Value DeflateJs(const Napi::CallbackInfo& info) {
 Napi::Value Crc32cJs(const Napi::CallbackInfo& info) {
   return Guard(info, [&]() -> Napi::Value {
     Bytes in = ViewBytes(info[0], "data");
-    return Napi::Number::New(info.Env(), Crc32c(in.data, in.size));
+    return Napi::Number::New(info.Env(), Crc32cParallel(in.data, in.size));
   });
 }
 
@@ -741,10 +757,10 @@ Napi::Value EncodePagedJs(const Napi::CallbackInfo& info) {
     auto span = std::make_shared<cuda::PagedSpan>(ParseSpan(ArgObject(info, 3, "span")));
     KVTC_CHECK(span->tokens == job->tokens, kInvalidArgument, "span.tokens and job.tokens differ");
     auto dev = UnwrapWrap(info)->device();
-    auto out = std::make_shared<std::vector<uint8_t>>();
+    auto out = std::make_shared<cuda::HostBytes>();
     auto* w = new Job(
         info.Env(), [cal, job, out, dev, region, span](const auto&) { *out = cuda::EncodePaged(*cal, *dev, *region, *span, *job); },
-        [out](Napi::Env env) -> Napi::Value { return NewBuffer(env, std::move(*out)); }, {}, info.Env().Undefined());
+        [out](Napi::Env env) -> Napi::Value { return NewHostBuffer(env, std::move(*out)); }, {}, info.Env().Undefined());
     w->Queue();
     return w->Promise();
   });

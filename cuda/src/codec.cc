@@ -171,7 +171,7 @@ std::vector<uint8_t> Encode(const Calibration& c, const EncodeJob& job) {
   for (Pending& pe : pending) {
     pe.section.offset = offset;
     const uint8_t* bytes = pe.raw ? pe.raw : pe.owned.data();
-    pe.section.crc32c = Crc32c(bytes, pe.section.stored_bytes);
+    pe.section.crc32c = Crc32cParallel(bytes, pe.section.stored_bytes);
     offset += pe.section.stored_bytes;
     h.sections.push_back(pe.section);
   }

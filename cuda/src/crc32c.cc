@@ -2,6 +2,7 @@
 
 #include <array>
 #include <cstring>
+#include <vector>
 
 #if defined(__x86_64__)
 #include <nmmintrin.h>
@@ -70,6 +71,67 @@ uint32_t Crc32c(const void* data, size_t size, uint32_t crc) {
   crc = Crc32cTable(p, size, crc);
 #endif
   return ~crc;
+}
+
+// x^(2^k) mod P, and products mod P, in the reflected bit order (zlib's multmodp / x2nmodp).
+namespace {
+
+uint32_t MultModP(uint32_t a, uint32_t b) {
+  uint32_t m = 1u << 31, p = 0;
+  for (;;) {
+    if (a & m) {
+      p ^= b;
+      if ((a & (m - 1)) == 0) break;
+    }
+    m >>= 1;
+    b = (b & 1) ? (b >> 1) ^ kPoly : b >> 1;
+  }
+  return p;
+}
+
+struct X2n {
+  uint32_t table[32];
+  X2n() {
+    uint32_t p = 1u << 30;  // x^1
+    table[0] = p;
+    for (int n = 1; n < 32; ++n) table[n] = p = MultModP(p, p);
+  }
+};
+
+uint32_t X2nModP(size_t n, unsigned k) {
+  static const X2n x2n;
+  uint32_t p = 1u << 31;  // x^0
+  while (n) {
+    if (n & 1) p = MultModP(x2n.table[k & 31], p);
+    n >>= 1;
+    ++k;
+  }
+  return p;
+}
+
+}  // namespace
+
+uint32_t Crc32cCombine(uint32_t crc_a, uint32_t crc_b, size_t size_b) {
+  return MultModP(X2nModP(size_b, 3), crc_a) ^ crc_b;
+}
+
+uint32_t Crc32cParallel(const void* data, size_t size) {
+  constexpr size_t kPiece = size_t(1) << 20;
+  if (size < 4 * kPiece) return Crc32c(data, size);
+  const auto pieces = static_cast<int64_t>((size + kPiece - 1) / kPiece);
+  std::vector<uint32_t> crcs(static_cast<size_t>(pieces));
+  const auto* p = static_cast<const uint8_t*>(data);
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < pieces; ++i) {
+    const size_t at = size_t(i) * kPiece;
+    crcs[size_t(i)] = Crc32c(p + at, at + kPiece <= size ? kPiece : size - at);
+  }
+  uint32_t crc = crcs[0];
+  for (int64_t i = 1; i < pieces; ++i) {
+    const size_t at = size_t(i) * kPiece;
+    crc = Crc32cCombine(crc, crcs[size_t(i)], at + kPiece <= size ? kPiece : size - at);
+  }
+  return crc;
 }
 
 }  // namespace kvtc

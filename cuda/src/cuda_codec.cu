@@ -21,6 +21,7 @@
 #include "kvtc/crc32c.h"
 #include "kvtc/cuda_huffman.h"
 #include "kvtc/error.h"
+#include "kvtc/host_copy.h"
 
 namespace kvtc::cuda {
 
@@ -475,7 +476,15 @@ struct StreamScratch {
   DeviceBuffer<nvcompStatus_t> statuses;
   DeviceBuffer<float> xf;
   DeviceBuffer<__nv_bfloat16> dq;
-  std::vector<uint8_t> host_body;
+  PinnedBuffer pinned;  // this stream's compressed chunks, read back for the record
+};
+
+// One coded section, waiting in pinned memory to be copied into the record.
+struct CodedSection {
+  std::vector<uint8_t> table;  // u32 chunk count + (raw, stored) per chunk
+  const uint8_t* chunks = nullptr;
+  uint64_t chunk_bytes = 0;
+  uint64_t size() const { return table.size() + chunk_bytes; }
 };
 
 StreamScratch& Scratch(int which) {
@@ -520,8 +529,8 @@ void LaunchQuantize(Context& ctx, StreamScratch& s, const Plan& plan, uint32_t t
   KVTC_CUDA_CALL(cudaGetLastError());
 }
 
-std::vector<uint8_t> EncodeStream(Context& ctx, const Calibration& c, const DeviceCalibration& dev, const Plan& plan,
-                                  bool keys, const void* dev_rows, KvDtype dtype, uint32_t tokens, int64_t pos0,
+CodedSection EncodeStream(Context& ctx, const Calibration& c, const DeviceCalibration& dev, const Plan& plan,
+                          bool keys, const void* dev_rows, KvDtype dtype, uint32_t tokens, int64_t pos0,
                                   size_t chunk_bytes, int which) {
   StreamScratch& s = Scratch(which);
   Profiler prof(ctx.stream);
@@ -558,12 +567,14 @@ std::vector<uint8_t> EncodeStream(Context& ctx, const Calibration& c, const Devi
   prof.mark("quantize");
   // nvCOMP batched DEFLATE over chunk_bytes chunks of the payload.
   const size_t chunks = (payload_bytes + chunk_bytes - 1) / chunk_bytes;
-  std::vector<uint8_t> body(4 + 8 * chunks);
+  CodedSection out;
+  std::vector<uint8_t>& body = out.table;
+  body.resize(4 + 8 * chunks);
   const uint32_t n32 = uint32_t(chunks);
   std::memcpy(body.data(), &n32, 4);
   if (chunks == 0) {
     KVTC_CUDA_CALL(cudaStreamSynchronize(ctx.stream));
-    return body;
+    return out;
   }
   const bool own_coder = Coder(/*encode=*/true) == EntropyCoder::kKvtc;
   nvcompBatchedDeflateCompressOpts_t opts = nvcompBatchedDeflateCompressDefaultOpts;
@@ -639,15 +650,14 @@ std::vector<uint8_t> EncodeStream(Context& ctx, const Calibration& c, const Devi
   CompactKernel<<<unsigned(chunks), 256, 0, ctx.stream>>>(s.slots.ptr, max_out, s.out_sizes.ptr, s.offsets.ptr, s.packed.ptr);
   KVTC_CUDA_CALL(cudaGetLastError());
   prof.mark("compact");
-  ctx.pinned.resize(total);
-  KVTC_CUDA_CALL(cudaMemcpyAsync(ctx.pinned.ptr, s.packed.ptr, total, cudaMemcpyDeviceToHost, ctx.stream));
+  s.pinned.resize(std::max<uint64_t>(1, total));
+  KVTC_CUDA_CALL(cudaMemcpyAsync(s.pinned.ptr, s.packed.ptr, total, cudaMemcpyDeviceToHost, ctx.stream));
   prof.mark("d2h");
-  body.reserve(body.size() + total);
   KVTC_CUDA_CALL(cudaStreamSynchronize(ctx.stream));
-  body.insert(body.end(), ctx.pinned.ptr, ctx.pinned.ptr + total);
-  prof.mark("host-copy");
   prof.report(keys ? "encode keys" : "encode values");
-  return body;
+  out.chunks = s.pinned.ptr;
+  out.chunk_bytes = total;
+  return out;
 }
 
 // Inflates a DEFLATE-chunks body (already validated by the caller's table walk) into s.payload.
@@ -687,7 +697,7 @@ void InflateToDevice(Context& ctx, StreamScratch& s, const uint8_t* body, size_t
   }
   s.packed.resize(std::max<size_t>(1, staged_bytes));
   ctx.pinned.resize(std::max<size_t>(1, staged_bytes));
-  for (uint32_t i = 0; i < chunks; ++i) std::memcpy(ctx.pinned.ptr + staged[i], body + src[i], stored[i]);
+  ParallelCopyChunks(ctx.pinned.ptr, staged.data(), body, src.data(), stored.data(), chunks);
   KVTC_CUDA_CALL(cudaMemcpyAsync(s.packed.ptr, ctx.pinned.ptr, staged_bytes, cudaMemcpyHostToDevice, ctx.stream));
   std::vector<void*> in_ptrs, out_ptrs;
   std::vector<size_t> in_sizes, out_caps;
@@ -794,7 +804,7 @@ void DecodeStream(Context& ctx, const Calibration& c, const DeviceCalibration& d
 
 }  // namespace
 
-std::vector<uint8_t> Encode(const Calibration& c, const DeviceCalibration& dev, const EncodeJob& job, bool device_input) {
+HostBytes Encode(const Calibration& c, const DeviceCalibration& dev, const EncodeJob& job, bool device_input) {
   KVTC_CHECK(job.tokens > 0, kInvalidArgument, "Expected at least one token to encode but received 0");
   KVTC_CHECK(job.plan_id < c.plans.size(), kPlanUnknown, "plan " << job.plan_id << " does not exist");
   KVTC_CUDA_CALL(cudaSetDevice(dev.device));
@@ -836,28 +846,40 @@ std::vector<uint8_t> Encode(const Calibration& c, const DeviceCalibration& dev, 
     }
     return out;
   };
+  // A section is raw rows (host vector) or a coded stream (its table plus chunks in pinned memory).
   struct Part {
     Section section;
-    std::vector<uint8_t> bytes;
+    std::vector<uint8_t> raw;
+    CodedSection coded;
+    uint64_t size() const { return raw.empty() ? coded.size() : raw.size(); }
   };
   std::vector<Part> parts;
-  auto add = [&](SectionKind kind, SectionEncoding enc, uint32_t first, uint32_t count, std::vector<uint8_t>&& bytes) {
+  auto add_raw = [&](SectionKind kind, uint32_t first, uint32_t count, std::vector<uint8_t>&& bytes) {
     if (count == 0) return;
-    Part part{{kind, enc, first, count, 0, 0, bytes.size()}, std::move(bytes)};
+    Part part;
+    part.section = {kind, SectionEncoding::kRaw, first, count, 0, 0, bytes.size()};
+    part.raw = std::move(bytes);
     parts.push_back(std::move(part));
   };
-  add(SectionKind::kRawKeys, SectionEncoding::kRaw, 0, sinks, raw_span(job.keys, 0, sinks));
-  add(SectionKind::kRawValues, SectionEncoding::kRaw, 0, sinks, raw_span(job.values, 0, sinks));
+  auto add_coded = [&](SectionKind kind, uint32_t first, uint32_t count, CodedSection&& coded) {
+    Part part;
+    part.section = {kind, SectionEncoding::kDeflateChunks, first, count, 0, 0, coded.size()};
+    part.coded = std::move(coded);
+    parts.push_back(std::move(part));
+  };
+  add_raw(SectionKind::kRawKeys, 0, sinks, raw_span(job.keys, 0, sinks));
+  add_raw(SectionKind::kRawValues, 0, sinks, raw_span(job.values, 0, sinks));
   if (middle) {
-    add(SectionKind::kCodedKeys, SectionEncoding::kDeflateChunks, sinks, middle,
-        EncodeStream(ctx, c, dev, plan.keys, true, mid_keys, job.dtype, middle,
-                     int64_t(job.token_start) + sinks, job.chunk_bytes, 0));
-    add(SectionKind::kCodedValues, SectionEncoding::kDeflateChunks, sinks, middle,
-        EncodeStream(ctx, c, dev, plan.values, false, mid_values, job.dtype, middle,
-                     int64_t(job.token_start) + sinks, job.chunk_bytes, 1));
+    // Each stream keeps its chunks in its own pinned buffer until the record is assembled.
+    add_coded(SectionKind::kCodedKeys, sinks, middle,
+              EncodeStream(ctx, c, dev, plan.keys, true, mid_keys, job.dtype, middle,
+                           int64_t(job.token_start) + sinks, job.chunk_bytes, 0));
+    add_coded(SectionKind::kCodedValues, sinks, middle,
+              EncodeStream(ctx, c, dev, plan.values, false, mid_values, job.dtype, middle,
+                           int64_t(job.token_start) + sinks, job.chunk_bytes, 1));
   }
-  add(SectionKind::kRawKeys, SectionEncoding::kRaw, sinks + middle, window, raw_span(job.keys, sinks + middle, window));
-  add(SectionKind::kRawValues, SectionEncoding::kRaw, sinks + middle, window, raw_span(job.values, sinks + middle, window));
+  add_raw(SectionKind::kRawKeys, sinks + middle, window, raw_span(job.keys, sinks + middle, window));
+  add_raw(SectionKind::kRawValues, sinks + middle, window, raw_span(job.values, sinks + middle, window));
 
   RecordHeader h;
   h.calibration_id = c.id;
@@ -873,17 +895,26 @@ std::vector<uint8_t> Encode(const Calibration& c, const DeviceCalibration& dev, 
   uint64_t offset = HeaderBytes(parts.size());
   for (Part& part : parts) {
     part.section.offset = offset;
-    part.section.crc32c = Crc32c(part.bytes.data(), part.bytes.size());
-    offset += part.bytes.size();
-    h.sections.push_back(part.section);
+    offset += part.size();
   }
   h.record_bytes = offset;
-  std::vector<uint8_t> header(HeaderBytes(parts.size()));
-  WriteHeader(h, header.data());
-  std::vector<uint8_t> record;
-  record.reserve(offset);  // no zero fill: every byte is written once below
-  record.insert(record.end(), header.begin(), header.end());
-  for (const Part& part : parts) record.insert(record.end(), part.bytes.begin(), part.bytes.end());
+  // One uninitialised allocation, written once: pinned chunks are copied (and the fresh pages
+  // first touched) by all cores; CRCs are taken from the record's own bytes.
+  HostBytes record;
+  record.data.reset(new uint8_t[offset]);
+  record.size = offset;
+  for (Part& part : parts) {
+    uint8_t* at = record.data.get() + part.section.offset;
+    if (!part.raw.empty()) {
+      std::memcpy(at, part.raw.data(), part.raw.size());
+    } else {
+      std::memcpy(at, part.coded.table.data(), part.coded.table.size());
+      ParallelCopy(at + part.coded.table.size(), part.coded.chunks, part.coded.chunk_bytes);
+    }
+    part.section.crc32c = Crc32cParallel(at, part.size());
+    h.sections.push_back(part.section);
+  }
+  WriteHeader(h, record.data.get());
   return record;
 }
 
@@ -1007,7 +1038,7 @@ BenchFigures Bench(const Calibration& c, const DeviceCalibration& dev, const uin
   // nvCOMP's per-chunk blocks busy on 132 SMs (any chunk size decodes on either backend).
   job.chunk_bytes = 16 * 1024;
   BenchFigures fig;
-  std::vector<std::vector<uint8_t>> records(batch);
+  std::vector<HostBytes> records(batch);
   auto now = [] { return std::chrono::steady_clock::now(); };
   std::vector<double> enc, dec;
   for (int r = 0; r < reps + 1; ++r) {
@@ -1020,7 +1051,7 @@ BenchFigures Bench(const Calibration& c, const DeviceCalibration& dev, const uin
     }
     auto t1 = now();
     for (uint32_t b = 0; b < batch; ++b) {
-      DecodeToDevice(c, dev, records[b].data(), records[b].size(), 2 * bytes, restored.ptr + 2 * b * bytes,
+      DecodeToDevice(c, dev, records[b].data.get(), records[b].size, 2 * bytes, restored.ptr + 2 * b * bytes,
                      restored.ptr + (2 * b + 1) * bytes);
     }
     auto t2 = now();
@@ -1034,8 +1065,8 @@ BenchFigures Bench(const Calibration& c, const DeviceCalibration& dev, const uin
   };
   fig.encode_s = median(enc);
   fig.decode_s = median(dec);
-  fig.record_bytes = records[0].size();
-  const RecordHeader h = ReadHeader(records[0].data(), records[0].size());
+  fig.record_bytes = records[0].size;
+  const RecordHeader h = ReadHeader(records[0].data.get(), records[0].size);
   for (const Section& s : h.sections) {
     if (s.encoding == SectionEncoding::kDeflateChunks) {
       fig.coded_bytes += s.stored_bytes;

@@ -291,7 +291,7 @@ PagedScratch& Scratch() {
 
 }  // namespace
 
-std::vector<uint8_t> EncodePaged(const Calibration& c, const DeviceCalibration& dev, KvRegion& region,
+HostBytes EncodePaged(const Calibration& c, const DeviceCalibration& dev, KvRegion& region,
                                  const PagedSpan& span, EncodeJob job) {
   const PagedGeometry& g = region.geometry;
   CheckSpan(g, span);

@@ -141,7 +141,7 @@ RecordHeader ReadHeader(const uint8_t* data, size_t size) {
 void VerifySections(const RecordHeader& header, const uint8_t* data) {
   for (size_t i = 0; i < header.sections.size(); ++i) {
     const Section& s = header.sections[i];
-    KVTC_CHECK(Crc32c(data + s.offset, s.stored_bytes) == s.crc32c, kRecordCorrupt,
+    KVTC_CHECK(Crc32cParallel(data + s.offset, s.stored_bytes) == s.crc32c, kRecordCorrupt,
                "section " << i << " CRC32C mismatch");
   }
 }

@@ -58,4 +58,19 @@ t.test('CRC32C test vectors', async (t) => {
   t.equal(native.stages.crc32c(Buffer.from('123456789')), 0xe3069283);
   t.equal(native.stages.crc32c(Buffer.alloc(32)), 0x8a9136aa);
   t.equal(native.stages.crc32c(Buffer.alloc(0)), 0);
+  // Above 4 MiB the CRC is computed in 1 MiB pieces on all cores and combined: check it against a
+  // bitwise reference at sizes that end mid-piece.
+  const ref = (b: Uint8Array) => {
+    let c = 0xffffffff;
+    for (const x of b) {
+      c ^= x;
+      for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ 0x82f63b78 : c >>> 1;
+    }
+    return (c ^ 0xffffffff) >>> 0;
+  };
+  const big = Buffer.alloc(5 * 2 ** 20 + 12345);
+  for (let i = 0; i < big.length; i++) big[i] = (i * 2654435761) >>> 24;
+  for (const n of [4 * 2 ** 20, 4 * 2 ** 20 + 1, big.length]) {
+    t.equal(native.stages.crc32c(big.subarray(0, n)), ref(big.subarray(0, n)), `parallel CRC of ${n} bytes`);
+  }
 });

@@ -10,4 +10,10 @@ namespace kvtc {
 
 uint32_t Crc32c(const void* data, size_t size, uint32_t crc = 0);
 
+// CRC32C of A followed by B from crc(A), crc(B) and B's length (zlib's crc32_combine method).
+uint32_t Crc32cCombine(uint32_t crc_a, uint32_t crc_b, size_t size_b);
+
+// Crc32c over OpenMP threads: 1 MiB pieces, combined in order (serial below 4 MiB).
+uint32_t Crc32cParallel(const void* data, size_t size);
+
 }  // namespace kvtc

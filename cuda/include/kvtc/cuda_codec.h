@@ -22,8 +22,14 @@ std::string DeviceName(int device = 0);
 class DeviceCalibration;
 std::shared_ptr<DeviceCalibration> Upload(const Calibration& calibration, int device = 0);
 
+// Host bytes without a zero fill (a record is written exactly once, by parallel copies).
+struct HostBytes {
+  std::unique_ptr<uint8_t[]> data;
+  size_t size = 0;
+};
+
 // Host or device input (job.keys / job.values are device pointers when `device_input`).
-std::vector<uint8_t> Encode(const Calibration& calibration, const DeviceCalibration& dev, const EncodeJob& job,
+HostBytes Encode(const Calibration& calibration, const DeviceCalibration& dev, const EncodeJob& job,
                             bool device_input);
 
 // Decodes into device memory: keys_out / values_out hold tokens x feature_dim elements of the

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "kvtc/codec.h"
+#include "kvtc/cuda_codec.h"
 
 namespace kvtc::cuda {
 
@@ -70,7 +71,7 @@ const PagedGeometry& RegionGeometry(const KvRegion& region);
 
 // Gathers the span (waiting for the client's event first), then encodes as cuda::Encode does;
 // job.keys / job.values are ignored, job.tokens must equal span.tokens.
-std::vector<uint8_t> EncodePaged(const Calibration& calibration, const DeviceCalibration& dev, KvRegion& region,
+HostBytes EncodePaged(const Calibration& calibration, const DeviceCalibration& dev, KvRegion& region,
                                  const PagedSpan& span, EncodeJob job);
 
 // Decodes the record and scatters it into the span's slots; records the region's event. The

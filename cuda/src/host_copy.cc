@@ -1,0 +1,31 @@
+#include "kvtc/host_copy.h"
+
+#include <cstring>
+
+namespace kvtc {
+
+void ParallelCopy(void* dst, const void* src, size_t size) {
+  constexpr size_t kPiece = size_t(1) << 20;
+  if (size < 2 * kPiece) {
+    if (size) std::memcpy(dst, src, size);
+    return;
+  }
+  const auto pieces = static_cast<int64_t>((size + kPiece - 1) / kPiece);
+  auto* d = static_cast<uint8_t*>(dst);
+  const auto* s = static_cast<const uint8_t*>(src);
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < pieces; ++i) {
+    const size_t at = size_t(i) * kPiece;
+    std::memcpy(d + at, s + at, at + kPiece <= size ? kPiece : size - at);
+  }
+}
+
+void ParallelCopyChunks(uint8_t* dst, const size_t* dst_off, const uint8_t* src, const size_t* src_off,
+                        const size_t* size, size_t n) {
+  size_t total = 0;
+  for (size_t i = 0; i < n; ++i) total += size[i];
+#pragma omp parallel for schedule(dynamic, 16) if (total >= (size_t(2) << 20))
+  for (int64_t i = 0; i < static_cast<int64_t>(n); ++i) std::memcpy(dst + dst_off[i], src + src_off[i], size[i]);
+}
+
+}  // namespace kvtc
