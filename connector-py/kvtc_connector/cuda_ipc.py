@@ -118,6 +118,23 @@ class Registration:
         }
 
 
+def detect_layout(kv: torch.Tensor, block_size: int, kv_heads: int, head_dim: int) -> str:
+    """The LAYOUTS name of a vLLM GPU KV tensor, from its shape and strides.
+
+    :raises IpcError: a shape none of the layouts explains.
+    """
+    shape, stride = tuple(kv.shape), kv.stride()
+    if kv.dim() == 5 and shape[0] == 2 and shape[2:] == (block_size, kv_heads, head_dim):
+        return "flash_attn"
+    if kv.dim() == 5 and shape[1] == 2 and shape[2:] == (block_size, kv_heads, head_dim):
+        # FlashInfer's logical NHD shape; a physically HND cache only permutes the strides,
+        # which the registration carries as they are.
+        return "flashinfer"
+    if kv.dim() == 5 and shape[1] == 2 and shape[2:] == (kv_heads, block_size, head_dim):
+        return "hnd"
+    raise IpcError(p.ERR_KVTC_IPC, f"unrecognised KV cache layout: shape {shape}, strides {stride}")
+
+
 def describe(layers: Sequence[torch.Tensor], layout: str) -> Registration:
     """The registration of per-layer KV tensors (in model layer order) in ``layout``.
 
@@ -248,25 +265,41 @@ class IpcKvCache:
         )
 
     def load_blocks(
-        self, key: str, block_ids: Sequence[int], tokens: int, first_slot: int = 0
+        self,
+        key: str,
+        block_ids: Sequence[int],
+        tokens: int,
+        first_slot: int = 0,
+        skip_tokens: int = 0,
+        record_tokens: int | None = None,
+        wait: str = "stream",
     ) -> int:
         """Restores the record ``key`` into the blocks; returns its first token position.
 
-        The current stream waits (on the device) until the sidecar has written them.
+        ``skip_tokens`` leading tokens of the record are not written; the record holds
+        ``record_tokens`` tokens (default ``skip_tokens + tokens``). ``wait="stream"``: the
+        current stream waits on the device for the sidecar's writes (loads issued on the forward
+        pass's stream); ``"host"``: this thread blocks until they are done (loads on a
+        background thread, read later by another stream).
         """
         import torch
 
-        h = self._retrying(
-            "load_blocks",
-            {
-                "key": key,
-                "block_ids": [int(b) for b in block_ids],
-                "tokens": tokens,
-                "first_slot": first_slot,
-            },
-        )
+        fields: dict[str, Any] = {
+            "key": key,
+            "block_ids": [int(b) for b in block_ids],
+            "tokens": tokens,
+            "first_slot": first_slot,
+        }
+        if skip_tokens:
+            fields["skip_tokens"] = skip_tokens
+        if record_tokens is not None:
+            fields["record_tokens"] = record_tokens
+        h = self._retrying("load_blocks", fields)
         assert self._sidecar_event is not None
-        torch.cuda.current_stream(self.device).wait_event(self._sidecar_event)
+        if wait == "host":
+            self._sidecar_event.synchronize()
+        else:
+            torch.cuda.current_stream(self.device).wait_event(self._sidecar_event)
         return int(h["token_start"])
 
     def close(self) -> None:

@@ -52,6 +52,7 @@ from kvtc_connector.client import (
     SaveItem,
     SidecarClient,
 )
+from kvtc_connector.cuda_ipc import IpcKvCache, detect_layout
 from kvtc_connector.errors import KvtcSidecarError
 from kvtc_connector.metadata import (
     FRAME_LAYOUT,
@@ -280,6 +281,11 @@ class KvtcWorker:
         self._job_queue: queue.Queue[_LoadJob | None] = queue.Queue()
         self._loader: threading.Thread | None = None
         self._load_client: SidecarClient | None = None
+        # GPU path: the layers' CUDA tensors, registered with the sidecar once per client (the
+        # forward thread's and the loader's), read and written in place by CUDA IPC.
+        self._cuda_layers: list[torch.Tensor] = []
+        self._ipc_layout = ""
+        self._ipc_caches: dict[int, IpcKvCache] = {}  # id(client) -> registration
 
     # ---------------------------------------------------------------- registration
 
@@ -292,16 +298,17 @@ class KvtcWorker:
                 f"{len(named)} ({', '.join(n for n, _ in named[:4])}, ...); cross-layer KV "
                 "sharing and hybrid models are not supported"
             )
+        if named[0][1].device.type == "cuda":
+            self._register_cuda(named)
+            return
         layers: list[PagedLayer] = []
         shapes = set()
         dtypes = set()
         for name, kv in named:
             if kv.device.type != "cpu":
                 raise NotImplementedError(
-                    f"kvtc: KV cache {name} is on {kv.device}. Only vLLM's CPU backend is "
-                    "supported so far (blocks travel as raw frames); the GPU path, where the "
-                    "sidecar reads and writes blocks in place through CUDA IPC, is not "
-                    "implemented yet"
+                    f"kvtc: KV cache {name} is on {kv.device}: only CPU and CUDA caches "
+                    "are supported"
                 )
             layers.append(PagedLayer(name, page_view(name, kv, ident.kv_heads, ident.head_dim)))
             shapes.add(tuple(kv.shape[1:]))
@@ -344,6 +351,49 @@ class KvtcWorker:
             kernel_block,
         )
         self._session(self.client)
+
+    def _register_cuda(self, named: list[tuple[str, torch.Tensor]]) -> None:
+        """GPU path: the blocks stay on the GPU; the sidecar (``--backend cuda``, same node)
+        opens the layers by CUDA IPC and gathers, encodes, decodes and scatters them in place."""
+        ident = self.identity
+        tensors = [kv for _, kv in named]
+        first = tensors[0]
+        if any(t.device != first.device or t.dtype != first.dtype for t in tensors):
+            raise NotImplementedError(
+                "kvtc needs every layer's KV cache on one device, in one dtype"
+            )
+        self._ipc_layout = detect_layout(first, self.block_size, ident.kv_heads, ident.head_dim)
+        self._torch_dtype = first.dtype
+        self.dtype = dtype_name(self._torch_dtype)
+        self.kernel_block_size = self.block_size
+        self.layout = f"cuda-{self._ipc_layout}"
+        self._cuda_layers = tensors
+        self.compat = Compat(
+            model_fingerprint=ident.fingerprint,
+            dtype=self.dtype,
+            layout=self.layout,
+            block_size=self.block_size,
+            layers=ident.layers,
+            kv_heads=ident.kv_heads,
+            head_dim=ident.head_dim,
+            calibration_id=self.settings.calibration_id,
+        )
+        logger.info(
+            "kvtc: registered %d CUDA layers (%s, %s, block %d), shared by CUDA IPC",
+            len(tensors),
+            self._ipc_layout,
+            self.dtype,
+            self.block_size,
+        )
+        self._session(self.client)
+
+    def _ipc(self, client: SidecarClient) -> IpcKvCache:
+        """``client``'s registration of the CUDA layers, made on first use (after its hello)."""
+        cache = self._ipc_caches.get(id(client))
+        if cache is None:
+            cache = IpcKvCache(client, self._cuda_layers, self._ipc_layout)
+            self._ipc_caches[id(client)] = cache
+        return cache
 
     # ---------------------------------------------------------------- per step
 
@@ -424,6 +474,8 @@ class KvtcWorker:
                     job.cancelled = True
             self._job_queue.put(None)
             self._loader.join(timeout=2 * self.settings.timeout_ms / 1000 + 1)
+        for ipc in self._ipc_caches.values():
+            ipc.close()  # unregister_kv (the sidecar also releases regions of exited PIDs)
         if self._load_client is not None:
             self._load_client.close()
         s = self.stats
@@ -541,6 +593,9 @@ class KvtcWorker:
         base_block = spec.first_chunk * c // bs
         if self._session(client) is None:
             raise KvtcSidecarError("ERR_KVTC_SIDECAR_UNAVAILABLE", "no session with the sidecar")
+        if self._cuda_layers:
+            self._load_ipc(spec, client, failed, job)
+            return
         step = self.settings.max_pipeline
         for start in range(0, len(spec.keys), step):
             if job is not None and job.cancelled:
@@ -596,11 +651,74 @@ class KvtcWorker:
             self.stats.chunks_loaded += 1
             self.stats.tokens_loaded += hi - lo
 
+    def _load_ipc(
+        self,
+        spec: LoadSpec,
+        client: SidecarClient,
+        failed: set[int],
+        job: _LoadJob | None = None,
+    ) -> None:
+        """GPU path of :meth:`_load`: each chunk is decoded and scattered by the sidecar in place.
+
+        On the loader thread the host waits for the sidecar's event before the load is reported
+        finished (vLLM's forward runs on another thread and stream); a synchronous load makes the
+        forward stream wait on the device instead."""
+        c, bs = self.chunk_tokens, self.block_size
+        base_block = spec.first_chunk * c // bs
+        ipc = self._ipc(client)
+        for i, key in enumerate(spec.keys):
+            if job is not None and job.cancelled:
+                return
+            chunk = spec.first_chunk + i
+            lo = max(spec.token_lo, chunk * c)
+            hi = min(spec.token_hi, (chunk + 1) * c)
+            blocks = spec.block_ids[lo // bs - base_block : (hi + bs - 1) // bs - base_block]
+            try:
+                start = ipc.load_blocks(
+                    key,
+                    blocks,
+                    tokens=hi - lo,
+                    first_slot=lo % bs,
+                    skip_tokens=lo - chunk * c,
+                    record_tokens=c,
+                    wait="host" if job is not None else "stream",
+                )
+                if start != chunk * c:
+                    raise KvtcSidecarError(
+                        "ERR_KVTC_RECORD_SIZE_MISMATCH",
+                        f"record starts at {start}, expected {chunk * c}",
+                    )
+            except KvtcSidecarError as e:
+                self._warn("load", "kvtc: chunk %d of %s not loaded: %s", chunk, spec.req_id, e)
+                self.stats.load_errors += 1
+                failed.update(blocks)
+                continue
+            self.stats.chunks_loaded += 1
+            self.stats.tokens_loaded += hi - lo
+
     def _save(self, spec: SaveSpec) -> None:
         if self._session(self.client) is None:
             raise KvtcSidecarError("ERR_KVTC_SIDECAR_UNAVAILABLE", "no session with the sidecar")
         c, bs = self.chunk_tokens, self.block_size
         per_chunk = c // bs
+        if self._cuda_layers:
+            # In place: the sidecar waits (on the GPU) for this stream's event, then gathers.
+            ipc = self._ipc(self.client)
+            for i, key in enumerate(spec.keys):
+                try:
+                    ipc.save_blocks(
+                        key,
+                        spec.block_ids[i * per_chunk : (i + 1) * per_chunk],
+                        tokens=c,
+                        token_start=(spec.first_chunk + i) * c,
+                        ratio=self.settings.ratio,
+                        window_tokens=spec.window_tokens[i],
+                    )
+                    self.stats.chunks_saved += 1
+                except KvtcSidecarError as e:
+                    self._warn("save", "kvtc: chunk %s not saved: %s", key, e)
+                    self.stats.save_errors += 1
+            return
         step = self.settings.max_pipeline
         for start in range(0, len(spec.keys), step):
             items = []

@@ -655,7 +655,8 @@ def test_page_layouts() -> None:
     assert layout.value_pos[:3].tolist() == [2048, 2049, 2050]
 
 
-def test_gpu_tensors_are_refused(sidecar: Sidecar) -> None:
+def test_caches_on_other_devices_are_refused(sidecar: Sidecar) -> None:
+    """CPU caches travel as frames, CUDA caches by IPC (tests/test_gpu_ipc.py); others refused."""
     from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorRole
 
     from kvtc_connector.connector import KvtcConnector
@@ -666,7 +667,7 @@ def test_gpu_tensors_are_refused(sidecar: Sidecar) -> None:
         f"model.layers.{i}.self_attn.attn": torch.empty(4, 3, 128, 128, device="meta")
         for i in range(30)
     }
-    with pytest.raises(NotImplementedError, match="CUDA IPC"):
+    with pytest.raises(NotImplementedError, match="only CPU and CUDA caches"):
         connector.register_kv_caches(caches)
 
 

@@ -206,6 +206,17 @@ def test_save_overwrite_load_restores_next_token(sidecar, model_and_prompt, layo
                     )
         results["raw_bytes"] = saved.raw_bytes
 
+        # A sub-range of a record (as a partial prefix hit restores it): tokens from 2 blocks in,
+        # the first two blocks untouched.
+        for t in tensors:
+            t.zero_()
+        skip = 2 * BLOCK
+        cache.load_blocks("a1" * 16, block_ids[2:], T - skip, skip_tokens=skip, record_tokens=T)
+        back = _read(tensors, layout, block_ids, T)
+        for (k, v), (k0, v0) in zip(back, kv, strict=True):
+            assert torch.equal(k[:, skip:], k0[:, skip:]) and torch.equal(v[:, skip:], v0[:, skip:])
+            assert not k[:, :skip].any() and not v[:, :skip].any(), "skipped tokens were written"
+
         # 2. kvtc at each ratio the calibration has: within the calibrated error, same next token.
         for plan in meta["plans"]:
             ratio = plan["ratio"]

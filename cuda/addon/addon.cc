@@ -736,6 +736,8 @@ cuda::PagedSpan ParseSpan(const Napi::Object& o) {
   s.block_ids = ParseU32List(Prop(o, "blockIds"), "blockIds");
   s.first_slot = Uint(o, "firstSlot");
   s.tokens = Uint(o, "tokens");
+  if (!o.Get("recordOffset").IsUndefined()) s.record_offset = Uint(o, "recordOffset");
+  if (!o.Get("recordTokens").IsUndefined()) s.record_tokens = Uint(o, "recordTokens");
   return s;
 }
 

@@ -323,7 +323,13 @@ RecordHeader DecodePaged(const Calibration& c, const DeviceCalibration& dev, KvR
   KVTC_CUDA_CALL(cudaSetDevice(region.device));
   cudaStream_t stream = JobStream();
   PagedScratch& s = Scratch();
-  const size_t half = size_t(span.tokens) * c.feature_dim() * DtypeBytes(g.dtype);
+  const size_t row_bytes = size_t(c.feature_dim()) * DtypeBytes(g.dtype);
+  const uint64_t record_tokens = span.record_tokens ? span.record_tokens : uint64_t(span.record_offset) + span.tokens;
+  KVTC_CHECK(uint64_t(span.record_offset) + span.tokens <= record_tokens, kInvalidArgument,
+             "the span's " << span.tokens << " tokens from record token " << span.record_offset
+                           << " are past the record's " << record_tokens);
+  const size_t half = record_tokens * row_bytes;
+  const size_t skip = size_t(span.record_offset) * row_bytes;
   s.ids.resize(span.block_ids.size());
   s.rows.resize(2 * half);
   // Decoding fails before any block is touched: rows are staged, then scattered in one launch.
@@ -331,7 +337,8 @@ RecordHeader DecodePaged(const Calibration& c, const DeviceCalibration& dev, KvR
   KVTC_CHECK(h.kv_dtype == g.dtype, kRecordSizeMismatch, "record dtype differs from the registered cache's");
   KVTC_CUDA_CALL(cudaMemcpyAsync(s.ids.ptr, span.block_ids.data(), span.block_ids.size() * 4, cudaMemcpyHostToDevice,
                                  stream));
-  LaunchPagedCopy<false>(region.bases, g, s.ids.ptr, span.first_slot, span.tokens, s.rows.ptr, s.rows.ptr + half, stream);
+  LaunchPagedCopy<false>(region.bases, g, s.ids.ptr, span.first_slot, span.tokens, s.rows.ptr + skip,
+                         s.rows.ptr + half + skip, stream);
   KVTC_CUDA_CALL(cudaEventRecord(region.done_event, stream));
   // The next job of this thread may reuse the staging rows: the stream orders it after the scatter.
   return h;

@@ -127,6 +127,10 @@ export interface NativePagedSpan {
   blockIds: Uint32Array | number[];
   firstSlot: number;
   tokens: number;
+  /** Decode only: leading record tokens not written (the record holds recordOffset + tokens). */
+  recordOffset?: number;
+  /** Decode only: tokens the record holds (default recordOffset + tokens). */
+  recordTokens?: number;
 }
 
 export interface NativeAddon {

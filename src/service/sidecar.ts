@@ -412,7 +412,11 @@ export class Sidecar {
         const reg = this.#kv.get(req.session!, uint(h, 'region'));
         const key = str(h, 'key', KEY_PATTERN);
         const tokens = uint(h, 'tokens', 1 << 24);
-        const span = this.#span(h, tokens, reg.layout.blockSize);
+        const span = {
+          ...this.#span(h, tokens, reg.layout.blockSize),
+          recordOffset: h['skip_tokens'] === undefined ? 0 : uint(h, 'skip_tokens', 1 << 24),
+          ...(h['record_tokens'] === undefined ? {} : { recordTokens: uint(h, 'record_tokens', 1 << 24) }),
+        };
         const hit = await this.#tiers.acquire(key);
         if (!hit) throw new KvtcError('ERR_KVTC_NOT_FOUND', `no record for chunk ${key}`);
         try {

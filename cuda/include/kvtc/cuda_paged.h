@@ -46,11 +46,15 @@ struct KvRegionDesc {
 };
 
 // A sequence's tokens in the cache: token t is slot (first_slot + t) % block_size of block
-// block_ids[(first_slot + t) / block_size].
+// block_ids[(first_slot + t) / block_size]. On decode, `record_offset` leading tokens of the
+// record are not written (they are already in the cache, e.g. in blocks another request shares),
+// and the record holds `record_tokens` tokens (0: record_offset + tokens).
 struct PagedSpan {
   std::vector<uint32_t> block_ids;
   uint32_t first_slot = 0;
   uint32_t tokens = 0;
+  uint32_t record_offset = 0;
+  uint32_t record_tokens = 0;
 };
 
 class KvRegion;

@@ -1,0 +1,43 @@
+"""The GPU data plane's client side that runs without a GPU: layout detection from vLLM's
+tensor shapes and strides, and the refusals (CPU tensors, unknown layouts)."""
+
+import pytest
+import torch
+
+from kvtc_connector.cuda_ipc import LAYOUTS, describe, detect_layout
+from kvtc_connector.errors import IpcError
+
+
+def test_detects_vllm_layouts_from_shape_and_strides():
+    assert detect_layout(torch.empty(2, 10, 16, 4, 8), 16, 4, 8) == "flash_attn"
+    assert detect_layout(torch.empty(10, 2, 16, 4, 8), 16, 4, 8) == "flashinfer"
+    # FlashInfer's HND cache: logical NHD shape over HND memory; the strides carry it.
+    hnd_memory = torch.empty(10, 2, 4, 16, 8).transpose(2, 3)
+    assert detect_layout(hnd_memory, 16, 4, 8) == "flashinfer"
+    assert detect_layout(torch.empty(10, 2, 4, 16, 8), 16, 4, 8) == "hnd"
+    with pytest.raises(IpcError):
+        detect_layout(torch.empty(10, 16, 4, 8), 16, 4, 8)
+    with pytest.raises(IpcError):
+        detect_layout(torch.empty(2, 10, 32, 4, 8), 16, 4, 8)  # another block size
+
+
+def test_strides_map_each_layout_to_kv_block_slot_head_dim():
+    # The element [kv=1, block=3, slot=5, head=2, dim=7] must be the same memory in each layout.
+    for name, dims in LAYOUTS.items():
+        shape = [0] * 5
+        for logical, size in zip(dims, (2, 10, 16, 4, 8), strict=True):
+            shape[logical] = size
+        t = torch.arange(2 * 10 * 16 * 4 * 8).view(shape)
+        idx = [0] * 5
+        for logical, i in zip(dims, (1, 3, 5, 2, 7), strict=True):
+            idx[logical] = i
+        strides = [t.stride(d) for d in dims]
+        flat = sum(i * s for i, s in zip((1, 3, 5, 2, 7), strides, strict=True))
+        assert t[tuple(idx)].item() == flat, name
+
+
+def test_describe_refuses_cpu_tensors_and_unknown_layouts():
+    with pytest.raises(IpcError, match="CUDA tensors"):
+        describe([torch.empty(2, 10, 16, 4, 8)], "flash_attn")
+    with pytest.raises(IpcError, match="unknown layout"):
+        describe([torch.empty(2, 10, 16, 4, 8)], "nhd-ish")
