@@ -389,6 +389,9 @@ inline unsigned Blocks(int64_t n) { return unsigned((n + kThreads - 1) / kThread
 
 cudaStream_t JobStream() { return ThreadContext().stream; }
 
+// Leading dimension of a [*, n] bf16/fp32 matrix for cuBLAS: n rounded up to 8 elements.
+inline uint32_t PadLd(uint32_t n) { return (n + 7) / 8 * 8; }
+
 class DeviceCalibration {
  public:
   int device = 0;
@@ -396,6 +399,9 @@ class DeviceCalibration {
   DeviceBuffer<__nv_bfloat16> basis_keys, basis_values;
   DeviceBuffer<double> inv_freq;
   uint32_t rank_keys = 0, rank_values = 0;
+  // Leading dimensions of the device bases: the rank rounded up to 8 (16-byte rows of bf16),
+  // which cuBLAS needs for its tensor-core kernels (an odd rank measured 5.6x slower).
+  uint32_t ld_keys = 0, ld_values = 0;
   int half = 0;
 
   // cos/sin for absolute positions [0, table_positions), computed once (in double) and grown on
@@ -441,8 +447,11 @@ std::shared_ptr<DeviceCalibration> Upload(const Calibration& c, int device) {
   auto upload_stream = [](const StreamBasis& s, DeviceBuffer<float>& mean, DeviceBuffer<__nv_bfloat16>& basis) {
     mean.resize(s.mean.size());
     KVTC_CUDA_CALL(cudaMemcpy(mean.ptr, s.mean.data(), s.mean.size() * 4, cudaMemcpyHostToDevice));
-    std::vector<__nv_bfloat16> b(s.basis.size());
-    for (size_t i = 0; i < b.size(); ++i) b[i] = __float2bfloat16_rn(s.basis[i]);
+    // Row-major [p, rank] on the host; [p, ld] on the device, the padding columns zero.
+    const size_t rank = s.rank, ld = PadLd(s.rank), rows = rank ? s.basis.size() / rank : 0;
+    std::vector<__nv_bfloat16> b(rows * ld, __float2bfloat16_rn(0.0f));
+    for (size_t j = 0; j < rows; ++j)
+      for (size_t i = 0; i < rank; ++i) b[j * ld + i] = __float2bfloat16_rn(s.basis[j * rank + i]);
     basis.resize(std::max<size_t>(1, b.size()));
     if (!b.empty()) KVTC_CUDA_CALL(cudaMemcpy(basis.ptr, b.data(), b.size() * 2, cudaMemcpyHostToDevice));
   };
@@ -450,6 +459,8 @@ std::shared_ptr<DeviceCalibration> Upload(const Calibration& c, int device) {
   upload_stream(c.values, dev->mean_values, dev->basis_values);
   dev->rank_keys = c.keys.rank;
   dev->rank_values = c.values.rank;
+  dev->ld_keys = PadLd(c.keys.rank);
+  dev->ld_values = PadLd(c.values.rank);
   const std::vector<double> inv = RopeInvFreq(c.rope);
   dev->half = int(inv.size());
   dev->inv_freq.resize(inv.size());
@@ -549,21 +560,22 @@ CodedSection EncodeStream(Context& ctx, const Calibration& c, const DeviceCalibr
   KVTC_CUDA_CALL(cudaGetLastError());
   prof.mark("prepare");
   const uint32_t r = plan.rank;
-  const uint32_t basis_rank = keys ? dev.rank_keys : dev.rank_values;
-  s.d.resize(std::max<size_t>(1, size_t(tokens) * r));
+  const uint32_t basis_ld = keys ? dev.ld_keys : dev.ld_values;
+  const uint32_t d_ld = PadLd(r);  // D rows padded too: ldc must keep 16-byte alignment
+  s.d.resize(std::max<size_t>(1, size_t(tokens) * d_ld));
   if (r > 0) {
     const float one = 1.0f, zero = 0.0f;
     // Row-major D[T, r] = X[T, p] V[p, :r]  <=>  column-major D^T = V^T X^T.
     KVTC_CUBLAS_CALL(cublasGemmEx(ctx.cublas, CUBLAS_OP_N, CUBLAS_OP_N, int(r), int(tokens), int(p), &one,
-                                  keys ? dev.basis_keys.ptr : dev.basis_values.ptr, CUDA_R_16BF, int(basis_rank),
-                                  s.x.ptr, CUDA_R_16BF, int(p), &zero, s.d.ptr, CUDA_R_32F, int(r), CUBLAS_COMPUTE_32F,
-                                  CUBLAS_GEMM_DEFAULT));
+                                  keys ? dev.basis_keys.ptr : dev.basis_values.ptr, CUDA_R_16BF, int(basis_ld),
+                                  s.x.ptr, CUDA_R_16BF, int(p), &zero, s.d.ptr, CUDA_R_32F, int(d_ld),
+                                  CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   }
   prof.mark("gemm");
   const size_t payload_bytes = PayloadBytes(plan, tokens);
   s.payload.resize(std::max<size_t>(4, payload_bytes + 4));
   KVTC_CUDA_CALL(cudaMemsetAsync(s.payload.ptr, 0, payload_bytes + 4, ctx.stream));
-  LaunchQuantize(ctx, s, plan, tokens, r);
+  LaunchQuantize(ctx, s, plan, tokens, d_ld);
   prof.mark("quantize");
   // nvCOMP batched DEFLATE over chunk_bytes chunks of the payload.
   const size_t chunks = (payload_bytes + chunk_bytes - 1) / chunk_bytes;
@@ -767,14 +779,16 @@ void DecodeStream(Context& ctx, const Calibration& c, const DeviceCalibration& d
                   uint32_t tokens, int64_t pos0, KvDtype dtype, void* dev_out, StreamScratch& s) {
   const int64_t p = c.feature_dim();
   const uint32_t r = plan.rank;
+  const uint32_t dq_ld = PadLd(r);
   const std::vector<GroupDesc> groups = PlanDescs(plan, tokens, /*kept_only=*/false);
-  s.dq.resize(std::max<size_t>(1, size_t(tokens) * r));
+  s.dq.resize(std::max<size_t>(1, size_t(tokens) * dq_ld));
   if (!groups.empty()) {
     s.groups.resize(groups.size());
     KVTC_CUDA_CALL(cudaMemcpyAsync(s.groups.ptr, groups.data(), groups.size() * sizeof(GroupDesc),
                                    cudaMemcpyHostToDevice, ctx.stream));
     const dim3 grid(unsigned((tokens + 7) / 8), unsigned(groups.size()));
-    DequantizeKernel<<<grid, 256, 0, ctx.stream>>>(s.payload.ptr, tokens, s.groups.ptr, int(groups.size()), s.dq.ptr, r);
+    DequantizeKernel<<<grid, 256, 0, ctx.stream>>>(s.payload.ptr, tokens, s.groups.ptr, int(groups.size()), s.dq.ptr,
+                                                   dq_ld);
     KVTC_CUDA_CALL(cudaGetLastError());
   }
   s.xf.resize(size_t(tokens) * p);
@@ -784,7 +798,7 @@ void DecodeStream(Context& ctx, const Calibration& c, const DeviceCalibration& d
     // stored row-major V[p, R] is column-major V^T (R x p): op T selects its first r rows.
     KVTC_CUBLAS_CALL(cublasGemmEx(ctx.cublas, CUBLAS_OP_T, CUBLAS_OP_N, int(p), int(tokens), int(r), &one,
                                   keys ? dev.basis_keys.ptr : dev.basis_values.ptr, CUDA_R_16BF,
-                                  int(keys ? dev.rank_keys : dev.rank_values), s.dq.ptr, CUDA_R_16BF, int(r), &zero,
+                                  int(keys ? dev.ld_keys : dev.ld_values), s.dq.ptr, CUDA_R_16BF, int(dq_ld), &zero,
                                   s.xf.ptr, CUDA_R_32F, int(p), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   } else {
     KVTC_CUDA_CALL(cudaMemsetAsync(s.xf.ptr, 0, size_t(tokens) * p * 4, ctx.stream));
@@ -1091,16 +1105,16 @@ BenchFigures Bench(const Calibration& c, const DeviceCalibration& dev, const uin
       for (int k = 0; k < 2; ++k) {
         const uint32_t rank = k == 0 ? plan.keys.rank : plan.values.rank;
         const __nv_bfloat16* basis = k == 0 ? dev.basis_keys.ptr : dev.basis_values.ptr;
-        const int ldb = int(k == 0 ? dev.rank_keys : dev.rank_values);
+        const int ldb = int(k == 0 ? dev.ld_keys : dev.ld_values);
         if (rank == 0 || m == 0) continue;
         const float one = 1.0f, zero = 0.0f;
         if (encode_dir) {
           KVTC_CUBLAS_CALL(cublasGemmEx(ctx.cublas, CUBLAS_OP_N, CUBLAS_OP_N, int(rank), int(m), int(p), &one, basis,
                                         CUDA_R_16BF, ldb, a.ptr, CUDA_R_16BF, int(p), &zero, out.ptr, CUDA_R_32F,
-                                        int(rank), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+                                        int(PadLd(rank)), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
         } else {
           KVTC_CUBLAS_CALL(cublasGemmEx(ctx.cublas, CUBLAS_OP_T, CUBLAS_OP_N, int(p), int(m), int(rank), &one, basis,
-                                        CUDA_R_16BF, ldb, a.ptr, CUDA_R_16BF, int(rank), &zero, out.ptr, CUDA_R_32F,
+                                        CUDA_R_16BF, ldb, a.ptr, CUDA_R_16BF, int(PadLd(rank)), &zero, out.ptr, CUDA_R_32F,
                                         int(p), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
         }
       }
