@@ -188,7 +188,7 @@ class KvtcSettings:
                 f"(known: {', '.join(sorted(known))})"
             )
         d = KvtcSettings()
-        return KvtcSettings(
+        settings = KvtcSettings(
             endpoint=_str(extra, "endpoint", d.endpoint) or d.endpoint,
             timeout_ms=_int(extra, "timeout_ms", d.timeout_ms, 1),
             retry_ms=_int(extra, "retry_ms", d.retry_ms, 0),
@@ -201,6 +201,18 @@ class KvtcSettings:
             load_async=_bool(extra, "load_async", d.load_async),
             window_chunk_factor=_int(extra, "window_chunk_factor", d.window_chunk_factor, 1),
         )
+        dropped = settings.window_tokens and not settings.stored_window_tokens
+        if "window_tokens" in extra and dropped:
+            # Said once, at startup: a configured window that the policy drops is a surprise.
+            logger.warning(
+                "kvtc: window_tokens=%d is not applied: chunks of %d tokens are shorter than "
+                "window_chunk_factor (%d) x the window, so stored chunks are coded except the sink "
+                "tokens; lower window_chunk_factor or raise chunk_tokens to keep a raw window",
+                settings.window_tokens,
+                settings.chunk_tokens,
+                settings.window_chunk_factor,
+            )
+        return settings
 
     @property
     def stored_window_tokens(self) -> int:

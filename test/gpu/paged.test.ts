@@ -160,7 +160,7 @@ for (const name of ['flash_attn', 'flashinfer', 'hnd']) {
         // and restores exactly what decoding that record gives.
         const rows = syntheticKv(tokens, P, 11);
         const filled = Float32Array.from(flat);
-          for (let t = 0; t < tokens; t++)
+        for (let t = 0; t < tokens; t++)
           for (let j = 0; j < P; j++) {
             const layer = Math.floor(j / perLayer);
             filled[index(l, layer, 0, blockIds, firstSlot, t, j % perLayer)] = rows.keys[t * P + j]!;
