@@ -258,15 +258,7 @@ export class Sidecar {
           { ratio, windowTokens: window, sinkTokens: this.options.sinkTokens, backend: this.#backend },
         );
         const seconds = (performance.now() - t0) / 1000;
-        const tier = await this.#tiers.put(key, record);
-        const raw = k.length + v.length;
-        this.metrics.bytesIn.inc(raw);
-        this.metrics.recordBytes.inc(record.length);
-        this.metrics.ratio.observe(raw / record.length);
-        this.metrics.gbps.observe({ direction: 'encode' }, raw / seconds / 1e9);
-        this.#stats.bytes_in += raw;
-        this.#updateStoreGauges();
-        return { header: { handle: { key, raw_bytes: raw, stored_bytes: record.length, tier } } };
+        return { header: { handle: await this.#store(key, record, k.length + v.length, seconds) } };
       }
       case 'load': {
         this.#session(req);
@@ -278,10 +270,7 @@ export class Sidecar {
         try {
           const t0 = performance.now();
           const out = await decode(cal, hit.pinned.bytes, { tokens, dtype: dt, backend: this.#backend });
-          const raw = out.keys.length + out.values.length;
-          this.metrics.bytesOut.inc(raw);
-          this.metrics.gbps.observe({ direction: 'decode' }, raw / ((performance.now() - t0) / 1000) / 1e9);
-          this.#stats.bytes_out += raw;
+          this.#countLoad(out.keys.length + out.values.length, t0);
           return {
             header: { token_start: out.tokenStart, tokens: out.tokens, tier: hit.tier },
             frames: [out.keys, out.values],
@@ -397,15 +386,8 @@ export class Sidecar {
           windowTokens: h['window_tokens'] === undefined ? this.options.windowTokens : uint(h, 'window_tokens'),
         });
         const seconds = (performance.now() - t0) / 1000;
-        const tier = await this.#tiers.put(key, record);
         const raw = 2 * tokens * cal.featureDim * dtypeBytes(reg.layout.dtype);
-        this.metrics.bytesIn.inc(raw);
-        this.metrics.recordBytes.inc(record.length);
-        this.metrics.ratio.observe(raw / record.length);
-        this.metrics.gbps.observe({ direction: 'encode' }, raw / seconds / 1e9);
-        this.#stats.bytes_in += raw;
-        this.#updateStoreGauges();
-        return { header: { handle: { key, raw_bytes: raw, stored_bytes: record.length, tier } } };
+        return { header: { handle: await this.#store(key, record, raw, seconds) } };
       }
       case 'load_blocks': {
         this.#session(req);
@@ -422,10 +404,7 @@ export class Sidecar {
         try {
           const t0 = performance.now();
           const info = await decodePaged(cal, reg.region, span, hit.pinned.bytes);
-          const raw = 2 * tokens * cal.featureDim * dtypeBytes(reg.layout.dtype);
-          this.metrics.bytesOut.inc(raw);
-          this.metrics.gbps.observe({ direction: 'decode' }, raw / ((performance.now() - t0) / 1000) / 1e9);
-          this.#stats.bytes_out += raw;
+          this.#countLoad(2 * tokens * cal.featureDim * dtypeBytes(reg.layout.dtype), t0);
           // The blocks are written when the region's event fires: the client waits on it.
           return { header: { token_start: info.tokenStart, tokens: info.tokens, tier: hit.tier } };
         } catch (err) {
@@ -457,6 +436,24 @@ export class Sidecar {
         };
       }
     }
+  }
+
+  /** Puts a new record in the tiers, counts it, and returns its handle. */
+  async #store(key: string, record: Buffer, raw: number, seconds: number) {
+    const tier = await this.#tiers.put(key, record);
+    this.metrics.bytesIn.inc(raw);
+    this.metrics.recordBytes.inc(record.length);
+    this.metrics.ratio.observe(raw / record.length);
+    this.metrics.gbps.observe({ direction: 'encode' }, raw / seconds / 1e9);
+    this.#stats.bytes_in += raw;
+    this.#updateStoreGauges();
+    return { key, raw_bytes: raw, stored_bytes: record.length, tier };
+  }
+
+  #countLoad(raw: number, started: number): void {
+    this.metrics.bytesOut.inc(raw);
+    this.metrics.gbps.observe({ direction: 'decode' }, raw / ((performance.now() - started) / 1000) / 1e9);
+    this.#stats.bytes_out += raw;
   }
 
   #updateStoreGauges(): void {
