@@ -332,16 +332,7 @@ class KvtcWorker:
         self.layout = f"cpu-attn-{isa}"
         self.kernel_block_size = kernel_block
         self.layers = layers
-        self.compat = Compat(
-            model_fingerprint=ident.fingerprint,
-            dtype=self.dtype,
-            layout=FRAME_LAYOUT,
-            block_size=self.block_size,
-            layers=ident.layers,
-            kv_heads=ident.kv_heads,
-            head_dim=ident.head_dim,
-            calibration_id=self.settings.calibration_id,
-        )
+        self.compat = self._compat(FRAME_LAYOUT)
         logger.info(
             "kvtc: registered %d layers, layout %s, %s, block %d (kernel block %d)",
             len(layers),
@@ -351,6 +342,20 @@ class KvtcWorker:
             kernel_block,
         )
         self._session(self.client)
+
+    def _compat(self, layout: str) -> Compat:
+        """What ``hello`` checks for this worker's cache (dtype and layout known by now)."""
+        ident = self.identity
+        return Compat(
+            model_fingerprint=ident.fingerprint,
+            dtype=self.dtype,
+            layout=layout,
+            block_size=self.block_size,
+            layers=ident.layers,
+            kv_heads=ident.kv_heads,
+            head_dim=ident.head_dim,
+            calibration_id=self.settings.calibration_id,
+        )
 
     def _register_cuda(self, named: list[tuple[str, torch.Tensor]]) -> None:
         """GPU path: the blocks stay on the GPU; the sidecar (``--backend cuda``, same node)
@@ -368,16 +373,7 @@ class KvtcWorker:
         self.kernel_block_size = self.block_size
         self.layout = f"cuda-{self._ipc_layout}"
         self._cuda_layers = tensors
-        self.compat = Compat(
-            model_fingerprint=ident.fingerprint,
-            dtype=self.dtype,
-            layout=self.layout,
-            block_size=self.block_size,
-            layers=ident.layers,
-            kv_heads=ident.kv_heads,
-            head_dim=ident.head_dim,
-            calibration_id=self.settings.calibration_id,
-        )
+        self.compat = self._compat(self.layout)
         logger.info(
             "kvtc: registered %d CUDA layers (%s, %s, block %d), shared by CUDA IPC",
             len(tensors),

@@ -234,6 +234,17 @@ Napi::Buffer<uint8_t> NewHostBuffer(Napi::Env env, cuda::HostBytes&& bytes) {
 
 #endif
 
+// The fields every encode job shares (tokens, position, plan, raw spans, DEFLATE settings).
+void ParseJobOptions(const Napi::Object& j, EncodeJob& job) {
+  job.tokens = Uint(j, "tokens");
+  job.token_start = Uint(j, "tokenStart");
+  job.plan_id = static_cast<uint16_t>(Uint(j, "planId"));
+  job.sink_tokens = Uint(j, "sinkTokens");
+  job.window_tokens = Uint(j, "windowTokens");
+  job.deflate_level = static_cast<int>(Uint(j, "deflateLevel"));
+  job.chunk_bytes = Uint(j, "chunkBytes");
+}
+
 // encode(calibration, job) -> Promise<Buffer>
 Napi::Value EncodeJs(const Napi::CallbackInfo& info) {
   return Guard(info, [&]() -> Napi::Value {
@@ -241,13 +252,7 @@ Napi::Value EncodeJs(const Napi::CallbackInfo& info) {
     Napi::Object j = ArgObject(info, 1, "job");
     auto job = std::make_shared<EncodeJob>();
     job->dtype = ParseDtype(Uint(j, "dtype"));
-    job->tokens = Uint(j, "tokens");
-    job->token_start = Uint(j, "tokenStart");
-    job->plan_id = static_cast<uint16_t>(Uint(j, "planId"));
-    job->sink_tokens = Uint(j, "sinkTokens");
-    job->window_tokens = Uint(j, "windowTokens");
-    job->deflate_level = static_cast<int>(Uint(j, "deflateLevel"));
-    job->chunk_bytes = Uint(j, "chunkBytes");
+    ParseJobOptions(j, *job);
     Napi::Value keys = Prop(j, "keys"), values = Prop(j, "values");
     Bytes k = ViewBytes(keys, "keys"), v = ViewBytes(values, "values");
     const uint64_t expected = static_cast<uint64_t>(job->tokens) * cal->feature_dim() * DtypeBytes(job->dtype);
@@ -749,13 +754,7 @@ Napi::Value EncodePagedJs(const Napi::CallbackInfo& info) {
     Napi::Object j = ArgObject(info, 2, "job");
     auto job = std::make_shared<EncodeJob>();
     job->dtype = cuda::RegionGeometry(*region).dtype;
-    job->tokens = Uint(j, "tokens");
-    job->token_start = Uint(j, "tokenStart");
-    job->plan_id = static_cast<uint16_t>(Uint(j, "planId"));
-    job->sink_tokens = Uint(j, "sinkTokens");
-    job->window_tokens = Uint(j, "windowTokens");
-    job->deflate_level = static_cast<int>(Uint(j, "deflateLevel"));
-    job->chunk_bytes = Uint(j, "chunkBytes");
+    ParseJobOptions(j, *job);
     auto span = std::make_shared<cuda::PagedSpan>(ParseSpan(ArgObject(info, 3, "span")));
     KVTC_CHECK(span->tokens == job->tokens, kInvalidArgument, "span.tokens and job.tokens differ");
     auto dev = UnwrapWrap(info)->device();
