@@ -27,11 +27,18 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
 
 from kvtc_connector.metadata import KvtcConnectorMetadata, KvtcSettings
 from kvtc_connector.scheduler import KvtcScheduler
+from kvtc_connector.stats import KvtcConnectorStats, KvtcPromMetrics
 from kvtc_connector.worker import KvtcWorker
 
 if TYPE_CHECKING:
     import torch
     from vllm.config import VllmConfig
+    from vllm.distributed.kv_transfer.kv_connector.v1.metrics import (
+        KVConnectorPromMetrics,
+        KVConnectorStats,
+        PromMetric,
+        PromMetricT,
+    )
     from vllm.forward_context import ForwardContext
     from vllm.v1.attention.backend import AttentionMetadata
     from vllm.v1.core.kv_cache_manager import KVCacheBlocks
@@ -138,6 +145,32 @@ class KvtcConnector(KVConnectorBase_V1):
     def get_block_ids_with_load_errors(self) -> set[int]:
         assert self.connector_worker is not None
         return self.connector_worker.get_block_ids_with_load_errors()
+
+    # ==============================
+    # Telemetry (vLLM's log line and /metrics)
+    # ==============================
+
+    def get_kv_connector_stats(self) -> KVConnectorStats | None:
+        # Worker side: the counts since the last call; the scheduler side counts nothing.
+        if self.connector_worker is None:
+            return None
+        return self.connector_worker.take_stats()
+
+    @classmethod
+    def build_kv_connector_stats(
+        cls, data: dict[str, Any] | None = None
+    ) -> KVConnectorStats | None:
+        return KvtcConnectorStats(data=dict(data or {}))
+
+    @classmethod
+    def build_prom_metrics(
+        cls,
+        vllm_config: VllmConfig,
+        metric_types: dict[type[PromMetric], type[PromMetricT]],
+        labelnames: list[str],
+        per_engine_labelvalues: dict[int, list[object]],
+    ) -> KVConnectorPromMetrics | None:
+        return KvtcPromMetrics(vllm_config, metric_types, labelnames, per_engine_labelvalues)
 
     def shutdown(self) -> None:
         if self.connector_scheduler is not None:

@@ -33,6 +33,7 @@ is kernel blocks ``b * r .. b * r + r - 1``. Block 0 is vLLM's null block and ne
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import re
@@ -64,6 +65,7 @@ from kvtc_connector.metadata import (
     model_identity,
 )
 from kvtc_connector.protocol import Dtype
+from kvtc_connector.stats import KvtcConnectorStats
 
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
@@ -269,6 +271,7 @@ class KvtcWorker:
         self._failed_blocks: set[int] = set()
         self._warned: dict[str, float] = {}
         self.stats = WorkerStats()
+        self._reported = WorkerStats()  # what take_stats has handed to vLLM so far
         self.metadata: KvtcConnectorMetadata | None = None
         self._hello_after: dict[int, float] = {}  # id(client) -> next handshake attempt
         # Asynchronous loads. The loader thread has a client of its own (its own DEALER socket
@@ -462,6 +465,16 @@ class KvtcWorker:
     def get_block_ids_with_load_errors(self) -> set[int]:
         failed, self._failed_blocks = self._failed_blocks, set()
         return failed
+
+    def take_stats(self) -> KvtcConnectorStats | None:
+        """The counts since the previous call (None when nothing happened), for vLLM's telemetry."""
+        now = dataclasses.asdict(self.stats)  # one read of each counter (the loader thread adds)
+        before = dataclasses.asdict(self._reported)
+        delta = {k: now[k] - before[k] for k in now}
+        if not any(delta.values()):
+            return None
+        self._reported = WorkerStats(**now)
+        return KvtcConnectorStats(data=delta)
 
     def shutdown(self) -> None:
         if self._loader is not None:

@@ -684,3 +684,45 @@ def test_settings_are_validated(sidecar: Sidecar) -> None:
     assert not KvtcSettings.from_extra_config({"load_async": False}).load_async
     with pytest.raises(ValueError, match="multiple of vLLM's block size 128"):
         new_scheduler(sidecar, chunk_tokens=200)
+
+
+def test_counts_reach_vllms_log_line_and_metrics(sidecar: Sidecar, seed: SidecarClient) -> None:
+    """The worker's counts travel as vLLM's KVConnectorStats (through the real scheduler) and
+    come out of vLLM's own KV-transfer logger and Prometheus metrics."""
+    import prometheus_client
+    from vllm.distributed.kv_transfer.kv_connector.v1.metrics import (
+        KVConnectorLogging,
+        KVConnectorProm,
+    )
+
+    loop = new_loop(sidecar)
+    scheduler = loop.scheduler
+    first = prompt_tokens(2 * C + 10, 21)
+    scheduler.add_request(make_request("w", first, max_tokens=1))
+    while scheduler.requests:
+        loop.step()
+    scheduler.add_request(make_request("r", first[: 2 * C] + prompt_tokens(5, 22), max_tokens=1))
+    while scheduler.requests:
+        loop.step()
+    reported = [s for s in loop.connector_stats if s is not None]
+    assert reported, "the worker reported no stats"
+    config = loop.scheduler.vllm_config
+    logging_ = KVConnectorLogging(config.kv_transfer_config)
+    prom = KVConnectorProm(config, labelnames=["engine"], per_engine_labelvalues={0: ["0"]})
+    before = prometheus_client.REGISTRY.get_sample_value(
+        "vllm:kvtc_tokens_loaded_total", {"engine": "0"}
+    )
+    for s in reported:
+        logging_.observe(s.to_dict())
+        prom.observe(s.to_dict(), 0)
+    lines: list[str] = []
+    logging_.log(lambda fmt, *args: lines.append(fmt % args))
+    (line,) = lines
+    assert "chunks_saved=2" in line and "chunks_loaded=2" in line, line
+    assert f"tokens_loaded={2 * C}" in line and "load_errors=0" in line, line
+    after = prometheus_client.REGISTRY.get_sample_value(
+        "vllm:kvtc_tokens_loaded_total", {"engine": "0"}
+    )
+    assert after - (before or 0) == 2 * C
+    # Nothing new happened since: the next step reports nothing.
+    assert loop.worker.get_kv_connector_stats() is None

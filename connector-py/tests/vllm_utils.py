@@ -340,6 +340,7 @@ def model_runner_output(
     finished_sending: set[str] | None = None,
     finished_recving: set[str] | None = None,
     invalid_block_ids: set[int] | None = None,
+    kv_connector_stats: Any = None,
 ) -> Any:
     """What a model runner returns for ``scheduler_output``: a token for every request whose
     prompt is complete after this step, and the connector's report."""
@@ -359,6 +360,7 @@ def model_runner_output(
             finished_sending=finished_sending,
             finished_recving=finished_recving,
             invalid_block_ids=invalid_block_ids or set(),
+            kv_connector_stats=kv_connector_stats,
         ),
     )
 
@@ -389,6 +391,7 @@ class EngineLoop:
         self.scheduler = scheduler
         self.worker = worker
         self.pattern = pattern
+        self.connector_stats: list[Any] = []  # what the worker reported each step (or None)
 
     def step(
         self,
@@ -409,6 +412,8 @@ class EngineLoop:
             assert w.connector_worker.wait_for_loads(timeout=60), "a load did not finish"
         sending, recving = w.get_finished(so.finished_req_ids)
         invalid = w.get_block_ids_with_load_errors()
+        stats = w.get_kv_connector_stats()  # as vLLM's model runner asks after every step
+        self.connector_stats.append(stats)
         w.clear_connector_metadata()
         result = StepResult(so, meta, sending, invalid, recving)
         if before_output is not None:
@@ -419,6 +424,7 @@ class EngineLoop:
             finished_sending=sending,
             finished_recving=recving,
             invalid_block_ids=invalid,
+            kv_connector_stats=stats,
         )
         self.scheduler.update_from_output(so, out)
         return result
