@@ -35,7 +35,6 @@ dst.parent.mkdir(parents=True, exist_ok=True)
 if not dst.exists():
     dst.symlink_to(src)
 EOF
-  chmod +x "$T"/nvidia/cu13/bin/* "$T"/nvidia/cu13/nvvm/bin/* 2>/dev/null || true
 fi
 NVCC=$T/nvidia/cu13/bin/nvcc
 out=$(mktemp -d)

@@ -621,22 +621,40 @@ class KvtcWorker:
                 return
             if job is not None and job.cancelled:
                 return
-            self._scatter_results(spec, start, results, base_block, failed)
+            self._scatter_results(spec, start, results, failed)
+
+    def _chunk_span(self, spec: LoadSpec, i: int) -> tuple[int, int, int, list[int]]:
+        """Chunk ``i`` of ``spec``: its index, the tokens ``[lo, hi)`` this load fills, and the
+        blocks holding them."""
+        c, bs = self.chunk_tokens, self.block_size
+        base_block = spec.first_chunk * c // bs
+        chunk = spec.first_chunk + i
+        lo = max(spec.token_lo, chunk * c)
+        hi = min(spec.token_hi, (chunk + 1) * c)
+        return (
+            chunk,
+            lo,
+            hi,
+            spec.block_ids[lo // bs - base_block : (hi + bs - 1) // bs - base_block],
+        )
+
+    def _chunk_failed(
+        self, spec: LoadSpec, chunk: int, blocks: list[int], failed: set[int], why: object
+    ) -> None:
+        self._warn("load", "kvtc: chunk %d of %s not loaded: %s", chunk, spec.req_id, why)
+        self.stats.load_errors += 1
+        failed.update(blocks)
 
     def _scatter_results(
         self,
         spec: LoadSpec,
         start: int,
         results: list[LoadResult | KvtcSidecarError],
-        base_block: int,
         failed: set[int],
     ) -> None:
-        c, bs = self.chunk_tokens, self.block_size
+        c = self.chunk_tokens
         for i, result in enumerate(results, start):
-            chunk = spec.first_chunk + i
-            lo = max(spec.token_lo, chunk * c)
-            hi = min(spec.token_hi, (chunk + 1) * c)
-            blocks = spec.block_ids[lo // bs - base_block : hi // bs - base_block]
+            chunk, lo, hi, blocks = self._chunk_span(spec, i)
             if isinstance(result, LoadResult) and not (
                 result.token_start == chunk * c and result.tokens == c
             ):
@@ -646,11 +664,7 @@ class KvtcWorker:
                     f"expected {chunk * c}+{c}",
                 )
             if not isinstance(result, LoadResult):
-                self._warn(
-                    "load", "kvtc: chunk %d of %s not loaded: %s", chunk, spec.req_id, result
-                )
-                self.stats.load_errors += 1
-                failed.update(blocks)
+                self._chunk_failed(spec, chunk, blocks, failed, result)
                 continue
             shape = (c, self.identity.layers, self.identity.kv_heads, self.identity.head_dim)
             keys = torch.frombuffer(result.keys, dtype=self._torch_dtype).view(shape)
@@ -673,15 +687,11 @@ class KvtcWorker:
         finished (vLLM's forward runs on another thread and stream); a synchronous load makes the
         forward stream wait on the device instead."""
         c, bs = self.chunk_tokens, self.block_size
-        base_block = spec.first_chunk * c // bs
         ipc = self._ipc(client)
         for i, key in enumerate(spec.keys):
             if job is not None and job.cancelled:
                 return
-            chunk = spec.first_chunk + i
-            lo = max(spec.token_lo, chunk * c)
-            hi = min(spec.token_hi, (chunk + 1) * c)
-            blocks = spec.block_ids[lo // bs - base_block : (hi + bs - 1) // bs - base_block]
+            chunk, lo, hi, blocks = self._chunk_span(spec, i)
             try:
                 start = ipc.load_blocks(
                     key,
@@ -698,9 +708,7 @@ class KvtcWorker:
                         f"record starts at {start}, expected {chunk * c}",
                     )
             except KvtcSidecarError as e:
-                self._warn("load", "kvtc: chunk %d of %s not loaded: %s", chunk, spec.req_id, e)
-                self.stats.load_errors += 1
-                failed.update(blocks)
+                self._chunk_failed(spec, chunk, blocks, failed, e)
                 continue
             self.stats.chunks_loaded += 1
             self.stats.tokens_loaded += hi - lo

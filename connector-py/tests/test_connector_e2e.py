@@ -18,8 +18,6 @@ The last test kills the sidecar between two requests: vLLM must still answer.
 
 from __future__ import annotations
 
-import gc
-import os
 import signal
 import time
 from collections.abc import Iterator
@@ -27,13 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from vllm_utils import (
-    CONNECTOR,
-    MODEL_DIR,
-    Sidecar,
-    require_inputs,
-    start_sidecar,
-)
+from vllm_utils import Sidecar, require_inputs, start_sidecar, vllm_engine
 
 from kvtc_connector.client import SidecarClient, SidecarStats
 
@@ -55,36 +47,16 @@ def sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sidecar]:
 
 @pytest.fixture(scope="module")
 def llm(sidecar: Sidecar) -> Iterator[Any]:
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    from vllm import LLM
-
-    engine = LLM(
-        model=str(MODEL_DIR),
-        dtype="bfloat16",
-        enforce_eager=True,
-        enable_prefix_caching=False,
-        max_model_len=2048,
-        seed=0,
-        kv_transfer_config={
-            **CONNECTOR,
-            "kv_role": "kv_both",
-            "kv_load_failure_policy": "recompute",
-            "kv_connector_extra_config": {
-                "endpoint": sidecar.endpoint,
-                "chunk_tokens": CHUNK,
-                "ratio": RATIO,
-                "window_tokens": 128,
-                "timeout_ms": 3000,
-                "retry_ms": 1000,
-            },
-        },
-    )
-    yield engine
-    shutdown = getattr(getattr(engine.llm_engine, "engine_core", None), "shutdown", None)
-    if shutdown is not None:
-        shutdown()
-    del engine
-    gc.collect()
+    with vllm_engine(
+        sidecar.endpoint,
+        prefix_caching=False,
+        chunk_tokens=CHUNK,
+        ratio=RATIO,
+        window_tokens=128,
+        timeout_ms=3000,
+        retry_ms=1000,
+    ) as engine:
+        yield engine
 
 
 @pytest.fixture(scope="module")

@@ -22,15 +22,13 @@ One engine, vLLM's prefix cache on, with the connector. Per prompt pair (two pla
 
 from __future__ import annotations
 
-import gc
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from vllm_utils import CONNECTOR, MODEL_DIR, Sidecar, require_inputs, start_sidecar
+from vllm_utils import Sidecar, require_inputs, start_sidecar, vllm_engine
 
 from kvtc_connector.client import SidecarClient
 
@@ -57,34 +55,14 @@ def lossless_sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sidec
 
 @pytest.fixture(scope="module")
 def llm(lossless_sidecar: Sidecar) -> Iterator[Any]:
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    from vllm import LLM
-
-    engine = LLM(
-        model=str(MODEL_DIR),
-        dtype="bfloat16",
-        enforce_eager=True,
-        enable_prefix_caching=True,
-        max_model_len=2048,
-        seed=0,
-        kv_transfer_config={
-            **CONNECTOR,
-            "kv_role": "kv_both",
-            "kv_load_failure_policy": "recompute",
-            "kv_connector_extra_config": {
-                "endpoint": lossless_sidecar.endpoint,
-                "chunk_tokens": CHUNK,
-                "window_tokens": 0,
-                "timeout_ms": 10000,
-            },
-        },
-    )
-    yield engine
-    shutdown = getattr(getattr(engine.llm_engine, "engine_core", None), "shutdown", None)
-    if shutdown is not None:
-        shutdown()
-    del engine
-    gc.collect()
+    with vllm_engine(
+        lossless_sidecar.endpoint,
+        prefix_caching=True,
+        chunk_tokens=CHUNK,
+        window_tokens=0,
+        timeout_ms=10000,
+    ) as engine:
+        yield engine
 
 
 def generate(llm: Any, ids: list[int], *, skip_reading: bool = False) -> dict[str, Any]:

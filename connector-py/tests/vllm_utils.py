@@ -8,6 +8,7 @@ which :class:`EngineLoop` replaces by writing a known KV pattern into the blocks
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import queue
@@ -53,6 +54,37 @@ CONNECTOR = {
     "kv_connector": "KvtcConnector",
     "kv_connector_module_path": "kvtc_connector.connector",
 }
+
+
+@contextmanager
+def vllm_engine(endpoint: str, *, prefix_caching: bool, **extra_config: Any) -> Iterator[Any]:
+    """A real vLLM (CPU) serving SmolLM2 with KvtcConnector at ``endpoint`` (extra settings in
+    ``extra_config``), shut down on exit so the next module can start its own."""
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    from vllm import LLM
+
+    engine = LLM(
+        model=str(MODEL_DIR),
+        dtype="bfloat16",
+        enforce_eager=True,
+        enable_prefix_caching=prefix_caching,
+        max_model_len=2048,
+        seed=0,
+        kv_transfer_config={
+            **CONNECTOR,
+            "kv_role": "kv_both",
+            "kv_load_failure_policy": "recompute",
+            "kv_connector_extra_config": {"endpoint": endpoint, **extra_config},
+        },
+    )
+    try:
+        yield engine
+    finally:
+        shutdown = getattr(getattr(engine.llm_engine, "engine_core", None), "shutdown", None)
+        if shutdown is not None:
+            shutdown()
+        del engine
+        gc.collect()
 
 
 def require_inputs() -> None:

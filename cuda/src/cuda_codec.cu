@@ -143,6 +143,27 @@ __device__ __forceinline__ float DecodeOne(uint8_t q, float shift, float scale, 
   return __fadd_rn(__fmul_rn(float(q), scale), shift);
 }
 
+// A token's shift and scale for one group, as fp16 bits (the CPU quantizer's exact arithmetic):
+// fp8 centres on the midpoint of [lo, hi], integer codes start at lo.
+__device__ __forceinline__ void ShiftScale(float lo, float hi, int bits, bool fp8, uint16_t& sh, uint16_t& sc) {
+  if (fp8) {
+    sh = HalfBitsSat(__fmul_rn(0.5f, __fadd_rn(hi, lo)));
+    sc = HalfBitsSat(__fdiv_rn(__fmul_rn(0.5f, __fsub_rn(hi, lo)), 448.0f));
+  } else {
+    sh = HalfBitsSat(lo);
+    sc = HalfBitsSat(__fdiv_rn(__fsub_rn(hi, lo), float((1 << bits) - 1)));
+  }
+}
+
+// Token t's shift and scale in a group's plane (shifts, then scales, then codes). Planes start at
+// any byte offset (their sizes are not even in general): byte stores.
+__device__ __forceinline__ void StoreShiftScale(uint8_t* plane, int64_t t, int64_t tokens, uint16_t sh, uint16_t sc) {
+  plane[2 * t] = uint8_t(sh & 0xff);
+  plane[2 * t + 1] = uint8_t(sh >> 8);
+  plane[2 * tokens + 2 * t] = uint8_t(sc & 0xff);
+  plane[2 * tokens + 2 * t + 1] = uint8_t(sc >> 8);
+}
+
 // One warp per (token, kept group). Lanes stride over the group's components; min/max by
 // shuffles; codes written as whole bytes: a lane owns `8 / bits` consecutive codes per byte.
 // Groups of one component (size 1) take the same path with one active lane per token.
@@ -166,21 +187,9 @@ __global__ void QuantizeKernel(const float* __restrict__ d, int64_t ld, int64_t 
     hi = fmaxf(hi, __shfl_xor_sync(0xffffffffu, hi, o));
   }
   uint16_t sh, sc;
-  if (fp8) {
-    sh = HalfBitsSat(__fmul_rn(0.5f, __fadd_rn(hi, lo)));
-    sc = HalfBitsSat(__fdiv_rn(__fmul_rn(0.5f, __fsub_rn(hi, lo)), 448.0f));
-  } else {
-    sh = HalfBitsSat(lo);
-    sc = HalfBitsSat(__fdiv_rn(__fsub_rn(hi, lo), float((1 << gd.bits) - 1)));
-  }
+  ShiftScale(lo, hi, gd.bits, fp8, sh, sc);
   uint8_t* plane = payload + gd.plane;
-  if (lane == 0) {
-    // Planes start at any byte offset (their sizes are not even in general): byte stores.
-    plane[2 * t] = uint8_t(sh & 0xff);
-    plane[2 * t + 1] = uint8_t(sh >> 8);
-    plane[2 * tokens + 2 * t] = uint8_t(sc & 0xff);
-    plane[2 * tokens + 2 * t + 1] = uint8_t(sc >> 8);
-  }
+  if (lane == 0) StoreShiftScale(plane, t, tokens, sh, sc);
   const float shift = __half2float(__ushort_as_half(sh)), scale = __half2float(__ushort_as_half(sc));
   const int max_code = (1 << gd.bits) - 1;
   uint8_t* codes = plane + 4 * tokens;
@@ -217,18 +226,9 @@ __global__ void QuantizeSmallKernel(const float* __restrict__ d, int64_t ld, int
     hi = fmaxf(hi, x[j]);
   }
   uint16_t sh, sc;
-  if (fp8) {
-    sh = HalfBitsSat(__fmul_rn(0.5f, __fadd_rn(hi, lo)));
-    sc = HalfBitsSat(__fdiv_rn(__fmul_rn(0.5f, __fsub_rn(hi, lo)), 448.0f));
-  } else {
-    sh = HalfBitsSat(lo);
-    sc = HalfBitsSat(__fdiv_rn(__fsub_rn(hi, lo), float((1 << gd.bits) - 1)));
-  }
+  ShiftScale(lo, hi, gd.bits, fp8, sh, sc);
   uint8_t* plane = payload + gd.plane;
-  plane[2 * t] = uint8_t(sh & 0xff);
-  plane[2 * t + 1] = uint8_t(sh >> 8);
-  plane[2 * tokens + 2 * t] = uint8_t(sc & 0xff);
-  plane[2 * tokens + 2 * t + 1] = uint8_t(sc >> 8);
+  StoreShiftScale(plane, t, tokens, sh, sc);
   if (gd.size * gd.bits % 8 != 0) return;
   const float shift = __half2float(__ushort_as_half(sh)), scale = __half2float(__ushort_as_half(sc));
   const int max_code = (1 << gd.bits) - 1;

@@ -115,10 +115,6 @@ export class Sidecar {
     return this.#regions;
   }
 
-  #planId(ratio: number | undefined): number {
-    return ratio === undefined ? this.options.calibration.planId(this.#ratio) : this.options.calibration.planId(ratio);
-  }
-
   /** The span of a block op: tokens from slot first_slot of the first listed block. */
   #span(h: Record<string, unknown>, tokens: number, blockSize: number): PagedSpan {
     return {
@@ -265,23 +261,15 @@ export class Sidecar {
         const key = str(h, 'key', KEY_PATTERN);
         const tokens = uint(h, 'tokens', 1 << 24);
         const dt = dtype(h);
-        const hit = await this.#tiers.acquire(key);
-        if (!hit) throw new KvtcError('ERR_KVTC_NOT_FOUND', `no record for chunk ${key}`);
-        try {
+        return this.#readRecord(key, async (record, tier) => {
           const t0 = performance.now();
-          const out = await decode(cal, hit.pinned.bytes, { tokens, dtype: dt, backend: this.#backend });
+          const out = await decode(cal, record, { tokens, dtype: dt, backend: this.#backend });
           this.#countLoad(out.keys.length + out.values.length, t0);
           return {
-            header: { token_start: out.tokenStart, tokens: out.tokens, tier: hit.tier },
+            header: { token_start: out.tokenStart, tokens: out.tokens, tier },
             frames: [out.keys, out.values],
           };
-        } catch (err) {
-          // A record that does not decode is useless to everyone: drop it, report its code.
-          if (err instanceof KvtcError && err.code.startsWith('ERR_KVTC_RECORD')) await this.#tiers.delete(key);
-          throw err;
-        } finally {
-          hit.pinned.release();
-        }
+        });
       }
       case 'delete': {
         this.#session(req);
@@ -380,7 +368,7 @@ export class Sidecar {
         const span = this.#span(h, tokens, reg.layout.blockSize);
         const t0 = performance.now();
         const record = await encodePaged(cal, reg.region, span, {
-          planId: this.#planId(optionalNumber(h, 'ratio')),
+          planId: cal.planId(optionalNumber(h, 'ratio') ?? this.#ratio),
           tokenStart: uint(h, 'token_start'),
           sinkTokens: this.options.sinkTokens,
           windowTokens: h['window_tokens'] === undefined ? this.options.windowTokens : uint(h, 'window_tokens'),
@@ -399,20 +387,13 @@ export class Sidecar {
           recordOffset: h['skip_tokens'] === undefined ? 0 : uint(h, 'skip_tokens', 1 << 24),
           ...(h['record_tokens'] === undefined ? {} : { recordTokens: uint(h, 'record_tokens', 1 << 24) }),
         };
-        const hit = await this.#tiers.acquire(key);
-        if (!hit) throw new KvtcError('ERR_KVTC_NOT_FOUND', `no record for chunk ${key}`);
-        try {
+        return this.#readRecord(key, async (record, tier) => {
           const t0 = performance.now();
-          const info = await decodePaged(cal, reg.region, span, hit.pinned.bytes);
+          const info = await decodePaged(cal, reg.region, span, record);
           this.#countLoad(2 * tokens * cal.featureDim * dtypeBytes(reg.layout.dtype), t0);
           // The blocks are written when the region's event fires: the client waits on it.
-          return { header: { token_start: info.tokenStart, tokens: info.tokens, tier: hit.tier } };
-        } catch (err) {
-          if (err instanceof KvtcError && err.code.startsWith('ERR_KVTC_RECORD')) await this.#tiers.delete(key);
-          throw err;
-        } finally {
-          hit.pinned.release();
-        }
+          return { header: { token_start: info.tokenStart, tokens: info.tokens, tier } };
+        });
       }
       case 'stats': {
         // This request is not in #inFlight yet: a synchronous handler runs before #track adds it.
@@ -448,6 +429,23 @@ export class Sidecar {
     this.#stats.bytes_in += raw;
     this.#updateStoreGauges();
     return { key, raw_bytes: raw, stored_bytes: record.length, tier };
+  }
+
+  /**
+   * Runs `use` on the record stored under `key`, pinned meanwhile. A record that does not decode
+   * is useless to everyone: it is dropped and its code reported.
+   */
+  async #readRecord<T>(key: string, use: (record: Buffer, tier: string) => Promise<T>): Promise<T> {
+    const hit = await this.#tiers.acquire(key);
+    if (!hit) throw new KvtcError('ERR_KVTC_NOT_FOUND', `no record for chunk ${key}`);
+    try {
+      return await use(hit.pinned.bytes, hit.tier);
+    } catch (err) {
+      if (err instanceof KvtcError && err.code.startsWith('ERR_KVTC_RECORD')) await this.#tiers.delete(key);
+      throw err;
+    } finally {
+      hit.pinned.release();
+    }
   }
 
   #countLoad(raw: number, started: number): void {
