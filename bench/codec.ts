@@ -170,6 +170,9 @@ export interface CudaBenchResult extends BenchResult {
   gpu: string;
   date: string;
   d2h_copy_gbps: number;
+  /** record memory served from the pool / fresh from the system, over the timed repetitions */
+  record_pool_hits: number;
+  record_pool_misses: number;
 }
 
 export const CUDA_SHAPES: BenchShape[] = [
@@ -230,6 +233,8 @@ export async function benchShapeCuda(
         gpu: f.device,
         date: new Date().toISOString().slice(0, 10),
         d2h_copy_gbps: raw / f.d2hCopyS / 1e9,
+        record_pool_hits: f.poolHits,
+        record_pool_misses: f.poolMisses,
       });
     }
   }

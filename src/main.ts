@@ -111,6 +111,7 @@ bench
   .option('--backend <name>', 'codec backend: cpu or cuda (a CUDA build with a device)', 'cpu')
   .option('--shape <name>', 'one of stories260k, smollm2, 1b, 8b (default: all)')
   .option('--tokens <n>', 'tokens per run (default: per shape)', int('tokens', 1))
+  .option('--batch <n>', 'sequences per timed run, cuda only (default: 1 and 8)', int('batch', 1))
   .option('--ratio <n>', 'target compression ratio of the plan', Number, 16)
   .option('--reps <n>', 'repetitions (best is reported)', int('reps', 1), 3)
   .option('--json', 'print one JSON object')
@@ -137,7 +138,7 @@ bench
             cacheDir: o.cache,
             progress: progress.update,
             tokenCounts: o.tokens ? [o.tokens] : [8192, 32768],
-            batches: [1, 8],
+            batches: o.batch ? [o.batch] : [1, 8],
           })),
         );
       }

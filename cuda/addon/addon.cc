@@ -14,6 +14,7 @@
 #include "kvtc/calibrate.h"
 #include "kvtc/codec.h"
 #include "kvtc/crc32c.h"
+#include "kvtc/host_copy.h"
 #include "kvtc/entropy.h"
 #include "kvtc/numeric.h"
 
@@ -534,6 +535,19 @@ Napi::Value Crc32cJs(const Napi::CallbackInfo& info) {
   });
 }
 
+// copyCrc32c(data) -> {copy, crc}: the copy-and-checksum pass the CUDA backend assembles records with.
+Napi::Value CopyCrc32cJs(const Napi::CallbackInfo& info) {
+  return Guard(info, [&]() -> Napi::Value {
+    Bytes in = ViewBytes(info[0], "data");
+    std::vector<uint8_t> copy(in.size);
+    const uint32_t crc = ParallelCopyCrc(copy.data(), in.data, in.size);
+    Napi::Object out = Napi::Object::New(info.Env());
+    out.Set("crc", Napi::Number::New(info.Env(), crc));
+    out.Set("copy", NewBuffer(info.Env(), std::move(copy)));
+    return out;
+  });
+}
+
 // convert(Float32Array, 'float16' | 'bfloat16' | 'fp8') -> the rounded values as Float32Array
 Napi::Value RoundJs(const Napi::CallbackInfo& info) {
   return Guard(info, [&]() -> Napi::Value {
@@ -595,6 +609,8 @@ Napi::Value BenchCudaJs(const Napi::CallbackInfo& info) {
     r.Set("recordBytes", static_cast<double>(f.record_bytes));
     r.Set("codedBytes", static_cast<double>(f.coded_bytes));
     r.Set("codedTokens", f.coded_tokens);
+    r.Set("poolHits", static_cast<double>(f.pool_hits));
+    r.Set("poolMisses", static_cast<double>(f.pool_misses));
     r.Set("device", cuda::DeviceName(0));
     return r;
   });
@@ -872,6 +888,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   stages.Set("packBits", Napi::Function::New(env, PackBitsJs));
   stages.Set("deflate", Napi::Function::New(env, DeflateJs));
   stages.Set("crc32c", Napi::Function::New(env, Crc32cJs));
+  stages.Set("copyCrc32c", Napi::Function::New(env, CopyCrc32cJs));
   stages.Set("round", Napi::Function::New(env, RoundJs));
 #if KVTC_WITH_CUDA
   exports.Set("benchCuda", Napi::Function::New(env, BenchCudaJs));

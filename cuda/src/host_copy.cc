@@ -1,6 +1,9 @@
 #include "kvtc/host_copy.h"
 
 #include <cstring>
+#include <vector>
+
+#include "kvtc/crc32c.h"
 
 namespace kvtc {
 
@@ -18,6 +21,31 @@ void ParallelCopy(void* dst, const void* src, size_t size) {
     const size_t at = size_t(i) * kPiece;
     std::memcpy(d + at, s + at, at + kPiece <= size ? kPiece : size - at);
   }
+}
+
+uint32_t ParallelCopyCrc(void* dst, const void* src, size_t size) {
+  constexpr size_t kPiece = size_t(1) << 20;
+  if (size < 2 * kPiece) {
+    if (size) std::memcpy(dst, src, size);
+    return Crc32c(dst, size);
+  }
+  const auto pieces = static_cast<int64_t>((size + kPiece - 1) / kPiece);
+  std::vector<uint32_t> crcs(static_cast<size_t>(pieces));
+  auto* d = static_cast<uint8_t*>(dst);
+  const auto* s = static_cast<const uint8_t*>(src);
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < pieces; ++i) {
+    const size_t at = size_t(i) * kPiece;
+    const size_t n = at + kPiece <= size ? kPiece : size - at;
+    std::memcpy(d + at, s + at, n);
+    crcs[size_t(i)] = Crc32c(d + at, n);
+  }
+  uint32_t crc = crcs[0];
+  for (int64_t i = 1; i < pieces; ++i) {
+    const size_t at = size_t(i) * kPiece;
+    crc = Crc32cCombine(crc, crcs[size_t(i)], at + kPiece <= size ? kPiece : size - at);
+  }
+  return crc;
 }
 
 void ParallelCopyChunks(uint8_t* dst, const size_t* dst_off, const uint8_t* src, const size_t* src_off,

@@ -175,6 +175,8 @@ export interface NativeAddon {
     recordBytes: number;
     codedBytes: number;
     codedTokens: number;
+    poolHits: number;
+    poolMisses: number;
     device: string;
   };
   /** CUDA builds only: the GPU data plane over paged KV caches (cuda/include/kvtc/cuda_paged.h). */
@@ -213,6 +215,7 @@ export interface NativeAddon {
       o: { inflate: false; chunkBytes: number; level: number } | { inflate: true; expectedBytes: number },
     ): Buffer;
     crc32c(data: Uint8Array): number;
+    copyCrc32c(data: Uint8Array): { copy: Buffer; crc: number };
     round(x: Float32Array, to: 'float16' | 'bfloat16' | 'fp8'): Float32Array;
     quantizeCuda?(d: Float32Array, o: { tokens: number; plan: NativePlan }): Buffer;
     dequantizeCuda?(payload: Uint8Array, o: { tokens: number; plan: NativePlan }): Float32Array;

@@ -73,4 +73,10 @@ t.test('CRC32C test vectors', async (t) => {
   for (const n of [4 * 2 ** 20, 4 * 2 ** 20 + 1, big.length]) {
     t.equal(native.stages.crc32c(big.subarray(0, n)), ref(big.subarray(0, n)), `parallel CRC of ${n} bytes`);
   }
+  // The fused copy + CRC pass (CUDA record assembly) at sizes below, at and past its 2 MiB cut.
+  for (const n of [0, 1, 2 * 2 ** 20 - 1, 2 * 2 ** 20, 3 * 2 ** 20 + 7, big.length]) {
+    const { copy, crc } = native.stages.copyCrc32c(big.subarray(0, n));
+    t.ok(copy.equals(big.subarray(0, n)), `copy of ${n} bytes is exact`);
+    t.equal(crc, ref(big.subarray(0, n)), `CRC of the ${n}-byte copy`);
+  }
 });

@@ -1,9 +1,10 @@
 // The CUDA backend: the same pipeline and the same record format as codec.h, on one GPU.
 //   encode: [unRoPE + centre + bf16] -> cuBLAS GEMM (bf16 in, fp32 accumulate) -> quantize+pack
-//           -> nvCOMP batched DEFLATE -> compaction -> one device-to-host copy of the record body
+//           -> DEFLATE (kvtc's coder or nvCOMP) -> compaction -> one device-to-host copy of the record body
 //   decode: one host-to-device copy -> nvCOMP inflate -> dequantize (bf16) -> GEMM -> + mean,
 //           reRoPE, cast
-// One CUDA stream per job; the only host synchronisation is reading the compressed chunk sizes.
+// One CUDA stream per job. Encode syncs twice: once for the compressed chunk sizes (they decide
+// the record's layout), once for the record's one device-to-host copy.
 #pragma once
 
 #include <cstdint>
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include "kvtc/codec.h"
+#include "kvtc/record_memory.h"
 
 namespace kvtc::cuda {
 
@@ -22,9 +24,9 @@ std::string DeviceName(int device = 0);
 class DeviceCalibration;
 std::shared_ptr<DeviceCalibration> Upload(const Calibration& calibration, int device = 0);
 
-// Host bytes without a zero fill (a record is written exactly once, by parallel copies).
+// A finished record in host memory (record_memory.h: pooled, written once, never zero-filled).
 struct HostBytes {
-  std::unique_ptr<uint8_t[]> data;
+  RecordMemory data;
   size_t size = 0;
 };
 
@@ -32,10 +34,26 @@ struct HostBytes {
 HostBytes Encode(const Calibration& calibration, const DeviceCalibration& dev, const EncodeJob& job,
                             bool device_input);
 
+// Several sequences in one job: sequence b + 1's device work is queued before sequence b is read
+// back, so the device does not wait for the host's record assembly (same records as Encode).
+std::vector<HostBytes> EncodeMany(const Calibration& calibration, const DeviceCalibration& dev,
+                                  const std::vector<EncodeJob>& jobs, bool device_input);
+
 // Decodes into device memory: keys_out / values_out hold tokens x feature_dim elements of the
 // record's dtype (the record's structure and CRCs are checked before any device work).
 RecordHeader DecodeToDevice(const Calibration& calibration, const DeviceCalibration& dev, const uint8_t* record,
                             size_t size, uint64_t expected_bytes, void* keys_out, void* values_out);
+
+// Several records into device memory, sequence b staged and inflated while b - 1 is reconstructed.
+struct DeviceDecodeJob {
+  const uint8_t* record = nullptr;
+  size_t size = 0;
+  uint64_t expected_bytes = 0;
+  void* keys_out = nullptr;
+  void* values_out = nullptr;
+};
+std::vector<RecordHeader> DecodeManyToDevice(const Calibration& calibration, const DeviceCalibration& dev,
+                                             const std::vector<DeviceDecodeJob>& jobs);
 
 // Decodes into host vectors (DecodeResult) after the same checks as the CPU decoder.
 DecodeResult Decode(const Calibration& calibration, const DeviceCalibration& dev, const uint8_t* record, size_t size,
@@ -51,6 +69,7 @@ struct BenchFigures {
   double d2h_copy_s = 0;               // raw KV device-to-host copy (pinned)
   size_t record_bytes = 0, coded_bytes = 0;
   uint32_t coded_tokens = 0;
+  uint64_t pool_hits = 0, pool_misses = 0;  // record memory from the pool / fresh, timed repetitions
 };
 
 // Times `batch` sequences of `tokens` each (bf16 KV on the device, filled from `host_kv`).

@@ -10,6 +10,10 @@ namespace kvtc {
 // memcpy, in 1 MiB pieces over the OpenMP threads (serial below 2 MiB).
 void ParallelCopy(void* dst, const void* src, size_t size);
 
+// ParallelCopy that also returns the CRC32C of the bytes, each 1 MiB piece checksummed right
+// after its copy while it is still in cache (one pass over memory instead of two).
+uint32_t ParallelCopyCrc(void* dst, const void* src, size_t size);
+
 // n independent copies (dst + dst_off[i] <- src + src_off[i], size[i] bytes), over the threads.
 void ParallelCopyChunks(uint8_t* dst, const size_t* dst_off, const uint8_t* src, const size_t* src_off,
                         const size_t* size, size_t n);

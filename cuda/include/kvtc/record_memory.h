@@ -1,0 +1,32 @@
+// Host memory for finished records. An encode writes tens of MiB of record once; memory fresh
+// from the kernel costs a page fault and a zero fill per 4 KiB page on that first write, which
+// made up most of a GPU encode's wall time (docs/benchmarks.md). So records are allocated in
+// 2 MiB-aligned blocks advised for transparent huge pages (one fault per 2 MiB), and a freed
+// record's block is kept, still mapped, in a bounded pool for the next record of similar size.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+namespace kvtc {
+
+// Returns a record's block to the pool (or to the system when the pool is full).
+struct RecordMemoryDeleter {
+  size_t capacity = 0;
+  void operator()(uint8_t* p) const;
+};
+using RecordMemory = std::unique_ptr<uint8_t[], RecordMemoryDeleter>;
+
+// Uninitialised host memory for `size` bytes: a pooled block when one of at least `size` (and at
+// most twice it) is free, else a fresh one. KVTC_RECORD_POOL_MB bounds the idle pool (default
+// 512; 0 disables pooling).
+RecordMemory AllocateRecordMemory(size_t size);
+
+struct RecordPoolStats {
+  uint64_t hits = 0, misses = 0;  // allocations served from the pool / fresh from the system
+  size_t idle_bytes = 0;          // memory held by the pool now
+};
+RecordPoolStats RecordPoolStatistics();
+
+}  // namespace kvtc
