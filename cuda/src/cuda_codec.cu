@@ -18,6 +18,7 @@
 #include <string>
 
 #include "cuda_common.cuh"
+#include "cuda_rows.cuh"
 #include "kvtc/crc32c.h"
 #include "kvtc/cuda_huffman.h"
 #include "kvtc/error.h"
@@ -67,11 +68,12 @@ __device__ __forceinline__ void RopePair(int j, int rotary_dim, bool neox, int& 
   }
 }
 
-// Encode prologue. in: [tokens, heads, head_dim] (heads = layers x kv_heads); out bf16, centred,
-// RoPE removed when `table` is set. Each thread reads its pair partner.
-template <typename T>
-__global__ void PrepareKernel(const T* __restrict__ in, int64_t tokens, int heads, int head_dim, int rotary_dim,
-                              bool neox, const float2* __restrict__ table, const float* __restrict__ mean,
+// Encode prologue. in: token rows of [heads, head_dim] (heads = layers x kv_heads), contiguous or
+// in a paged cache (cuda_rows.cuh); out bf16 [tokens, p], centred, RoPE removed when `table` is
+// set. Each thread reads its pair partner.
+template <typename T, typename Rows>
+__global__ void PrepareKernel(Rows in, int64_t tokens, int heads, int head_dim, int rotary_dim, bool neox,
+                              const float2* __restrict__ table, const float* __restrict__ mean,
                               __nv_bfloat16* __restrict__ out) {
   const int p = heads * head_dim;
   const int f = blockIdx.y * blockDim.x + threadIdx.x;
@@ -82,29 +84,32 @@ __global__ void PrepareKernel(const T* __restrict__ in, int64_t tokens, int head
   int freq = 0, partner = j;
   bool first = true;
   if (rotate) RopePair(j, rotary_dim, neox, freq, partner, first);
+  const T* x_at = in.FeatureBase(f);
+  const T* y_at = in.FeatureBase(f - j + partner);
   const int half = rotary_dim / 2;
   const int64_t t0 = int64_t(blockIdx.x) * kRowsPerThread;
 #pragma unroll
   for (int k = 0; k < kRowsPerThread; ++k) {
     const int64_t t = t0 + k;
     if (t >= tokens) break;
-    const size_t i = size_t(t) * p + f;
-    float x = LoadAsFloat(in, i);
+    const int64_t off = in.TokenOffset(t);
+    float x = LoadAsFloat(x_at, off);
     if (rotate) {
       const float2 cs = table[t * half + freq];
-      const float y = LoadAsFloat(in, i - j + partner);
+      const float y = LoadAsFloat(y_at, off);
       // inverse rotation: a = a' c + b' s ; b = b' c - a' s
       x = first ? x * cs.x + y * cs.y : x * cs.x - y * cs.y;
     }
-    out[i] = __float2bfloat16_rn(x - m);
+    out[size_t(t) * p + f] = __float2bfloat16_rn(x - m);
   }
 }
 
-// Decode epilogue. in: fp32 reconstruction without the mean; out: + mean, RoPE re-applied.
-template <typename T>
-__global__ void FinishKernel(const float* __restrict__ in, int64_t tokens, int heads, int head_dim, int rotary_dim,
-                             bool neox, const float2* __restrict__ table, const float* __restrict__ mean,
-                             T* __restrict__ out) {
+// Decode epilogue. in: fp32 reconstruction [tokens, p] without the mean; out: + mean, RoPE
+// re-applied, for rows [lo, hi) only (a restore that skips a record's leading tokens).
+template <typename T, typename Rows>
+__global__ void FinishKernel(const float* __restrict__ in, int64_t lo, int64_t hi, int heads, int head_dim,
+                             int rotary_dim, bool neox, const float2* __restrict__ table, const float* __restrict__ mean,
+                             Rows out) {
   const int p = heads * head_dim;
   const int f = blockIdx.y * blockDim.x + threadIdx.x;
   if (f >= p) return;
@@ -115,12 +120,13 @@ __global__ void FinishKernel(const float* __restrict__ in, int64_t tokens, int h
   bool first = true;
   if (rotate) RopePair(j, rotary_dim, neox, freq, partner, first);
   const float m_partner = mean[f - j + partner];
+  T* at = out.FeatureBase(f);
   const int half = rotary_dim / 2;
-  const int64_t t0 = int64_t(blockIdx.x) * kRowsPerThread;
+  const int64_t t0 = lo + int64_t(blockIdx.x) * kRowsPerThread;
 #pragma unroll
   for (int k = 0; k < kRowsPerThread; ++k) {
     const int64_t t = t0 + k;
-    if (t >= tokens) break;
+    if (t >= hi) break;
     const size_t i = size_t(t) * p + f;
     float x = in[i] + m;
     if (rotate) {
@@ -129,7 +135,7 @@ __global__ void FinishKernel(const float* __restrict__ in, int64_t tokens, int h
       // apply: a' = a c - b s ; b' = b c + a s
       x = first ? x * cs.x - y * cs.y : x * cs.x + y * cs.y;
     }
-    StoreFromFloat(out, i, x);
+    StoreFromFloat(at, size_t(out.TokenOffset(t)), x);
   }
 }
 
@@ -568,6 +574,24 @@ void DispatchDtype(KvDtype dt, F&& f) {
   }
 }
 
+// One stream's rows as the prologue and epilogue kernels see them: contiguous device rows, or a
+// paged span whose row 0 is span token `token0`.
+struct StreamRows {
+  const void* rows = nullptr;
+  const PagedRows* paged = nullptr;
+  int64_t kv_offset = 0;  // paged: 0 for keys, strides.kv for values
+  int64_t token0 = 0;
+};
+
+template <typename T, typename F>
+void WithRows(const StreamRows& r, int64_t features, F&& f) {
+  if (r.paged) {
+    f(PagedRowsOf<T>{*r.paged, r.kv_offset, r.token0});
+  } else {
+    f(ContiguousRows<T>{static_cast<T*>(const_cast<void*>(r.rows)), features});
+  }
+}
+
 // Groups of fewer than 32 components: one thread per token; larger: one warp per token.
 void LaunchQuantize(Context& ctx, StreamScratch& s, const Plan& plan, uint32_t tokens, uint32_t ld) {
   const std::vector<GroupDesc> all = PlanDescs(plan, tokens, /*kept_only=*/true);
@@ -621,7 +645,7 @@ struct LaunchedStream {
 };
 
 LaunchedStream LaunchStream(Context& ctx, StreamScratch& s, const Calibration& c, const DeviceCalibration& dev,
-                            const Plan& plan, bool keys, const void* dev_rows, KvDtype dtype, uint32_t tokens,
+                            const Plan& plan, bool keys, const StreamRows& rows, KvDtype dtype, uint32_t tokens,
                             int64_t pos0, size_t chunk_bytes, Profiler& prof) {
   LaunchedStream out;
   out.s = &s;
@@ -634,8 +658,10 @@ LaunchedStream LaunchStream(Context& ctx, StreamScratch& s, const Calibration& c
   const bool neox = c.rope.layout == RopeLayout::kNeox;
   DispatchDtype(dtype, [&](auto tag) {
     using T = decltype(tag);
-    PrepareKernel<T><<<RowGrid(tokens, p), kThreads, 0, ctx.stream>>>(
-        static_cast<const T*>(dev_rows), tokens, heads, int(c.head_dim), c.rope.rotary_dim, neox, table, mean, s.x.ptr);
+    WithRows<T>(rows, p, [&](auto in) {
+      PrepareKernel<T><<<RowGrid(tokens, p), kThreads, 0, ctx.stream>>>(in, tokens, heads, int(c.head_dim),
+                                                                        c.rope.rotary_dim, neox, table, mean, s.x.ptr);
+    });
   });
   KVTC_CUDA_CALL(cudaGetLastError());
   prof.mark(keys ? "k.prepare" : "v.prepare");
@@ -885,10 +911,10 @@ void CheckInflate(const StreamScratch& s, const std::vector<InflateTarget>& targ
   }
 }
 
-// payload (device) -> rows of dtype on the device at dev_out.
+// payload (device) -> rows [lo, hi) of dtype, written into `out` (contiguous or paged).
 void DecodeStream(Context& ctx, const Calibration& c, const DeviceCalibration& dev, const Plan& plan, bool keys,
-                  const uint8_t* payload, uint32_t tokens, int64_t pos0, KvDtype dtype, void* dev_out, StreamScratch& s,
-                  Profiler& prof) {
+                  const uint8_t* payload, uint32_t tokens, int64_t pos0, KvDtype dtype, const StreamRows& out,
+                  int64_t lo, int64_t hi, StreamScratch& s, Profiler& prof) {
   const int64_t p = c.feature_dim();
   const uint32_t r = plan.rank;
   const uint32_t dq_ld = PadLd(r);
@@ -928,9 +954,10 @@ void DecodeStream(Context& ctx, const Calibration& c, const DeviceCalibration& d
   const bool neox = c.rope.layout == RopeLayout::kNeox;
   DispatchDtype(dtype, [&](auto tag) {
     using T = decltype(tag);
-    FinishKernel<T><<<RowGrid(tokens, p), kThreads, 0, ctx.stream>>>(
-        s.xf.ptr, tokens, int(c.layers * c.kv_heads), int(c.head_dim), c.rope.rotary_dim, neox, table, mean,
-        static_cast<T*>(dev_out));
+    WithRows<T>(out, p, [&](auto rows) {
+      FinishKernel<T><<<RowGrid(hi - lo, p), kThreads, 0, ctx.stream>>>(
+          s.xf.ptr, lo, hi, int(c.layers * c.kv_heads), int(c.head_dim), c.rope.rotary_dim, neox, table, mean, rows);
+    });
   });
   KVTC_CUDA_CALL(cudaGetLastError());
   prof.mark(keys ? "k.finish" : "v.finish");
@@ -954,6 +981,7 @@ struct EncodePart {
 struct EncodeFlight {
   int slot = 0;
   bool device_input = false;
+  const PagedRows* paged = nullptr;  // set: the rows are read in place from a paged cache
   const EncodeJob* job = nullptr;
   uint32_t sinks = 0, window = 0, middle = 0;
   LaunchedStream coded[2];
@@ -974,13 +1002,14 @@ EncodeSlot& EncodeSlotBuffers(int slot) {
 }
 
 void LaunchEncode(Context& ctx, const Calibration& c, const DeviceCalibration& dev, const EncodeJob& job,
-                  bool device_input, int slot, EncodeFlight& f) {
+                  bool device_input, const PagedRows* paged, int slot, EncodeFlight& f) {
   KVTC_CHECK(job.tokens > 0, kInvalidArgument, "Expected at least one token to encode but received 0");
   KVTC_CHECK(job.plan_id < c.plans.size(), kPlanUnknown, "plan " << job.plan_id << " does not exist");
   f = EncodeFlight{};
   f.slot = slot;
   f.job = &job;
-  f.device_input = device_input;
+  f.device_input = device_input || paged;
+  f.paged = paged;
   f.prof = std::make_unique<Profiler>(ctx.stream);
   Profiler& prof = *f.prof;
   EncodeSlot& buf = EncodeSlotBuffers(slot);
@@ -991,10 +1020,11 @@ void LaunchEncode(Context& ctx, const Calibration& c, const DeviceCalibration& d
   f.middle = job.tokens - f.sinks - f.window;
   const uint32_t sinks = f.sinks, window = f.window, middle = f.middle;
 
-  // Device rows of the middle (host input is staged to the device first).
-  const uint8_t* mid_keys = job.keys + size_t(sinks) * row_bytes;
-  const uint8_t* mid_values = job.values + size_t(sinks) * row_bytes;
-  if (!device_input && middle) {
+  // Device rows of the middle (host input is staged to the device first; a paged span is read in
+  // place from its blocks).
+  const uint8_t* mid_keys = paged ? nullptr : job.keys + size_t(sinks) * row_bytes;
+  const uint8_t* mid_values = paged ? nullptr : job.values + size_t(sinks) * row_bytes;
+  if (!f.device_input && middle) {
     buf.staged_keys.resize(size_t(middle) * row_bytes);
     buf.staged_values.resize(size_t(middle) * row_bytes);
     KVTC_CUDA_CALL(cudaMemcpyAsync(buf.staged_keys.ptr, mid_keys, middle * row_bytes, cudaMemcpyHostToDevice, ctx.stream));
@@ -1006,10 +1036,12 @@ void LaunchEncode(Context& ctx, const Calibration& c, const DeviceCalibration& d
   // Both streams' device work, back to back on the job's stream; an event after each.
   if (middle) {
     const int64_t pos0 = int64_t(job.token_start) + sinks;
-    f.coded[0] = LaunchStream(ctx, Scratch(slot, 0), c, dev, plan.keys, true, mid_keys, job.dtype, middle, pos0,
+    const StreamRows keys_rows{mid_keys, paged, 0, sinks};
+    const StreamRows values_rows{mid_values, paged, paged ? paged->st.kv : 0, sinks};
+    f.coded[0] = LaunchStream(ctx, Scratch(slot, 0), c, dev, plan.keys, true, keys_rows, job.dtype, middle, pos0,
                               job.chunk_bytes, prof);
     KVTC_CUDA_CALL(cudaEventRecord(ctx.keys_coded[slot], ctx.stream));
-    f.coded[1] = LaunchStream(ctx, Scratch(slot, 1), c, dev, plan.values, false, mid_values, job.dtype, middle, pos0,
+    f.coded[1] = LaunchStream(ctx, Scratch(slot, 1), c, dev, plan.values, false, values_rows, job.dtype, middle, pos0,
                               job.chunk_bytes, prof);
   } else {
     KVTC_CUDA_CALL(cudaEventRecord(ctx.keys_coded[slot], ctx.stream));
@@ -1023,7 +1055,7 @@ void LaunchEncode(Context& ctx, const Calibration& c, const DeviceCalibration& d
     if (count == 0) return;
     EncodePart part;
     part.section = {kind, SectionEncoding::kRaw, first, count, 0, 0, uint64_t(count) * row_bytes};
-    part.raw = base + size_t(first) * row_bytes;
+    part.raw = paged ? nullptr : base + size_t(first) * row_bytes;
     f.parts.push_back(part);
   };
   auto add_coded = [&](SectionKind kind, LaunchedStream& ls) {
@@ -1083,6 +1115,11 @@ HostBytes FinishEncode(Context& ctx, const Calibration& c, EncodeFlight& f) {
       uint8_t* at = buf.body.ptr + part.section.offset;
       if (part.coded) {
         CompactChunks(ctx.copy, *part.coded, at + part.coded->table.size());
+        any_device = true;
+      } else if (f.paged) {
+        const bool keys = part.section.kind == SectionKind::kRawKeys;
+        LaunchPagedCopy(true, *f.paged, job.dtype, c.layers, part.section.token_offset, part.section.token_count,
+                        keys ? at : nullptr, keys ? nullptr : at, ctx.copy);
         any_device = true;
       } else if (f.device_input) {
         KVTC_CUDA_CALL(cudaMemcpyAsync(at, part.raw, part.section.stored_bytes, cudaMemcpyDeviceToDevice, ctx.copy));
@@ -1144,8 +1181,13 @@ struct DecodeFlight {
   std::vector<size_t> payload_at;      // per section: its payload's offset in the slot's payload buffer
   size_t inflated = 0;                 // chunks given to the inflater
   size_t row_bytes = 0;
+  std::vector<size_t> image_at;  // per section: where its bytes start in the slot's device image
+  // Where the tokens go: contiguous rows (keys_out, values_out), or record tokens
+  // [record_offset, record_offset + span_tokens) into a paged span.
   void* keys_out = nullptr;
   void* values_out = nullptr;
+  const PagedRows* paged = nullptr;
+  uint32_t record_offset = 0, span_tokens = 0;
   std::unique_ptr<Profiler> prof;
 };
 
@@ -1158,12 +1200,10 @@ DecodeSlot& DecodeSlotBuffers(int slot) {
   return s[slot];
 }
 
+// `f` names the target (keys_out/values_out, or paged and its span) before the call.
 void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& dev, const uint8_t* record, size_t size,
-                  uint64_t expected_bytes, void* keys_out, void* values_out, int slot, DecodeFlight& f) {
-  f = DecodeFlight{};
+                  uint64_t expected_bytes, int slot, DecodeFlight& f) {
   f.slot = slot;
-  f.keys_out = keys_out;
-  f.values_out = values_out;
   RecordHeader& h = f.h;
   h = ReadHeader(record, size);
   KVTC_CHECK(h.calibration_id == c.id, kCalibrationMismatch, "record was written with another calibration");
@@ -1238,19 +1278,15 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
     payload_total += (f.coded[i].payload_bytes + 255) / 256 * 256;
   }
   s0.payload.resize(std::max<size_t>(4, payload_total));
+  f.image_at.assign(h.sections.size(), 0);
   for (size_t i = 0; i < h.sections.size(); ++i) {
     const Section& s = h.sections[i];
     const Staging& st = staging[i];
     ParallelCopyChunks(buf.staging.ptr, st.dst_off.data(), record, st.src_off.data(), st.sizes.data(), st.sizes.size());
     KVTC_CUDA_CALL(cudaMemcpyAsync(buf.image.ptr + st.begin, buf.staging.ptr + st.begin, st.end - st.begin,
                                    cudaMemcpyHostToDevice, ctx.stream));
-    if (s.encoding == SectionEncoding::kRaw) {
-      const bool keys = s.kind == SectionKind::kRawKeys;
-      uint8_t* dst = static_cast<uint8_t*>(keys ? keys_out : values_out) + size_t(s.token_offset) * row_bytes;
-      KVTC_CUDA_CALL(cudaMemcpyAsync(dst, buf.image.ptr + st.begin, s.stored_bytes, cudaMemcpyDeviceToDevice, ctx.stream));
-      continue;
-    }
-    f.targets.push_back({&f.coded[i], s0.payload.ptr + f.payload_at[i]});
+    f.image_at[i] = st.begin;
+    if (s.encoding == SectionEncoding::kDeflateChunks) f.targets.push_back({&f.coded[i], s0.payload.ptr + f.payload_at[i]});
   }
   prof.mark("h2d");
   f.inflated = LaunchInflate(ctx, s0, f.targets, buf.image.ptr, s0.payload.ptr);
@@ -1264,15 +1300,38 @@ void FinishDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
   KVTC_CUDA_CALL(cudaStreamSynchronize(ctx.stream));
   prof.lap("inflate");
   CheckInflate(Scratch(f.slot, 0), f.targets, f.inflated);
+  // Every check has passed: only now is a target row written. Per section, the rows [lo, hi) that
+  // land in the target (all of them, or those inside a paged span).
   const PlanPair& plan = c.plans[h.plan_id];
+  DecodeSlot& buf = DecodeSlotBuffers(f.slot);
   for (size_t i = 0; i < h.sections.size(); ++i) {
     const Section& s = h.sections[i];
-    if (s.encoding != SectionEncoding::kDeflateChunks) continue;
-    const bool keys = s.kind == SectionKind::kCodedKeys;
-    uint8_t* dst = static_cast<uint8_t*>(keys ? f.keys_out : f.values_out) + size_t(s.token_offset) * f.row_bytes;
+    const bool keys = s.kind == SectionKind::kRawKeys || s.kind == SectionKind::kCodedKeys;
+    int64_t lo = 0, hi = s.token_count;
+    StreamRows out;
+    if (f.paged) {
+      const int64_t token0 = int64_t(s.token_offset) - f.record_offset;  // span token of row 0
+      lo = std::max<int64_t>(0, -token0);
+      hi = std::min<int64_t>(s.token_count, int64_t(f.span_tokens) - token0);
+      if (hi <= lo) continue;
+      out = {nullptr, f.paged, keys ? 0 : f.paged->st.kv, token0};
+    } else {
+      out.rows = static_cast<uint8_t*>(keys ? f.keys_out : f.values_out) + size_t(s.token_offset) * f.row_bytes;
+    }
+    if (s.encoding == SectionEncoding::kRaw) {
+      uint8_t* src = buf.image.ptr + f.image_at[i] + size_t(lo) * f.row_bytes;
+      if (f.paged) {
+        LaunchPagedCopy(false, *f.paged, h.kv_dtype, c.layers, uint32_t(out.token0 + lo), uint32_t(hi - lo),
+                        keys ? src : nullptr, keys ? nullptr : src, ctx.stream);
+      } else {
+        KVTC_CUDA_CALL(cudaMemcpyAsync(const_cast<void*>(out.rows), src, s.stored_bytes, cudaMemcpyDeviceToDevice,
+                                       ctx.stream));
+      }
+      continue;
+    }
     DecodeStream(ctx, c, dev, keys ? plan.keys : plan.values, keys, Scratch(f.slot, 0).payload.ptr + f.payload_at[i],
-                 s.token_count, int64_t(h.token_start) + s.token_offset, h.kv_dtype, dst, Scratch(f.slot, keys ? 0 : 1),
-                 prof);
+                 s.token_count, int64_t(h.token_start) + s.token_offset, h.kv_dtype, out, lo, hi,
+                 Scratch(f.slot, keys ? 0 : 1), prof);
   }
   prof.lap("launch");
 }
@@ -1283,7 +1342,7 @@ HostBytes Encode(const Calibration& c, const DeviceCalibration& dev, const Encod
   KVTC_CUDA_CALL(cudaSetDevice(dev.device));
   Context& ctx = ThreadContext();
   EncodeFlight f;
-  LaunchEncode(ctx, c, dev, job, device_input, 0, f);
+  LaunchEncode(ctx, c, dev, job, device_input, nullptr, 0, f);
   return FinishEncode(ctx, c, f);
 }
 
@@ -1294,10 +1353,12 @@ std::vector<HostBytes> EncodeMany(const Calibration& c, const DeviceCalibration&
   std::vector<HostBytes> out(jobs.size());
   EncodeFlight flights[kSlots];
   if (jobs.empty()) return out;
-  LaunchEncode(ctx, c, dev, jobs[0], device_input, 0, flights[0]);
+  LaunchEncode(ctx, c, dev, jobs[0], device_input, nullptr, 0, flights[0]);
   for (size_t b = 0; b < jobs.size(); ++b) {
     // Sequence b + 1's device work is queued before sequence b is read back and assembled.
-    if (b + 1 < jobs.size()) LaunchEncode(ctx, c, dev, jobs[b + 1], device_input, int((b + 1) % kSlots), flights[(b + 1) % kSlots]);
+    if (b + 1 < jobs.size()) {
+      LaunchEncode(ctx, c, dev, jobs[b + 1], device_input, nullptr, int((b + 1) % kSlots), flights[(b + 1) % kSlots]);
+    }
     out[b] = FinishEncode(ctx, c, flights[b % kSlots]);
   }
   return out;
@@ -1308,7 +1369,9 @@ RecordHeader DecodeToDevice(const Calibration& c, const DeviceCalibration& dev, 
   KVTC_CUDA_CALL(cudaSetDevice(dev.device));
   Context& ctx = ThreadContext();
   DecodeFlight f;
-  LaunchDecode(ctx, c, dev, record, size, expected_bytes, keys_out, values_out, 0, f);
+  f.keys_out = keys_out;
+  f.values_out = values_out;
+  LaunchDecode(ctx, c, dev, record, size, expected_bytes, 0, f);
   FinishDecode(ctx, c, dev, f);
   KVTC_CUDA_CALL(cudaStreamSynchronize(ctx.stream));
   f.prof->lap("reconstruct");
@@ -1327,7 +1390,10 @@ std::vector<RecordHeader> DecodeManyToDevice(const Calibration& c, const DeviceC
     const DeviceDecodeJob& j = jobs[b];
     DecodeFlight& f = flights[b % kSlots];
     if (b >= kSlots) f.prof->report("decode");  // its marks are complete: the stream passed them
-    LaunchDecode(ctx, c, dev, j.record, j.size, j.expected_bytes, j.keys_out, j.values_out, int(b % kSlots), f);
+    f = DecodeFlight{};
+    f.keys_out = j.keys_out;
+    f.values_out = j.values_out;
+    LaunchDecode(ctx, c, dev, j.record, j.size, j.expected_bytes, int(b % kSlots), f);
     FinishDecode(ctx, c, dev, f);
     out[b] = f.h;
   }
@@ -1337,6 +1403,35 @@ std::vector<RecordHeader> DecodeManyToDevice(const Calibration& c, const DeviceC
     flights[b % kSlots].prof->report("decode");
   }
   return out;
+}
+
+HostBytes EncodeFromPaged(const Calibration& c, const DeviceCalibration& dev, const EncodeJob& job,
+                          const PagedRows& paged) {
+  KVTC_CUDA_CALL(cudaSetDevice(dev.device));
+  Context& ctx = ThreadContext();
+  EncodeFlight f;
+  LaunchEncode(ctx, c, dev, job, /*device_input=*/true, &paged, 0, f);
+  return FinishEncode(ctx, c, f);
+}
+
+RecordHeader DecodeIntoPaged(const Calibration& c, const DeviceCalibration& dev, const uint8_t* record, size_t size,
+                             KvDtype cache_dtype, const PagedRows& paged, uint32_t record_offset, uint32_t record_tokens,
+                             uint32_t tokens, cudaEvent_t done) {
+  const RecordHeader peek = ReadHeader(record, size);
+  KVTC_CHECK(peek.kv_dtype == cache_dtype, kRecordSizeMismatch, "record dtype differs from the registered cache's");
+  KVTC_CUDA_CALL(cudaSetDevice(dev.device));
+  Context& ctx = ThreadContext();
+  DecodeFlight f;
+  f.paged = &paged;
+  f.record_offset = record_offset;
+  f.span_tokens = tokens;
+  const uint64_t expected = 2ull * record_tokens * c.feature_dim() * Elem(cache_dtype);
+  LaunchDecode(ctx, c, dev, record, size, expected, 0, f);
+  FinishDecode(ctx, c, dev, f);
+  // The client's stream waits for `done`; the slot's buffers are reused in stream order.
+  KVTC_CUDA_CALL(cudaEventRecord(done, ctx.stream));
+  f.prof->report("decode");
+  return f.h;
 }
 
 DecodeResult Decode(const Calibration& c, const DeviceCalibration& dev, const uint8_t* record, size_t size,

@@ -10,6 +10,7 @@
 #include <mutex>
 
 #include "cuda_common.cuh"
+#include "cuda_rows.cuh"
 #include "kvtc/cuda_codec.h"
 #include "kvtc/error.h"
 
@@ -17,24 +18,13 @@ namespace kvtc::cuda {
 
 namespace {
 
-constexpr int kMaxLayers = 256;  // layer bases travel as a kernel parameter (2 KiB)
-
-struct LayerBases {
-  uint8_t* base[kMaxLayers];
-};
-
-// Element offset of [kv][block][slot][head][dim] (all indices non-negative, strides may not be).
-struct Strides {
-  int64_t kv, block, slot, head, dim;
-};
-
-// One thread per (token, layer, head, dim) of the span, copying both keys and values. `rows`
-// is [tokens, layers * heads * dim] per stream, the codec's row layout; `to_rows` picks the
-// direction (gather: cache -> rows, scatter: rows -> cache).
+// One thread per (token, layer, head, dim) of `tokens` span tokens from `first`, copying keys and
+// values (a null pointer skips that stream). `rows` is [tokens, layers * heads * dim] per stream,
+// the codec's row layout; kToRows picks the direction (gather: cache -> rows, scatter: rows -> cache).
 template <typename T, bool kToRows>
-__global__ void PagedCopyKernel(LayerBases bases, Strides st, const uint32_t* __restrict__ block_ids, uint32_t first_slot,
-                                uint32_t block_size, uint32_t tokens, uint32_t layers, uint32_t heads, uint32_t dim,
-                                T* __restrict__ keys, T* __restrict__ values) {
+__global__ void PagedCopyKernel(PagedRows pr, uint32_t first, uint32_t tokens, uint32_t layers, T* __restrict__ keys,
+                                T* __restrict__ values) {
+  const uint32_t heads = pr.kv_heads, dim = pr.head_dim;
   const uint64_t row = uint64_t(layers) * heads * dim;
   const uint64_t n = uint64_t(tokens) * row;
   for (uint64_t i = blockIdx.x * uint64_t(blockDim.x) + threadIdx.x; i < n; i += uint64_t(gridDim.x) * blockDim.x) {
@@ -43,37 +33,37 @@ __global__ void PagedCopyKernel(LayerBases bases, Strides st, const uint32_t* __
     const uint32_t l = uint32_t(r / (uint64_t(heads) * dim));
     r -= uint64_t(l) * heads * dim;
     const uint32_t h = uint32_t(r / dim), d = uint32_t(r - uint64_t(h) * dim);
-    const uint32_t pos = first_slot + t;
-    const int64_t off = int64_t(block_ids[pos / block_size]) * st.block + int64_t(pos % block_size) * st.slot +
-                        int64_t(h) * st.head + int64_t(d) * st.dim;
-    T* k = reinterpret_cast<T*>(bases.base[l]) + off;
-    T* v = k + st.kv;
+    const uint32_t pos = pr.first_slot + first + t;
+    const int64_t off = int64_t(pr.block_ids[pos / pr.block_size]) * pr.st.block +
+                        int64_t(pos % pr.block_size) * pr.st.slot + int64_t(h) * pr.st.head + int64_t(d) * pr.st.dim;
+    T* k = reinterpret_cast<T*>(pr.bases.base[l]) + off;
+    T* v = k + pr.st.kv;
     if (kToRows) {
-      keys[i] = *k;
-      values[i] = *v;
+      if (keys) keys[i] = *k;
+      if (values) values[i] = *v;
     } else {
-      *k = keys[i];
-      *v = values[i];
+      if (keys) *k = keys[i];
+      if (values) *v = values[i];
     }
   }
 }
 
 template <bool kToRows>
-void LaunchPagedCopy(const LayerBases& bases, const PagedGeometry& g, const uint32_t* dev_block_ids, uint32_t first_slot,
-                     uint32_t tokens, void* keys, void* values, cudaStream_t stream) {
-  const Strides st{g.strides[0], g.strides[1], g.strides[2], g.strides[3], g.strides[4]};
-  const uint64_t n = uint64_t(tokens) * g.layers * g.kv_heads * g.head_dim;
+void LaunchPagedCopyDir(const PagedRows& pr, KvDtype dtype, uint32_t layers, uint32_t first, uint32_t tokens,
+                        void* keys, void* values, cudaStream_t stream) {
+  const uint64_t n = uint64_t(tokens) * layers * pr.kv_heads * pr.head_dim;
+  if (n == 0) return;
   const unsigned threads = 256;
   const unsigned blocks = unsigned(std::min<uint64_t>((n + threads - 1) / threads, 132ull * 32));
   // Elements are moved as raw 2- or 4-byte words: no conversion, bit-exact.
-  if (DtypeBytes(g.dtype) == 2) {
-    PagedCopyKernel<uint16_t, kToRows><<<blocks, threads, 0, stream>>>(
-        bases, st, dev_block_ids, first_slot, g.block_size, tokens, g.layers, g.kv_heads, g.head_dim,
-        static_cast<uint16_t*>(keys), static_cast<uint16_t*>(values));
+  if (DtypeBytes(dtype) == 2) {
+    PagedCopyKernel<uint16_t, kToRows><<<blocks, threads, 0, stream>>>(pr, first, tokens, layers,
+                                                                       static_cast<uint16_t*>(keys),
+                                                                       static_cast<uint16_t*>(values));
   } else {
-    PagedCopyKernel<uint32_t, kToRows><<<blocks, threads, 0, stream>>>(
-        bases, st, dev_block_ids, first_slot, g.block_size, tokens, g.layers, g.kv_heads, g.head_dim,
-        static_cast<uint32_t*>(keys), static_cast<uint32_t*>(values));
+    PagedCopyKernel<uint32_t, kToRows><<<blocks, threads, 0, stream>>>(pr, first, tokens, layers,
+                                                                       static_cast<uint32_t*>(keys),
+                                                                       static_cast<uint32_t*>(values));
   }
   KVTC_CUDA_CALL(cudaGetLastError());
 }
@@ -154,6 +144,15 @@ void CheckGeometry(const PagedGeometry& g) {
 }
 
 }  // namespace
+
+void LaunchPagedCopy(bool to_rows, const PagedRows& paged, KvDtype dtype, uint32_t layers, uint32_t first,
+                     uint32_t tokens, void* keys, void* values, cudaStream_t stream) {
+  if (to_rows) {
+    LaunchPagedCopyDir<true>(paged, dtype, layers, first, tokens, keys, values, stream);
+  } else {
+    LaunchPagedCopyDir<false>(paged, dtype, layers, first, tokens, keys, values, stream);
+  }
+}
 
 uint64_t PagedGeometry::LayerExtent() const {
   return uint64_t(strides[0]) + uint64_t(num_blocks - 1) * strides[1] + uint64_t(block_size - 1) * strides[2] +
@@ -279,14 +278,27 @@ void CheckSpan(const PagedGeometry& g, const PagedSpan& s) {
     KVTC_CHECK(b < g.num_blocks, kInvalidArgument, "block id " << b << " is outside the cache's " << g.num_blocks << " blocks");
 }
 
-// Per-thread staging: block ids on the device and the gathered rows.
-struct PagedScratch {
-  DeviceBuffer<uint32_t> ids;
-  DeviceBuffer<uint8_t> rows;
-};
-PagedScratch& Scratch() {
-  thread_local PagedScratch s;
-  return s;
+// Per-thread device copy of a span's block ids.
+DeviceBuffer<uint32_t>& BlockIds() {
+  thread_local DeviceBuffer<uint32_t> ids;
+  return ids;
+}
+
+PagedRows SpanRows(const KvRegion& region, const PagedSpan& span, cudaStream_t stream) {
+  const PagedGeometry& g = region.geometry;
+  DeviceBuffer<uint32_t>& ids = BlockIds();
+  ids.resize(span.block_ids.size());
+  KVTC_CUDA_CALL(cudaMemcpyAsync(ids.ptr, span.block_ids.data(), span.block_ids.size() * 4, cudaMemcpyHostToDevice,
+                                 stream));
+  PagedRows pr;
+  pr.bases = region.bases;
+  pr.st = {g.strides[0], g.strides[1], g.strides[2], g.strides[3], g.strides[4]};
+  pr.block_ids = ids.ptr;
+  pr.first_slot = span.first_slot;
+  pr.block_size = g.block_size;
+  pr.kv_heads = g.kv_heads;
+  pr.head_dim = g.head_dim;
+  return pr;
 }
 
 }  // namespace
@@ -302,17 +314,9 @@ HostBytes EncodePaged(const Calibration& c, const DeviceCalibration& dev, KvRegi
   std::lock_guard<std::mutex> lock(region.mu);
   KVTC_CUDA_CALL(cudaSetDevice(region.device));
   cudaStream_t stream = JobStream();
-  PagedScratch& s = Scratch();
-  const size_t half = size_t(span.tokens) * c.feature_dim() * DtypeBytes(g.dtype);
-  s.ids.resize(span.block_ids.size());
-  s.rows.resize(2 * half);
-  KVTC_CUDA_CALL(cudaMemcpyAsync(s.ids.ptr, span.block_ids.data(), span.block_ids.size() * 4, cudaMemcpyHostToDevice,
-                                 stream));
+  const PagedRows rows = SpanRows(region, span, stream);
   if (region.client_event) KVTC_CUDA_CALL(cudaStreamWaitEvent(stream, region.client_event, 0));
-  LaunchPagedCopy<true>(region.bases, g, s.ids.ptr, span.first_slot, span.tokens, s.rows.ptr, s.rows.ptr + half, stream);
-  job.keys = s.rows.ptr;
-  job.values = s.rows.ptr + half;
-  return Encode(c, dev, job, /*device_input=*/true);  // same stream: ordered after the gather
+  return EncodeFromPaged(c, dev, job, rows);  // same stream: ordered after the client's event
 }
 
 RecordHeader DecodePaged(const Calibration& c, const DeviceCalibration& dev, KvRegion& region, const PagedSpan& span,
@@ -321,27 +325,16 @@ RecordHeader DecodePaged(const Calibration& c, const DeviceCalibration& dev, KvR
   CheckSpan(g, span);
   std::lock_guard<std::mutex> lock(region.mu);
   KVTC_CUDA_CALL(cudaSetDevice(region.device));
-  cudaStream_t stream = JobStream();
-  PagedScratch& s = Scratch();
-  const size_t row_bytes = size_t(c.feature_dim()) * DtypeBytes(g.dtype);
   const uint64_t record_tokens = span.record_tokens ? span.record_tokens : uint64_t(span.record_offset) + span.tokens;
   KVTC_CHECK(uint64_t(span.record_offset) + span.tokens <= record_tokens, kInvalidArgument,
              "the span's " << span.tokens << " tokens from record token " << span.record_offset
                            << " are past the record's " << record_tokens);
-  const size_t half = record_tokens * row_bytes;
-  const size_t skip = size_t(span.record_offset) * row_bytes;
-  s.ids.resize(span.block_ids.size());
-  s.rows.resize(2 * half);
-  // Decoding fails before any block is touched: rows are staged, then scattered in one launch.
-  RecordHeader h = DecodeToDevice(c, dev, record, size, 2 * half, s.rows.ptr, s.rows.ptr + half);
-  KVTC_CHECK(h.kv_dtype == g.dtype, kRecordSizeMismatch, "record dtype differs from the registered cache's");
-  KVTC_CUDA_CALL(cudaMemcpyAsync(s.ids.ptr, span.block_ids.data(), span.block_ids.size() * 4, cudaMemcpyHostToDevice,
-                                 stream));
-  LaunchPagedCopy<false>(region.bases, g, s.ids.ptr, span.first_slot, span.tokens, s.rows.ptr + skip,
-                         s.rows.ptr + half + skip, stream);
-  KVTC_CUDA_CALL(cudaEventRecord(region.done_event, stream));
-  // The next job of this thread may reuse the staging rows: the stream orders it after the scatter.
-  return h;
+  KVTC_CHECK(record_tokens <= UINT32_MAX, kInvalidArgument, "record_tokens out of range");
+  const PagedRows rows = SpanRows(region, span, JobStream());
+  // Every check (structure, CRCs, chunk tables, inflate statuses, dtype) passes before a block is
+  // written; the reconstruction then writes the span's tokens straight into their blocks.
+  return DecodeIntoPaged(c, dev, record, size, g.dtype, rows, span.record_offset, uint32_t(record_tokens), span.tokens,
+                         region.done_event);
 }
 
 std::string DeviceUuid(int device) {
