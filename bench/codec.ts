@@ -173,6 +173,8 @@ export interface CudaBenchResult extends BenchResult {
   /** record memory served from the pool / fresh from the system, over the timed repetitions */
   record_pool_hits: number;
   record_pool_misses: number;
+  /** KV read from and restored into a paged cache in place (vLLM's FlashAttention layout) */
+  paged: boolean;
 }
 
 export const CUDA_SHAPES: BenchShape[] = [
@@ -190,7 +192,7 @@ export const CUDA_SHAPES: BenchShape[] = [
  */
 export async function benchShapeCuda(
   shape: BenchShape,
-  o: BenchOptions & { tokenCounts: number[]; batches: number[] },
+  o: BenchOptions & { tokenCounts: number[]; batches: number[]; paged?: boolean },
 ): Promise<CudaBenchResult[]> {
   const native = loadNative();
   if (!native.benchCuda)
@@ -213,12 +215,14 @@ export async function benchShapeCuda(
     }
     for (const batch of o.batches) {
       o.progress?.(`${shape.name}: ${T} tokens x ${batch}`, 0);
-      const f = native.benchCuda(cal.native, { keys, values, tokens: T, batch, planId, reps: o.reps });
+      const paged = o.paged ?? false;
+      const f = native.benchCuda(cal.native, { keys, values, tokens: T, batch, planId, reps: o.reps, paged });
       const raw = T * p * 2 * 2 * batch;
       results.push({
         shape: shape.name,
         tokens: T,
         batch,
+        paged,
         raw_bytes: raw,
         record_bytes: f.recordBytes * batch,
         ratio: raw / (f.recordBytes * batch),

@@ -112,6 +112,7 @@ bench
   .option('--shape <name>', 'one of stories260k, smollm2, 1b, 8b (default: all)')
   .option('--tokens <n>', 'tokens per run (default: per shape)', int('tokens', 1))
   .option('--batch <n>', 'sequences per timed run, cuda only (default: 1 and 8)', int('batch', 1))
+  .option('--paged', 'cuda only: KV in a paged cache (FlashAttention layout), encoded and restored in place')
   .option('--ratio <n>', 'target compression ratio of the plan', Number, 16)
   .option('--reps <n>', 'repetitions (best is reported)', int('reps', 1), 3)
   .option('--json', 'print one JSON object')
@@ -139,6 +140,7 @@ bench
             progress: progress.update,
             tokenCounts: o.tokens ? [o.tokens] : [8192, 32768],
             batches: o.batch ? [o.batch] : [1, 8],
+            paged: o.paged === true,
           })),
         );
       }

@@ -585,7 +585,7 @@ Napi::Value BenchGemmJs(const Napi::CallbackInfo& info) {
 }
 
 #if KVTC_WITH_CUDA
-// benchCuda(calibration, {keys: Uint16Array (bf16), values, tokens, batch, planId, reps}) -> figures
+// benchCuda(calibration, {keys: Uint16Array (bf16), values, tokens, batch, planId, reps, paged}) -> figures
 Napi::Value BenchCudaJs(const Napi::CallbackInfo& info) {
   return Guard(info, [&]() -> Napi::Value {
     auto cal = UnwrapCalibration(info, *g_calibration_ctor);
@@ -599,7 +599,7 @@ Napi::Value BenchCudaJs(const Napi::CallbackInfo& info) {
     auto dev = UnwrapWrap(info)->device();
     cuda::BenchFigures f = cuda::Bench(*cal, *dev, reinterpret_cast<const uint16_t*>(k.data),
                                        reinterpret_cast<const uint16_t*>(v.data), tokens, batch,
-                                       static_cast<uint16_t>(plan_id), static_cast<int>(reps));
+                                       static_cast<uint16_t>(plan_id), static_cast<int>(reps), Prop(o, "paged").ToBoolean());
     Napi::Object r = Napi::Object::New(info.Env());
     r.Set("encodeS", f.encode_s);
     r.Set("decodeS", f.decode_s);

@@ -1346,22 +1346,35 @@ HostBytes Encode(const Calibration& c, const DeviceCalibration& dev, const Encod
   return FinishEncode(ctx, c, f);
 }
 
-std::vector<HostBytes> EncodeMany(const Calibration& c, const DeviceCalibration& dev, const std::vector<EncodeJob>& jobs,
-                                  bool device_input) {
+namespace {
+
+// EncodeMany over contiguous rows, or over paged spans (paged[b] for jobs[b]).
+std::vector<HostBytes> EncodePipelined(const Calibration& c, const DeviceCalibration& dev,
+                                       const std::vector<EncodeJob>& jobs, bool device_input,
+                                       const std::vector<PagedRows>* paged) {
   KVTC_CUDA_CALL(cudaSetDevice(dev.device));
   Context& ctx = ThreadContext();
   std::vector<HostBytes> out(jobs.size());
   EncodeFlight flights[kSlots];
+  auto launch = [&](size_t b) {
+    LaunchEncode(ctx, c, dev, jobs[b], device_input, paged ? &(*paged)[b] : nullptr, int(b % kSlots),
+                 flights[b % kSlots]);
+  };
   if (jobs.empty()) return out;
-  LaunchEncode(ctx, c, dev, jobs[0], device_input, nullptr, 0, flights[0]);
+  launch(0);
   for (size_t b = 0; b < jobs.size(); ++b) {
     // Sequence b + 1's device work is queued before sequence b is read back and assembled.
-    if (b + 1 < jobs.size()) {
-      LaunchEncode(ctx, c, dev, jobs[b + 1], device_input, nullptr, int((b + 1) % kSlots), flights[(b + 1) % kSlots]);
-    }
+    if (b + 1 < jobs.size()) launch(b + 1);
     out[b] = FinishEncode(ctx, c, flights[b % kSlots]);
   }
   return out;
+}
+
+}  // namespace
+
+std::vector<HostBytes> EncodeMany(const Calibration& c, const DeviceCalibration& dev, const std::vector<EncodeJob>& jobs,
+                                  bool device_input) {
+  return EncodePipelined(c, dev, jobs, device_input, nullptr);
 }
 
 RecordHeader DecodeToDevice(const Calibration& c, const DeviceCalibration& dev, const uint8_t* record, size_t size,
@@ -1493,24 +1506,62 @@ std::vector<float> DequantizeOnDevice(const uint8_t* payload, int64_t tokens, co
 }
 
 BenchFigures Bench(const Calibration& c, const DeviceCalibration& dev, const uint16_t* host_keys,
-                   const uint16_t* host_values, uint32_t tokens, uint32_t batch, uint16_t plan_id, int reps) {
+                   const uint16_t* host_values, uint32_t tokens, uint32_t batch, uint16_t plan_id, int reps, bool paged) {
   KVTC_CUDA_CALL(cudaSetDevice(dev.device));
   Context& ctx = ThreadContext();
   const uint32_t p = c.feature_dim();
   const size_t bytes = size_t(tokens) * p * 2;
-  // Device-resident KV of `batch` sequences (the same content each: timing, not statistics).
-  DeviceBuffer<uint8_t> kv(2 * bytes * batch);
-  for (uint32_t b = 0; b < batch; ++b) {
+  // Device-resident KV of `batch` sequences (the same content each: timing, not statistics): as
+  // contiguous rows, or (paged) in a cache of vLLM's FlashAttention layout, [2, blocks, 16 slots,
+  // kv_heads, head_dim] per layer, each sequence on a shuffled set of blocks.
+  const size_t kv_count = paged ? 1 : batch;
+  DeviceBuffer<uint8_t> kv(2 * bytes * kv_count);
+  for (size_t b = 0; b < kv_count; ++b) {
     KVTC_CUDA_CALL(cudaMemcpy(kv.ptr + 2 * b * bytes, host_keys, bytes, cudaMemcpyHostToDevice));
     KVTC_CUDA_CALL(cudaMemcpy(kv.ptr + (2 * b + 1) * bytes, host_values, bytes, cudaMemcpyHostToDevice));
   }
-  DeviceBuffer<uint8_t> restored(2 * bytes * batch);  // decode target, like a paged KV cache
+  DeviceBuffer<uint8_t> restored(paged ? 1 : 2 * bytes * batch);  // contiguous decode target
+  constexpr uint32_t kBlock = 16;
+  const uint32_t seq_blocks = (tokens + kBlock - 1) / kBlock;
+  const uint32_t num_blocks = seq_blocks * batch;
+  DeviceBuffer<uint8_t> cache;
+  DeviceBuffer<uint32_t> block_ids;
+  std::vector<PagedRows> spans;
+  cudaEvent_t done = nullptr;
+  if (paged) {
+    const int64_t slot = int64_t(c.kv_heads) * c.head_dim, block = kBlock * slot, kv_stride = int64_t(num_blocks) * block;
+    const size_t layer_bytes = size_t(2 * kv_stride) * 2;
+    cache.resize(layer_bytes * c.layers);
+    std::vector<uint32_t> ids(num_blocks);
+    for (uint32_t i = 0; i < num_blocks; ++i) ids[i] = i;
+    uint64_t state = 88172645463325252ull;  // xorshift: a fixed shuffle
+    for (uint32_t i = num_blocks - 1; i > 0; --i) {
+      state ^= state << 13, state ^= state >> 7, state ^= state << 17;
+      std::swap(ids[i], ids[state % (i + 1)]);
+    }
+    block_ids.resize(num_blocks);
+    KVTC_CUDA_CALL(cudaMemcpy(block_ids.ptr, ids.data(), num_blocks * 4, cudaMemcpyHostToDevice));
+    PagedRows base;
+    for (uint32_t l = 0; l < c.layers; ++l) base.bases.base[l] = cache.ptr + l * layer_bytes;
+    base.st = {kv_stride, block, slot, int64_t(c.head_dim), 1};
+    base.block_size = kBlock;
+    base.kv_heads = c.kv_heads;
+    base.head_dim = c.head_dim;
+    for (uint32_t b = 0; b < batch; ++b) {
+      PagedRows span = base;
+      span.block_ids = block_ids.ptr + size_t(b) * seq_blocks;
+      spans.push_back(span);
+      LaunchPagedCopy(false, span, KvDtype::kBfloat16, c.layers, 0, tokens, kv.ptr, kv.ptr + bytes, ctx.stream);
+    }
+    KVTC_CUDA_CALL(cudaStreamSynchronize(ctx.stream));
+    KVTC_CUDA_CALL(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
+  }
   EncodeJob job;
   job.dtype = KvDtype::kBfloat16;
   job.tokens = tokens;
   job.plan_id = plan_id;
   // 16 KiB chunks: four times the independent DEFLATE streams of the CPU default, which keeps
-  // nvCOMP's per-chunk blocks busy on 132 SMs (any chunk size decodes on either backend).
+  // the per-chunk coders busy on 132 SMs (any chunk size decodes on either backend).
   job.chunk_bytes = 16 * 1024;
   BenchFigures fig;
   std::vector<HostBytes> records(batch);
@@ -1524,18 +1575,26 @@ BenchFigures Bench(const Calibration& c, const DeviceCalibration& dev, const uin
     const RecordPoolStats pool_before = RecordPoolStatistics();
     auto t0 = now();
     std::vector<EncodeJob> jobs(batch, job);
-    for (uint32_t b = 0; b < batch; ++b) {
+    for (uint32_t b = 0; b < batch && !paged; ++b) {
       jobs[b].keys = kv.ptr + 2 * b * bytes;
       jobs[b].values = kv.ptr + (2 * b + 1) * bytes;
     }
-    records = EncodeMany(c, dev, jobs, /*device_input=*/true);
+    records = EncodePipelined(c, dev, jobs, /*device_input=*/true, paged ? &spans : nullptr);
     auto t1 = now();
-    std::vector<DeviceDecodeJob> decodes(batch);
-    for (uint32_t b = 0; b < batch; ++b) {
-      decodes[b] = {records[b].data.get(), records[b].size, 2 * bytes, restored.ptr + 2 * b * bytes,
-                    restored.ptr + (2 * b + 1) * bytes};
+    if (paged) {
+      // Each restore returns once its reconstruction is queued; the next one's staging overlaps it.
+      for (uint32_t b = 0; b < batch; ++b)
+        DecodeIntoPaged(c, dev, records[b].data.get(), records[b].size, KvDtype::kBfloat16, spans[b], 0, tokens, tokens,
+                        done);
+      KVTC_CUDA_CALL(cudaEventSynchronize(done));
+    } else {
+      std::vector<DeviceDecodeJob> decodes(batch);
+      for (uint32_t b = 0; b < batch; ++b) {
+        decodes[b] = {records[b].data.get(), records[b].size, 2 * bytes, restored.ptr + 2 * b * bytes,
+                      restored.ptr + (2 * b + 1) * bytes};
+      }
+      DecodeManyToDevice(c, dev, decodes);
     }
-    DecodeManyToDevice(c, dev, decodes);
     auto t2 = now();
     if (r == 0) continue;  // warm-up: handles, workspaces, module load
     const RecordPoolStats pool_after = RecordPoolStatistics();
@@ -1544,6 +1603,7 @@ BenchFigures Bench(const Calibration& c, const DeviceCalibration& dev, const uin
     enc.push_back(std::chrono::duration<double>(t1 - t0).count());
     dec.push_back(std::chrono::duration<double>(t2 - t1).count());
   }
+  if (done) cudaEventDestroy(done);
   auto median = [](std::vector<double> v) {
     std::sort(v.begin(), v.end());
     return v[v.size() / 2];

@@ -165,7 +165,15 @@ export interface NativeAddon {
   /** CUDA builds only: device-resident bf16 KV, median seconds per batch and same-run baselines. */
   benchCuda?(
     calibration: NativeCalibration,
-    o: { keys: Uint16Array; values: Uint16Array; tokens: number; batch: number; planId: number; reps: number },
+    o: {
+      keys: Uint16Array;
+      values: Uint16Array;
+      tokens: number;
+      batch: number;
+      planId: number;
+      reps: number;
+      paged?: boolean;
+    },
   ): {
     encodeS: number;
     decodeS: number;

@@ -72,8 +72,10 @@ struct BenchFigures {
   uint64_t pool_hits = 0, pool_misses = 0;  // record memory from the pool / fresh, timed repetitions
 };
 
-// Times `batch` sequences of `tokens` each (bf16 KV on the device, filled from `host_kv`).
+// Times `batch` sequences of `tokens` each (bf16 KV on the device, filled from `host_kv`), as
+// contiguous rows or (paged) in place in a paged cache of vLLM's FlashAttention layout.
 BenchFigures Bench(const Calibration& calibration, const DeviceCalibration& dev, const uint16_t* host_keys,
-                   const uint16_t* host_values, uint32_t tokens, uint32_t batch, uint16_t plan_id, int reps);
+                   const uint16_t* host_values, uint32_t tokens, uint32_t batch, uint16_t plan_id, int reps,
+                   bool paged);
 
 }  // namespace kvtc::cuda
