@@ -548,6 +548,33 @@ Napi::Value CopyCrc32cJs(const Napi::CallbackInfo& info) {
   });
 }
 
+// copyChunks(data, {srcOffsets, dstOffsets, sizes, dstBytes}) -> Buffer: the parallel chunk copy
+// the CUDA backend stages records with (zero outside the chunks).
+Napi::Value CopyChunksJs(const Napi::CallbackInfo& info) {
+  return Guard(info, [&]() -> Napi::Value {
+    Bytes in = ViewBytes(info[0], "data");
+    Napi::Object o = ArgObject(info, 1, "options");
+    auto list = [&](const char* name) {
+      Napi::Value v = Prop(o, name);
+      KVTC_CHECK(v.IsArray(), kInvalidArgument, "Expected an array for " << name);
+      Napi::Array a = v.As<Napi::Array>();
+      std::vector<size_t> out(a.Length());
+      for (uint32_t i = 0; i < a.Length(); ++i) out[i] = static_cast<size_t>(a.Get(i).As<Napi::Number>().Int64Value());
+      return out;
+    };
+    const std::vector<size_t> src = list("srcOffsets"), dst = list("dstOffsets"), sizes = list("sizes");
+    const size_t dst_bytes = Uint(o, "dstBytes");
+    KVTC_CHECK(src.size() == sizes.size() && dst.size() == sizes.size(), kInvalidArgument, "offset and size lists differ");
+    for (size_t i = 0; i < sizes.size(); ++i) {
+      KVTC_CHECK(src[i] <= in.size && sizes[i] <= in.size - src[i] && dst[i] <= dst_bytes && sizes[i] <= dst_bytes - dst[i],
+                 kInvalidArgument, "chunk " << i << " is out of bounds");
+    }
+    std::vector<uint8_t> out(dst_bytes, 0);
+    ParallelCopyChunks(out.data(), dst.data(), in.data, src.data(), sizes.data(), sizes.size());
+    return NewBuffer(info.Env(), std::move(out));
+  });
+}
+
 // convert(Float32Array, 'float16' | 'bfloat16' | 'fp8') -> the rounded values as Float32Array
 Napi::Value RoundJs(const Napi::CallbackInfo& info) {
   return Guard(info, [&]() -> Napi::Value {
@@ -889,6 +916,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   stages.Set("deflate", Napi::Function::New(env, DeflateJs));
   stages.Set("crc32c", Napi::Function::New(env, Crc32cJs));
   stages.Set("copyCrc32c", Napi::Function::New(env, CopyCrc32cJs));
+  stages.Set("copyChunks", Napi::Function::New(env, CopyChunksJs));
   stages.Set("round", Napi::Function::New(env, RoundJs));
 #if KVTC_WITH_CUDA
   exports.Set("benchCuda", Napi::Function::New(env, BenchCudaJs));

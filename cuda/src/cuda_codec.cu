@@ -1666,7 +1666,9 @@ BenchFigures Bench(const Calibration& c, const DeviceCalibration& dev, const uin
   std::vector<double> copies;
   for (int r = 0; r < reps + 1; ++r) {
     KVTC_CUDA_CALL(cudaEventRecord(e0, ctx.stream));
-    KVTC_CUDA_CALL(cudaMemcpyAsync(host.ptr, kv.ptr, 2 * bytes * batch, cudaMemcpyDeviceToHost, ctx.stream));
+    // The raw KV of the batch: the cache itself when paged (same bytes, block order aside).
+    KVTC_CUDA_CALL(cudaMemcpyAsync(host.ptr, paged ? cache.ptr : kv.ptr, 2 * bytes * batch, cudaMemcpyDeviceToHost,
+                                   ctx.stream));
     KVTC_CUDA_CALL(cudaEventRecord(e1, ctx.stream));
     KVTC_CUDA_CALL(cudaEventSynchronize(e1));
     float ms = 0;

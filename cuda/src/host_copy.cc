@@ -1,5 +1,6 @@
 #include "kvtc/host_copy.h"
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -50,10 +51,23 @@ uint32_t ParallelCopyCrc(void* dst, const void* src, size_t size) {
 
 void ParallelCopyChunks(uint8_t* dst, const size_t* dst_off, const uint8_t* src, const size_t* src_off,
                         const size_t* size, size_t n) {
+  // Chunks larger than a piece (a record's raw sections, megabytes each) are cut into pieces, so
+  // one big chunk does not leave the other threads idle.
+  constexpr size_t kPiece = size_t(1) << 20;
+  struct Piece {
+    size_t chunk, at, bytes;
+  };
+  std::vector<Piece> pieces;
   size_t total = 0;
-  for (size_t i = 0; i < n; ++i) total += size[i];
+  for (size_t i = 0; i < n; ++i) {
+    total += size[i];
+    for (size_t at = 0; at < size[i]; at += kPiece) pieces.push_back({i, at, std::min(kPiece, size[i] - at)});
+  }
 #pragma omp parallel for schedule(dynamic, 16) if (total >= (size_t(2) << 20))
-  for (int64_t i = 0; i < static_cast<int64_t>(n); ++i) std::memcpy(dst + dst_off[i], src + src_off[i], size[i]);
+  for (int64_t k = 0; k < static_cast<int64_t>(pieces.size()); ++k) {
+    const Piece& p = pieces[size_t(k)];
+    std::memcpy(dst + dst_off[p.chunk] + p.at, src + src_off[p.chunk] + p.at, p.bytes);
+  }
 }
 
 }  // namespace kvtc

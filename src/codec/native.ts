@@ -224,6 +224,10 @@ export interface NativeAddon {
     ): Buffer;
     crc32c(data: Uint8Array): number;
     copyCrc32c(data: Uint8Array): { copy: Buffer; crc: number };
+    copyChunks(
+      data: Uint8Array,
+      o: { srcOffsets: number[]; dstOffsets: number[]; sizes: number[]; dstBytes: number },
+    ): Buffer;
     round(x: Float32Array, to: 'float16' | 'bfloat16' | 'fp8'): Float32Array;
     quantizeCuda?(d: Float32Array, o: { tokens: number; plan: NativePlan }): Buffer;
     dequantizeCuda?(payload: Uint8Array, o: { tokens: number; plan: NativePlan }): Float32Array;

@@ -73,6 +73,23 @@ t.test('CRC32C test vectors', async (t) => {
   for (const n of [4 * 2 ** 20, 4 * 2 ** 20 + 1, big.length]) {
     t.equal(native.stages.crc32c(big.subarray(0, n)), ref(big.subarray(0, n)), `parallel CRC of ${n} bytes`);
   }
+  // The chunk gather that stages records for the GPU: many small chunks and one of several MiB
+  // (cut into pieces across threads), each landing exactly at its offset.
+  const sizes = [5 * 2 ** 20 + 3, 17, 0, 65536, 1, 2 ** 20];
+  const srcOffsets: number[] = [],
+    dstOffsets: number[] = [];
+  let dstBytes = 0;
+  sizes.forEach((n, i) => {
+    srcOffsets.push((i * 7919) % (big.length - n));
+    dstBytes += 16 - (dstBytes % 16); // aligned like the GPU image, with gaps
+    dstOffsets.push(dstBytes);
+    dstBytes += n;
+  });
+  const gathered = native.stages.copyChunks(big, { srcOffsets, dstOffsets, sizes, dstBytes });
+  const expected = Buffer.alloc(dstBytes);
+  sizes.forEach((n, i) => big.copy(expected, dstOffsets[i]!, srcOffsets[i]!, srcOffsets[i]! + n));
+  t.ok(gathered.equals(expected), 'chunks land at their offsets, big ones cut into pieces');
+  t.throws(() => native.stages.copyChunks(big, { srcOffsets: [big.length], dstOffsets: [0], sizes: [1], dstBytes: 1 }));
   // The fused copy + CRC pass (CUDA record assembly) at sizes below, at and past its 2 MiB cut.
   for (const n of [0, 1, 2 * 2 ** 20 - 1, 2 * 2 ** 20, 3 * 2 ** 20 + 7, big.length]) {
     const { copy, crc } = native.stages.copyCrc32c(big.subarray(0, n));
