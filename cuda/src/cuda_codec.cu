@@ -995,6 +995,7 @@ struct EncodeSlot {
   DeviceBuffer<uint8_t> staged_keys, staged_values;  // host input, on the device
   DeviceBuffer<uint8_t> body;                        // the record's device-resident bytes
   PinnedBuffer body_host;                            // ... read back
+  DeviceBuffer<uint8_t> raw_rows;                    // paged raw sections, gathered aligned
 };
 EncodeSlot& EncodeSlotBuffers(int slot) {
   thread_local EncodeSlot s[kSlots];
@@ -1079,6 +1080,12 @@ void LaunchEncode(Context& ctx, const Calibration& c, const DeviceCalibration& d
   f.record.data = AllocateRecordMemory(bound);
   buf.body.resize(bound);
   buf.body_host.resize(bound);
+  if (paged) {
+    uint64_t raw_total = 0;
+    for (const EncodePart& part : f.parts)
+      if (!part.coded) raw_total += (part.section.stored_bytes + 255) / 256 * 256;
+    buf.raw_rows.resize(std::max<uint64_t>(1, raw_total));
+  }
   prof.lap("alloc");
 }
 
@@ -1092,6 +1099,7 @@ HostBytes FinishEncode(Context& ctx, const Calibration& c, EncodeFlight& f) {
   // of the record on the copy stream, reads it back with one copy, and copies it into the record
   // with the CRCs taken on the way; the first round overlaps the values' coding.
   uint64_t offset = f.header_bytes;
+  uint64_t raw_at = 0;  // next free byte of buf.raw_rows
   size_t next = 0;
   auto round = [&](cudaEvent_t ready, bool last) {
     KVTC_CUDA_CALL(cudaEventSynchronize(ready));  // chunk sizes are in pinned memory
@@ -1117,9 +1125,14 @@ HostBytes FinishEncode(Context& ctx, const Calibration& c, EncodeFlight& f) {
         CompactChunks(ctx.copy, *part.coded, at + part.coded->table.size());
         any_device = true;
       } else if (f.paged) {
+        // Gathered element-wise into aligned rows first: a section's offset in the record need not
+        // be a multiple of the element size.
         const bool keys = part.section.kind == SectionKind::kRawKeys;
+        uint8_t* rows = buf.raw_rows.ptr + raw_at;
+        raw_at += (part.section.stored_bytes + 255) / 256 * 256;
         LaunchPagedCopy(true, *f.paged, job.dtype, c.layers, part.section.token_offset, part.section.token_count,
-                        keys ? at : nullptr, keys ? nullptr : at, ctx.copy);
+                        keys ? rows : nullptr, keys ? nullptr : rows, ctx.copy);
+        KVTC_CUDA_CALL(cudaMemcpyAsync(at, rows, part.section.stored_bytes, cudaMemcpyDeviceToDevice, ctx.copy));
         any_device = true;
       } else if (f.device_input) {
         KVTC_CUDA_CALL(cudaMemcpyAsync(at, part.raw, part.section.stored_bytes, cudaMemcpyDeviceToDevice, ctx.copy));

@@ -179,6 +179,16 @@ for (const name of ['flash_attn', 'flashinfer', 'hnd']) {
           { sinkTokens: 0, windowTokens: 0, backend: 'cuda' },
         );
         assert.equal(Buffer.compare(coded, contiguous), 0, 'paged and contiguous records are identical');
+        // Raw sinks, coded middle and raw window in one record: the window's section starts at
+        // whatever offset the coded sections end (not element-aligned in general).
+        const mixedOptions = { planId: 0, tokenStart: 0, sinkTokens: 2, windowTokens: 5 };
+        const mixed = await encodePaged(cal, region, span, mixedOptions);
+        const mixedContiguous = await encode(
+          cal,
+          { keys: rows.keys, values: rows.values, dtype: 'float32', tokens, tokenStart: 0 },
+          { sinkTokens: 2, windowTokens: 5, backend: 'cuda' },
+        );
+        assert.equal(Buffer.compare(mixed, mixedContiguous), 0, 'paged and contiguous mixed records are identical');
         assert.ok(coded.length < raw.length, `coded ${coded.length} < raw ${raw.length}`);
         writeKv(region, new Uint8Array(total * 4));
         await decodePaged(cal, region, span, coded);
@@ -192,6 +202,13 @@ for (const name of ['flash_attn', 'flashinfer', 'hnd']) {
           got.values,
           new Float32Array(ref.values.buffer.slice(ref.values.byteOffset, ref.values.byteOffset + ref.values.length)),
         );
+        writeKv(region, new Uint8Array(total * 4));
+        await decodePaged(cal, region, span, mixed);
+        const gotMixed = gatherHost(l, new Float32Array(readKv(region).buffer.slice(0)), blockIds, firstSlot, tokens);
+        const refMixed = await decode(cal, mixedContiguous, { tokens, dtype: 'float32', backend: 'cuda' });
+        const f32 = (b: Buffer) => new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.length));
+        assert.deepEqual(gotMixed.keys, f32(refMixed.keys), 'mixed record restored in place (keys)');
+        assert.deepEqual(gotMixed.values, f32(refMixed.values), 'mixed record restored in place (values)');
       } finally {
         releaseKv(region);
       }
