@@ -15,6 +15,7 @@
 #include "kvtc/codec.h"
 #include "kvtc/crc32c.h"
 #include "kvtc/host_copy.h"
+#include "kvtc/record_memory.h"
 #include "kvtc/entropy.h"
 #include "kvtc/numeric.h"
 
@@ -575,6 +576,34 @@ Napi::Value CopyChunksJs(const Napi::CallbackInfo& info) {
   });
 }
 
+// recordPoolRun(sizes, rounds) -> {hits, misses, idleBytes}: `rounds` times, takes a record block
+// of each size (writing its first and last byte) and frees them all; returns the record pool's
+// counters as they moved (record_memory.h, which the CUDA backend writes its records into).
+Napi::Value RecordPoolRunJs(const Napi::CallbackInfo& info) {
+  return Guard(info, [&]() -> Napi::Value {
+    KVTC_CHECK(info.Length() >= 2 && info[0].IsArray() && info[1].IsNumber(), kInvalidArgument,
+               "Expected (sizes: number[], rounds: number)");
+    Napi::Array a = info[0].As<Napi::Array>();
+    std::vector<size_t> sizes(a.Length());
+    for (uint32_t i = 0; i < a.Length(); ++i) sizes[i] = static_cast<size_t>(a.Get(i).As<Napi::Number>().Int64Value());
+    const RecordPoolStats before = RecordPoolStatistics();
+    for (uint32_t r = 0; r < info[1].As<Napi::Number>().Uint32Value(); ++r) {
+      std::vector<RecordMemory> held;
+      for (size_t n : sizes) {
+        held.push_back(AllocateRecordMemory(n));
+        held.back()[0] = 1;
+        held.back()[n ? n - 1 : 0] = 2;
+      }
+    }
+    const RecordPoolStats after = RecordPoolStatistics();
+    Napi::Object out = Napi::Object::New(info.Env());
+    out.Set("hits", static_cast<double>(after.hits - before.hits));
+    out.Set("misses", static_cast<double>(after.misses - before.misses));
+    out.Set("idleBytes", static_cast<double>(after.idle_bytes));
+    return out;
+  });
+}
+
 // convert(Float32Array, 'float16' | 'bfloat16' | 'fp8') -> the rounded values as Float32Array
 Napi::Value RoundJs(const Napi::CallbackInfo& info) {
   return Guard(info, [&]() -> Napi::Value {
@@ -917,6 +946,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   stages.Set("crc32c", Napi::Function::New(env, Crc32cJs));
   stages.Set("copyCrc32c", Napi::Function::New(env, CopyCrc32cJs));
   stages.Set("copyChunks", Napi::Function::New(env, CopyChunksJs));
+  stages.Set("recordPoolRun", Napi::Function::New(env, RecordPoolRunJs));
   stages.Set("round", Napi::Function::New(env, RoundJs));
 #if KVTC_WITH_CUDA
   exports.Set("benchCuda", Napi::Function::New(env, BenchCudaJs));

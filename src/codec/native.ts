@@ -224,6 +224,7 @@ export interface NativeAddon {
     ): Buffer;
     crc32c(data: Uint8Array): number;
     copyCrc32c(data: Uint8Array): { copy: Buffer; crc: number };
+    recordPoolRun(sizes: number[], rounds: number): { hits: number; misses: number; idleBytes: number };
     copyChunks(
       data: Uint8Array,
       o: { srcOffsets: number[]; dstOffsets: number[]; sizes: number[]; dstBytes: number },
