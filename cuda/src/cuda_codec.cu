@@ -53,20 +53,28 @@ __global__ void RopeTableKernel(const double* inv_freq, int half, int64_t pos0, 
 // division per element, which made the one-thread-per-element version 5x slower than memory).
 constexpr int kRowsPerThread = 4;
 
-// The inverse or forward RoPE pair of feature j (< rotary_dim) of a head: its frequency, its
-// partner's feature and whether j is the pair's first element.
-__device__ __forceinline__ void RopePair(int j, int rotary_dim, bool neox, int& freq, int& partner, bool& first) {
-  const int half = rotary_dim / 2;
-  if (neox) {
-    first = j < half;
-    freq = first ? j : j - half;
-    partner = first ? j + half : j - half;
-  } else {
-    first = (j & 1) == 0;
-    freq = j >> 1;
-    partner = first ? j + 1 : j - 1;
+// Feature f's place in its head and its RoPE pair: its frequency, its partner's feature within the
+// head and whether f is the pair's first element (rotate: RoPE applies to f at all).
+struct RopeFeature {
+  int j = 0, freq = 0, partner = 0;
+  bool rotate = false, first = true;
+  __device__ __forceinline__ RopeFeature(int f, int head_dim, int rotary_dim, bool neox, bool has_table) {
+    j = f % head_dim;
+    partner = j;
+    rotate = has_table && j < rotary_dim;
+    if (!rotate) return;
+    const int half = rotary_dim / 2;
+    if (neox) {
+      first = j < half;
+      freq = first ? j : j - half;
+      partner = first ? j + half : j - half;
+    } else {
+      first = (j & 1) == 0;
+      freq = j >> 1;
+      partner = first ? j + 1 : j - 1;
+    }
   }
-}
+};
 
 // Encode prologue. in: token rows of [heads, head_dim] (heads = layers x kv_heads), contiguous or
 // in a paged cache (cuda_rows.cuh); out bf16 [tokens, p], centred, RoPE removed when `table` is
@@ -78,14 +86,10 @@ __global__ void PrepareKernel(Rows in, int64_t tokens, int heads, int head_dim, 
   const int p = heads * head_dim;
   const int f = blockIdx.y * blockDim.x + threadIdx.x;
   if (f >= p) return;
-  const int j = f % head_dim;
+  const RopeFeature r(f, head_dim, rotary_dim, neox, table != nullptr);
   const float m = mean[f];
-  const bool rotate = table && j < rotary_dim;
-  int freq = 0, partner = j;
-  bool first = true;
-  if (rotate) RopePair(j, rotary_dim, neox, freq, partner, first);
   const T* x_at = in.FeatureBase(f);
-  const T* y_at = in.FeatureBase(f - j + partner);
+  const T* y_at = in.FeatureBase(f - r.j + r.partner);
   const int half = rotary_dim / 2;
   const int64_t t0 = int64_t(blockIdx.x) * kRowsPerThread;
 #pragma unroll
@@ -94,11 +98,11 @@ __global__ void PrepareKernel(Rows in, int64_t tokens, int heads, int head_dim, 
     if (t >= tokens) break;
     const int64_t off = in.TokenOffset(t);
     float x = LoadAsFloat(x_at, off);
-    if (rotate) {
-      const float2 cs = table[t * half + freq];
+    if (r.rotate) {
+      const float2 cs = table[t * half + r.freq];
       const float y = LoadAsFloat(y_at, off);
       // inverse rotation: a = a' c + b' s ; b = b' c - a' s
-      x = first ? x * cs.x + y * cs.y : x * cs.x - y * cs.y;
+      x = r.first ? x * cs.x + y * cs.y : x * cs.x - y * cs.y;
     }
     out[size_t(t) * p + f] = __float2bfloat16_rn(x - m);
   }
@@ -113,13 +117,9 @@ __global__ void FinishKernel(const float* __restrict__ in, int64_t lo, int64_t h
   const int p = heads * head_dim;
   const int f = blockIdx.y * blockDim.x + threadIdx.x;
   if (f >= p) return;
-  const int j = f % head_dim;
+  const RopeFeature r(f, head_dim, rotary_dim, neox, table != nullptr);
   const float m = mean[f];
-  const bool rotate = table && j < rotary_dim;
-  int freq = 0, partner = j;
-  bool first = true;
-  if (rotate) RopePair(j, rotary_dim, neox, freq, partner, first);
-  const float m_partner = mean[f - j + partner];
+  const float m_partner = mean[f - r.j + r.partner];
   T* at = out.FeatureBase(f);
   const int half = rotary_dim / 2;
   const int64_t t0 = lo + int64_t(blockIdx.x) * kRowsPerThread;
@@ -129,11 +129,11 @@ __global__ void FinishKernel(const float* __restrict__ in, int64_t lo, int64_t h
     if (t >= hi) break;
     const size_t i = size_t(t) * p + f;
     float x = in[i] + m;
-    if (rotate) {
-      const float2 cs = table[t * half + freq];
-      const float y = in[i - j + partner] + m_partner;
+    if (r.rotate) {
+      const float2 cs = table[t * half + r.freq];
+      const float y = in[i - r.j + r.partner] + m_partner;
       // apply: a' = a c - b s ; b' = b c + a s
-      x = first ? x * cs.x - y * cs.y : x * cs.x + y * cs.y;
+      x = r.first ? x * cs.x - y * cs.y : x * cs.x + y * cs.y;
     }
     StoreFromFloat(at, size_t(out.TokenOffset(t)), x);
   }
