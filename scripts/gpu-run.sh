@@ -3,6 +3,9 @@
 # unpacks Node.js and the libraries, builds the addon with CUDA, runs the GPU tests (and the
 # memcheck/racecheck sanitizers on them), then the GPU benchmark. Results go to $OUT (or ./out).
 #   bash scripts/gpu-run.sh [test|e2e|bench|all]   (default all)
+# Environment: SANITIZERS (default "memcheck racecheck"; empty: none), REPS, BENCH_SHAPES (default
+# "8b smollm2 1b"), BENCH_ARGS (more flags of `bench codec`, e.g. "--tokens 8192 --paged"),
+# BENCH_TAG (suffix of the result file), OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
@@ -48,13 +51,31 @@ if [ "$what" = e2e ] || [ "$what" = all ]; then
 fi
 
 if [ "$what" = bench ] || [ "$what" = all ]; then
+  # One bench process per shape (BENCH_SHAPES, default all three), merged into one JSON after
+  # each, so a shape that fails or runs out of time keeps the others' results.
   echo "== GPU bench"
-  node dist/src/main.js bench codec --backend cuda --json --reps "${REPS:-5}" ${BENCH_ARGS:-} > "$OUT/gpu-bench${BENCH_TAG:-}.json"
-  node -e '
+  merged="$OUT/gpu-bench${BENCH_TAG:-}.json"
+  rm -f "$merged"
+  for shape in ${BENCH_SHAPES:-8b smollm2 1b}; do
+    part="$W/bench-$shape.json"
+    if node dist/src/main.js bench codec --backend cuda --json --reps "${REPS:-5}" --shape "$shape" ${BENCH_ARGS:-} > "$part" 2> "$W/bench-$shape.err"; then
+      node -e '
+        const fs = require("fs");
+        const [merged, part] = process.argv.slice(1);
+        const p = JSON.parse(fs.readFileSync(part, "utf8"));
+        const m = fs.existsSync(merged) ? JSON.parse(fs.readFileSync(merged, "utf8")) : { ...p, results: [] };
+        m.results.push(...p.results);
+        fs.writeFileSync(merged, JSON.stringify(m));
+      ' "$merged" "$part"
+    else
+      echo "bench $shape FAILED:"; tail -n 3 "$W/bench-$shape.err"
+    fi
+  done
+  [ -f "$merged" ] && node -e '
     const r = require(process.argv[1]);
     console.log(`${r.gpu} ${r.date}`);
     console.log("shape   tokens batch paged rank(K/V)   ratio  enc GB/s dec GB/s enc/GEMM dec/GEMM D2H GB/s pool hit/miss");
     for (const x of r.results) console.log(
       `${x.shape.padEnd(7)} ${String(x.tokens).padStart(6)} ${String(x.batch).padStart(5)} ${(x.paged ? "yes" : "no").padStart(5)} ${(x.rank_keys+"/"+x.rank_values).padStart(11)} ${x.ratio.toFixed(2).padStart(6)} ${x.encode_gbps.toFixed(1).padStart(8)} ${x.decode_gbps.toFixed(1).padStart(8)} ${x.gemm_ratio_encode.toFixed(2).padStart(8)} ${x.gemm_ratio_decode.toFixed(2).padStart(8)} ${x.d2h_copy_gbps.toFixed(1).padStart(8)} ${x.record_pool_hits}/${x.record_pool_misses}`);
-  ' "$OUT/gpu-bench${BENCH_TAG:-}.json"
+  ' "$merged"
 fi
