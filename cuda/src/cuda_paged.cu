@@ -174,6 +174,9 @@ class KvRegion {
     int prev = 0;
     cudaGetDevice(&prev);
     cudaSetDevice(device);
+    // A restore returns once its writes are queued (the client waits on done_event): they must
+    // finish before the client's memory is unmapped.
+    if (done_event) cudaEventSynchronize(done_event);
     if (client_event) cudaEventDestroy(client_event);
     if (done_event) cudaEventDestroy(done_event);
     if (owned) cudaFree(owned);
@@ -315,6 +318,9 @@ HostBytes EncodePaged(const Calibration& c, const DeviceCalibration& dev, KvRegi
   KVTC_CUDA_CALL(cudaSetDevice(region.device));
   cudaStream_t stream = JobStream();
   const PagedRows rows = SpanRows(region, span, stream);
+  // After the region's previous restore (queued on another thread's stream, maybe still running)
+  // and after the client's forward pass.
+  KVTC_CUDA_CALL(cudaStreamWaitEvent(stream, region.done_event, 0));
   if (region.client_event) KVTC_CUDA_CALL(cudaStreamWaitEvent(stream, region.client_event, 0));
   return EncodeFromPaged(c, dev, job, rows);  // same stream: ordered after the client's event
 }
@@ -331,6 +337,8 @@ RecordHeader DecodePaged(const Calibration& c, const DeviceCalibration& dev, KvR
                            << " are past the record's " << record_tokens);
   KVTC_CHECK(record_tokens <= UINT32_MAX, kInvalidArgument, "record_tokens out of range");
   const PagedRows rows = SpanRows(region, span, JobStream());
+  // Restores of one region are ordered on the device too: the previous one may still be running.
+  KVTC_CUDA_CALL(cudaStreamWaitEvent(JobStream(), region.done_event, 0));
   // Every check (structure, CRCs, chunk tables, inflate statuses, dtype) passes before a block is
   // written; the reconstruction then writes the span's tokens straight into their blocks.
   return DecodeIntoPaged(c, dev, record, size, g.dtype, rows, span.record_offset, uint32_t(record_tokens), span.tokens,
