@@ -380,6 +380,25 @@ KVTC_HD inline void FillTable(const uint8_t* lens, DecodeTable<kBits, kSyms>& t,
   KVTC_SYNCWARP();
 }
 
+// Two literals per lookup: for each kLitTableBits-bit pattern whose first codeword is a literal
+// and whose remaining bits hold a whole second literal codeword, both literals and their total
+// length (entry = lit1 | lit2 << 8 | bits << 16, 0 when the pattern does not start with two short
+// literals). Built from the filled direct table by lanes [0, nlanes), warp barrier after.
+KVTC_HD inline void FillLiteralPairs(const DecodeTable<kLitTableBits, 288>& t, uint32_t* pairs, int lane, int nlanes) {
+  for (int i = lane; i < (1 << kLitTableBits); i += nlanes) {
+    uint32_t entry = 0;
+    const uint16_t e1 = t.direct[i];
+    const int s1 = e1 & 511, l1 = e1 >> 9;
+    if (e1 && s1 < 256) {
+      const uint16_t e2 = t.direct[uint32_t(i) >> l1];  // the unknown high bits read as zeros
+      const int s2 = e2 & 511, l2 = e2 >> 9;
+      if (e2 && s2 < 256 && l1 + l2 <= kLitTableBits) entry = uint32_t(s1) | uint32_t(s2) << 8 | uint32_t(l1 + l2) << 16;
+    }
+    pairs[i] = entry;
+  }
+  KVTC_SYNCWARP();
+}
+
 // Bit reader over [in, in + size): loads past the end read zeros; the decoder errors once more
 // than 16 such bytes were loaded, and checks at the end that no loaded zero was consumed.
 struct BitReader {
@@ -471,6 +490,7 @@ KVTC_HD_INLINE int DecodeSym(BitReader& br, const DecodeTable<kBits, kSyms>& t) 
 // Decoder state of one chunk (in shared memory on the GPU, one per warp).
 struct InflateState {
   LitTable lit;
+  uint32_t lit_pairs[1 << kLitTableBits];  // FillLiteralPairs
   DistTable dist;
   PreTable pre;
   uint8_t lens[288 + 32];
@@ -584,6 +604,16 @@ KVTC_HD inline void DecodeBlock(InflateState& st, uint8_t* __restrict__ out, uin
       status = kInflateTruncated;
       break;
     }
+    // Fast path: two literals at once (same bits, same output, same errors as two single steps;
+    // near the end of the output the single path reports an overflow exactly as before).
+    const uint32_t pair = st.lit_pairs[br.Peek(kLitTableBits)];
+    if (pair && out_size - op >= 2) {
+      out[op] = uint8_t(pair);
+      out[op + 1] = uint8_t(pair >> 8);
+      op += 2;
+      br.Drop(int(pair >> 16));
+      continue;
+    }
     int sym = DecodeSym(br, st.lit);
     if (sym < 256) {
       if (sym < 0) {
@@ -670,6 +700,7 @@ KVTC_HD inline int32_t InflateChunk(const uint8_t* in, uint32_t in_size, uint8_t
     if (phase == 1) {
       FillTable(st.lens, st.lit, lane, nlanes);
       FillTable(st.lens + 288, st.dist, lane, nlanes);
+      FillLiteralPairs(st.lit, st.lit_pairs, lane, nlanes);
       if (lane == 0) detail::DecodeBlock(st, out, out_size);
       KVTC_SYNCWARP();
     }
