@@ -1617,6 +1617,22 @@ BenchFigures Bench(const Calibration& c, const DeviceCalibration& dev, const uin
     dec.push_back(std::chrono::duration<double>(t2 - t1).count());
   }
   if (done) cudaEventDestroy(done);
+  // The figures are only worth something if the batched paths did the work: every sequence holds
+  // the same tokens, so every record must equal the first, and (contiguous) every restored
+  // sequence the first one.
+  for (uint32_t b = 1; b < batch; ++b) {
+    KVTC_CHECK(records[b].size == records[0].size &&
+                   std::memcmp(records[b].data.get(), records[0].data.get(), records[0].size) == 0,
+               kInternal, "bench: sequence " << b << " of the batch encoded to a different record");
+  }
+  if (!paged && batch > 1) {
+    std::vector<uint8_t> first(2 * bytes), other(2 * bytes);
+    KVTC_CUDA_CALL(cudaMemcpy(first.data(), restored.ptr, 2 * bytes, cudaMemcpyDeviceToHost));
+    for (uint32_t b = 1; b < batch; ++b) {
+      KVTC_CUDA_CALL(cudaMemcpy(other.data(), restored.ptr + 2 * b * bytes, 2 * bytes, cudaMemcpyDeviceToHost));
+      KVTC_CHECK(first == other, kInternal, "bench: sequence " << b << " of the batch restored differently");
+    }
+  }
   auto median = [](std::vector<double> v) {
     std::sort(v.begin(), v.end());
     return v[v.size() / 2];
