@@ -15,8 +15,11 @@ thread still writes. Blocks of chunks that failed to load are returned by
 ``get_block_ids_with_load_errors`` in that same step; an aborted request's job stops at the next
 chunk batch and reports no errors. Every sidecar call has the client's timeout, so a job always
 ends. A synchronous ``LoadSpec`` (``load_async: false``) is loaded in ``start_load_kv``, before
-the forward. GPU tensors are refused at ``register_kv_caches``: their path (CUDA IPC,
-the sidecar reading and writing blocks in place) is not implemented yet.
+the forward.
+
+On a GPU no block leaves the device through this process: the layers' CUDA tensors are registered
+with the sidecar once by CUDA IPC (:mod:`kvtc_connector.cuda_ipc`), which then encodes from and
+restores into the blocks in place (``save_blocks``, ``load_blocks``), ordered by IPC events.
 
 The paged layout. vLLM >= 0.32 hands each layer over as ``[blocks, kv_heads, block, 2 * head_dim]``
 (shape and strides are read, never assumed contiguous), but what a ``(block, head)`` page holds

@@ -367,8 +367,7 @@ def test_held_blocks_are_freed_after_finished_sending(
 ) -> None:
     loop = new_loop(sidecar)
     scheduler = loop.scheduler
-    pool = scheduler.kv_cache_manager.block_pool
-    free_before = pool.get_num_free_blocks()
+    free_before = loop.free_blocks()
     # 500 prompt tokens: chunk 0 is saved after the prefill; chunk 1 fills up while decoding.
     tokens = prompt_tokens(500, 8)
     scheduler.add_request(make_request("held", tokens, max_tokens=20))
@@ -382,7 +381,7 @@ def test_held_blocks_are_freed_after_finished_sending(
     assert request.is_finished()
     connector = scheduler.connector.connector_scheduler
     assert connector.held == {"held"}
-    assert pool.get_num_free_blocks() < free_before
+    assert loop.free_blocks() < free_before
     block_ids = blocks_of(scheduler, "held")
 
     step = loop.step(before_output=lambda r: held.append(r))
@@ -394,7 +393,7 @@ def test_held_blocks_are_freed_after_finished_sending(
     # The worker reported it: vLLM freed the blocks and forgot the request.
     assert "held" not in scheduler.requests
     assert connector.held == set()
-    assert pool.get_num_free_blocks() == free_before
+    assert loop.free_blocks() == free_before
     assert seed.lookup(keys_of(seed, list(request.all_token_ids))) == 2
 
 
@@ -441,8 +440,7 @@ def test_load_failure_is_reported_and_recomputed(
 ) -> None:
     loop = new_loop(sidecar, load_async=load_async)
     scheduler = loop.scheduler
-    pool = scheduler.kv_cache_manager.block_pool
-    free_before = pool.get_num_free_blocks()
+    free_before = loop.free_blocks()
     tokens = prompt_tokens(3 * C + 20, 12 if load_async else 13)
     keys = prefill(seed, tokens, 3)
     scheduler.add_request(make_request("lost", tokens, max_tokens=2))
@@ -473,7 +471,7 @@ def test_load_failure_is_reported_and_recomputed(
     while scheduler.requests:
         loop.step()
     assert seed.lookup(keys) == 3
-    assert pool.get_num_free_blocks() == free_before
+    assert loop.free_blocks() == free_before
 
 
 def test_unreachable_sidecar_during_async_load_recomputes_once(
@@ -481,8 +479,7 @@ def test_unreachable_sidecar_during_async_load_recomputes_once(
 ) -> None:
     loop = new_loop(sidecar)
     scheduler = loop.scheduler
-    pool = scheduler.kv_cache_manager.block_pool
-    free_before = pool.get_num_free_blocks()
+    free_before = loop.free_blocks()
     tokens = prompt_tokens(2 * C + 60, 14)
     prefill(seed, tokens, 2)
     # The loader's connection cannot reach a sidecar (the lookup's could): every block fails.
@@ -504,7 +501,7 @@ def test_unreachable_sidecar_during_async_load_recomputes_once(
     assert step.invalid_block_ids == set()
     while scheduler.requests:
         loop.step()
-    assert pool.get_num_free_blocks() == free_before
+    assert loop.free_blocks() == free_before
 
 
 def test_async_load_runs_beside_other_requests_then_resumes(
@@ -514,8 +511,7 @@ def test_async_load_runs_beside_other_requests_then_resumes(
 
     loop = new_loop(sidecar)
     scheduler = loop.scheduler
-    pool = scheduler.kv_cache_manager.block_pool
-    free_before = pool.get_num_free_blocks()
+    free_before = loop.free_blocks()
     gate = gate_loads(loop, sidecar)
     tokens = prompt_tokens(3 * C + 50, 15)
     prefill(seed, tokens, 3)
@@ -545,7 +541,7 @@ def test_async_load_runs_beside_other_requests_then_resumes(
     assert step.metadata.loads == []
     while scheduler.requests:
         loop.step()
-    assert pool.get_num_free_blocks() == free_before
+    assert loop.free_blocks() == free_before
     assert loop.worker.connector_worker.stats.tokens_loaded == 3 * C
 
 
@@ -558,8 +554,7 @@ def test_abort_during_load_holds_the_blocks_until_the_worker_lets_go(
     scheduler = loop.scheduler
     connector = scheduler.connector.connector_scheduler
     worker = loop.worker.connector_worker
-    pool = scheduler.kv_cache_manager.block_pool
-    free_before = pool.get_num_free_blocks()
+    free_before = loop.free_blocks()
     gate = gate_loads(loop, sidecar)
     tokens = prompt_tokens(2 * C + 10, 17)
     prefill(seed, tokens, 2)
@@ -570,12 +565,12 @@ def test_abort_during_load_holds_the_blocks_until_the_worker_lets_go(
     scheduler.finish_requests("gone", RequestStatus.FINISHED_ABORTED)
     # Aborted mid-load: vLLM keeps the request's blocks for the worker, nothing is saved.
     assert "gone" in scheduler.requests
-    assert pool.get_num_free_blocks() == free_before - len(load.block_ids)
+    assert loop.free_blocks() == free_before - len(load.block_ids)
     assert connector.recving == {"gone"} and connector.held == set()
     step = loop.step(wait_loads=False)  # the worker learns of the abort; the load is stuck
     assert step.scheduler_output.finished_req_ids == {"gone"}
     assert step.finished_recving is None
-    assert pool.get_num_free_blocks() == free_before - len(load.block_ids)
+    assert loop.free_blocks() == free_before - len(load.block_ids)
     gate.set()
     step = loop.step()
     # Reported once the thread let go of the blocks; it wrote nothing after the abort, and
@@ -583,12 +578,12 @@ def test_abort_during_load_holds_the_blocks_until_the_worker_lets_go(
     assert step.finished_recving == {"gone"} and step.invalid_block_ids == set()
     assert step.metadata.saves == []
     assert "gone" not in scheduler.requests
-    assert pool.get_num_free_blocks() == free_before
+    assert loop.free_blocks() == free_before
     assert connector.recving == set()
     assert torch.equal(loop.read_blocks(load.block_ids), before)
     assert worker.stats.tokens_loaded == 0
     loop.step()  # nothing left to report
-    assert pool.get_num_free_blocks() == free_before
+    assert loop.free_blocks() == free_before
 
 
 def test_preemption_during_an_inflight_load(sidecar: Sidecar, seed: SidecarClient) -> None:
@@ -597,8 +592,7 @@ def test_preemption_during_an_inflight_load(sidecar: Sidecar, seed: SidecarClien
     right KV; the preempted one resumes through an async load of the chunk it saved."""
     loop = new_loop(sidecar, num_blocks=14)
     scheduler = loop.scheduler
-    pool = scheduler.kv_cache_manager.block_pool
-    free_before = pool.get_num_free_blocks()
+    free_before = loop.free_blocks()
     gate = gate_loads(loop, sidecar)
     tokens = prompt_tokens(3 * C + 50, 18)
     prefill(seed, tokens, 3)
@@ -639,7 +633,7 @@ def test_preemption_during_an_inflight_load(sidecar: Sidecar, seed: SidecarClien
     # "late" saved chunk 0 at its prefill, so it resumed by loading it, asynchronously.
     assert [(x.token_lo, x.token_hi, x.asynchronous) for x in late_loads] == [(0, C, True)]
     assert resumed == C
-    assert pool.get_num_free_blocks() == free_before
+    assert loop.free_blocks() == free_before
 
 
 def test_page_layouts() -> None:

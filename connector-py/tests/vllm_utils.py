@@ -425,6 +425,10 @@ class EngineLoop:
         self.pattern = pattern
         self.connector_stats: list[Any] = []  # what the worker reported each step (or None)
 
+    def free_blocks(self) -> int:
+        """Free blocks in the scheduler's pool (a request's blocks return here when released)."""
+        return int(self.scheduler.kv_cache_manager.block_pool.get_num_free_blocks())
+
     def step(
         self,
         before_output: Callable[[StepResult], None] | None = None,

@@ -529,16 +529,15 @@ std::shared_ptr<DeviceCalibration> Upload(const Calibration& c, int device) {
 
 namespace {
 
-// The GPU work of one stream (keys or values) of one job: device input rows -> payload bytes
-// (entropy coded, host). Scratch buffers persist per thread.
+// Device scratch of one stream (keys or values) of one job: encode prologue rows, coefficients,
+// payload and DEFLATE slots; decode dequantized coefficients and reconstruction. Persists per
+// thread and slot, growing only.
 struct StreamScratch {
   DeviceBuffer<__nv_bfloat16> x;
   DeviceBuffer<float> d;
   DeviceBuffer<uint8_t> payload;
-  DeviceBuffer<float2> table;
   DeviceBuffer<GroupDesc> groups;
   DeviceBuffer<uint8_t> slots;
-  DeviceBuffer<uint8_t> packed;
   DeviceBuffer<uint8_t> temp;
   DeviceBuffer<void*> in_ptrs, out_ptrs;
   DeviceBuffer<size_t> in_sizes, out_sizes;
@@ -600,9 +599,7 @@ void LaunchQuantize(Context& ctx, StreamScratch& s, const Plan& plan, uint32_t t
   const size_t small = groups.size();
   for (const GroupDesc& g : all) if (g.size >= 32) groups.push_back(g);
   if (groups.empty()) return;
-  s.groups.resize(groups.size());
-  KVTC_CUDA_CALL(cudaMemcpyAsync(s.groups.ptr, groups.data(), groups.size() * sizeof(GroupDesc), cudaMemcpyHostToDevice,
-                                 ctx.stream));
+  UploadAsync(s.groups, groups.data(), groups.size(), ctx.stream);
   if (small > 0) {
     QuantizeSmallKernel<<<dim3(unsigned((tokens + 255) / 256), unsigned(small)), 256, 0, ctx.stream>>>(
         s.d.ptr, ld, tokens, s.groups.ptr, s.payload.ptr);
@@ -618,12 +615,9 @@ void LaunchQuantize(Context& ctx, StreamScratch& s, const Plan& plan, uint32_t t
 void LaunchCopyChunks(cudaStream_t stream, StreamScratch& s, void* const* srcs, void* const* dsts, const size_t* sizes,
                       size_t n) {
   if (n == 0) return;
-  s.copy_srcs.resize(n);
-  s.copy_dsts.resize(n);
-  s.copy_sizes.resize(n);
-  KVTC_CUDA_CALL(cudaMemcpyAsync(s.copy_srcs.ptr, srcs, n * sizeof(void*), cudaMemcpyHostToDevice, stream));
-  KVTC_CUDA_CALL(cudaMemcpyAsync(s.copy_dsts.ptr, dsts, n * sizeof(void*), cudaMemcpyHostToDevice, stream));
-  KVTC_CUDA_CALL(cudaMemcpyAsync(s.copy_sizes.ptr, sizes, n * sizeof(size_t), cudaMemcpyHostToDevice, stream));
+  UploadAsync(s.copy_srcs, srcs, n, stream);
+  UploadAsync(s.copy_dsts, dsts, n, stream);
+  UploadAsync(s.copy_sizes, sizes, n, stream);
   CopyChunksKernel<<<unsigned(n), 256, 0, stream>>>(reinterpret_cast<const uint8_t* const*>(s.copy_srcs.ptr),
                                                         reinterpret_cast<uint8_t* const*>(s.copy_dsts.ptr),
                                                         s.copy_sizes.ptr);
@@ -716,13 +710,10 @@ LaunchedStream LaunchStream(Context& ctx, StreamScratch& s, const Calibration& c
       out_ptrs[i] = s.slots.ptr + i * out.max_out;
       in_sizes[i] = std::min(chunk_bytes, payload_bytes - i * chunk_bytes);
     }
-    s.in_ptrs.resize(chunks);
-    s.out_ptrs.resize(chunks);
-    s.in_sizes.resize(chunks);
     s.statuses.resize(chunks);
-    KVTC_CUDA_CALL(cudaMemcpyAsync(s.in_ptrs.ptr, in_ptrs.data(), chunks * sizeof(void*), cudaMemcpyHostToDevice, ctx.stream));
-    KVTC_CUDA_CALL(cudaMemcpyAsync(s.out_ptrs.ptr, out_ptrs.data(), chunks * sizeof(void*), cudaMemcpyHostToDevice, ctx.stream));
-    KVTC_CUDA_CALL(cudaMemcpyAsync(s.in_sizes.ptr, in_sizes.data(), chunks * sizeof(size_t), cudaMemcpyHostToDevice, ctx.stream));
+    UploadAsync(s.in_ptrs, in_ptrs.data(), chunks, ctx.stream);
+    UploadAsync(s.out_ptrs, out_ptrs.data(), chunks, ctx.stream);
+    UploadAsync(s.in_sizes, in_sizes.data(), chunks, ctx.stream);
     KVTC_NVCOMP_CALL(nvcompBatchedDeflateCompressAsync(s.in_ptrs.ptr, s.in_sizes.ptr, chunk_bytes, chunks, s.temp.ptr,
                                                        temp_bytes, s.out_ptrs.ptr, s.out_sizes.ptr, opts, s.statuses.ptr,
                                                        ctx.stream));
@@ -851,9 +842,8 @@ size_t LaunchInflate(Context& ctx, StreamScratch& s, const std::vector<InflateTa
   LaunchCopyChunks(ctx.stream, s, copy_src.data(), copy_dst.data(), copy_size.data(), copy_src.size());
   const size_t n = in_ptrs.size();
   if (n == 0) return 0;
-  s.in_sizes.resize(2 * n);  // compressed sizes, then the expected inflated sizes
-  KVTC_CUDA_CALL(cudaMemcpyAsync(s.in_sizes.ptr, in_sizes.data(), n * sizeof(size_t), cudaMemcpyHostToDevice, ctx.stream));
-  KVTC_CUDA_CALL(cudaMemcpyAsync(s.in_sizes.ptr + n, out_caps.data(), n * sizeof(size_t), cudaMemcpyHostToDevice, ctx.stream));
+  in_sizes.insert(in_sizes.end(), out_caps.begin(), out_caps.end());  // then the expected inflated sizes
+  UploadAsync(s.in_sizes, in_sizes.data(), 2 * n, ctx.stream);
   if (Coder(/*encode=*/false) == EntropyCoder::kKvtc) {
     std::vector<huff::InflateJob> jobs(n);
     for (size_t i = 0; i < n; ++i) {
@@ -875,12 +865,10 @@ size_t LaunchInflate(Context& ctx, StreamScratch& s, const std::vector<InflateTa
   size_t temp_bytes = 0;
   KVTC_NVCOMP_CALL(nvcompBatchedDeflateDecompressGetTempSize(n, max_raw, opts, &temp_bytes, total_raw, ctx.stream));
   s.temp.resize(std::max<size_t>(1, temp_bytes));
-  s.in_ptrs.resize(n);
-  s.out_ptrs.resize(n);
   s.out_sizes.resize(n);
   s.statuses.resize(n);
-  KVTC_CUDA_CALL(cudaMemcpyAsync(s.in_ptrs.ptr, in_ptrs.data(), n * sizeof(void*), cudaMemcpyHostToDevice, ctx.stream));
-  KVTC_CUDA_CALL(cudaMemcpyAsync(s.out_ptrs.ptr, out_ptrs.data(), n * sizeof(void*), cudaMemcpyHostToDevice, ctx.stream));
+  UploadAsync(s.in_ptrs, in_ptrs.data(), n, ctx.stream);
+  UploadAsync(s.out_ptrs, out_ptrs.data(), n, ctx.stream);
   KVTC_NVCOMP_CALL(nvcompBatchedDeflateDecompressAsync(s.in_ptrs.ptr, s.in_sizes.ptr, s.in_sizes.ptr + n, s.out_sizes.ptr,
                                                        n, s.temp.ptr, temp_bytes, s.out_ptrs.ptr, opts, s.statuses.ptr,
                                                        ctx.stream));
@@ -927,9 +915,7 @@ void DecodeStream(Context& ctx, const Calibration& c, const DeviceCalibration& d
     KVTC_CUDA_CALL(cudaMemsetAsync(s.dq.ptr, 0, size_t(tokens) * dq_ld * 2, ctx.stream));
   }
   if (!groups.empty()) {
-    s.groups.resize(groups.size());
-    KVTC_CUDA_CALL(cudaMemcpyAsync(s.groups.ptr, groups.data(), groups.size() * sizeof(GroupDesc),
-                                   cudaMemcpyHostToDevice, ctx.stream));
+    UploadAsync(s.groups, groups.data(), groups.size(), ctx.stream);
     const dim3 grid(unsigned((tokens + 7) / 8), unsigned(groups.size()));
     DequantizeKernel<<<grid, 256, 0, ctx.stream>>>(payload, tokens, s.groups.ptr, int(groups.size()), s.dq.ptr, dq_ld);
     KVTC_CUDA_CALL(cudaGetLastError());
@@ -1249,7 +1235,7 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
   DecodeSlot& buf = DecodeSlotBuffers(slot);
   // One device image of everything the record holds (raw rows, and compressed chunks at 16-byte
   // aligned offsets for nvCOMP), staged through pinned memory section by section: while the host
-  // stages the next section, the device copies in and inflates the previous one.
+  // stages the next section, the device copies in the previous one.
   struct Staging {
     std::vector<size_t> src_off, dst_off, sizes;
     size_t begin = 0, end = 0;  // the section's range of the image
@@ -1262,10 +1248,14 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
     st.sizes.push_back(n);
     image_bytes += (n + 15) / 16 * 16;
   };
+  // Coded sections inflate into the slot's payload buffer, each at a 256-byte offset.
+  f.image_at.assign(h.sections.size(), 0);
+  f.payload_at.assign(h.sections.size(), 0);
+  size_t payload_total = 0;
   for (size_t i = 0; i < h.sections.size(); ++i) {
     const Section& s = h.sections[i];
     Staging& st = staging[i];
-    st.begin = image_bytes;
+    st.begin = f.image_at[i] = image_bytes;
     if (s.encoding == SectionEncoding::kRaw) {
       stage(st, s.offset, s.stored_bytes);
     } else {
@@ -1275,31 +1265,24 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
         cc.staged[k] = image_bytes;
         stage(st, cc.src[k], cc.stored[k]);
       }
+      f.payload_at[i] = payload_total;
+      payload_total += (cc.payload_bytes + 255) / 256 * 256;
     }
     st.end = image_bytes;
   }
   buf.image.resize(std::max<size_t>(1, image_bytes));
   buf.staging.resize(std::max<size_t>(1, image_bytes));
-  // Each section's bytes staged and sent; raw rows into place; then every coded section
-  // inflating in one launch into the slot's payload buffer (sections at 256-byte offsets).
   StreamScratch& s0 = Scratch(slot, 0);
-  f.payload_at.assign(h.sections.size(), 0);
-  size_t payload_total = 0;
-  for (size_t i = 0; i < h.sections.size(); ++i) {
-    if (h.sections[i].encoding != SectionEncoding::kDeflateChunks) continue;
-    f.payload_at[i] = payload_total;
-    payload_total += (f.coded[i].payload_bytes + 255) / 256 * 256;
-  }
   s0.payload.resize(std::max<size_t>(4, payload_total));
-  f.image_at.assign(h.sections.size(), 0);
+  // Each section's bytes staged and sent; then every coded section inflating in one launch.
   for (size_t i = 0; i < h.sections.size(); ++i) {
-    const Section& s = h.sections[i];
     const Staging& st = staging[i];
     ParallelCopyChunks(buf.staging.ptr, st.dst_off.data(), record, st.src_off.data(), st.sizes.data(), st.sizes.size());
     KVTC_CUDA_CALL(cudaMemcpyAsync(buf.image.ptr + st.begin, buf.staging.ptr + st.begin, st.end - st.begin,
                                    cudaMemcpyHostToDevice, ctx.stream));
-    f.image_at[i] = st.begin;
-    if (s.encoding == SectionEncoding::kDeflateChunks) f.targets.push_back({&f.coded[i], s0.payload.ptr + f.payload_at[i]});
+    if (h.sections[i].encoding == SectionEncoding::kDeflateChunks) {
+      f.targets.push_back({&f.coded[i], s0.payload.ptr + f.payload_at[i]});
+    }
   }
   prof.mark("h2d");
   f.inflated = LaunchInflate(ctx, s0, f.targets, buf.image.ptr, s0.payload.ptr);
@@ -1504,8 +1487,7 @@ std::vector<float> DequantizeOnDevice(const uint8_t* payload, int64_t tokens, co
   const std::vector<GroupDesc> groups = PlanDescs(plan, tokens, false);
   s.dq.resize(std::max<size_t>(1, size_t(tokens) * plan.rank));
   if (!groups.empty()) {
-    s.groups.resize(groups.size());
-    KVTC_CUDA_CALL(cudaMemcpyAsync(s.groups.ptr, groups.data(), groups.size() * sizeof(GroupDesc), cudaMemcpyHostToDevice, ctx.stream));
+    UploadAsync(s.groups, groups.data(), groups.size(), ctx.stream);
     DequantizeKernel<<<dim3(unsigned((tokens + 7) / 8), unsigned(groups.size())), 256, 0, ctx.stream>>>(
         s.payload.ptr, tokens, s.groups.ptr, int(groups.size()), s.dq.ptr, plan.rank);
     KVTC_CUDA_CALL(cudaGetLastError());

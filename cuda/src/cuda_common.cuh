@@ -28,42 +28,50 @@ namespace kvtc::cuda {
 
 // ---- device buffers ------------------------------------------------------------------------
 
-template <typename T>
-struct DeviceBuffer {
+// A grow-only buffer of T in device memory, or (kPinned) in page-locked host memory.
+template <typename T, bool kPinned = false>
+struct CudaBuffer {
   T* ptr = nullptr;
   size_t count = 0;
-  DeviceBuffer() = default;
-  explicit DeviceBuffer(size_t n) { resize(n); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  ~DeviceBuffer() {
-    if (ptr) cudaFree(ptr);
-  }
+  CudaBuffer() = default;
+  explicit CudaBuffer(size_t n) { resize(n); }
+  CudaBuffer(const CudaBuffer&) = delete;
+  CudaBuffer& operator=(const CudaBuffer&) = delete;
+  ~CudaBuffer() { Free(); }
   void resize(size_t n) {
     if (n <= count) return;
-    if (ptr) cudaFree(ptr);
+    Free();
+    if (n == 0) return;
+    void* p = nullptr;
+    if (kPinned) {
+      KVTC_CUDA_CALL(cudaMallocHost(&p, n * sizeof(T)));
+    } else {
+      KVTC_CUDA_CALL(cudaMalloc(&p, n * sizeof(T)));
+    }
+    ptr = static_cast<T*>(p);
+    count = n;
+  }
+
+ private:
+  void Free() {
+    if (ptr) kPinned ? cudaFreeHost(ptr) : cudaFree(ptr);
     ptr = nullptr;
     count = 0;
-    if (n == 0) return;
-    KVTC_CUDA_CALL(cudaMalloc(&ptr, n * sizeof(T)));
-    count = n;
   }
 };
 
-struct PinnedBuffer {
-  uint8_t* ptr = nullptr;
-  size_t size = 0;
-  ~PinnedBuffer() {
-    if (ptr) cudaFreeHost(ptr);
-  }
-  void resize(size_t n) {
-    if (n <= size) return;
-    if (ptr) cudaFreeHost(ptr);
-    ptr = nullptr;
-    KVTC_CUDA_CALL(cudaMallocHost(&ptr, n));
-    size = n;
-  }
-};
+template <typename T>
+using DeviceBuffer = CudaBuffer<T>;
+using PinnedBuffer = CudaBuffer<uint8_t, /*kPinned=*/true>;
+
+// Sizes `dst` for n elements and queues the copy of host `src` into it on `stream`. A pageable
+// source is staged by the driver before the call returns, so it may be a temporary.
+template <typename T>
+void UploadAsync(DeviceBuffer<T>& dst, const T* src, size_t n, cudaStream_t stream) {
+  dst.resize(n);
+  if (n) KVTC_CUDA_CALL(cudaMemcpyAsync(dst.ptr, src, n * sizeof(T), cudaMemcpyHostToDevice, stream));
+}
+
 
 template <typename T>
 __device__ __forceinline__ float LoadAsFloat(const T* p, size_t i);

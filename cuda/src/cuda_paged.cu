@@ -290,9 +290,7 @@ DeviceBuffer<uint32_t>& BlockIds() {
 PagedRows SpanRows(const KvRegion& region, const PagedSpan& span, cudaStream_t stream) {
   const PagedGeometry& g = region.geometry;
   DeviceBuffer<uint32_t>& ids = BlockIds();
-  ids.resize(span.block_ids.size());
-  KVTC_CUDA_CALL(cudaMemcpyAsync(ids.ptr, span.block_ids.data(), span.block_ids.size() * 4, cudaMemcpyHostToDevice,
-                                 stream));
+  UploadAsync(ids, span.block_ids.data(), span.block_ids.size(), stream);
   PagedRows pr;
   pr.bases = region.bases;
   pr.st = {g.strides[0], g.strides[1], g.strides[2], g.strides[3], g.strides[4]};

@@ -3,7 +3,7 @@
  * writes the same record format). Validation and defaults live here; the native side runs one
  * job off the JavaScript thread.
  */
-import { fromNative, invalidArgument, KvtcError } from '../core/errors.js';
+import { awaitNative, callNative, invalidArgument, KvtcError } from '../core/errors.js';
 import type { Calibration } from './calibration.js';
 import { loadNative, type NativeHeader } from './native.js';
 
@@ -134,9 +134,8 @@ export async function encode(calibration: Calibration, chunk: KvChunk, options: 
     );
   }
   const planId = options.ratio === undefined ? 0 : calibration.planId(options.ratio);
-  const stack = new Error();
-  try {
-    return await loadNative().encode(calibration.native, {
+  return awaitNative(() =>
+    loadNative().encode(calibration.native, {
       keys: bytesOf(chunk.keys),
       values: bytesOf(chunk.values),
       dtype: DTYPE_CODE[chunk.dtype],
@@ -148,10 +147,8 @@ export async function encode(calibration: Calibration, chunk: KvChunk, options: 
       deflateLevel: checkCount('deflateLevel', options.deflateLevel) ?? ENCODE_DEFAULTS.deflateLevel,
       chunkBytes: checkCount('chunkBytes', options.chunkBytes, 1) ?? ENCODE_DEFAULTS.chunkBytes,
       backend: options.backend ?? 'cpu',
-    });
-  } catch (err) {
-    throw fromNative(err, stack);
-  }
+    }),
+  );
 }
 
 export interface DecodeExpectation {
@@ -176,18 +173,14 @@ export async function decode(
 ): Promise<DecodedChunk> {
   if (!(expect.dtype in DTYPE_CODE)) throw invalidArgument("'float32', 'float16' or 'bfloat16'", 'dtype', expect.dtype);
   const tokens = checkCount('tokens', expect.tokens, 0)!;
-  const stack = new Error();
-  let out;
-  try {
-    out = await loadNative().decode(
+  const out = await awaitNative(() =>
+    loadNative().decode(
       calibration.native,
       record,
       2 * tokens * calibration.featureDim * dtypeBytes(expect.dtype),
       expect.backend ?? 'cpu',
-    );
-  } catch (err) {
-    throw fromNative(err, stack);
-  }
+    ),
+  );
   const info = toInfo(out.header);
   if (info.dtype !== expect.dtype) {
     throw new KvtcError(
@@ -210,11 +203,7 @@ export async function decode(
  * @throws {KvtcError} ERR_KVTC_RECORD_*.
  */
 export function inspectRecord(record: Uint8Array): RecordInfo {
-  try {
-    return toInfo(loadNative().inspect(record));
-  } catch (err) {
-    throw fromNative(err);
-  }
+  return toInfo(callNative(() => loadNative().inspect(record)));
 }
 
 /** True when a record's header and every section CRC32C are intact (no decoding). */

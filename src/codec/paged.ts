@@ -5,7 +5,7 @@
  */
 import type { Calibration } from './calibration.js';
 import { DTYPE_CODE, ENCODE_DEFAULTS, toInfo, type KvDtype, type RecordInfo } from './codec.js';
-import { KvtcError, fromNative } from '../core/errors.js';
+import { KvtcError, awaitNative, callNative } from '../core/errors.js';
 import { loadNative, type NativeAddon, type NativePagedSpan } from './native.js';
 
 /** Element strides of the logical [kv, block, slot, head, dim] index of one layer's tensor. */
@@ -86,18 +86,10 @@ function geometry(layers: number, l: PagedLayout) {
   };
 }
 
-function call<T>(fn: () => T): T {
-  try {
-    return fn();
-  } catch (err) {
-    throw fromNative(err);
-  }
-}
-
 /** Opens a client's cache by IPC. @throws ERR_KVTC_IPC, ERR_KVTC_INVALID_ARGUMENT. */
 export function registerKv(r: KvRegistration): Region {
   const n = paged();
-  const out = call(() =>
+  const out = callNative(() =>
     n.cudaRegisterKv({
       device: r.device,
       geometry: geometry(r.layers, r.layout),
@@ -113,21 +105,21 @@ export function registerKv(r: KvRegistration): Region {
 /** A region over memory this process allocates on `device` (tests and benchmarks). */
 export function allocateKv(device: number, layers: number, layout: PagedLayout): Region {
   const n = paged();
-  const out = call(() => n.cudaAllocateKv(device, geometry(layers, layout)));
+  const out = callNative(() => n.cudaAllocateKv(device, geometry(layers, layout)));
   return { id: out.region, event: out.event };
 }
 
 export function writeKv(region: Region, bytes: Uint8Array): void {
-  call(() => paged().cudaWriteKv(region.id, bytes));
+  callNative(() => paged().cudaWriteKv(region.id, bytes));
 }
 
 export function readKv(region: Region): Buffer {
-  return call(() => paged().cudaReadKv(region.id));
+  return callNative(() => paged().cudaReadKv(region.id));
 }
 
 /** Releases the region; IPC mappings close once no job uses them. */
 export function releaseKv(region: Region): boolean {
-  return call(() => paged().cudaReleaseKv(region.id));
+  return callNative(() => paged().cudaReleaseKv(region.id));
 }
 
 export function cudaDevices(): { index: number; name: string; uuid: string }[] {
@@ -148,9 +140,8 @@ export async function encodePaged(
   o: PagedEncodeOptions,
 ): Promise<Buffer> {
   const n = paged();
-  const stack = new Error();
-  try {
-    return await n.encodePaged(
+  return awaitNative(() =>
+    n.encodePaged(
       calibration.native,
       region.id,
       {
@@ -163,10 +154,8 @@ export async function encodePaged(
         chunkBytes: ENCODE_DEFAULTS.chunkBytes,
       },
       span,
-    );
-  } catch (err) {
-    throw fromNative(err, stack);
-  }
+    ),
+  );
 }
 
 /** Decodes `record` into the span's blocks; the region's event is recorded when they are written. */
@@ -177,10 +166,5 @@ export async function decodePaged(
   record: Uint8Array,
 ): Promise<RecordInfo> {
   const n = paged();
-  const stack = new Error();
-  try {
-    return toInfo(await n.decodePaged(calibration.native, region.id, record, span));
-  } catch (err) {
-    throw fromNative(err, stack);
-  }
+  return toInfo(await awaitNative(() => n.decodePaged(calibration.native, region.id, record, span)));
 }

@@ -73,6 +73,29 @@ export function fromNative(err: unknown, stack?: Error): KvtcError {
   return out;
 }
 
+/** Runs a synchronous native call; its error becomes a {@link KvtcError}. */
+export function callNative<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (err) {
+    throw fromNative(err);
+  }
+}
+
+/**
+ * Awaits a native job; its error becomes a {@link KvtcError} whose stack points at the caller
+ * (captured before the job starts: an asynchronous error has no user frames of its own).
+ */
+export async function awaitNative<T>(job: () => Promise<T>): Promise<T> {
+  const stack = new Error();
+  Error.captureStackTrace(stack, awaitNative);
+  try {
+    return await job();
+  } catch (err) {
+    throw fromNative(err, stack);
+  }
+}
+
 /** The parameter-error sentence used everywhere: "Expected <what> for <name> but received <value>". */
 export function invalidArgument(what: string, name: string, value: unknown): KvtcError {
   const shown = typeof value === 'string' ? `'${value}'` : String(value);

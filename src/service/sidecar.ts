@@ -245,16 +245,13 @@ export class Sidecar {
         const tokens = uint(h, 'tokens', 1 << 24);
         const dt = dtype(h);
         const [k, v] = this.#kvFrames(req, tokens, dt);
-        const ratio = optionalNumber(h, 'ratio') ?? this.#ratio;
-        const window = h['window_tokens'] === undefined ? this.options.windowTokens : uint(h, 'window_tokens');
         const t0 = performance.now();
         const record = await encode(
           cal,
           { keys: k, values: v, dtype: dt, tokens, tokenStart: uint(h, 'token_start') },
-          { ratio, windowTokens: window, sinkTokens: this.options.sinkTokens, backend: this.#backend },
+          { ...this.#coding(h), backend: this.#backend },
         );
-        const seconds = (performance.now() - t0) / 1000;
-        return { header: { handle: await this.#store(key, record, k.length + v.length, seconds) } };
+        return { header: { handle: await this.#store(key, record, k.length + v.length, t0) } };
       }
       case 'load': {
         this.#session(req);
@@ -285,12 +282,7 @@ export class Sidecar {
         const record = await encode(
           cal,
           { keys: k, values: v, dtype: dt, tokens, tokenStart: uint(h, 'token_start') },
-          {
-            ratio: optionalNumber(h, 'ratio') ?? this.#ratio,
-            windowTokens: h['window_tokens'] === undefined ? this.options.windowTokens : uint(h, 'window_tokens'),
-            sinkTokens: this.options.sinkTokens,
-            backend: this.#backend,
-          },
+          { ...this.#coding(h), backend: this.#backend },
         );
         return { header: { record_bytes: record.length }, frames: [record] };
       }
@@ -366,16 +358,15 @@ export class Sidecar {
         const key = str(h, 'key', KEY_PATTERN);
         const tokens = uint(h, 'tokens', 1 << 24);
         const span = this.#span(h, tokens, reg.layout.blockSize);
+        const { ratio, ...coding } = this.#coding(h);
         const t0 = performance.now();
         const record = await encodePaged(cal, reg.region, span, {
-          planId: cal.planId(optionalNumber(h, 'ratio') ?? this.#ratio),
+          ...coding,
+          planId: cal.planId(ratio),
           tokenStart: uint(h, 'token_start'),
-          sinkTokens: this.options.sinkTokens,
-          windowTokens: h['window_tokens'] === undefined ? this.options.windowTokens : uint(h, 'window_tokens'),
         });
-        const seconds = (performance.now() - t0) / 1000;
         const raw = 2 * tokens * cal.featureDim * dtypeBytes(reg.layout.dtype);
-        return { header: { handle: await this.#store(key, record, raw, seconds) } };
+        return { header: { handle: await this.#store(key, record, raw, t0) } };
       }
       case 'load_blocks': {
         this.#session(req);
@@ -419,8 +410,18 @@ export class Sidecar {
     }
   }
 
-  /** Puts a new record in the tiers, counts it, and returns its handle. */
-  async #store(key: string, record: Buffer, raw: number, seconds: number) {
+  /** How a save or encode request codes: its ratio and window, or the sidecar's defaults. */
+  #coding(h: Record<string, unknown>): { ratio: number; windowTokens: number; sinkTokens: number } {
+    return {
+      ratio: optionalNumber(h, 'ratio') ?? this.#ratio,
+      windowTokens: h['window_tokens'] === undefined ? this.options.windowTokens : uint(h, 'window_tokens'),
+      sinkTokens: this.options.sinkTokens,
+    };
+  }
+
+  /** Puts a record encoded since `started` in the tiers, counts it, and returns its handle. */
+  async #store(key: string, record: Buffer, raw: number, started: number) {
+    const seconds = (performance.now() - started) / 1000;
     const tier = await this.#tiers.put(key, record);
     this.metrics.bytesIn.inc(raw);
     this.metrics.recordBytes.inc(record.length);
