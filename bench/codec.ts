@@ -175,6 +175,8 @@ export interface CudaBenchResult extends BenchResult {
   record_pool_misses: number;
   /** KV read from and restored into a paged cache in place (vLLM's FlashAttention layout) */
   paged: boolean;
+  /** DEFLATE chunk size of the records (indexed chunks, an entry point every chunk / 32 bytes) */
+  chunk_bytes: number;
 }
 
 export const CUDA_SHAPES: BenchShape[] = [
@@ -192,7 +194,7 @@ export const CUDA_SHAPES: BenchShape[] = [
  */
 export async function benchShapeCuda(
   shape: BenchShape,
-  o: BenchOptions & { tokenCounts: number[]; batches: number[]; paged?: boolean },
+  o: BenchOptions & { tokenCounts: number[]; batches: number[]; paged?: boolean; chunkBytes?: number },
 ): Promise<CudaBenchResult[]> {
   const native = loadNative();
   if (!native.benchCuda)
@@ -216,13 +218,15 @@ export async function benchShapeCuda(
     for (const batch of o.batches) {
       o.progress?.(`${shape.name}: ${T} tokens x ${batch}`, 0);
       const paged = o.paged ?? false;
-      const f = native.benchCuda(cal.native, { keys, values, tokens: T, batch, planId, reps: o.reps, paged });
+      const chunkBytes = o.chunkBytes ?? 64 * 1024;
+      const f = native.benchCuda(cal.native, { keys, values, tokens: T, batch, planId, reps: o.reps, paged, chunkBytes });
       const raw = T * p * 2 * 2 * batch;
       results.push({
         shape: shape.name,
         tokens: T,
         batch,
         paged,
+        chunk_bytes: chunkBytes,
         raw_bytes: raw,
         record_bytes: f.recordBytes * batch,
         ratio: raw / (f.recordBytes * batch),

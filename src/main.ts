@@ -113,6 +113,7 @@ bench
   .option('--tokens <n>', 'tokens per run (default: per shape)', int('tokens', 1))
   .option('--batch <n>', 'sequences per timed run, cuda only (default: 1 and 8)', int('batch', 1))
   .option('--paged', 'cuda only: KV in a paged cache (FlashAttention layout), encoded and restored in place')
+  .option('--chunk-kib <n>', 'cuda only: DEFLATE chunk size in KiB (the sidecar default is 64)', int('chunk-kib', 1), 64)
   .option('--ratio <n>', 'target compression ratio of the plan', Number, 16)
   .option('--reps <n>', 'repetitions (best is reported)', int('reps', 1), 3)
   .option('--json', 'print one JSON object')
@@ -141,6 +142,7 @@ bench
             tokenCounts: o.tokens ? [o.tokens] : [8192, 32768],
             batches: o.batch ? [o.batch] : [1, 8],
             paged: o.paged === true,
+            chunkBytes: o.chunkKib * 1024,
           })),
         );
       }

@@ -245,6 +245,7 @@ void ParseJobOptions(const Napi::Object& j, EncodeJob& job) {
   job.window_tokens = Uint(j, "windowTokens");
   job.deflate_level = static_cast<int>(Uint(j, "deflateLevel"));
   job.chunk_bytes = Uint(j, "chunkBytes");
+  job.entry_stride = OptionalUint(j, "entryStride", 0);
 }
 
 // encode(calibration, job) -> Promise<Buffer>
@@ -522,9 +523,13 @@ Napi::Value DeflateJs(const Napi::CallbackInfo& info) {
       const double expected = Number(o, "expectedBytes");
       KVTC_CHECK(expected >= 0 && expected <= 1e12, kInvalidArgument, "expectedBytes out of range");
       std::vector<uint8_t> out(static_cast<size_t>(expected));
-      InflateChunks(in.data, in.size, out.data(), out.size());
+      const bool indexed = OptionalBool(o, "indexed");
+      InflateChunks(in.data, in.size, indexed ? SectionEncoding::kDeflateIndexed : SectionEncoding::kDeflateChunks,
+                    out.data(), out.size());
       return NewBuffer(info.Env(), std::move(out));
     }
+    const uint32_t stride = OptionalUint(o, "entryStride", 0);
+    if (stride) return NewBuffer(info.Env(), DeflateChunksIndexed(in.data, in.size, Uint(o, "chunkBytes"), stride));
     return NewBuffer(info.Env(), DeflateChunks(in.data, in.size, Uint(o, "chunkBytes"), static_cast<int>(Uint(o, "level"))));
   });
 }
@@ -641,7 +646,7 @@ Napi::Value BenchGemmJs(const Napi::CallbackInfo& info) {
 }
 
 #if KVTC_WITH_CUDA
-// benchCuda(calibration, {keys: Uint16Array (bf16), values, tokens, batch, planId, reps, paged}) -> figures
+// benchCuda(calibration, {keys: Uint16Array (bf16), values, tokens, batch, planId, reps, paged, chunkBytes}) -> figures
 Napi::Value BenchCudaJs(const Napi::CallbackInfo& info) {
   return Guard(info, [&]() -> Napi::Value {
     auto cal = UnwrapCalibration(info, *g_calibration_ctor);
@@ -655,7 +660,8 @@ Napi::Value BenchCudaJs(const Napi::CallbackInfo& info) {
     auto dev = UnwrapWrap(info)->device();
     cuda::BenchFigures f = cuda::Bench(*cal, *dev, reinterpret_cast<const uint16_t*>(k.data),
                                        reinterpret_cast<const uint16_t*>(v.data), tokens, batch,
-                                       static_cast<uint16_t>(plan_id), static_cast<int>(reps), Prop(o, "paged").ToBoolean());
+                                       static_cast<uint16_t>(plan_id), static_cast<int>(reps), Prop(o, "paged").ToBoolean(),
+                                       OptionalUint(o, "chunkBytes", uint32_t(kDefaultChunkBytes)));
     Napi::Object r = Napi::Object::New(info.Env());
     r.Set("encodeS", f.encode_s);
     r.Set("decodeS", f.decode_s);

@@ -37,6 +37,12 @@ inline uint32_t Uint(const Napi::Object& o, const char* name) {
   return static_cast<uint32_t>(d);
 }
 
+// An optional property: `fallback` when absent (undefined).
+inline uint32_t OptionalUint(const Napi::Object& o, const char* name, uint32_t fallback) {
+  return o.Get(name).IsUndefined() ? fallback : Uint(o, name);
+}
+inline bool OptionalBool(const Napi::Object& o, const char* name) { return o.Get(name).ToBoolean(); }
+
 inline std::string String(const Napi::Object& o, const char* name) {
   Napi::Value v = Prop(o, name);
   KVTC_CHECK(v.IsString(), kInvalidArgument, "Expected a string for " << name);

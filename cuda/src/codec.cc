@@ -144,8 +144,11 @@ std::vector<uint8_t> Encode(const Calibration& c, const EncodeJob& job) {
     std::vector<uint8_t> payload(PayloadBytes(pl, middle));
     Quantize(d.data(), pl.rank, middle, pl, payload.data());
     Pending pe{};
-    pe.owned = DeflateChunks(payload.data(), payload.size(), job.chunk_bytes, job.deflate_level);
-    pe.section = {kind, SectionEncoding::kDeflateChunks, sinks, middle, 0, 0, pe.owned.size()};
+    const bool indexed = job.entry_stride > 0;
+    pe.owned = indexed ? DeflateChunksIndexed(payload.data(), payload.size(), job.chunk_bytes, job.entry_stride)
+                       : DeflateChunks(payload.data(), payload.size(), job.chunk_bytes, job.deflate_level);
+    pe.section = {kind, indexed ? SectionEncoding::kDeflateIndexed : SectionEncoding::kDeflateChunks, sinks, middle, 0,
+                  0, pe.owned.size()};
     pending.push_back(std::move(pe));
   };
 
@@ -223,7 +226,7 @@ DecodeResult Decode(const Calibration& c, const uint8_t* record, size_t size, ui
     const Plan& pl = keys ? plan.keys : plan.values;
     const StreamBasis& basis = keys ? c.keys : c.values;
     std::vector<uint8_t> payload(PayloadBytes(pl, s.token_count));
-    InflateChunks(record + s.offset, s.stored_bytes, payload.data(), payload.size());
+    InflateChunks(record + s.offset, s.stored_bytes, s.encoding, payload.data(), payload.size());
     std::vector<float> d(static_cast<size_t>(s.token_count) * pl.rank);
     Dequantize(payload.data(), s.token_count, pl, d.data(), pl.rank);
     std::vector<float> x(static_cast<size_t>(s.token_count) * h.feature_dim);

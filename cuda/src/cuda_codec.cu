@@ -544,7 +544,8 @@ struct StreamScratch {
   DeviceBuffer<nvcompStatus_t> statuses;
   DeviceBuffer<float> xf;
   DeviceBuffer<__nv_bfloat16> dq;
-  PinnedBuffer sizes;  // the compressed chunk sizes, read back at the job's one sync
+  DeviceBuffer<uint32_t> entries;  // entry points of indexed chunks, max_entries per chunk
+  PinnedBuffer sizes;  // the compressed chunk sizes (then the entry points), read back at the sync
   DeviceBuffer<void*> copy_srcs, copy_dsts;
   DeviceBuffer<size_t> copy_sizes;
   PinnedBuffer statuses_host;  // inflate statuses (and nvCOMP's output sizes), read at the sync
@@ -629,6 +630,7 @@ void LaunchCopyChunks(cudaStream_t stream, StreamScratch& s, void* const* srcs, 
 struct LaunchedStream {
   StreamScratch* s = nullptr;
   size_t payload_bytes = 0, chunk_bytes = 0, chunks = 0, max_out = 0;
+  uint32_t entry_stride = 0, max_entries = 0;  // indexed chunks (kvtc's coder); 0 for nvCOMP's
   // Filled after the job's sync by LayoutChunks: the section's chunk table and, per chunk, where
   // its bytes come from (slot or payload, for a chunk stored uncompressed) and how many.
   std::vector<uint8_t> table;
@@ -640,7 +642,7 @@ struct LaunchedStream {
 
 LaunchedStream LaunchStream(Context& ctx, StreamScratch& s, const Calibration& c, const DeviceCalibration& dev,
                             const Plan& plan, bool keys, const StreamRows& rows, KvDtype dtype, uint32_t tokens,
-                            int64_t pos0, size_t chunk_bytes, Profiler& prof) {
+                            int64_t pos0, size_t chunk_bytes, uint32_t entry_stride, Profiler& prof) {
   LaunchedStream out;
   out.s = &s;
   out.chunk_bytes = chunk_bytes;
@@ -699,8 +701,15 @@ LaunchedStream LaunchStream(Context& ctx, StreamScratch& s, const Calibration& c
   s.slots.resize(chunks * out.max_out);
   s.out_sizes.resize(chunks);
   if (own_coder) {
-    // sizes[c] = the chunk's own size when it did not shrink: the stored rule applies.
-    huff::LaunchEncode(s.payload.ptr, payload_bytes, chunk_bytes, s.slots.ptr, out.max_out, s.out_sizes.ptr, ctx.stream);
+    // sizes[c] = the chunk's own size when it did not shrink: the stored rule applies. The entry
+    // points make the section indexed (entropy.h): a GPU inflates it a lane per run.
+    out.entry_stride = entry_stride ? entry_stride : DefaultEntryStride(chunk_bytes);
+    KVTC_CHECK(out.entry_stride % 16 == 0, kInvalidArgument,
+               "Expected an entry stride that is a multiple of 16 but received " << out.entry_stride);
+    out.max_entries = uint32_t((chunk_bytes + out.entry_stride - 1) / out.entry_stride - 1);
+    s.entries.resize(std::max<size_t>(1, chunks * out.max_entries));
+    huff::LaunchEncode(s.payload.ptr, payload_bytes, chunk_bytes, s.slots.ptr, out.max_out, s.out_sizes.ptr,
+                       s.entries.ptr, out.entry_stride, out.max_entries, ctx.stream);
     KVTC_CUDA_CALL(cudaGetLastError());
   } else {
     std::vector<void*> in_ptrs(chunks), out_ptrs(chunks);
@@ -719,29 +728,54 @@ LaunchedStream LaunchStream(Context& ctx, StreamScratch& s, const Calibration& c
                                                        ctx.stream));
   }
   prof.mark(keys ? "k.deflate" : "v.deflate");
-  s.sizes.resize(chunks * sizeof(size_t));
+  const size_t entry_bytes = chunks * out.max_entries * sizeof(uint32_t);
+  s.sizes.resize(chunks * sizeof(size_t) + entry_bytes);
   KVTC_CUDA_CALL(cudaMemcpyAsync(s.sizes.ptr, s.out_sizes.ptr, chunks * sizeof(size_t), cudaMemcpyDeviceToHost, ctx.stream));
+  if (entry_bytes) {
+    KVTC_CUDA_CALL(cudaMemcpyAsync(s.sizes.ptr + chunks * sizeof(size_t), s.entries.ptr, entry_bytes,
+                                   cudaMemcpyDeviceToHost, ctx.stream));
+  }
   return out;
 }
 
-// After the sync: the chunk table (u32 count, then raw and stored size per chunk) and each chunk's
-// source. A chunk that did not shrink is stored (the CPU encoder's rule).
+// After the sync: the chunk table (entropy.h: u32 count, [u32 entry stride], raw and stored size
+// per chunk, [entry points of each DEFLATE'd chunk]) and each chunk's source. A chunk that did not
+// shrink is stored (the CPU encoder's rule).
 void LayoutChunks(LaunchedStream& ls) {
   const size_t chunks = ls.chunks;
-  ls.table.resize(4 + 8 * chunks);
+  const bool indexed = ls.entry_stride > 0;
+  const size_t fixed = indexed ? 8 : 4;
+  const auto* coded = reinterpret_cast<const size_t*>(ls.s->sizes.ptr);
+  const auto* entries = reinterpret_cast<const uint32_t*>(ls.s->sizes.ptr + chunks * sizeof(size_t));
+  auto raw_of = [&](size_t i) { return std::min(ls.chunk_bytes, ls.payload_bytes - i * ls.chunk_bytes); };
+  size_t entry_total = 0;
+  if (indexed) {
+    for (size_t i = 0; i < chunks; ++i) {
+      const size_t raw = raw_of(i);
+      if (coded[i] < raw) entry_total += (raw + ls.entry_stride - 1) / ls.entry_stride - 1;
+    }
+  }
+  ls.table.resize(fixed + 8 * chunks + 4 * entry_total);
+  uint8_t* t = ls.table.data();
   const uint32_t n32 = uint32_t(chunks);
-  std::memcpy(ls.table.data(), &n32, 4);
+  std::memcpy(t, &n32, 4);
+  if (indexed) std::memcpy(t + 4, &ls.entry_stride, 4);
+  uint8_t* at_entry = t + fixed + 8 * chunks;
   ls.srcs.resize(chunks);
   ls.sizes.resize(chunks);
-  const auto* coded = reinterpret_cast<const size_t*>(ls.s->sizes.ptr);
   uint64_t total = 0;
   for (size_t i = 0; i < chunks; ++i) {
-    const size_t raw = std::min(ls.chunk_bytes, ls.payload_bytes - i * ls.chunk_bytes);
+    const size_t raw = raw_of(i);
     const bool stored = coded[i] >= raw;
     const size_t n = stored ? raw : coded[i];
     const uint32_t raw32 = uint32_t(raw), st32 = uint32_t(n);
-    std::memcpy(ls.table.data() + 4 + 8 * i, &raw32, 4);
-    std::memcpy(ls.table.data() + 8 + 8 * i, &st32, 4);
+    std::memcpy(t + fixed + 8 * i, &raw32, 4);
+    std::memcpy(t + fixed + 8 * i + 4, &st32, 4);
+    if (indexed && !stored) {
+      const size_t e = (raw + ls.entry_stride - 1) / ls.entry_stride - 1;
+      std::memcpy(at_entry, entries + i * ls.max_entries, 4 * e);
+      at_entry += 4 * e;
+    }
     ls.srcs[i] = stored ? ls.s->payload.ptr + i * ls.chunk_bytes : ls.s->slots.ptr + i * ls.max_out;
     ls.sizes[i] = n;
     total += n;
@@ -763,45 +797,18 @@ void CompactChunks(cudaStream_t stream, LaunchedStream& ls, uint8_t* dst) {
   LaunchCopyChunks(stream, s, ls.srcs.data(), dsts.data(), ls.sizes.data(), chunks);
 }
 
-// One coded section of a record being decoded: its chunk table, checked exactly as the CPU
-// decoder checks it before any device allocation, and where each chunk is staged.
-struct CodedChunks {
-  std::vector<size_t> raw, stored, src, dst, staged;  // src: record offset; dst: payload offset
-  size_t payload_bytes = 0, max_raw = 0;
+// One coded section of a record being decoded: its chunk table (entropy.h's ParseChunkTable, the
+// CPU decoder's checks, before any device allocation), the section's place in the record, and
+// where each chunk is staged in the device image.
+struct CodedChunks : ChunkTable {
+  uint64_t section_offset = 0;
+  std::vector<size_t> staged;
 };
 
-CodedChunks ParseChunkTable(const uint8_t* record, const Section& sec, size_t payload_bytes) {
-  const uint8_t* body = record + sec.offset;
-  const size_t body_size = sec.stored_bytes;
-  KVTC_CHECK(body_size >= 4, kRecordLength, "entropy section has no chunk table");
-  uint32_t chunks;
-  std::memcpy(&chunks, body, 4);
-  KVTC_CHECK(chunks <= (body_size - 4) / 8, kRecordLength, "entropy section declares too many chunks");
+CodedChunks ParseCodedSection(const uint8_t* record, const Section& sec, size_t payload_bytes) {
   CodedChunks cc;
-  cc.payload_bytes = payload_bytes;
-  cc.raw.resize(chunks);
-  cc.stored.resize(chunks);
-  cc.src.resize(chunks);
-  cc.dst.resize(chunks);
-  size_t at = 4 + 8 * size_t(chunks), out = 0;
-  for (uint32_t i = 0; i < chunks; ++i) {
-    uint32_t r, st;
-    std::memcpy(&r, body + 4 + 8 * i, 4);
-    std::memcpy(&st, body + 8 + 8 * i, 4);
-    KVTC_CHECK(r <= kMaxChunkBytes && st <= r, kRecordLength, "chunk " << i << " declares invalid sizes");
-    KVTC_CHECK(st <= body_size - at, kRecordLength, "chunk " << i << " runs past its section");
-    KVTC_CHECK(r <= payload_bytes - out, kRecordSizeMismatch, "chunks inflate past the plan's payload size");
-    cc.raw[i] = r;
-    cc.stored[i] = st;
-    cc.src[i] = sec.offset + at;
-    cc.dst[i] = out;
-    at += st;
-    out += r;
-    cc.max_raw = std::max<size_t>(cc.max_raw, r);
-  }
-  KVTC_CHECK(at == body_size, kRecordLength, "entropy section has trailing bytes");
-  KVTC_CHECK(out == payload_bytes, kRecordSizeMismatch,
-             "chunks inflate to " << out << " bytes, the plan implies " << payload_bytes);
+  static_cast<ChunkTable&>(cc) = ParseChunkTable(record + sec.offset, sec.stored_bytes, sec.encoding, payload_bytes);
+  cc.section_offset = sec.offset;
   return cc;
 }
 
@@ -811,55 +818,77 @@ struct InflateTarget {
   uint8_t* payload = nullptr;
 };
 
+// What LaunchInflate gave the inflater: chunk count, and whose inflater (CheckInflate reads its
+// statuses).
+struct InflateLaunch {
+  size_t n = 0;
+  bool own = false;
+};
+
 // Launches the inflation of every coded section of a record (staged at `image` + staged[i]) in
 // one launch, so keys' and values' chunks fill the GPU together: stored chunks by one copy
-// kernel, the others by kvtc's inflater or nvCOMP's. Pointer arrays and statuses live in `s`;
-// statuses land in pinned memory and CheckInflate reads them after the job's sync.
-size_t LaunchInflate(Context& ctx, StreamScratch& s, const std::vector<InflateTarget>& targets, uint8_t* image,
-                     uint8_t* payload_base) {
+// kernel, the others by kvtc's inflater or nvCOMP's. Indexed sections always go to kvtc's (it
+// checks their entry points exactly as the CPU decoder does; nvCOMP would ignore them); plain
+// ones to KVTC_CUDA_ENTROPY's choice. Pointer arrays and statuses live in `s`; statuses land in
+// pinned memory and CheckInflate reads them after the job's sync.
+InflateLaunch LaunchInflate(Context& ctx, StreamScratch& s, const std::vector<InflateTarget>& targets, uint8_t* image,
+                            uint8_t* payload_base) {
   std::vector<void*> copy_src, copy_dst, in_ptrs, out_ptrs;
   std::vector<size_t> copy_size, in_sizes, out_caps;
+  std::vector<huff::InflateJob> jobs;
+  std::vector<uint32_t> entries;
   size_t max_raw = 0, total_raw = 0;
+  bool any_indexed = false;
   for (const InflateTarget& t : targets) {
     const CodedChunks& cc = *t.chunks;
     max_raw = std::max(max_raw, cc.max_raw);
     total_raw += cc.payload_bytes;
+    any_indexed |= cc.entry_stride > 0;
     for (size_t i = 0; i < cc.raw.size(); ++i) {
-      void* src = image + cc.staged[i];
-      void* dst = t.payload + cc.dst[i];
-      if (cc.stored[i] == cc.raw[i]) {
+      uint8_t* src = image + cc.staged[i];
+      uint8_t* dst = t.payload + cc.dst[i];
+      if (cc.Stored(i)) {
         copy_src.push_back(src);
         copy_dst.push_back(dst);
         copy_size.push_back(cc.raw[i]);
-      } else {
-        in_ptrs.push_back(src);
-        out_ptrs.push_back(dst);
-        in_sizes.push_back(cc.stored[i]);
-        out_caps.push_back(cc.raw[i]);
+        continue;
       }
+      in_ptrs.push_back(src);
+      out_ptrs.push_back(dst);
+      in_sizes.push_back(cc.stored[i]);
+      out_caps.push_back(cc.raw[i]);
+      jobs.push_back({uint64_t(src - image), uint64_t(dst - payload_base), cc.stored[i], cc.raw[i],
+                      uint32_t(entries.size()), cc.entry_count[i], cc.entry_count[i] ? cc.entry_stride : 0u, 0u});
+      entries.insert(entries.end(), cc.entries.begin() + cc.entries_at[i],
+                     cc.entries.begin() + cc.entries_at[i] + cc.entry_count[i]);
     }
   }
   LaunchCopyChunks(ctx.stream, s, copy_src.data(), copy_dst.data(), copy_size.data(), copy_src.size());
-  const size_t n = in_ptrs.size();
-  if (n == 0) return 0;
-  in_sizes.insert(in_sizes.end(), out_caps.begin(), out_caps.end());  // then the expected inflated sizes
-  UploadAsync(s.in_sizes, in_sizes.data(), 2 * n, ctx.stream);
-  if (Coder(/*encode=*/false) == EntropyCoder::kKvtc) {
-    std::vector<huff::InflateJob> jobs(n);
-    for (size_t i = 0; i < n; ++i) {
-      jobs[i] = {uint64_t(static_cast<uint8_t*>(in_ptrs[i]) - image),
-                 uint64_t(static_cast<uint8_t*>(out_ptrs[i]) - payload_base), uint32_t(in_sizes[i]), uint32_t(out_caps[i])};
-    }
-    s.temp.resize(n * sizeof(huff::InflateJob) + n * sizeof(int32_t));
+  InflateLaunch launch;
+  const size_t n = launch.n = in_ptrs.size();
+  if (n == 0) return launch;
+  launch.own = any_indexed || Coder(/*encode=*/false) == EntropyCoder::kKvtc;
+  if (launch.own) {
+    // Jobs, entry points and statuses in one device block, uploaded with one copy.
+    const size_t jobs_bytes = n * sizeof(huff::InflateJob), entry_bytes = (entries.size() * 4 + 15) / 16 * 16;
+    std::vector<uint8_t> upload(jobs_bytes + entry_bytes);
+    std::memcpy(upload.data(), jobs.data(), jobs_bytes);
+    if (!entries.empty()) std::memcpy(upload.data() + jobs_bytes, entries.data(), entries.size() * 4);
+    s.temp.resize(upload.size() + n * sizeof(int32_t));
     auto* djobs = reinterpret_cast<huff::InflateJob*>(s.temp.ptr);
-    auto* dstatus = reinterpret_cast<int32_t*>(s.temp.ptr + n * sizeof(huff::InflateJob));
-    KVTC_CUDA_CALL(cudaMemcpyAsync(djobs, jobs.data(), n * sizeof(huff::InflateJob), cudaMemcpyHostToDevice, ctx.stream));
-    huff::LaunchInflate(image, payload_base, djobs, uint32_t(n), dstatus, ctx.stream);
+    auto* dentries = reinterpret_cast<uint32_t*>(s.temp.ptr + jobs_bytes);
+    auto* dstatus = reinterpret_cast<int32_t*>(s.temp.ptr + upload.size());
+    KVTC_CUDA_CALL(cudaMemcpyAsync(s.temp.ptr, upload.data(), upload.size(), cudaMemcpyHostToDevice, ctx.stream));
+    // `upload` may die on return: a copy from pageable memory is staged by the driver before
+    // cudaMemcpyAsync returns (as every UploadAsync here relies on).
+    huff::LaunchInflate(image, payload_base, djobs, dentries, uint32_t(n), dstatus, ctx.stream);
     KVTC_CUDA_CALL(cudaGetLastError());
     s.statuses_host.resize(n * sizeof(int32_t));
     KVTC_CUDA_CALL(cudaMemcpyAsync(s.statuses_host.ptr, dstatus, n * sizeof(int32_t), cudaMemcpyDeviceToHost, ctx.stream));
-    return n;
+    return launch;
   }
+  in_sizes.insert(in_sizes.end(), out_caps.begin(), out_caps.end());  // then the expected inflated sizes
+  UploadAsync(s.in_sizes, in_sizes.data(), 2 * n, ctx.stream);
   nvcompBatchedDeflateDecompressOpts_t opts{};
   opts.backend = NVCOMP_DECOMPRESS_BACKEND_CUDA;
   size_t temp_bytes = 0;
@@ -877,13 +906,13 @@ size_t LaunchInflate(Context& ctx, StreamScratch& s, const std::vector<InflateTa
   auto* sizes_at = s.statuses_host.ptr + (n * sizeof(nvcompStatus_t) + 7) / 8 * 8;
   KVTC_CUDA_CALL(cudaMemcpyAsync(s.statuses_host.ptr, s.statuses.ptr, n * sizeof(nvcompStatus_t), cudaMemcpyDeviceToHost, ctx.stream));
   KVTC_CUDA_CALL(cudaMemcpyAsync(sizes_at, s.out_sizes.ptr, n * sizeof(size_t), cudaMemcpyDeviceToHost, ctx.stream));
-  return n;
+  return launch;
 }
 
 // After the sync: every inflated chunk is well formed and exactly its declared size.
-void CheckInflate(const StreamScratch& s, const std::vector<InflateTarget>& targets, size_t n) {
-  if (n == 0) return;
-  const bool own = Coder(/*encode=*/false) == EntropyCoder::kKvtc;
+void CheckInflate(const StreamScratch& s, const std::vector<InflateTarget>& targets, const InflateLaunch& launch) {
+  if (launch.n == 0) return;
+  const size_t n = launch.n;
   const auto* own_status = reinterpret_cast<const int32_t*>(s.statuses_host.ptr);
   const auto* st = reinterpret_cast<const nvcompStatus_t*>(s.statuses_host.ptr);
   const auto* got = reinterpret_cast<const size_t*>(s.statuses_host.ptr + (n * sizeof(nvcompStatus_t) + 7) / 8 * 8);
@@ -891,8 +920,8 @@ void CheckInflate(const StreamScratch& s, const std::vector<InflateTarget>& targ
   for (const InflateTarget& t : targets) {
     const CodedChunks& cc = *t.chunks;
     for (size_t i = 0; i < cc.raw.size(); ++i) {
-      if (cc.stored[i] == cc.raw[i]) continue;
-      const bool ok = own ? own_status[k] == huff::kInflateOk : st[k] == nvcompSuccess && got[k] == cc.raw[i];
+      if (cc.Stored(i)) continue;
+      const bool ok = launch.own ? own_status[k] == huff::kInflateOk : st[k] == nvcompSuccess && got[k] == cc.raw[i];
       KVTC_CHECK(ok, kDeflate, "a DEFLATE chunk is malformed or inflates to the wrong size");
       ++k;
     }
@@ -1026,10 +1055,10 @@ void LaunchEncode(Context& ctx, const Calibration& c, const DeviceCalibration& d
     const StreamRows keys_rows{mid_keys, paged, 0, sinks};
     const StreamRows values_rows{mid_values, paged, paged ? paged->st.kv : 0, sinks};
     f.coded[0] = LaunchStream(ctx, Scratch(slot, 0), c, dev, plan.keys, true, keys_rows, job.dtype, middle, pos0,
-                              job.chunk_bytes, prof);
+                              job.chunk_bytes, job.entry_stride, prof);
     KVTC_CUDA_CALL(cudaEventRecord(ctx.keys_coded[slot], ctx.stream));
     f.coded[1] = LaunchStream(ctx, Scratch(slot, 1), c, dev, plan.values, false, values_rows, job.dtype, middle, pos0,
-                              job.chunk_bytes, prof);
+                              job.chunk_bytes, job.entry_stride, prof);
   } else {
     KVTC_CUDA_CALL(cudaEventRecord(ctx.keys_coded[slot], ctx.stream));
   }
@@ -1047,7 +1076,8 @@ void LaunchEncode(Context& ctx, const Calibration& c, const DeviceCalibration& d
   };
   auto add_coded = [&](SectionKind kind, LaunchedStream& ls) {
     EncodePart part;
-    part.section = {kind, SectionEncoding::kDeflateChunks, sinks, middle, 0, 0, 0};
+    part.section = {kind, ls.entry_stride ? SectionEncoding::kDeflateIndexed : SectionEncoding::kDeflateChunks, sinks,
+                    middle, 0, 0, 0};
     part.coded = &ls;
     f.parts.push_back(part);
   };
@@ -1062,7 +1092,8 @@ void LaunchEncode(Context& ctx, const Calibration& c, const DeviceCalibration& d
   f.header_bytes = HeaderBytes(f.parts.size());
   uint64_t bound = f.header_bytes;
   for (const EncodePart& part : f.parts)
-    bound += part.coded ? 4 + 8 * part.coded->chunks + part.coded->payload_bytes : part.section.stored_bytes;
+    bound += part.coded ? 8 + (8 + 4 * part.coded->max_entries) * part.coded->chunks + part.coded->payload_bytes
+                        : part.section.stored_bytes;
   f.record.data = AllocateRecordMemory(bound);
   buf.body.resize(bound);
   buf.body_host.resize(bound);
@@ -1178,7 +1209,7 @@ struct DecodeFlight {
   std::vector<CodedChunks> coded;
   std::vector<InflateTarget> targets;  // the coded sections, keys first, in record order
   std::vector<size_t> payload_at;      // per section: its payload's offset in the slot's payload buffer
-  size_t inflated = 0;                 // chunks given to the inflater
+  InflateLaunch inflated;              // what the inflater was given
   size_t row_bytes = 0;
   std::vector<size_t> image_at;  // per section: where its bytes start in the slot's device image
   // Where the tokens go: contiguous rows (keys_out, values_out), or record tokens
@@ -1225,9 +1256,9 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
   f.coded.resize(h.sections.size());
   for (size_t i = 0; i < h.sections.size(); ++i) {
     const Section& s = h.sections[i];
-    if (s.encoding != SectionEncoding::kDeflateChunks) continue;
+    if (!IsCoded(s.encoding)) continue;
     const bool keys = s.kind == SectionKind::kCodedKeys;
-    f.coded[i] = ParseChunkTable(record, s, PayloadBytes(keys ? plan.keys : plan.values, s.token_count));
+    f.coded[i] = ParseCodedSection(record, s, PayloadBytes(keys ? plan.keys : plan.values, s.token_count));
   }
   KVTC_CUDA_CALL(cudaSetDevice(dev.device));
   f.prof = std::make_unique<Profiler>(ctx.stream);
@@ -1263,7 +1294,7 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
       cc.staged.resize(cc.raw.size());
       for (size_t k = 0; k < cc.raw.size(); ++k) {
         cc.staged[k] = image_bytes;
-        stage(st, cc.src[k], cc.stored[k]);
+        stage(st, cc.section_offset + cc.src[k], cc.stored[k]);
       }
       f.payload_at[i] = payload_total;
       payload_total += (cc.payload_bytes + 255) / 256 * 256;
@@ -1280,7 +1311,7 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
     ParallelCopyChunks(buf.staging.ptr, st.dst_off.data(), record, st.src_off.data(), st.sizes.data(), st.sizes.size());
     KVTC_CUDA_CALL(cudaMemcpyAsync(buf.image.ptr + st.begin, buf.staging.ptr + st.begin, st.end - st.begin,
                                    cudaMemcpyHostToDevice, ctx.stream));
-    if (h.sections[i].encoding == SectionEncoding::kDeflateChunks) {
+    if (IsCoded(h.sections[i].encoding)) {
       f.targets.push_back({&f.coded[i], s0.payload.ptr + f.payload_at[i]});
     }
   }
@@ -1501,7 +1532,8 @@ std::vector<float> DequantizeOnDevice(const uint8_t* payload, int64_t tokens, co
 }
 
 BenchFigures Bench(const Calibration& c, const DeviceCalibration& dev, const uint16_t* host_keys,
-                   const uint16_t* host_values, uint32_t tokens, uint32_t batch, uint16_t plan_id, int reps, bool paged) {
+                   const uint16_t* host_values, uint32_t tokens, uint32_t batch, uint16_t plan_id, int reps, bool paged,
+                   size_t chunk_bytes) {
   KVTC_CUDA_CALL(cudaSetDevice(dev.device));
   Context& ctx = ThreadContext();
   const uint32_t p = c.feature_dim();
@@ -1555,9 +1587,7 @@ BenchFigures Bench(const Calibration& c, const DeviceCalibration& dev, const uin
   job.dtype = KvDtype::kBfloat16;
   job.tokens = tokens;
   job.plan_id = plan_id;
-  // 16 KiB chunks: four times the independent DEFLATE streams of the CPU default, which keeps
-  // the per-chunk coders busy on 132 SMs (any chunk size decodes on either backend).
-  job.chunk_bytes = 16 * 1024;
+  job.chunk_bytes = chunk_bytes;  // indexed chunks: entry points every chunk_bytes / 32
   BenchFigures fig;
   std::vector<HostBytes> records(batch);
   auto now = [] { return std::chrono::steady_clock::now(); };
@@ -1624,7 +1654,7 @@ BenchFigures Bench(const Calibration& c, const DeviceCalibration& dev, const uin
   fig.record_bytes = records[0].size;
   const RecordHeader h = ReadHeader(records[0].data.get(), records[0].size);
   for (const Section& s : h.sections) {
-    if (s.encoding == SectionEncoding::kDeflateChunks) {
+    if (IsCoded(s.encoding)) {
       fig.coded_bytes += s.stored_bytes;
       fig.coded_tokens = s.token_count;
     }

@@ -6,7 +6,10 @@
 // tiles of 4096 bytes: each thread codes 16 bytes, a block-wide exclusive scan gives its bit
 // offset, bits go into a shared staging buffer with atomicOr, full 32-bit words are copied to
 // the chunk's slot coalesced and the partial word carries over to the next tile.
-// Inflate: one warp per chunk; lane 0 decodes, the warp fills the decoding tables.
+// Inflate: one warp per chunk; the warp fills the decoding tables, then lane 0 decodes a plain
+// chunk, or every lane decodes runs of an indexed chunk from its entry points.
+// The index: the encoder's block scan already gives each thread's bit offset, so the entry points
+// of an indexed chunk cost one store each.
 #include <cub/block/block_scan.cuh>
 
 #include "kvtc/cuda_huffman.h"
@@ -52,7 +55,9 @@ __device__ __forceinline__ void Load16(const uint8_t* in, size_t n, size_t at, b
 
 __global__ void __launch_bounds__(kEncThreads) EncodeKernel(const uint8_t* __restrict__ payload, size_t payload_bytes,
                                                             size_t chunk_bytes, uint8_t* __restrict__ slots,
-                                                            size_t slot_bytes, size_t* __restrict__ sizes) {
+                                                            size_t slot_bytes, size_t* __restrict__ sizes,
+                                                            uint32_t* __restrict__ entries, uint32_t entry_stride,
+                                                            uint32_t max_entries) {
   __shared__ EncodeShared sh;
   const int t = threadIdx.x;
   const size_t c = blockIdx.x;
@@ -118,6 +123,9 @@ __global__ void __launch_bounds__(kEncThreads) EncodeKernel(const uint8_t* __res
     }
     uint32_t offset, tile_bits;
     cub::BlockScan<uint32_t, kEncThreads>(sh.scan).ExclusiveSum(mine, offset, tile_bits);
+    if (entries && at > 0 && at < n && at % entry_stride == 0) {
+      entries[c * max_entries + at / entry_stride - 1] = uint32_t(wout * 32 + base + offset);  // the index
+    }
     // Write this thread's bits at base + offset: whole words of its own, atomicOr at the ends.
     uint32_t pos = base + offset;
     uint32_t widx = pos >> 5;
@@ -156,31 +164,37 @@ __global__ void __launch_bounds__(kEncThreads) EncodeKernel(const uint8_t* __res
 constexpr int kInflateWarps = 4;
 
 __global__ void __launch_bounds__(kInflateWarps * 32) InflateKernel(const uint8_t* __restrict__ in, uint8_t* __restrict__ out,
-                                                                    const InflateJob* __restrict__ jobs, uint32_t n,
+                                                                    const InflateJob* __restrict__ jobs,
+                                                                    const uint32_t* __restrict__ entries, uint32_t n,
                                                                     int32_t* __restrict__ status) {
   __shared__ InflateState st[kInflateWarps];
   const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const uint32_t j = blockIdx.x * kInflateWarps + w;
   if (j >= n) return;  // the whole warp
   const InflateJob job = jobs[j];
-  const int32_t r = InflateChunk(in + job.in_off, job.in_size, out + job.out_off, job.out_size, st[w], lane, 32);
+  const int32_t r = job.entry_stride
+                        ? InflateChunkIndexed(in + job.in_off, job.in_size, out + job.out_off, job.out_size,
+                                              entries + job.entries_at, job.entry_count, job.entry_stride, st[w], lane, 32)
+                        : InflateChunk(in + job.in_off, job.in_size, out + job.out_off, job.out_size, st[w], lane, 32);
   if (lane == 0) status[j] = r;
 }
 
 }  // namespace
 
 void LaunchEncode(const uint8_t* payload, size_t payload_bytes, size_t chunk_bytes, uint8_t* slots, size_t slot_bytes,
-                  size_t* sizes, cudaStream_t stream) {
+                  size_t* sizes, uint32_t* entries, uint32_t entry_stride, uint32_t max_entries, cudaStream_t stream) {
   const size_t chunks = (payload_bytes + chunk_bytes - 1) / chunk_bytes;
   if (chunks == 0) return;
   EncodeKernel<<<unsigned(chunks), kEncThreads, 0, stream>>>(payload, payload_bytes, chunk_bytes, slots, slot_bytes,
-                                                              sizes);
+                                                              sizes, entry_stride ? entries : nullptr, entry_stride,
+                                                              max_entries);
 }
 
-void LaunchInflate(const uint8_t* in, uint8_t* out, const InflateJob* jobs, uint32_t n, int32_t* status,
-                   cudaStream_t stream) {
+void LaunchInflate(const uint8_t* in, uint8_t* out, const InflateJob* jobs, const uint32_t* entries, uint32_t n,
+                   int32_t* status, cudaStream_t stream) {
   if (n == 0) return;
-  InflateKernel<<<(n + kInflateWarps - 1) / kInflateWarps, kInflateWarps * 32, 0, stream>>>(in, out, jobs, n, status);
+  InflateKernel<<<(n + kInflateWarps - 1) / kInflateWarps, kInflateWarps * 32, 0, stream>>>(in, out, jobs, entries, n,
+                                                                                            status);
 }
 
 }  // namespace kvtc::huff

@@ -101,7 +101,7 @@ RecordHeader ReadHeader(const uint8_t* data, size_t size) {
   for (size_t i = 0; i < sections; ++i) {
     const uint8_t* e = data + kHeaderBytes + kSectionEntryBytes * i;
     Section s{};
-    KVTC_CHECK(e[0] >= 1 && e[0] <= 4 && e[1] <= 1, kRecordCorrupt, "section " << i << " has an unknown kind or encoding");
+    KVTC_CHECK(e[0] >= 1 && e[0] <= 4 && e[1] <= 2, kRecordCorrupt, "section " << i << " has an unknown kind or encoding");
     s.kind = static_cast<SectionKind>(e[0]);
     s.encoding = static_cast<SectionEncoding>(e[1]);
     s.token_offset = Get<uint32_t>(e + 4);

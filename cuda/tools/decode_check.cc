@@ -58,39 +58,8 @@ void Reseal(std::vector<uint8_t>& rec) {
 
 }  // namespace
 
-int main() {
-  const uint32_t layers = 2, heads = 2, dim = 8, p = layers * heads * dim, tokens = 300;
-  std::mt19937 rng(7);
-  std::normal_distribution<float> normal;
-  std::vector<float> samples(2000 * p);
-  for (float& v : samples) v = normal(rng);
-  PcaResult pca = FitPca(samples.data(), 2000, p, p, 2, 4, 1);
-  Calibration cal;
-  cal.layers = layers;
-  cal.kv_heads = heads;
-  cal.head_dim = dim;
-  cal.rope.rotary_dim = dim;
-  cal.id.fill(0xab);
-  cal.model_fingerprint.fill(0xcd);
-  cal.keys = {pca.mean, pca.basis, p};
-  cal.values = cal.keys;
-  std::vector<float> proj(2000 * p);
-  std::vector<float> centred = samples;
-  Project(centred.data(), 2000, cal.keys, p, proj.data());
-  DpResult dp = AllocateBits(proj.data(), 2000, p, {16 * p / 4});
-  cal.plans.push_back({dp.plans[0], dp.plans[0]});
-  ValidateCalibration(cal);
-
-  std::vector<float> kv(static_cast<size_t>(tokens) * p);
-  for (float& v : kv) v = normal(rng);
-  EncodeJob job;
-  job.keys = reinterpret_cast<const uint8_t*>(kv.data());
-  job.values = job.keys;
-  job.tokens = tokens;
-  job.chunk_bytes = 512;  // several chunks
-  job.window_tokens = 16;
-  const std::vector<uint8_t> rec = Encode(cal, job);
-  const uint64_t expected = 2ull * tokens * p * 4;
+// Every truncation, every single-bit flip and resealed lies of one valid record.
+void FuzzRecord(const std::vector<uint8_t>& rec, const Calibration& cal, uint64_t expected) {
   Expect("valid record", rec, cal, expected, nullptr);
 
   Expect("zero length", {}, cal, expected, "ERR_KVTC_RECORD_EMPTY");
@@ -123,10 +92,11 @@ int main() {
     }
     // Lie inside a coded section's chunk table: huge chunk count, huge chunk sizes.
     uint8_t* e = const_cast<uint8_t*>(rec.data()) + kHeaderBytes + kSectionEntryBytes * i;
-    if (e[1] != 1) continue;
+    if (e[1] != 1 && e[1] != 2) continue;
     uint64_t off;
     std::memcpy(&off, e + 16, 8);
-    for (size_t field = 0; field < 12; field += 4) {
+    const size_t table_at = e[1] == 2 ? 8 : 4;  // indexed: u32 count, u32 entry stride
+    for (size_t field = 0; field < table_at + 8; field += 4) {
       for (uint32_t lie : {0xffffffffu, 0x7fffffffu, 0u, 1u}) {
         std::vector<uint8_t> f = rec;
         std::memcpy(f.data() + off + field, &lie, 4);
@@ -134,11 +104,25 @@ int main() {
         Expect("chunk table lie", f, cal, expected, "*");
       }
     }
-    // Garbage DEFLATE data with intact framing.
-    std::vector<uint8_t> f = rec;
     uint32_t chunks;
-    std::memcpy(&chunks, f.data() + off, 4);
-    for (size_t b = off + 4 + 8 * chunks; b < off + 4 + 8 * chunks + 64 && b < f.size(); ++b) f[b] = 0xff;
+    std::memcpy(&chunks, rec.data() + off, 4);
+    if (e[1] == 2) {
+      // Entry points that lie: one bit off, out of order, past the chunk (the first chunk's).
+      for (uint32_t k = 0; k < 3; ++k) {
+        for (uint32_t delta : {1u, 0xffffffffu, 0x80000000u}) {
+          std::vector<uint8_t> f = rec;
+          uint32_t v;
+          std::memcpy(&v, f.data() + off + table_at + 8 * chunks + 4 * k, 4);
+          v += delta;
+          std::memcpy(f.data() + off + table_at + 8 * chunks + 4 * k, &v, 4);
+          Reseal(f);
+          Expect("entry point lie", f, cal, expected, "*");
+        }
+      }
+    }
+    // Garbage DEFLATE data (or entry points) with intact framing.
+    std::vector<uint8_t> f = rec;
+    for (size_t b = off + table_at + 8 * chunks; b < off + table_at + 8 * chunks + 64 && b < f.size(); ++b) f[b] = 0xff;
     Reseal(f);
     Expect("garbage deflate", f, cal, expected, "*");
   }
@@ -154,6 +138,45 @@ int main() {
     Reseal(f);
     Expect("huge token count", f, cal, expected, "*");
   }
-  std::printf("decode_check: %d cases, %d failures (record %zu bytes)\n", cases, failures, rec.size());
+}
+
+int main() {
+  const uint32_t layers = 2, heads = 2, dim = 8, p = layers * heads * dim, tokens = 300;
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal;
+  std::vector<float> samples(2000 * p);
+  for (float& v : samples) v = normal(rng);
+  PcaResult pca = FitPca(samples.data(), 2000, p, p, 2, 4, 1);
+  Calibration cal;
+  cal.layers = layers;
+  cal.kv_heads = heads;
+  cal.head_dim = dim;
+  cal.rope.rotary_dim = dim;
+  cal.id.fill(0xab);
+  cal.model_fingerprint.fill(0xcd);
+  cal.keys = {pca.mean, pca.basis, p};
+  cal.values = cal.keys;
+  std::vector<float> proj(2000 * p);
+  std::vector<float> centred = samples;
+  Project(centred.data(), 2000, cal.keys, p, proj.data());
+  DpResult dp = AllocateBits(proj.data(), 2000, p, {16 * p / 4});
+  cal.plans.push_back({dp.plans[0], dp.plans[0]});
+  ValidateCalibration(cal);
+
+  std::vector<float> kv(static_cast<size_t>(tokens) * p);
+  for (float& v : kv) v = normal(rng);
+  EncodeJob job;
+  job.keys = reinterpret_cast<const uint8_t*>(kv.data());
+  job.values = job.keys;
+  job.tokens = tokens;
+  job.chunk_bytes = 512;  // several chunks
+  job.window_tokens = 16;
+  const uint64_t expected = 2ull * tokens * p * 4;
+  FuzzRecord(Encode(cal, job), cal, expected);
+  job.entry_stride = 64;  // indexed sections (entropy.h), as the CUDA backend writes them
+  const std::vector<uint8_t> indexed = Encode(cal, job);
+  KVTC_CHECK(indexed[kHeaderBytes + kSectionEntryBytes * 2 + 1] == 2, kInternal, "expected an indexed section");
+  FuzzRecord(indexed, cal, expected);
+  std::printf("decode_check: %d cases over a plain and an indexed record, %d failures\n", cases, failures);
   return failures == 0 ? 0 : 1;
 }

@@ -22,6 +22,7 @@ namespace {
 using kvtc::huff::EncodeChunkSerial;
 using kvtc::huff::EncodeScratch;
 using kvtc::huff::InflateChunk;
+using kvtc::huff::InflateChunkIndexed;
 using kvtc::huff::InflateState;
 
 int failures = 0;
@@ -89,6 +90,78 @@ int Inflate(const std::vector<uint8_t>& comp, size_t out_size, std::vector<uint8
   const int r = InflateChunk(in.get(), uint32_t(comp.size()), o.get(), uint32_t(out_size), *st, 0, 1);
   if (out) out->assign(o.get(), o.get() + out_size);
   return r;
+}
+
+// The indexed inflater (one lane, every run in turn) on exactly-sized heap copies.
+int InflateIndexed(const std::vector<uint8_t>& comp, size_t out_size, const std::vector<uint32_t>& entries,
+                   uint32_t stride, std::vector<uint8_t>* out = nullptr) {
+  std::unique_ptr<uint8_t[]> in(new uint8_t[std::max<size_t>(comp.size(), 1)]);
+  std::copy(comp.begin(), comp.end(), in.get());
+  std::unique_ptr<uint8_t[]> o(new uint8_t[std::max<size_t>(out_size, 1)]);
+  std::unique_ptr<uint32_t[]> e(new uint32_t[std::max<size_t>(entries.size(), 1)]);
+  std::copy(entries.begin(), entries.end(), e.get());
+  std::unique_ptr<InflateState> st(new InflateState);
+  const int r = InflateChunkIndexed(in.get(), uint32_t(comp.size()), o.get(), uint32_t(out_size), e.get(),
+                                    uint32_t(entries.size()), stride, *st, 0, 1);
+  if (out) out->assign(o.get(), o.get() + out_size);
+  return r;
+}
+
+// Indexed chunks: the entry points the encoder writes let the indexed inflater reproduce the
+// input; libdeflate reads the same stream; a wrong entry point, a wrong count, a truncation or a
+// stream with matches (libdeflate's) is an error, never a wrong output accepted silently.
+size_t CheckIndexed(const std::string& kind, size_t n, uint32_t stride, libdeflate_decompressor* d,
+                    libdeflate_compressor* c6) {
+  const std::vector<uint8_t> in = Make(kind, n);
+  std::unique_ptr<EncodeScratch> s(new EncodeScratch);
+  std::vector<uint8_t> out((n + 3) / 4 * 4 + 4);
+  std::vector<uint32_t> entries((n + stride - 1) / stride - 1);
+  const size_t m = EncodeChunkSerial(in.data(), n, out.data(), *s, entries.data(), stride);
+  if (m >= n) return 0;  // stored: no index
+  out.resize(m);
+  std::vector<uint8_t> back(n);
+  size_t actual = 0;
+  CHECK(libdeflate_deflate_decompress(d, out.data(), m, back.data(), n, &actual) == LIBDEFLATE_SUCCESS &&
+            actual == n && back == in,
+        "indexed %s n=%zu stride %u: libdeflate disagrees", kind.c_str(), n, stride);
+  std::vector<uint8_t> mine;
+  const int r = InflateIndexed(out, n, entries, stride, &mine);
+  CHECK(r == 0 && mine == in, "indexed %s n=%zu stride %u: status %d", kind.c_str(), n, stride, r);
+  if (!entries.empty()) {
+    for (int k = 0; k < 8; ++k) {
+      std::vector<uint32_t> bad = entries;
+      const size_t at = rng() % bad.size();
+      bad[at] += (rng() & 1) ? 1 : uint32_t(-1);
+      CHECK(InflateIndexed(out, n, bad, stride) != 0, "indexed %s n=%zu: entry %zu moved by one bit accepted",
+            kind.c_str(), n, at);
+    }
+    std::vector<uint32_t> fewer(entries.begin(), entries.end() - 1);
+    CHECK(InflateIndexed(out, n, fewer, stride) != 0, "indexed %s n=%zu: too few entry points accepted", kind.c_str(), n);
+  }
+  CHECK(InflateIndexed(out, n, entries, stride + 16) != 0 || entries.empty(), "indexed %s n=%zu: wrong stride accepted",
+        kind.c_str(), n);
+  CHECK(n < 2 || InflateIndexed(out, n - 1, entries, stride) != 0, "indexed %s n=%zu: short output accepted",
+        kind.c_str(), n);
+  const size_t step = m > 200 ? m / 31 + 1 : 1;
+  for (size_t k = 0; k < m; k += step) {
+    std::vector<uint8_t> cut(out.begin(), out.begin() + k);
+    CHECK(InflateIndexed(cut, n, entries, stride) != 0, "indexed %s n=%zu: truncated to %zu of %zu accepted",
+          kind.c_str(), n, k, m);
+  }
+  for (int f = 0; f < 20; ++f) {
+    std::vector<uint8_t> bad = out;
+    bad[rng() % m] ^= uint8_t(1u << (rng() % 8));
+    std::vector<uint8_t> o;
+    (void)InflateIndexed(bad, n, entries, stride, &o);
+  }
+  // A libdeflate stream (matches, several blocks) is not an indexed stream.
+  if (kind == "text" && n > 1000) {
+    std::vector<uint8_t> lib(n + 64);
+    lib.resize(libdeflate_deflate_compress(c6, in.data(), n, lib.data(), lib.size()));
+    CHECK(InflateIndexed(lib, n, std::vector<uint32_t>(entries.size(), 8), stride) != 0,
+          "indexed: a libdeflate stream with made-up entry points accepted");
+  }
+  return 1;
 }
 
 struct Totals {
@@ -200,6 +273,15 @@ int main() {
   }
   // A dynamic block whose code-length sequence overruns, and HDIST/HLIT at their maxima.
   std::printf("garbage: 20000 random streams survived\n");
+  size_t indexed = 0;
+  for (uint32_t stride : {16u, 256u, 2048u}) {
+    for (const char* k : kinds) {
+      for (size_t n : {size_t(17), size_t(256), size_t(257), size_t(4096), size_t(5000), size_t(65536), size_t(99999)})
+        indexed += CheckIndexed(k, n, stride, d, c6);
+    }
+  }
+  std::printf("indexed: %zu streams inflated from their entry points (libdeflate agrees), bad indexes rejected\n",
+              indexed);
   libdeflate_free_compressor(c6);
   libdeflate_free_decompressor(d);
   if (failures) {

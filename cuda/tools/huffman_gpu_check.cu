@@ -123,17 +123,33 @@ struct Timer {
   }
 };
 
-// Compressed chunks staged at 16-byte aligned offsets, with their jobs.
+// The entry stride for a chunk size: about 32 runs (a warp), a multiple of 16 (entropy.cc's rule
+// without its 256-byte floor, so small chunks are indexed too).
+static uint32_t StrideFor(size_t chunk) { return uint32_t(std::max<size_t>(16, ((chunk + 31) / 32 + 15) / 16 * 16)); }
+
+// Compressed chunks staged at 16-byte aligned offsets, with their jobs (and entry points, for
+// indexed chunks).
 struct Staged {
   std::vector<uint8_t> bytes;
   std::vector<InflateJob> jobs;
-  void Add(const uint8_t* p, size_t n, uint64_t out_off, uint32_t out_size) {
+  std::vector<uint32_t> entries;
+  void Add(const uint8_t* p, size_t n, uint64_t out_off, uint32_t out_size, const uint32_t* e = nullptr,
+           uint32_t stride = 0) {
     const size_t at = bytes.size();
     bytes.resize(at + (n + 15) / 16 * 16 + 16, 0xa5);  // poisoned padding
     std::memcpy(bytes.data() + at, p, n);
-    jobs.push_back({at, out_off, uint32_t(n), out_size});
+    const uint32_t count = stride ? uint32_t((out_size + stride - 1) / stride - 1) : 0;
+    jobs.push_back({at, out_off, uint32_t(n), out_size, uint32_t(entries.size()), count, count ? stride : 0u, 0u});
+    if (count) entries.insert(entries.end(), e, e + count);
   }
 };
+
+static uint32_t* UploadEntries(const Staged& s) {
+  uint32_t* d;
+  CU(cudaMalloc(&d, std::max<size_t>(1, s.entries.size()) * 4));
+  if (!s.entries.empty()) CU(cudaMemcpy(d, s.entries.data(), s.entries.size() * 4, cudaMemcpyHostToDevice));
+  return d;
+}
 
 static std::vector<int32_t> RunInflate(const Staged& s, size_t out_bytes, std::vector<uint8_t>& out) {
   uint8_t *din, *dout;
@@ -148,7 +164,8 @@ static std::vector<int32_t> RunInflate(const Staged& s, size_t out_bytes, std::v
   CU(cudaMemcpy(djobs, s.jobs.data(), n * sizeof(InflateJob), cudaMemcpyHostToDevice));
   CU(cudaMemset(dout, 0x5a, out_bytes));
   CU(cudaMemset(dst, 0x7f, std::max<size_t>(1, n) * 4));
-  LaunchInflate(din, dout, djobs, n, dst, 0);
+  uint32_t* dentries = UploadEntries(s);
+  LaunchInflate(din, dout, djobs, dentries, n, dst, 0);
   CU(cudaGetLastError());
   CU(cudaDeviceSynchronize());
   std::vector<int32_t> st(n);
@@ -159,6 +176,7 @@ static std::vector<int32_t> RunInflate(const Staged& s, size_t out_bytes, std::v
   cudaFree(dout);
   cudaFree(djobs);
   cudaFree(dst);
+  cudaFree(dentries);
   return st;
 }
 
@@ -171,28 +189,35 @@ static void CheckConfig(size_t payload, size_t chunk) {
     Fill(host.data() + c * chunk, n, int(c % 6));
   }
   const size_t slot = (chunk + 255) / 256 * 256;
+  const uint32_t stride = StrideFor(chunk), max_entries = uint32_t((chunk + stride - 1) / stride - 1);
   uint8_t *dp, *ds;
   size_t* dsz;
+  uint32_t* de;
   CU(cudaMalloc(&dp, payload));
   CU(cudaMalloc(&ds, chunks * slot));
   CU(cudaMalloc(&dsz, chunks * sizeof(size_t)));
+  CU(cudaMalloc(&de, std::max<size_t>(1, chunks * max_entries) * 4));
   CU(cudaMemcpy(dp, host.data(), payload, cudaMemcpyHostToDevice));
   CU(cudaMemset(ds, 0xcc, chunks * slot));
-  LaunchEncode(dp, payload, chunk, ds, slot, dsz, 0);
+  LaunchEncode(dp, payload, chunk, ds, slot, dsz, de, stride, max_entries, 0);
   CU(cudaGetLastError());
   CU(cudaDeviceSynchronize());
   std::vector<size_t> sizes(chunks);
   std::vector<uint8_t> slots(chunks * slot);
+  std::vector<uint32_t> entries(std::max<size_t>(1, chunks * max_entries));
   CU(cudaMemcpy(sizes.data(), dsz, chunks * sizeof(size_t), cudaMemcpyDeviceToHost));
   CU(cudaMemcpy(slots.data(), ds, chunks * slot, cudaMemcpyDeviceToHost));
+  CU(cudaMemcpy(entries.data(), de, entries.size() * 4, cudaMemcpyDeviceToHost));
   cudaFree(dp);
   cudaFree(ds);
   cudaFree(dsz);
+  cudaFree(de);
   std::unique_ptr<EncodeScratch> scratch(new EncodeScratch);
   std::vector<uint8_t> ref(slot + 8);
   libdeflate_decompressor* d = libdeflate_alloc_decompressor();
   size_t stored = 0, coded = 0, mismatch = 0;
-  Staged own, lib[3];
+  Staged own, indexed, lib[3];
+  std::vector<uint32_t> ref_entries(max_entries + 1);
   const int levels[3] = {1, 6, 12};
   libdeflate_compressor* lc[3];
   for (int l = 0; l < 3; ++l) lc[l] = libdeflate_alloc_compressor(levels[l]);
@@ -200,8 +225,10 @@ static void CheckConfig(size_t payload, size_t chunk) {
   for (size_t c = 0; c < chunks; ++c) {
     const uint8_t* in = host.data() + c * chunk;
     const size_t n = std::min(chunk, payload - c * chunk);
-    const size_t m = EncodeChunkSerial(in, n, ref.data(), *scratch);
+    const size_t m = EncodeChunkSerial(in, n, ref.data(), *scratch, ref_entries.data(), stride);
+    const size_t ne = (n + stride - 1) / stride - 1;
     if (sizes[c] != m || (m < n && std::memcmp(ref.data(), slots.data() + c * slot, m) != 0)) ++mismatch;
+    if (m < n && std::memcmp(ref_entries.data(), entries.data() + c * max_entries, ne * 4) != 0) ++mismatch;
     if (m == n) {
       ++stored;
     } else {
@@ -211,6 +238,7 @@ static void CheckConfig(size_t payload, size_t chunk) {
       CHECK(r == LIBDEFLATE_SUCCESS && actual == n && std::memcmp(back.data(), in, n) == 0,
             "chunk %zu: libdeflate rejects the GPU stream", c);
       own.Add(slots.data() + c * slot, sizes[c], c * chunk, uint32_t(n));
+      indexed.Add(slots.data() + c * slot, sizes[c], c * chunk, uint32_t(n), entries.data() + c * max_entries, stride);
     }
     for (int l = 0; l < 3; ++l) {
       const size_t k = libdeflate_deflate_compress(lc[l], in, n, tmp.data(), tmp.size());
@@ -233,20 +261,27 @@ static void CheckConfig(size_t payload, size_t chunk) {
     std::printf("inflate %-14s %6zu chunks: %zu wrong\n", what, s.jobs.size(), bad);
   };
   verify(own, "kvtc streams");
+  verify(indexed, "kvtc indexed");
   verify(lib[0], "libdeflate-1");
   verify(lib[1], "libdeflate-6");
   verify(lib[2], "libdeflate-12");
   // Corruption: truncations must fail; flips may do anything but fault.
   Staged cut, flip;
-  for (int which = 0; which < 2; ++which) {
-    const Staged& src = which ? lib[1] : own;
+  for (int which = 0; which < 3; ++which) {
+    const Staged& src = which == 2 ? indexed : which ? lib[1] : own;
     for (size_t i = 0; i < src.jobs.size() && i < 3000; ++i) {
       const InflateJob& j = src.jobs[i];
       const uint8_t* p = src.bytes.data() + j.in_off;
-      cut.Add(p, rng() % j.in_size, j.out_off, j.out_size);
+      const uint32_t* e = src.entries.data() + j.entries_at;
+      cut.Add(p, rng() % j.in_size, j.out_off, j.out_size, e, j.entry_stride);
       std::vector<uint8_t> b(p, p + j.in_size);
       for (int f = 0; f < 3; ++f) b[rng() % b.size()] ^= uint8_t(1u << (rng() % 8));
-      flip.Add(b.data(), b.size(), j.out_off, j.out_size);
+      flip.Add(b.data(), b.size(), j.out_off, j.out_size, e, j.entry_stride);
+      if (j.entry_count) {  // an entry point moved by one bit: the run before it must catch it
+        std::vector<uint32_t> moved(e, e + j.entry_count);
+        moved[rng() % moved.size()] += 1;
+        cut.Add(p, j.in_size, j.out_off, j.out_size, moved.data(), j.entry_stride);
+      }
     }
   }
   std::vector<uint8_t> out;
@@ -261,7 +296,7 @@ static void CheckConfig(size_t payload, size_t chunk) {
     weird += v < 0 || v > 4;
   }
   CHECK(weird == 0, "%zu statuses out of range", weird);
-  std::printf("corrupt: %zu truncated all rejected: %s; %zu bit-flipped, %zu rejected\n", cut.jobs.size(),
+  std::printf("corrupt: %zu truncated (or entry point moved) all rejected: %s; %zu bit-flipped, %zu rejected\n", cut.jobs.size(),
               accepted == 0 ? "yes" : "NO", flip.jobs.size(), errs);
   for (int l = 0; l < 3; ++l) libdeflate_free_compressor(lc[l]);
   libdeflate_free_decompressor(d);
@@ -278,14 +313,21 @@ static void Bench(size_t payload, size_t chunk) {
   Timer timer;
   // kvtc encode
   const size_t slot = (chunk + 255) / 256 * 256;
+  const uint32_t stride = StrideFor(chunk), max_entries = uint32_t((chunk + stride - 1) / stride - 1);
   uint8_t* ds;
   size_t* dsz;
+  uint32_t* de;
   CU(cudaMalloc(&ds, chunks * slot));
   CU(cudaMalloc(&dsz, chunks * sizeof(size_t)));
-  const double enc_ms = timer.MedianMs([&] { LaunchEncode(dp, payload, chunk, ds, slot, dsz, 0); });
+  CU(cudaMalloc(&de, std::max<size_t>(1, chunks * max_entries) * 4));
+  const double enc_ms =
+      timer.MedianMs([&] { LaunchEncode(dp, payload, chunk, ds, slot, dsz, de, stride, max_entries, 0); });
   CU(cudaGetLastError());
   std::vector<size_t> sizes(chunks);
+  std::vector<uint32_t> entries(std::max<size_t>(1, chunks * max_entries));
   CU(cudaMemcpy(sizes.data(), dsz, chunks * sizeof(size_t), cudaMemcpyDeviceToHost));
+  CU(cudaMemcpy(entries.data(), de, entries.size() * 4, cudaMemcpyDeviceToHost));
+  cudaFree(de);
   size_t own_total = 0;
   for (size_t s : sizes) own_total += s;
   // nvCOMP compress
@@ -325,7 +367,7 @@ static void Bench(size_t payload, size_t chunk) {
   for (size_t i = 0; i < chunks; ++i) nv_total += std::min(nsizes[i], in_sizes[i]);
   // libdeflate level 6 for the ratio, and as decode input
   libdeflate_compressor* c6 = libdeflate_alloc_compressor(6);
-  Staged lib, own;
+  Staged lib, own, indexed;
   std::vector<uint8_t> tmp(chunk + 1024), slots(chunks * slot);
   CU(cudaMemcpy(slots.data(), ds, chunks * slot, cudaMemcpyDeviceToHost));
   size_t lib_total = 0;
@@ -333,7 +375,11 @@ static void Bench(size_t payload, size_t chunk) {
     const size_t k = libdeflate_deflate_compress(c6, host.data() + i * chunk, in_sizes[i], tmp.data(), tmp.size());
     lib_total += (k && k < in_sizes[i]) ? k : in_sizes[i];
     lib.Add(tmp.data(), k, i * chunk, uint32_t(in_sizes[i]));
-    if (sizes[i] < in_sizes[i]) own.Add(slots.data() + i * slot, sizes[i], i * chunk, uint32_t(in_sizes[i]));
+    if (sizes[i] < in_sizes[i]) {
+      own.Add(slots.data() + i * slot, sizes[i], i * chunk, uint32_t(in_sizes[i]));
+      indexed.Add(slots.data() + i * slot, sizes[i], i * chunk, uint32_t(in_sizes[i]), entries.data() + i * max_entries,
+                  stride);
+    }
   }
   libdeflate_free_compressor(c6);
   // kvtc inflate of its own streams and of libdeflate-6 streams; nvCOMP inflate of the same
@@ -348,9 +394,10 @@ static void Bench(size_t payload, size_t chunk) {
     CU(cudaMalloc(&dstat, n * 4));
     CU(cudaMemcpy(din, s.bytes.data(), s.bytes.size(), cudaMemcpyHostToDevice));
     CU(cudaMemcpy(dj, s.jobs.data(), n * sizeof(InflateJob), cudaMemcpyHostToDevice));
+    uint32_t* dentries = UploadEntries(s);
     double ms;
     if (!nvcomp) {
-      ms = timer.MedianMs([&] { LaunchInflate(din, dout, dj, uint32_t(n), dstat, 0); });
+      ms = timer.MedianMs([&] { LaunchInflate(din, dout, dj, dentries, uint32_t(n), dstat, 0); });
       std::vector<int32_t> st(n);
       CU(cudaMemcpy(st.data(), dstat, n * 4, cudaMemcpyDeviceToHost));
       for (int32_t v : st) CHECK(v == 0, "bench inflate status %d", v);
@@ -399,9 +446,11 @@ static void Bench(size_t payload, size_t chunk) {
     cudaFree(dout);
     cudaFree(dj);
     cudaFree(dstat);
+    cudaFree(dentries);
     return ms;
   };
   const double dec_own = time_inflate(own, false), dec_lib = time_inflate(lib, false);
+  const double dec_indexed = time_inflate(indexed, false);
   const double ndec_own = time_inflate(own, true), ndec_lib = time_inflate(lib, true);
   const double gb = payload / 1e6;
   std::printf("bench %zu MiB, %zu B chunks (%zu chunks), 4-bit Laplacian payload:\n", payload >> 20, chunk, chunks);
@@ -411,6 +460,8 @@ static void Bench(size_t payload, size_t chunk) {
               gb / nenc_ms);
   std::printf("  inflate kvtc streams: kvtc %.3f ms (%.1f GB/s)  nvCOMP %.3f ms (%.1f GB/s)\n", dec_own, gb / dec_own,
               ndec_own, gb / ndec_own);
+  std::printf("  inflate kvtc indexed streams (entry point every %u B): kvtc %.3f ms (%.1f GB/s)\n", stride,
+              dec_indexed, gb / dec_indexed);
   std::printf("  inflate libdeflate-6 streams: kvtc %.3f ms (%.1f GB/s)  nvCOMP %.3f ms (%.1f GB/s)\n", dec_lib,
               gb / dec_lib, ndec_lib, gb / ndec_lib);
   cudaFree(dp);

@@ -40,6 +40,12 @@ export interface EncodeOptions {
   deflateLevel?: number;
   /** Bytes per independent DEFLATE chunk. Default 65536. */
   chunkBytes?: number;
+  /**
+   * CPU backend: 0 (default) writes libdeflate chunks; a multiple of 16 writes indexed chunks
+   * (kvtc's literal coder, an entry point every `entryStride` payload bytes) that a GPU inflates
+   * many times faster. The CUDA backend always writes indexed chunks.
+   */
+  entryStride?: number;
   /** 'cpu' (default) or 'cuda' (a CUDA build with a device); both write the same format. */
   backend?: Backend;
 }
@@ -146,6 +152,7 @@ export async function encode(calibration: Calibration, chunk: KvChunk, options: 
       windowTokens: checkCount('windowTokens', options.windowTokens) ?? ENCODE_DEFAULTS.windowTokens,
       deflateLevel: checkCount('deflateLevel', options.deflateLevel) ?? ENCODE_DEFAULTS.deflateLevel,
       chunkBytes: checkCount('chunkBytes', options.chunkBytes, 1) ?? ENCODE_DEFAULTS.chunkBytes,
+      entryStride: checkCount('entryStride', options.entryStride) ?? 0,
       backend: options.backend ?? 'cpu',
     }),
   );

@@ -68,6 +68,8 @@ export interface NativeEncodeJob {
   windowTokens: number;
   deflateLevel: number;
   chunkBytes: number;
+  /** 0 or absent: libdeflate chunks (CPU); else indexed chunks with this entry stride */
+  entryStride?: number;
   backend?: 'cpu' | 'cuda';
 }
 
@@ -173,6 +175,7 @@ export interface NativeAddon {
       planId: number;
       reps: number;
       paged?: boolean;
+      chunkBytes: number;
     },
   ): {
     encodeS: number;
@@ -220,7 +223,9 @@ export interface NativeAddon {
     packBits(codes: Uint8Array, bits: number, unpackCount?: number): Buffer;
     deflate(
       data: Uint8Array,
-      o: { inflate: false; chunkBytes: number; level: number } | { inflate: true; expectedBytes: number },
+      o:
+        | { inflate: false; chunkBytes: number; level: number; entryStride?: number }
+        | { inflate: true; expectedBytes: number; indexed?: boolean },
     ): Buffer;
     crc32c(data: Uint8Array): number;
     copyCrc32c(data: Uint8Array): { copy: Buffer; crc: number };

@@ -158,6 +158,23 @@ for (const dtype of ['float16', 'bfloat16'] as KvDtype[]) {
   });
 }
 
+t.test('indexed sections (entryStride) decode to exactly what plain sections decode to', async (t) => {
+  const tokens = 700;
+  const kv = syntheticKv(tokens, P, 8);
+  kv.keys = applyRope(kv.keys, tokens, 0, model);
+  const chunk = { keys: bf16(kv.keys), values: bf16(kv.values), dtype: 'bfloat16' as const, tokens };
+  const o = { ratio: 4, windowTokens: 16, chunkBytes: 4096 };
+  const plain = await encode(cal, chunk, o);
+  const indexed = await encode(cal, chunk, { ...o, entryStride: 256 });
+  const encodings = native.inspect(indexed).sections.map((s) => s.encoding);
+  t.same(encodings, [0, 0, 2, 2, 0, 0], 'sinks and window raw, coded sections indexed (encoding 2)');
+  const a = await decode(cal, plain, { tokens, dtype: 'bfloat16' });
+  const b = await decode(cal, indexed, { tokens, dtype: 'bfloat16' });
+  t.same(Buffer.from(b.keys), Buffer.from(a.keys), 'keys identical');
+  t.same(Buffer.from(b.values), Buffer.from(a.values), 'values identical');
+  await t.rejects(encode(cal, chunk, { ...o, entryStride: 100 }), { code: 'ERR_KVTC_INVALID_ARGUMENT' });
+});
+
 t.test('bad records give stable codes', async (t) => {
   const tokens = 200;
   const kv = syntheticKv(tokens, P, 77);

@@ -54,6 +54,11 @@ struct EncodeJob {
   uint32_t window_tokens = 128;  // the newest tokens of the job are kept raw
   int deflate_level = 6;
   size_t chunk_bytes = kDefaultChunkBytes;
+  // 0: kDeflateChunks by libdeflate at deflate_level (the CPU default); > 0 (a multiple of 16):
+  // kDeflateIndexed by kvtc's literal coder with entry points every entry_stride bytes, which a
+  // GPU inflates many times faster (entropy.h). The CUDA backend always writes indexed sections
+  // with its own coder (DefaultEntryStride when this is 0).
+  uint32_t entry_stride = 0;
 };
 
 std::vector<uint8_t> Encode(const Calibration& calibration, const EncodeJob& job);

@@ -73,9 +73,10 @@ struct BenchFigures {
 };
 
 // Times `batch` sequences of `tokens` each (bf16 KV on the device, filled from `host_kv`), as
-// contiguous rows or (paged) in place in a paged cache of vLLM's FlashAttention layout.
+// contiguous rows or (paged) in place in a paged cache of vLLM's FlashAttention layout, in records
+// of chunk_bytes DEFLATE chunks.
 BenchFigures Bench(const Calibration& calibration, const DeviceCalibration& dev, const uint16_t* host_keys,
                    const uint16_t* host_values, uint32_t tokens, uint32_t batch, uint16_t plan_id, int reps,
-                   bool paged);
+                   bool paged, size_t chunk_bytes);
 
 }  // namespace kvtc::cuda

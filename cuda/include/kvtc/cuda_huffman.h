@@ -278,7 +278,13 @@ KVTC_HD inline void PlanBlock(EncodeScratch& s, int m, uint32_t* header, EncodeP
 // Serial reference encoder of one chunk (the host test, and the layout the kernel reproduces
 // bit for bit). Returns the DEFLATE size in bytes, or n when the chunk is to be stored (the
 // stream would not be smaller than the chunk); `out` needs (n + 3) / 4 * 4 bytes.
-inline size_t EncodeChunkSerial(const uint8_t* in, size_t n, uint8_t* out, EncodeScratch& s) {
+//
+// With entry_stride > 0, entries[k - 1] = the bit offset (from the stream's first byte) of the
+// code of literal k * entry_stride, k = 1 .. ceil(n / entry_stride) - 1: the index that lets a
+// decoder start at any k * entry_stride (kDeflateIndexed sections, entropy.h). Left untouched
+// when the chunk is stored.
+inline size_t EncodeChunkSerial(const uint8_t* in, size_t n, uint8_t* out, EncodeScratch& s,
+                                uint32_t* entries = nullptr, uint32_t entry_stride = 0) {
   for (int i = 0; i < kLitSyms; ++i) s.freq[i] = 0;
   for (size_t i = 0; i < n; ++i) s.freq[in[i]]++;
   s.freq[256] = 1;
@@ -292,7 +298,10 @@ inline size_t EncodeChunkSerial(const uint8_t* in, size_t n, uint8_t* out, Encod
   uint32_t* w = new uint32_t[words + 1]();
   std::memcpy(w, header, ((plan.header_bits + 31) / 32) * 4);
   BitWriter bw{w, plan.header_bits};
-  for (size_t i = 0; i < n; ++i) bw.Put(plan.sym[in[i]] & 0xffff, int(plan.sym[in[i]] >> 16));
+  for (size_t i = 0; i < n; ++i) {
+    if (entries && entry_stride && i > 0 && i % entry_stride == 0) entries[i / entry_stride - 1] = bw.bits;
+    bw.Put(plan.sym[in[i]] & 0xffff, int(plan.sym[in[i]] >> 16));
+  }
   bw.Put(plan.sym[256] & 0xffff, int(plan.sym[256] >> 16));
   std::memcpy(out, w, size_t(bytes));
   delete[] w;
@@ -711,6 +720,118 @@ KVTC_HD inline int32_t InflateChunk(const uint8_t* in, uint32_t in_size, uint8_t
   return status;
 }
 
+namespace detail {
+
+// Decodes `count` literals from bit `start` of [in, in + in_size) into out; with `eob`, the
+// end-of-block code must follow them. A match or an end-of-block inside the run is kInflateBadData
+// (an indexed stream holds literals only). *end = the bit after the last code read.
+KVTC_HD inline int32_t DecodeLiteralRun(const uint8_t* in, uint32_t in_size, uint64_t start, uint8_t* out,
+                                        uint32_t count, bool eob, const InflateState& st, uint64_t* end) {
+  if (start >= uint64_t(in_size) * 8) return kInflateTruncated;
+  BitReader br;
+  br.in = in;
+  br.size = in_size;
+  br.Start(uint32_t(start >> 3));
+  br.Need(8);
+  br.Drop(int(start & 7));
+  // Whole 32-bit words go out when `out` is word-aligned: a quarter of the stores, and the lanes of
+  // a warp write 32 different places at once.
+  const bool words = (reinterpret_cast<uintptr_t>(out) & 3) == 0;
+  uint64_t acc = 0;
+  int pending = 0;
+  uint32_t op = 0;
+  auto emit = [&](uint32_t v, int n) {
+    if (words) {
+      acc |= uint64_t(v) << (8 * pending);
+      pending += n;
+      if (pending >= 4) {
+        *reinterpret_cast<uint32_t*>(out + op) = uint32_t(acc);
+        acc >>= 32;
+        pending -= 4;
+        op += 4;
+      }
+    } else {
+      out[op++] = uint8_t(v);
+      if (n == 2) out[op++] = uint8_t(v >> 8);
+    }
+  };
+  for (uint32_t left = count; left > 0;) {
+    if (!br.Need(kMaxBits)) return kInflateTruncated;
+    if (left >= 2) {
+      const uint32_t pair = st.lit_pairs[br.Peek(kLitTableBits)];
+      if (pair) {
+        emit(pair & 0xffffu, 2);
+        br.Drop(int(pair >> 16));
+        left -= 2;
+        continue;
+      }
+    }
+    const int sym = DecodeSym(br, st.lit);
+    if (sym < 0 || sym >= 256) return kInflateBadData;
+    emit(uint32_t(sym), 1);
+    --left;
+  }
+  for (int k = 0; k < pending; ++k) out[op + k] = uint8_t(acc >> (8 * k));
+  if (eob) {
+    if (!br.Need(kMaxBits)) return kInflateTruncated;
+    if (DecodeSym(br, st.lit) != 256) return kInflateBadData;
+  }
+  if (br.Overrun()) return kInflateTruncated;
+  *end = uint64_t(br.pos) * 8 - br.count;
+  return kInflateOk;
+}
+
+}  // namespace detail
+
+// Inflates one chunk of an indexed section (kDeflateIndexed, entropy.h): a single final Huffman
+// block of literals only, literal k * stride starting at bit entries[k - 1], k = 1..entry_count.
+// Lane 0 reads the block header, the lanes fill the tables, then each lane decodes runs of
+// `stride` literals from their entry points. Every run must end exactly where the next begins and
+// the last one at the end-of-block, so the output is what a serial inflater gives, or an error
+// status. Same lanes and contract as InflateChunk.
+KVTC_HD inline int32_t InflateChunkIndexed(const uint8_t* in, uint32_t in_size, uint8_t* out, uint32_t out_size,
+                                           const uint32_t* entries, uint32_t entry_count, uint32_t stride,
+                                           InflateState& st, int lane, int nlanes) {
+  if (lane == 0) {
+    st.br.in = in;
+    st.br.size = in_size;
+    st.br.Start(0);
+    st.out_pos = 0;
+    st.status = kInflateOk;
+    st.phase = 0;
+    st.final_block = 0;
+    if (stride == 0 || uint64_t(entry_count) * stride >= out_size || uint64_t(entry_count + 1) * stride < out_size) {
+      detail::Fail(st, kInflateBadData);  // the index does not cover the output in runs of `stride`
+    } else {
+      detail::ReadBlockHeader(st, out, out_size);
+      // A stored block, or a block that is not the last: not an indexed stream.
+      if (st.status == kInflateOk && (st.phase != 1 || !st.final_block)) detail::Fail(st, kInflateBadData);
+    }
+  }
+  KVTC_SYNCWARP();
+  const int32_t header_status = st.status;
+  KVTC_SYNCWARP();
+  if (header_status != kInflateOk) return header_status;
+  FillTable(st.lens, st.lit, lane, nlanes);
+  FillLiteralPairs(st.lit, st.lit_pairs, lane, nlanes);
+  const uint64_t first = uint64_t(st.br.pos) * 8 - st.br.count;
+  int32_t status = kInflateOk;
+  for (uint32_t r = uint32_t(lane); r <= entry_count; r += uint32_t(nlanes)) {
+    const uint64_t start = r == 0 ? first : entries[r - 1];
+    const uint32_t at = r * stride;
+    const uint32_t n = out_size - at < stride ? out_size - at : stride;
+    const bool last = r == entry_count;
+    uint64_t end = 0;
+    int32_t s = detail::DecodeLiteralRun(in, in_size, start, out + at, n, last, st, &end);
+    if (s == kInflateOk && !last && end != entries[r]) s = kInflateBadData;
+    if (status == kInflateOk) status = s;
+  }
+#if defined(__CUDA_ARCH__)
+  status = int32_t(__reduce_max_sync(0xffffffffu, uint32_t(status)));  // any lane's error
+#endif
+  return status;
+}
+
 }  // namespace kvtc::huff
 
 #if defined(__CUDACC__)
@@ -721,22 +842,29 @@ namespace kvtc::huff {
 // Compresses `payload` in chunks of chunk_bytes (the last may be shorter), one thread block per
 // chunk, into slots of slot_bytes (a multiple of 4, >= chunk_bytes rounded up to 4) at `slots`;
 // sizes[c] = DEFLATE bytes of chunk c, or the chunk's own size when it is to be stored (then
-// its slot holds nothing useful). Bit-identical to EncodeChunkSerial.
+// its slot holds nothing useful). With entry_stride (a multiple of 16) > 0, chunk c's entry
+// points go to entries[c * max_entries ...] as EncodeChunkSerial writes them. Bit-identical to
+// EncodeChunkSerial.
 void LaunchEncode(const uint8_t* payload, size_t payload_bytes, size_t chunk_bytes, uint8_t* slots, size_t slot_bytes,
-                  size_t* sizes, cudaStream_t stream);
+                  size_t* sizes, uint32_t* entries, uint32_t entry_stride, uint32_t max_entries, cudaStream_t stream);
 
 // One compressed chunk to inflate: input at in_off of the input buffer (4-byte aligned for the
 // fast loads), output at out_off of the output buffer.
+// An indexed chunk (entry_stride > 0) has its entry_count entry points at entries[entries_at].
 struct InflateJob {
   uint64_t in_off;
   uint64_t out_off;
   uint32_t in_size;
   uint32_t out_size;
+  uint32_t entries_at;
+  uint32_t entry_count;
+  uint32_t entry_stride;
+  uint32_t reserved;
 };
 
 // Inflates n jobs, one warp each; status[i] = InflateStatus of job i.
-void LaunchInflate(const uint8_t* in, uint8_t* out, const InflateJob* jobs, uint32_t n, int32_t* status,
-                   cudaStream_t stream);
+void LaunchInflate(const uint8_t* in, uint8_t* out, const InflateJob* jobs, const uint32_t* entries, uint32_t n,
+                   int32_t* status, cudaStream_t stream);
 
 }  // namespace kvtc::huff
 #endif

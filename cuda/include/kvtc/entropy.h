@@ -1,23 +1,54 @@
 // Entropy coding: raw DEFLATE (RFC 1951) over the payload, in independent chunks so that chunks
 // compress and inflate in parallel and a record written on a GPU inflates on a CPU.
 //
-// Body layout: u32 chunk_count, then chunk_count x {u32 raw_bytes, u32 stored_bytes}, then the
-// chunks back to back. stored_bytes == raw_bytes means the chunk is stored as is (DEFLATE did
-// not shrink it); otherwise it is a raw DEFLATE stream that inflates to exactly raw_bytes.
+// Body of a kDeflateChunks section: u32 chunk_count, then chunk_count x {u32 raw_bytes,
+// u32 stored_bytes}, then the chunks back to back. stored_bytes == raw_bytes means the chunk is
+// stored as is (DEFLATE did not shrink it); otherwise it is a raw DEFLATE stream that inflates to
+// exactly raw_bytes.
+//
+// Body of a kDeflateIndexed section: u32 chunk_count, u32 entry_stride, the same chunk table, then
+// per DEFLATE'd chunk (stored ones have none) ceil(raw_bytes / entry_stride) - 1 u32 entry points,
+// then the chunks. Each DEFLATE'd chunk is one final Huffman block of literals only (any inflater
+// reads it); entry point k - 1 is the bit offset, from the chunk's first byte, of the code of
+// literal k * entry_stride. A GPU inflates the runs between entry points in parallel (one warp
+// per chunk, a lane per run) and checks that each run ends where the next begins.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <vector>
 
+#include "kvtc/format.h"
+
 namespace kvtc {
 
 constexpr size_t kDefaultChunkBytes = 64 * 1024;
 constexpr size_t kMaxChunkBytes = 16 * 1024 * 1024;
 
+// The entry stride the encoders use for `chunk_bytes`: about 32 runs per chunk (a warp), a
+// multiple of 16 (the GPU encoder's bytes per thread), at least 256.
+uint32_t DefaultEntryStride(size_t chunk_bytes);
+
+// kDeflateChunks body by libdeflate at `level`.
 std::vector<uint8_t> DeflateChunks(const uint8_t* data, size_t size, size_t chunk_bytes, int level);
+// kDeflateIndexed body by kvtc's literal coder (cuda_huffman.h), bit-identical to the GPU's.
+std::vector<uint8_t> DeflateChunksIndexed(const uint8_t* data, size_t size, size_t chunk_bytes, uint32_t entry_stride);
+
+// A coded section's chunk table, checked against its body and the payload size it must inflate
+// to. Offsets are from the body's start.
+struct ChunkTable {
+  uint32_t entry_stride = 0;  // 0: kDeflateChunks
+  std::vector<uint32_t> raw, stored;
+  std::vector<size_t> src, dst;       // each chunk's bytes in the body; its place in the payload
+  std::vector<uint32_t> entry_count;  // per chunk (0 for stored chunks and kDeflateChunks)
+  std::vector<size_t> entries_at;     // per chunk: its first entry point in `entries`
+  std::vector<uint32_t> entries;
+  size_t payload_bytes = 0, max_raw = 0;
+  bool Stored(size_t i) const { return stored[i] == raw[i]; }
+};
+ChunkTable ParseChunkTable(const uint8_t* body, size_t body_size, SectionEncoding encoding, size_t expected_size);
 
 // Validates the chunk table against `body_size` and `expected_size` before touching `out`.
-void InflateChunks(const uint8_t* body, size_t body_size, uint8_t* out, size_t expected_size);
+void InflateChunks(const uint8_t* body, size_t body_size, SectionEncoding encoding, uint8_t* out, size_t expected_size);
 
 }  // namespace kvtc

@@ -23,7 +23,7 @@
 //   92     4     header_crc32c over bytes [0, 92) and the section table
 //   96     32*n  section table, entries:
 //                  u8 kind (1 raw keys, 2 raw values, 3 coded keys, 4 coded values)
-//                  u8 encoding (0 raw, 1 DEFLATE chunks, see entropy.h)
+//                  u8 encoding (0 raw, 1 DEFLATE chunks, 2 indexed DEFLATE chunks, see entropy.h)
 //                  u16 reserved (0)
 //                  u32 token_offset (relative to token_start)
 //                  u32 token_count
@@ -55,7 +55,8 @@ enum class KvDtype : uint8_t { kFloat32 = 0, kFloat16 = 1, kBfloat16 = 2 };
 inline size_t DtypeBytes(KvDtype d) { return d == KvDtype::kFloat32 ? 4 : 2; }
 
 enum class SectionKind : uint8_t { kRawKeys = 1, kRawValues = 2, kCodedKeys = 3, kCodedValues = 4 };
-enum class SectionEncoding : uint8_t { kRaw = 0, kDeflateChunks = 1 };
+enum class SectionEncoding : uint8_t { kRaw = 0, kDeflateChunks = 1, kDeflateIndexed = 2 };
+inline bool IsCoded(SectionEncoding e) { return e != SectionEncoding::kRaw; }
 
 using Id16 = std::array<uint8_t, 16>;
 
