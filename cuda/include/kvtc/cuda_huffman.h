@@ -827,7 +827,7 @@ KVTC_HD inline int32_t InflateChunkIndexed(const uint8_t* in, uint32_t in_size, 
     if (status == kInflateOk) status = s;
   }
 #if defined(__CUDA_ARCH__)
-  status = int32_t(__reduce_max_sync(0xffffffffu, uint32_t(status)));  // any lane's error
+  for (int o = 16; o > 0; o >>= 1) status = max(status, __shfl_xor_sync(0xffffffffu, status, o));  // any lane's error
 #endif
   return status;
 }
