@@ -373,11 +373,13 @@ KVTC_HD inline bool PrepareTable(const uint8_t* lens, int n, DecodeTable<kBits, 
 }
 
 // The parallel part: fills the direct table; lanes [0, nlanes) of a warp (one lane on the host)
-// share it, with a warp barrier between clearing and filling, and after.
+// share it, with a warp barrier between clearing and filling, and after. One lane alone (lane 0
+// building the precode table inside ReadBlockHeader) takes no barrier: a __syncwarp there would
+// pair with the other lanes' next barrier and let them run ahead of the header.
 template <int kBits, int kSyms>
 KVTC_HD inline void FillTable(const uint8_t* lens, DecodeTable<kBits, kSyms>& t, int lane, int nlanes) {
   for (int i = lane; i < (1 << kBits); i += nlanes) t.direct[i] = 0;
-  KVTC_SYNCWARP();
+  if (nlanes > 1) KVTC_SYNCWARP();
   for (int i = lane; i < t.ncodes; i += nlanes) {
     const int s = t.sym[i];
     const int l = lens[s];
@@ -386,7 +388,7 @@ KVTC_HD inline void FillTable(const uint8_t* lens, DecodeTable<kBits, kSyms>& t,
     const uint16_t e = uint16_t(s | (l << 9));
     for (uint32_t k = rev; k < (1u << kBits); k += 1u << l) t.direct[k] = e;
   }
-  KVTC_SYNCWARP();
+  if (nlanes > 1) KVTC_SYNCWARP();
 }
 
 // Two literals per lookup: for each kLitTableBits-bit pattern whose first codeword is a literal
@@ -405,7 +407,7 @@ KVTC_HD inline void FillLiteralPairs(const DecodeTable<kLitTableBits, 288>& t, u
     }
     pairs[i] = entry;
   }
-  KVTC_SYNCWARP();
+  if (nlanes > 1) KVTC_SYNCWARP();
 }
 
 // Bit reader over [in, in + size): loads past the end read zeros; the decoder errors once more
