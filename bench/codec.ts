@@ -12,7 +12,7 @@ import { performance } from 'node:perf_hooks';
 import { fitCalibration } from '../src/calibrate/fit.js';
 import { applyRope, syntheticKv } from '../src/calibrate/synthetic.js';
 import { parseCalibration, type Calibration, type ModelInfo } from '../src/codec/calibration.js';
-import { decode, encode } from '../src/codec/codec.js';
+import { decode, encode, ENCODE_DEFAULTS } from '../src/codec/codec.js';
 import { loadNative } from '../src/codec/native.js';
 
 export interface BenchShape {
@@ -218,7 +218,7 @@ export async function benchShapeCuda(
     for (const batch of o.batches) {
       o.progress?.(`${shape.name}: ${T} tokens x ${batch}`, 0);
       const paged = o.paged ?? false;
-      const chunkBytes = o.chunkBytes ?? 64 * 1024;
+      const chunkBytes = o.chunkBytes ?? ENCODE_DEFAULTS.cudaChunkBytes;
       const f = native.benchCuda(cal.native, { keys, values, tokens: T, batch, planId, reps: o.reps, paged, chunkBytes });
       const raw = T * p * 2 * 2 * batch;
       results.push({

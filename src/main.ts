@@ -113,7 +113,7 @@ bench
   .option('--tokens <n>', 'tokens per run (default: per shape)', int('tokens', 1))
   .option('--batch <n>', 'sequences per timed run, cuda only (default: 1 and 8)', int('batch', 1))
   .option('--paged', 'cuda only: KV in a paged cache (FlashAttention layout), encoded and restored in place')
-  .option('--chunk-kib <n>', 'cuda only: DEFLATE chunk size in KiB (the sidecar default is 64)', int('chunk-kib', 1), 64)
+  .option('--chunk-kib <n>', 'cuda only: DEFLATE chunk size in KiB (the CUDA default is 16)', int('chunk-kib', 1), 16)
   .option('--ratio <n>', 'target compression ratio of the plan', Number, 16)
   .option('--reps <n>', 'repetitions (best is reported)', int('reps', 1), 3)
   .option('--json', 'print one JSON object')

@@ -498,9 +498,45 @@ std::string DeviceName(int device) {
   return prop.name;
 }
 
+namespace {
+
+// Records the CUDA backend writes live in page-locked memory (record_memory.h), so restoring one
+// is a DMA straight from it. KVTC_PIN_RECORDS=0 turns this off.
+void InstallRecordPinning() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    const char* v = std::getenv("KVTC_PIN_RECORDS");
+    if (v && std::strcmp(v, "0") == 0) return;
+    RecordMemoryPinning pinning;
+    pinning.pin = [](void* p, size_t bytes) {
+      if (cudaHostRegister(p, bytes, cudaHostRegisterDefault) == cudaSuccess) return true;
+      cudaGetLastError();  // a failure leaves the block pageable; the staging path serves it
+      return false;
+    };
+    pinning.unpin = [](void* p) {
+      if (cudaHostUnregister(p) != cudaSuccess) cudaGetLastError();
+    };
+    SetRecordMemoryPinning(pinning);
+  });
+}
+
+// True when [p, p + n) is page-locked host memory the device can read by DMA (a pinned record
+// block: the whole block is registered, and a record never crosses its block).
+bool IsPinnedHost(const void* p) {
+  cudaPointerAttributes a{};
+  if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return a.type == cudaMemoryTypeHost;
+}
+
+}  // namespace
+
 std::shared_ptr<DeviceCalibration> Upload(const Calibration& c, int device) {
   KVTC_CHECK(Available(), kBackendUnavailable, "no CUDA device is available");
   KVTC_CUDA_CALL(cudaSetDevice(device));
+  InstallRecordPinning();
   auto dev = std::make_shared<DeviceCalibration>();
   dev->device = device;
   auto upload_stream = [](const StreamBasis& s, DeviceBuffer<float>& mean, DeviceBuffer<__nv_bfloat16>& basis) {
@@ -1301,19 +1337,42 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
     }
     st.end = image_bytes;
   }
+  // A record in page-locked memory whose coded sections are all indexed goes to the device by
+  // one DMA per section, straight from the record: chunks then sit at any offset, which kvtc's
+  // inflater reads at full speed (nvCOMP, for plain sections, wants them aligned: staged).
+  bool direct = IsPinnedHost(record);
+  for (const Section& s : h.sections) direct &= s.encoding != SectionEncoding::kDeflateChunks;
+  if (direct) {
+    image_bytes = 0;
+    for (size_t i = 0; i < h.sections.size(); ++i) {
+      const Section& s = h.sections[i];
+      f.image_at[i] = image_bytes;
+      if (IsCoded(s.encoding)) {
+        CodedChunks& cc = f.coded[i];
+        for (size_t k = 0; k < cc.raw.size(); ++k) cc.staged[k] = image_bytes + cc.src[k];
+      }
+      image_bytes += (s.stored_bytes + 15) / 16 * 16;
+    }
+  }
   buf.image.resize(std::max<size_t>(1, image_bytes));
-  buf.staging.resize(std::max<size_t>(1, image_bytes));
+  if (!direct) buf.staging.resize(std::max<size_t>(1, image_bytes));
   StreamScratch& s0 = Scratch(slot, 0);
   s0.payload.resize(std::max<size_t>(4, payload_total));
-  // Each section's bytes staged and sent; then every coded section inflating in one launch.
+  // Each section's bytes staged and sent (or sent as they are); then every coded section
+  // inflating in one launch.
   for (size_t i = 0; i < h.sections.size(); ++i) {
-    const Staging& st = staging[i];
-    ParallelCopyChunks(buf.staging.ptr, st.dst_off.data(), record, st.src_off.data(), st.sizes.data(), st.sizes.size());
-    KVTC_CUDA_CALL(cudaMemcpyAsync(buf.image.ptr + st.begin, buf.staging.ptr + st.begin, st.end - st.begin,
-                                   cudaMemcpyHostToDevice, ctx.stream));
-    if (IsCoded(h.sections[i].encoding)) {
-      f.targets.push_back({&f.coded[i], s0.payload.ptr + f.payload_at[i]});
+    const Section& sec = h.sections[i];
+    if (direct) {
+      KVTC_CUDA_CALL(cudaMemcpyAsync(buf.image.ptr + f.image_at[i], record + sec.offset, sec.stored_bytes,
+                                     cudaMemcpyHostToDevice, ctx.stream));
+    } else {
+      const Staging& st = staging[i];
+      ParallelCopyChunks(buf.staging.ptr, st.dst_off.data(), record, st.src_off.data(), st.sizes.data(),
+                         st.sizes.size());
+      KVTC_CUDA_CALL(cudaMemcpyAsync(buf.image.ptr + st.begin, buf.staging.ptr + st.begin, st.end - st.begin,
+                                     cudaMemcpyHostToDevice, ctx.stream));
     }
+    if (IsCoded(sec.encoding)) f.targets.push_back({&f.coded[i], s0.payload.ptr + f.payload_at[i]});
   }
   prof.mark("h2d");
   f.inflated = LaunchInflate(ctx, s0, f.targets, buf.image.ptr, s0.payload.ptr);

@@ -21,9 +21,15 @@ size_t PoolLimit() {
   return limit;
 }
 
+struct Block {
+  uint8_t* p;
+  bool pinned;
+};
+
 struct Pool {
   std::mutex mu;
-  std::multimap<size_t, uint8_t*> idle;  // capacity -> block
+  std::multimap<size_t, Block> idle;  // capacity -> block
+  RecordMemoryPinning pinning;
   size_t idle_bytes = 0;
   uint64_t hits = 0, misses = 0;
 };
@@ -33,12 +39,13 @@ Pool& ThePool() {
   return *pool;
 }
 
-uint8_t* FreshBlock(size_t capacity) {
+RecordMemory FreshBlock(size_t capacity, const RecordMemoryPinning& pinning) {
   void* p = nullptr;
   if (posix_memalign(&p, kHugePage, capacity) != 0) throw std::bad_alloc();
   // Advice only: without THP (or with it disabled) the block is ordinary memory.
   madvise(p, capacity, MADV_HUGEPAGE);
-  return static_cast<uint8_t*>(p);
+  const bool pinned = pinning.pin && pinning.pin(p, capacity);
+  return RecordMemory(static_cast<uint8_t*>(p), RecordMemoryDeleter{capacity, pinned});
 }
 
 }  // namespace
@@ -49,10 +56,11 @@ void RecordMemoryDeleter::operator()(uint8_t* p) const {
   {
     std::lock_guard<std::mutex> lock(pool.mu);
     if (pool.idle_bytes + capacity <= PoolLimit()) {
-      pool.idle.emplace(capacity, p);
+      pool.idle.emplace(capacity, Block{p, pinned});
       pool.idle_bytes += capacity;
       return;
     }
+    if (pinned && pool.pinning.unpin) pool.pinning.unpin(p);
   }
   std::free(p);
 }
@@ -60,20 +68,28 @@ void RecordMemoryDeleter::operator()(uint8_t* p) const {
 RecordMemory AllocateRecordMemory(size_t size) {
   const size_t capacity = (std::max<size_t>(size, 1) + kHugePage - 1) / kHugePage * kHugePage;
   Pool& pool = ThePool();
+  RecordMemoryPinning pinning;
   {
     std::lock_guard<std::mutex> lock(pool.mu);
     auto it = pool.idle.lower_bound(capacity);
     if (it != pool.idle.end() && it->first <= 2 * capacity) {
-      uint8_t* p = it->second;
+      const Block b = it->second;
       const size_t got = it->first;
       pool.idle_bytes -= got;
       pool.idle.erase(it);
       ++pool.hits;
-      return RecordMemory(p, RecordMemoryDeleter{got});
+      return RecordMemory(b.p, RecordMemoryDeleter{got, b.pinned});
     }
     ++pool.misses;
+    pinning = pool.pinning;
   }
-  return RecordMemory(FreshBlock(capacity), RecordMemoryDeleter{capacity});
+  return FreshBlock(capacity, pinning);
+}
+
+void SetRecordMemoryPinning(RecordMemoryPinning pinning) {
+  Pool& pool = ThePool();
+  std::lock_guard<std::mutex> lock(pool.mu);
+  pool.pinning = pinning;
 }
 
 RecordPoolStats RecordPoolStatistics() {

@@ -38,7 +38,7 @@ export interface EncodeOptions {
   windowTokens?: number;
   /** libdeflate level 0..12. Default 6. */
   deflateLevel?: number;
-  /** Bytes per independent DEFLATE chunk. Default 65536. */
+  /** Bytes per independent DEFLATE chunk. Default 65536 on the CPU, 16384 on CUDA. */
   chunkBytes?: number;
   /**
    * CPU backend: 0 (default) writes libdeflate chunks; a multiple of 16 writes indexed chunks
@@ -57,6 +57,11 @@ export const ENCODE_DEFAULTS = Object.freeze({
   windowTokens: 128,
   deflateLevel: 6,
   chunkBytes: 64 * 1024,
+  /**
+   * CUDA: smaller chunks are more homogeneous (a chunk rarely mixes a group's scales with its
+   * codes), 2% smaller records at 16x on the 8B shape, and their 512-byte runs inflate faster.
+   */
+  cudaChunkBytes: 16 * 1024,
 });
 
 export interface RecordSection {
@@ -151,7 +156,9 @@ export async function encode(calibration: Calibration, chunk: KvChunk, options: 
       sinkTokens: checkCount('sinkTokens', options.sinkTokens) ?? ENCODE_DEFAULTS.sinkTokens,
       windowTokens: checkCount('windowTokens', options.windowTokens) ?? ENCODE_DEFAULTS.windowTokens,
       deflateLevel: checkCount('deflateLevel', options.deflateLevel) ?? ENCODE_DEFAULTS.deflateLevel,
-      chunkBytes: checkCount('chunkBytes', options.chunkBytes, 1) ?? ENCODE_DEFAULTS.chunkBytes,
+      chunkBytes:
+        checkCount('chunkBytes', options.chunkBytes, 1) ??
+        (options.backend === 'cuda' ? ENCODE_DEFAULTS.cudaChunkBytes : ENCODE_DEFAULTS.chunkBytes),
       entryStride: checkCount('entryStride', options.entryStride) ?? 0,
       backend: options.backend ?? 'cpu',
     }),

@@ -151,7 +151,7 @@ export async function encodePaged(
         sinkTokens: o.sinkTokens ?? ENCODE_DEFAULTS.sinkTokens,
         windowTokens: o.windowTokens ?? ENCODE_DEFAULTS.windowTokens,
         deflateLevel: ENCODE_DEFAULTS.deflateLevel,
-        chunkBytes: ENCODE_DEFAULTS.chunkBytes,
+        chunkBytes: ENCODE_DEFAULTS.cudaChunkBytes,
       },
       span,
     ),

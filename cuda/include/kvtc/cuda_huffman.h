@@ -431,13 +431,16 @@ struct BitReader {
   KVTC_HD_INLINE uint32_t Load32(uint32_t p) const {
     if (p >= size) return 0;
 #if defined(__CUDA_ARCH__)
-    if ((reinterpret_cast<uintptr_t>(in) & 3) == 0) {
-      // Aligned words: at most two loads and a funnel shift instead of four byte loads. The
-      // word holding the last byte may extend past `size` (never past a 4-byte boundary).
-      const uint32_t* w = reinterpret_cast<const uint32_t*>(in);
-      const uint32_t i = p >> 2, nw = (size + 3) >> 2;
+    {
+      // Aligned words: at most two loads and a funnel shift instead of four byte loads, at any
+      // alignment of `in` (chunks copied straight from a record sit at any offset). The words
+      // holding the first and last bytes may extend past [in, in + size), never past a 4-byte
+      // boundary, so never into another page.
+      const uint32_t skew = uint32_t(reinterpret_cast<uintptr_t>(in) & 3);
+      const uint32_t* w = reinterpret_cast<const uint32_t*>(in - skew);
+      const uint32_t q = p + skew, i = q >> 2, nw = (size + skew + 3) >> 2;
       const uint32_t lo = w[i], hi = i + 1 < nw ? w[i + 1] : 0u;
-      uint32_t v = __funnelshift_r(lo, hi, (p & 3) * 8);
+      uint32_t v = __funnelshift_r(lo, hi, (q & 3) * 8);
       if (p + 4 > size) v &= 0xffffffffu >> (8 * (p + 4 - size));
       return v;
     }

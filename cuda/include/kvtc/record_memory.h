@@ -14,6 +14,7 @@ namespace kvtc {
 // Returns a record's block to the pool (or to the system when the pool is full).
 struct RecordMemoryDeleter {
   size_t capacity = 0;
+  bool pinned = false;
   void operator()(uint8_t* p) const;
 };
 using RecordMemory = std::unique_ptr<uint8_t[], RecordMemoryDeleter>;
@@ -22,6 +23,16 @@ using RecordMemory = std::unique_ptr<uint8_t[], RecordMemoryDeleter>;
 // most twice it) is free, else a fresh one. KVTC_RECORD_POOL_MB bounds the idle pool (default
 // 512; 0 disables pooling).
 RecordMemory AllocateRecordMemory(size_t size);
+
+// Page-locking of record blocks for a GPU backend, so that a record restores to the device by
+// DMA straight from its own memory (no staging copy). Installed once by the CUDA backend; `pin`
+// runs on every fresh block (false: the block stays pageable), `unpin` before a pinned block goes
+// back to the system. Pooled blocks stay pinned.
+struct RecordMemoryPinning {
+  bool (*pin)(void* p, size_t bytes) = nullptr;
+  void (*unpin)(void* p) = nullptr;
+};
+void SetRecordMemoryPinning(RecordMemoryPinning pinning);
 
 struct RecordPoolStats {
   uint64_t hits = 0, misses = 0;  // allocations served from the pool / fresh from the system
