@@ -500,13 +500,15 @@ std::string DeviceName(int device) {
 
 namespace {
 
-// Records the CUDA backend writes live in page-locked memory (record_memory.h), so restoring one
-// is a DMA straight from it. KVTC_PIN_RECORDS=0 turns this off.
+// KVTC_PIN_RECORDS=1: records the CUDA backend writes live in page-locked memory
+// (record_memory.h), so restoring one is a DMA straight from it. Off by default: measured on an
+// H200 (2026-11-29, docs/benchmarks.md) it saved 2.5 ms of an 8B-shape 8K-token restore but cost
+// more on encode (page-locking each fresh block, and slower record writes even from the pool).
 void InstallRecordPinning() {
   static std::once_flag once;
   std::call_once(once, [] {
     const char* v = std::getenv("KVTC_PIN_RECORDS");
-    if (v && std::strcmp(v, "0") == 0) return;
+    if (!v || std::strcmp(v, "1") != 0) return;
     RecordMemoryPinning pinning;
     pinning.pin = [](void* p, size_t bytes) {
       if (cudaHostRegister(p, bytes, cudaHostRegisterDefault) == cudaSuccess) return true;

@@ -25,7 +25,8 @@ using RecordMemory = std::unique_ptr<uint8_t[], RecordMemoryDeleter>;
 RecordMemory AllocateRecordMemory(size_t size);
 
 // Page-locking of record blocks for a GPU backend, so that a record restores to the device by
-// DMA straight from its own memory (no staging copy). Installed once by the CUDA backend; `pin`
+// DMA straight from its own memory (no staging copy). Installed once by the CUDA backend when
+// KVTC_PIN_RECORDS=1 (cuda_codec.cu says why it is not the default); `pin`
 // runs on every fresh block (false: the block stays pageable), `unpin` before a pinned block goes
 // back to the system. Pooled blocks stay pinned.
 struct RecordMemoryPinning {
