@@ -96,12 +96,22 @@ for (const [name, layers, heads, dim] of process.env['KVTC_GPU_TEST_SMALL'] ? SH
       const kv = syntheticKv(tokens, p, tokens + 7);
       const keys = applyRope(kv.keys, tokens, 100, model);
       const chunk = { keys, values: kv.values, dtype: 'float32' as const, tokens, tokenStart: 100 };
-      const records: Record<Backend, Buffer> = {
+      // cpu-indexed: the CPU writing indexed chunks (small chunks and runs, so that even short
+      // payloads have entry points for the GPU's lanes); cuda writes indexed chunks always.
+      const records: Record<Backend | 'cpu-indexed', Buffer> = {
         cpu: await encode(cal, chunk, { windowTokens: 3, backend: 'cpu' }),
+        'cpu-indexed': await encode(cal, chunk, { windowTokens: 3, backend: 'cpu', chunkBytes: 512, entryStride: 16 }),
         cuda: await encode(cal, chunk, { windowTokens: 3, backend: 'cuda' }),
       };
       const plan = cal.plans[0]!;
-      for (const enc of ['cpu', 'cuda'] as Backend[]) {
+      for (const dec of ['cpu', 'cuda'] as Backend[]) {
+        // Same payload, other entropy coding: the same decoder must give the same bytes.
+        const a = await decode(cal, records.cpu, { tokens, dtype: 'float32', backend: dec });
+        const b = await decode(cal, records['cpu-indexed'], { tokens, dtype: 'float32', backend: dec });
+        assert.deepEqual(Buffer.from(b.keys), Buffer.from(a.keys), `${name} ${tokens} cpu-indexed->${dec}: keys`);
+        assert.deepEqual(Buffer.from(b.values), Buffer.from(a.values), `${name} ${tokens} cpu-indexed->${dec}: values`);
+      }
+      for (const enc of ['cpu', 'cpu-indexed', 'cuda'] as const) {
         for (const dec of ['cpu', 'cuda'] as Backend[]) {
           const out = await decode(cal, records[enc], { tokens, dtype: 'float32', backend: dec });
           const k = new Float32Array(out.keys.buffer.slice(out.keys.byteOffset, out.keys.byteOffset + out.keys.length));

@@ -514,6 +514,17 @@ struct InflateState {
   int16_t nlit, ndist;
   int8_t phase;  // 0: next block header, 1: Huffman block ready, 2: done (status set)
   int8_t final_block;
+
+  // Lane 0: a fresh stream of in_size bytes at `in`.
+  KVTC_HD_INLINE void Begin(const uint8_t* in, uint32_t in_size) {
+    br.in = in;
+    br.size = in_size;
+    br.Start(0);
+    out_pos = 0;
+    status = kInflateOk;
+    phase = 0;
+    final_block = 0;
+  }
 };
 
 namespace detail {
@@ -695,15 +706,7 @@ KVTC_HD inline void DecodeBlock(InflateState& st, uint8_t* __restrict__ out, uin
 // caller with lane 0, nlanes 1 on the host. Returns an InflateStatus.
 KVTC_HD inline int32_t InflateChunk(const uint8_t* in, uint32_t in_size, uint8_t* out, uint32_t out_size,
                                     InflateState& st, int lane, int nlanes) {
-  if (lane == 0) {
-    st.br.in = in;
-    st.br.size = in_size;
-    st.br.Start(0);
-    st.out_pos = 0;
-    st.status = kInflateOk;
-    st.phase = 0;
-    st.final_block = 0;
-  }
+  if (lane == 0) st.Begin(in, in_size);
   KVTC_SYNCWARP();
   for (;;) {
     if (lane == 0 && st.phase == 0) detail::ReadBlockHeader(st, out, out_size);
@@ -798,13 +801,7 @@ KVTC_HD inline int32_t InflateChunkIndexed(const uint8_t* in, uint32_t in_size, 
                                            const uint32_t* entries, uint32_t entry_count, uint32_t stride,
                                            InflateState& st, int lane, int nlanes) {
   if (lane == 0) {
-    st.br.in = in;
-    st.br.size = in_size;
-    st.br.Start(0);
-    st.out_pos = 0;
-    st.status = kInflateOk;
-    st.phase = 0;
-    st.final_block = 0;
+    st.Begin(in, in_size);
     if (stride == 0 || uint64_t(entry_count) * stride >= out_size || uint64_t(entry_count + 1) * stride < out_size) {
       detail::Fail(st, kInflateBadData);  // the index does not cover the output in runs of `stride`
     } else {
