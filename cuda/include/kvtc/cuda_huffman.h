@@ -446,6 +446,10 @@ struct BitReader {
     }
 #endif
     uint32_t v = 0;
+    if (size - p >= 4) {
+      std::memcpy(&v, in + p, 4);  // one unaligned load on the host (little-endian, as DEFLATE)
+      return v;
+    }
     for (uint32_t k = 0; k < 4 && p + k < size; ++k) v |= uint32_t(in[p + k]) << (8 * k);
     return v;
   }
