@@ -660,8 +660,8 @@ Napi::Value BenchCudaJs(const Napi::CallbackInfo& info) {
     auto dev = UnwrapWrap(info)->device();
     cuda::BenchFigures f = cuda::Bench(*cal, *dev, reinterpret_cast<const uint16_t*>(k.data),
                                        reinterpret_cast<const uint16_t*>(v.data), tokens, batch,
-                                       static_cast<uint16_t>(plan_id), static_cast<int>(reps), Prop(o, "paged").ToBoolean(),
-                                       OptionalUint(o, "chunkBytes", uint32_t(kDefaultChunkBytes)));
+                                       static_cast<uint16_t>(plan_id), static_cast<int>(reps), OptionalBool(o, "paged"),
+                                       Uint(o, "chunkBytes"));
     Napi::Object r = Napi::Object::New(info.Env());
     r.Set("encodeS", f.encode_s);
     r.Set("decodeS", f.decode_s);

@@ -744,7 +744,7 @@ LaunchedStream LaunchStream(Context& ctx, StreamScratch& s, const Calibration& c
     out.entry_stride = entry_stride ? entry_stride : DefaultEntryStride(chunk_bytes);
     KVTC_CHECK(out.entry_stride % 16 == 0, kInvalidArgument,
                "Expected an entry stride that is a multiple of 16 but received " << out.entry_stride);
-    out.max_entries = uint32_t((chunk_bytes + out.entry_stride - 1) / out.entry_stride - 1);
+    out.max_entries = huff::EntryCount(chunk_bytes, out.entry_stride);
     s.entries.resize(std::max<size_t>(1, chunks * out.max_entries));
     huff::LaunchEncode(s.payload.ptr, payload_bytes, chunk_bytes, s.slots.ptr, out.max_out, s.out_sizes.ptr,
                        s.entries.ptr, out.entry_stride, out.max_entries, ctx.stream);
@@ -785,34 +785,23 @@ void LayoutChunks(LaunchedStream& ls) {
   const size_t fixed = indexed ? 8 : 4;
   const auto* coded = reinterpret_cast<const size_t*>(ls.s->sizes.ptr);
   const auto* entries = reinterpret_cast<const uint32_t*>(ls.s->sizes.ptr + chunks * sizeof(size_t));
-  auto raw_of = [&](size_t i) { return std::min(ls.chunk_bytes, ls.payload_bytes - i * ls.chunk_bytes); };
-  size_t entry_total = 0;
-  if (indexed) {
-    for (size_t i = 0; i < chunks; ++i) {
-      const size_t raw = raw_of(i);
-      if (coded[i] < raw) entry_total += (raw + ls.entry_stride - 1) / ls.entry_stride - 1;
-    }
-  }
-  ls.table.resize(fixed + 8 * chunks + 4 * entry_total);
-  uint8_t* t = ls.table.data();
+  ls.table.assign(fixed + 8 * chunks, 0);  // the entry points are appended
   const uint32_t n32 = uint32_t(chunks);
-  std::memcpy(t, &n32, 4);
-  if (indexed) std::memcpy(t + 4, &ls.entry_stride, 4);
-  uint8_t* at_entry = t + fixed + 8 * chunks;
+  std::memcpy(ls.table.data(), &n32, 4);
+  if (indexed) std::memcpy(ls.table.data() + 4, &ls.entry_stride, 4);
   ls.srcs.resize(chunks);
   ls.sizes.resize(chunks);
   uint64_t total = 0;
   for (size_t i = 0; i < chunks; ++i) {
-    const size_t raw = raw_of(i);
+    const size_t raw = std::min(ls.chunk_bytes, ls.payload_bytes - i * ls.chunk_bytes);
     const bool stored = coded[i] >= raw;
     const size_t n = stored ? raw : coded[i];
     const uint32_t raw32 = uint32_t(raw), st32 = uint32_t(n);
-    std::memcpy(t + fixed + 8 * i, &raw32, 4);
-    std::memcpy(t + fixed + 8 * i + 4, &st32, 4);
+    std::memcpy(ls.table.data() + fixed + 8 * i, &raw32, 4);
+    std::memcpy(ls.table.data() + fixed + 8 * i + 4, &st32, 4);
     if (indexed && !stored) {
-      const size_t e = (raw + ls.entry_stride - 1) / ls.entry_stride - 1;
-      std::memcpy(at_entry, entries + i * ls.max_entries, 4 * e);
-      at_entry += 4 * e;
+      const auto* e = reinterpret_cast<const uint8_t*>(entries + i * ls.max_entries);
+      ls.table.insert(ls.table.end(), e, e + 4 * huff::EntryCount(raw, ls.entry_stride));
     }
     ls.srcs[i] = stored ? ls.s->payload.ptr + i * ls.chunk_bytes : ls.s->slots.ptr + i * ls.max_out;
     ls.sizes[i] = n;
@@ -871,9 +860,9 @@ struct InflateLaunch {
 // pinned memory and CheckInflate reads them after the job's sync.
 InflateLaunch LaunchInflate(Context& ctx, StreamScratch& s, const std::vector<InflateTarget>& targets, uint8_t* image,
                             uint8_t* payload_base) {
-  std::vector<void*> copy_src, copy_dst, in_ptrs, out_ptrs;
-  std::vector<size_t> copy_size, in_sizes, out_caps;
-  std::vector<huff::InflateJob> jobs;
+  std::vector<void*> copy_src, copy_dst;
+  std::vector<size_t> copy_size;
+  std::vector<huff::InflateJob> jobs;  // the DEFLATE'd chunks, for either inflater
   std::vector<uint32_t> entries;
   size_t max_raw = 0, total_raw = 0;
   bool any_indexed = false;
@@ -891,10 +880,6 @@ InflateLaunch LaunchInflate(Context& ctx, StreamScratch& s, const std::vector<In
         copy_size.push_back(cc.raw[i]);
         continue;
       }
-      in_ptrs.push_back(src);
-      out_ptrs.push_back(dst);
-      in_sizes.push_back(cc.stored[i]);
-      out_caps.push_back(cc.raw[i]);
       jobs.push_back({uint64_t(src - image), uint64_t(dst - payload_base), cc.stored[i], cc.raw[i],
                       uint32_t(entries.size()), cc.entry_count[i], cc.entry_count[i] ? cc.entry_stride : 0u, 0u});
       entries.insert(entries.end(), cc.entries.begin() + cc.entries_at[i],
@@ -903,7 +888,7 @@ InflateLaunch LaunchInflate(Context& ctx, StreamScratch& s, const std::vector<In
   }
   LaunchCopyChunks(ctx.stream, s, copy_src.data(), copy_dst.data(), copy_size.data(), copy_src.size());
   InflateLaunch launch;
-  const size_t n = launch.n = in_ptrs.size();
+  const size_t n = launch.n = jobs.size();
   if (n == 0) return launch;
   launch.own = any_indexed || Coder(/*encode=*/false) == EntropyCoder::kKvtc;
   if (launch.own) {
@@ -925,8 +910,16 @@ InflateLaunch LaunchInflate(Context& ctx, StreamScratch& s, const std::vector<In
     KVTC_CUDA_CALL(cudaMemcpyAsync(s.statuses_host.ptr, dstatus, n * sizeof(int32_t), cudaMemcpyDeviceToHost, ctx.stream));
     return launch;
   }
-  in_sizes.insert(in_sizes.end(), out_caps.begin(), out_caps.end());  // then the expected inflated sizes
-  UploadAsync(s.in_sizes, in_sizes.data(), 2 * n, ctx.stream);
+  // nvCOMP's arrays: input pointers, output pointers, input sizes then expected inflated sizes.
+  std::vector<void*> in_ptrs(n), out_ptrs(n);
+  std::vector<size_t> sizes(2 * n);
+  for (size_t i = 0; i < n; ++i) {
+    in_ptrs[i] = image + jobs[i].in_off;
+    out_ptrs[i] = payload_base + jobs[i].out_off;
+    sizes[i] = jobs[i].in_size;
+    sizes[n + i] = jobs[i].out_size;
+  }
+  UploadAsync(s.in_sizes, sizes.data(), 2 * n, ctx.stream);
   nvcompBatchedDeflateDecompressOpts_t opts{};
   opts.backend = NVCOMP_DECOMPRESS_BACKEND_CUDA;
   size_t temp_bytes = 0;
@@ -1304,7 +1297,12 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
   DecodeSlot& buf = DecodeSlotBuffers(slot);
   // One device image of everything the record holds (raw rows, and compressed chunks at 16-byte
   // aligned offsets for nvCOMP), staged through pinned memory section by section: while the host
-  // stages the next section, the device copies in the previous one.
+  // stages the next section, the device copies in the previous one. A record in page-locked
+  // memory whose coded sections are all indexed goes instead by one DMA per section, straight
+  // from the record: its chunks then sit at any offset, which kvtc's inflater reads at full speed
+  // (nvCOMP, for plain chunks, wants them aligned).
+  bool direct = IsPinnedHost(record);
+  for (const Section& s : h.sections) direct &= s.encoding != SectionEncoding::kDeflateChunks;
   struct Staging {
     std::vector<size_t> src_off, dst_off, sizes;
     size_t begin = 0, end = 0;  // the section's range of the image
@@ -1325,36 +1323,22 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
     const Section& s = h.sections[i];
     Staging& st = staging[i];
     st.begin = f.image_at[i] = image_bytes;
-    if (s.encoding == SectionEncoding::kRaw) {
-      stage(st, s.offset, s.stored_bytes);
-    } else {
+    if (direct || s.encoding == SectionEncoding::kRaw) stage(st, s.offset, s.stored_bytes);
+    if (IsCoded(s.encoding)) {
       CodedChunks& cc = f.coded[i];
       cc.staged.resize(cc.raw.size());
       for (size_t k = 0; k < cc.raw.size(); ++k) {
-        cc.staged[k] = image_bytes;
-        stage(st, cc.section_offset + cc.src[k], cc.stored[k]);
+        if (direct) {
+          cc.staged[k] = st.begin + cc.src[k];
+        } else {
+          cc.staged[k] = image_bytes;
+          stage(st, cc.section_offset + cc.src[k], cc.stored[k]);
+        }
       }
       f.payload_at[i] = payload_total;
       payload_total += (cc.payload_bytes + 255) / 256 * 256;
     }
     st.end = image_bytes;
-  }
-  // A record in page-locked memory whose coded sections are all indexed goes to the device by
-  // one DMA per section, straight from the record: chunks then sit at any offset, which kvtc's
-  // inflater reads at full speed (nvCOMP, for plain sections, wants them aligned: staged).
-  bool direct = IsPinnedHost(record);
-  for (const Section& s : h.sections) direct &= s.encoding != SectionEncoding::kDeflateChunks;
-  if (direct) {
-    image_bytes = 0;
-    for (size_t i = 0; i < h.sections.size(); ++i) {
-      const Section& s = h.sections[i];
-      f.image_at[i] = image_bytes;
-      if (IsCoded(s.encoding)) {
-        CodedChunks& cc = f.coded[i];
-        for (size_t k = 0; k < cc.raw.size(); ++k) cc.staged[k] = image_bytes + cc.src[k];
-      }
-      image_bytes += (s.stored_bytes + 15) / 16 * 16;
-    }
   }
   buf.image.resize(std::max<size_t>(1, image_bytes));
   if (!direct) buf.staging.resize(std::max<size_t>(1, image_bytes));
@@ -1363,18 +1347,17 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
   // Each section's bytes staged and sent (or sent as they are); then every coded section
   // inflating in one launch.
   for (size_t i = 0; i < h.sections.size(); ++i) {
-    const Section& sec = h.sections[i];
+    const Staging& st = staging[i];
     if (direct) {
-      KVTC_CUDA_CALL(cudaMemcpyAsync(buf.image.ptr + f.image_at[i], record + sec.offset, sec.stored_bytes,
+      KVTC_CUDA_CALL(cudaMemcpyAsync(buf.image.ptr + st.begin, record + st.src_off[0], st.sizes[0],
                                      cudaMemcpyHostToDevice, ctx.stream));
     } else {
-      const Staging& st = staging[i];
       ParallelCopyChunks(buf.staging.ptr, st.dst_off.data(), record, st.src_off.data(), st.sizes.data(),
                          st.sizes.size());
       KVTC_CUDA_CALL(cudaMemcpyAsync(buf.image.ptr + st.begin, buf.staging.ptr + st.begin, st.end - st.begin,
                                      cudaMemcpyHostToDevice, ctx.stream));
     }
-    if (IsCoded(sec.encoding)) f.targets.push_back({&f.coded[i], s0.payload.ptr + f.payload_at[i]});
+    if (IsCoded(h.sections[i].encoding)) f.targets.push_back({&f.coded[i], s0.payload.ptr + f.payload_at[i]});
   }
   prof.mark("h2d");
   f.inflated = LaunchInflate(ctx, s0, f.targets, buf.image.ptr, s0.payload.ptr);

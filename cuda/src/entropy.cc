@@ -92,7 +92,7 @@ std::vector<uint8_t> DeflateChunksIndexed(const uint8_t* data, size_t size, size
       const size_t n = std::min(chunk_bytes, size - off);
       std::vector<uint8_t>& out = stored[i];
       out.resize((n + 3) / 4 * 4);
-      std::vector<uint32_t> e((n + entry_stride - 1) / entry_stride - 1);
+      std::vector<uint32_t> e(huff::EntryCount(n, entry_stride));
       const size_t m = huff::EncodeChunkSerial(data + off, n, out.data(), *scratch, e.data(), entry_stride);
       if (m >= n) {
         out.assign(data + off, data + off + n);  // did not shrink: store
@@ -156,7 +156,7 @@ ChunkTable ParseChunkTable(const uint8_t* body, size_t body_size, SectionEncodin
     dst += raw;
     t.max_raw = std::max<size_t>(t.max_raw, raw);
     if (indexed && stored < raw) {
-      t.entry_count[i] = uint32_t((raw + t.entry_stride - 1) / t.entry_stride - (raw > 0 ? 1 : 0));
+      t.entry_count[i] = huff::EntryCount(raw, t.entry_stride);
       t.entries_at[i] = total_entries;
       total_entries += t.entry_count[i];
     }

@@ -115,7 +115,7 @@ size_t CheckIndexed(const std::string& kind, size_t n, uint32_t stride, libdefla
   const std::vector<uint8_t> in = Make(kind, n);
   std::unique_ptr<EncodeScratch> s(new EncodeScratch);
   std::vector<uint8_t> out((n + 3) / 4 * 4 + 4);
-  std::vector<uint32_t> entries((n + stride - 1) / stride - 1);
+  std::vector<uint32_t> entries(kvtc::huff::EntryCount(n, stride));
   const size_t m = EncodeChunkSerial(in.data(), n, out.data(), *s, entries.data(), stride);
   if (m >= n) return 0;  // stored: no index
   out.resize(m);

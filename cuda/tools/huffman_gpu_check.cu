@@ -138,7 +138,7 @@ struct Staged {
     const size_t at = bytes.size();
     bytes.resize(at + (n + 15) / 16 * 16 + 16, 0xa5);  // poisoned padding
     std::memcpy(bytes.data() + at, p, n);
-    const uint32_t count = stride ? uint32_t((out_size + stride - 1) / stride - 1) : 0;
+    const uint32_t count = stride ? EntryCount(out_size, stride) : 0;
     jobs.push_back({at, out_off, uint32_t(n), out_size, uint32_t(entries.size()), count, count ? stride : 0u, 0u});
     if (count) entries.insert(entries.end(), e, e + count);
   }
@@ -189,7 +189,7 @@ static void CheckConfig(size_t payload, size_t chunk) {
     Fill(host.data() + c * chunk, n, int(c % 6));
   }
   const size_t slot = (chunk + 255) / 256 * 256;
-  const uint32_t stride = StrideFor(chunk), max_entries = uint32_t((chunk + stride - 1) / stride - 1);
+  const uint32_t stride = StrideFor(chunk), max_entries = EntryCount(chunk, stride);
   uint8_t *dp, *ds;
   size_t* dsz;
   uint32_t* de;
@@ -226,7 +226,7 @@ static void CheckConfig(size_t payload, size_t chunk) {
     const uint8_t* in = host.data() + c * chunk;
     const size_t n = std::min(chunk, payload - c * chunk);
     const size_t m = EncodeChunkSerial(in, n, ref.data(), *scratch, ref_entries.data(), stride);
-    const size_t ne = (n + stride - 1) / stride - 1;
+    const size_t ne = EntryCount(n, stride);
     if (sizes[c] != m || (m < n && std::memcmp(ref.data(), slots.data() + c * slot, m) != 0)) ++mismatch;
     if (m < n && std::memcmp(ref_entries.data(), entries.data() + c * max_entries, ne * 4) != 0) ++mismatch;
     if (m == n) {
@@ -313,7 +313,7 @@ static void Bench(size_t payload, size_t chunk) {
   Timer timer;
   // kvtc encode
   const size_t slot = (chunk + 255) / 256 * 256;
-  const uint32_t stride = StrideFor(chunk), max_entries = uint32_t((chunk + stride - 1) / stride - 1);
+  const uint32_t stride = StrideFor(chunk), max_entries = EntryCount(chunk, stride);
   uint8_t* ds;
   size_t* dsz;
   uint32_t* de;

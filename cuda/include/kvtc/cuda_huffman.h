@@ -275,6 +275,11 @@ KVTC_HD inline void PlanBlock(EncodeScratch& s, int m, uint32_t* header, EncodeP
   plan.total_bits = total + w.bits;
 }
 
+// Entry points of an indexed chunk of n bytes: one per run of entry_stride literals but the first.
+KVTC_HD_INLINE uint32_t EntryCount(size_t n, uint32_t entry_stride) {
+  return n == 0 ? 0u : uint32_t((n + entry_stride - 1) / entry_stride - 1);
+}
+
 // Serial reference encoder of one chunk (the host test, and the layout the kernel reproduces
 // bit for bit). Returns the DEFLATE size in bytes, or n when the chunk is to be stored (the
 // stream would not be smaller than the chunk); `out` needs (n + 3) / 4 * 4 bytes.
