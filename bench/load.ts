@@ -4,8 +4,7 @@
  * sidecar's peak RSS (VmHWM) beside its configured store cap.
  */
 import { spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -154,6 +153,7 @@ export async function runLoad(o: LoadOptions): Promise<LoadResult> {
   const hwm = Number(/VmHWM:\s+(\d+) kB/.exec(status)?.[1] ?? 0) * 1024;
   child.kill('SIGTERM');
   await new Promise((res) => child.on('exit', res));
+  rmSync(dir, { recursive: true, force: true });
   const chunk = keys.length + values.length;
   return {
     clients: o.clients,

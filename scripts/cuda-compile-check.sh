@@ -6,13 +6,15 @@
 # The toolkit comes from PyPI (nvcc, runtime and cuBLAS headers, nvCOMP headers) into .cache/cudatk.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=lib/retry.sh
+source scripts/lib/retry.sh
 PY=python3
 [ -x .venv/bin/python ] && PY=.venv/bin/python
 T=$PWD/.cache/cudatk
 W=$PWD/.cache/cuda-wheels
 if [ ! -x "$T/nvidia/cu13/bin/nvcc" ] || [ ! -f "$T/nvidia/cu13/include/cublas_v2.h" ] || [ ! -f "$T/nvcomp/include/nvcomp/deflate.h" ]; then
   mkdir -p "$W" "$T"
-  "$PY" -m pip download -q --no-deps --only-binary=:all: -d "$W" \
+  retry "$PY" -m pip download -q --no-deps --only-binary=:all: -d "$W" \
     nvidia-cuda-nvcc==13.5.37 nvidia-cuda-runtime==13.5.37 nvidia-cuda-crt==13.5.37 nvidia-nvvm==13.5.37 \
     nvidia-cuda-cccl==13.3.5.0.6 nvidia-cublas==13.10.0.20 nvidia-libnvcomp-cu13==6.0.0.12
   # Whole wheels for the compiler; headers only from the large library wheels.

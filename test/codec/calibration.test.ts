@@ -1,14 +1,14 @@
 import t from 'tap';
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 import { canonicalJson, loadCalibration, parseCalibration } from '../../src/codec/calibration.js';
 import { parseSafetensors, serializeSafetensors } from '../../src/codec/safetensors.js';
 import { modelInfo, syntheticCalibration } from '../helpers/calibration.js';
+import { tempDir } from '../helpers/tmp.js';
 
 const cal = await syntheticCalibration(modelInfo(2, 2, 8), { ratios: [4, 8] });
-const dir = mkdtempSync(join(tmpdir(), 'kvtc-cal-'));
+const dir = tempDir(t, 'kvtc-cal-');
 
 t.test('a calibration file round-trips and keeps its id', async (t) => {
   const file = join(dir, 'ok.safetensors');

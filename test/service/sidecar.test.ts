@@ -2,8 +2,7 @@
 // fault (malformed, truncated, oversized, wrong version, busy, store full, corrupt record on disk,
 // restart with the file store). After every fault the sidecar keeps serving.
 import t from 'tap';
-import { mkdtempSync, readdirSync, readFileSync, writeFileSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readdirSync, readFileSync, writeFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 
 import { pino } from 'pino';
@@ -11,11 +10,12 @@ import { Sidecar, type SidecarOptions } from '../../src/service/sidecar.js';
 import { applyRope, syntheticKv } from '../../src/calibrate/synthetic.js';
 import { modelInfo, syntheticCalibration } from '../helpers/calibration.js';
 import { pack, TestClient } from '../helpers/client.js';
+import { tempDir } from '../helpers/tmp.js';
 
 const model = modelInfo(5, 4, 8);
 const cal = await syntheticCalibration(model, { ratios: [4, 16] });
 const P = cal.featureDim;
-const dir = mkdtempSync(join(tmpdir(), 'kvtc-sidecar-'));
+const dir = tempDir(t, 'kvtc-sidecar-');
 let n = 0;
 const endpoint = () => `ipc://${join(dir, `s${n++}.sock`)}`;
 const log = pino({ level: 'silent' });
@@ -179,7 +179,7 @@ t.test('store full', async (t) => {
 });
 
 t.test('file store: survives a restart, refuses a corrupt record on disk', async (t) => {
-  const storeDir = mkdtempSync(join(tmpdir(), 'kvtc-files-'));
+  const storeDir = tempDir(t, 'kvtc-files-');
   const stores = [`file://${storeDir}?max=1GiB`];
   const [k, v] = kv(200, 5);
   {
@@ -227,7 +227,7 @@ t.test('file store: survives a restart, refuses a corrupt record on disk', async
 });
 
 t.test('tiers: memory in front of disk, promotion on load', async (t) => {
-  const storeDir = mkdtempSync(join(tmpdir(), 'kvtc-tiers-'));
+  const storeDir = tempDir(t, 'kvtc-tiers-');
   const s = await start({ stores: ['mem://?max=200KiB', `file://${storeDir}?max=1GiB`] });
   const c = new TestClient(s.endpoint);
   t.teardown(async () => {

@@ -1,12 +1,12 @@
 // file:// store: atomic write-and-rename under hashed paths, survives a restart, refuses records
 // whose check (CRC) fails, LRU by bytes.
-import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 import t from 'tap';
 
 import { FileStore } from '../../src/store/file.js';
+import { tempDir } from '../helpers/tmp.js';
 
 const valid = (b: Buffer) => b[0] === 0x6b; // 'k': stands in for the record CRC check
 const rec = (n: number) => Buffer.concat([Buffer.from('k'), Buffer.alloc(n - 1, 7)]);
@@ -23,7 +23,7 @@ function files(dir: string): string[] {
 }
 
 t.test('records survive a restart and are found again', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'kvtc-file-'));
+  const dir = tempDir(t, 'kvtc-file-');
   const a = await FileStore.open('file://x', dir, 1 << 20, valid);
   await a.put('aa'.repeat(16), rec(1000));
   await a.put('bb'.repeat(16), rec(500));
@@ -37,7 +37,7 @@ t.test('records survive a restart and are found again', async (t) => {
 });
 
 t.test('a record that fails its check is deleted and reported absent', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'kvtc-file-'));
+  const dir = tempDir(t, 'kvtc-file-');
   const s = await FileStore.open('file://x', dir, 1 << 20, valid);
   await s.put('cc'.repeat(16), rec(100));
   const path = files(dir).find((f) => f.endsWith('.kvtc'))!;
@@ -50,7 +50,7 @@ t.test('a record that fails its check is deleted and reported absent', async (t)
 });
 
 t.test('LRU by bytes, pinned records kept, full when nothing can go', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'kvtc-file-'));
+  const dir = tempDir(t, 'kvtc-file-');
   const s = await FileStore.open('file://x', dir, 250, valid);
   await s.put('a1'.repeat(16), rec(100));
   await s.put('a2'.repeat(16), rec(100));
@@ -64,7 +64,7 @@ t.test('LRU by bytes, pinned records kept, full when nothing can go', async (t) 
 });
 
 t.test('an unusable directory is STORE_IO', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'kvtc-file-'));
+  const dir = tempDir(t, 'kvtc-file-');
   writeFileSync(join(dir, 'plain'), 'not a directory');
   await t.rejects(FileStore.open('file://x', join(dir, 'plain'), 100, valid), { code: 'ERR_KVTC_STORE_IO' });
 });
