@@ -48,6 +48,13 @@ export interface BenchResult {
   rank_keys: number;
   rank_values: number;
   target_ratio: number;
+  /** DEFLATE chunk size of the records */
+  chunk_bytes: number;
+  /**
+   * cpu: indexed DEFLATE sections (what the CUDA backend writes), an entry point every so many
+   * bytes; 0: plain sections. CUDA records are always indexed at the backend's default stride.
+   */
+  entry_stride?: number;
 }
 
 export interface BenchOptions {
@@ -56,6 +63,10 @@ export interface BenchOptions {
   reps: number;
   cacheDir: string;
   progress?: (label: string, fraction: number) => void;
+  /** DEFLATE chunk size (default: the backend's) */
+  chunkBytes?: number;
+  /** cpu only: write indexed sections, to time how the CPU decodes GPU-written records */
+  entryStride?: number;
 }
 
 function toBf16(x: Float32Array): Uint16Array {
@@ -126,7 +137,9 @@ export async function benchShape(shape: BenchShape, o: BenchOptions): Promise<Be
     tokens: T,
     tokenStart: 0,
   };
-  const record = await encode(cal, chunk, { ratio: o.ratio });
+  const chunkBytes = o.chunkBytes ?? ENCODE_DEFAULTS.chunkBytes;
+  const encodeOptions = { ratio: o.ratio, chunkBytes, entryStride: o.entryStride };
+  const record = await encode(cal, chunk, encodeOptions);
   const plan = cal.plans[cal.planId(o.ratio)]!;
   const info = (await decode(cal, record, { tokens: T, dtype: 'bfloat16' })).info;
   const coded = info.sections.filter((s) => s.kind.startsWith('coded'));
@@ -140,7 +153,7 @@ export async function benchShape(shape: BenchShape, o: BenchOptions): Promise<Be
     gemmEnc = Infinity,
     gemmDec = Infinity;
   for (let r = 0; r < o.reps; r++) {
-    encodeS = Math.min(encodeS, await time(() => encode(cal, chunk, { ratio: o.ratio })));
+    encodeS = Math.min(encodeS, await time(() => encode(cal, chunk, encodeOptions)));
     gemmEnc = Math.min(gemmEnc, gemm(plan.keys.rank, false) + gemm(plan.values.rank, false));
     decodeS = Math.min(decodeS, await time(() => decode(cal, record, { tokens: T, dtype: 'bfloat16' })));
     gemmDec = Math.min(gemmDec, gemm(plan.keys.rank, true) + gemm(plan.values.rank, true));
@@ -162,6 +175,8 @@ export async function benchShape(shape: BenchShape, o: BenchOptions): Promise<Be
     rank_keys: plan.keys.rank,
     rank_values: plan.values.rank,
     target_ratio: o.ratio,
+    chunk_bytes: chunkBytes,
+    entry_stride: o.entryStride ?? 0,
   };
 }
 
@@ -175,8 +190,6 @@ export interface CudaBenchResult extends BenchResult {
   record_pool_misses: number;
   /** KV read from and restored into a paged cache in place (vLLM's FlashAttention layout) */
   paged: boolean;
-  /** DEFLATE chunk size of the records (indexed chunks, an entry point every chunk / 32 bytes) */
-  chunk_bytes: number;
 }
 
 export const CUDA_SHAPES: BenchShape[] = [
@@ -194,7 +207,7 @@ export const CUDA_SHAPES: BenchShape[] = [
  */
 export async function benchShapeCuda(
   shape: BenchShape,
-  o: BenchOptions & { tokenCounts: number[]; batches: number[]; paged?: boolean; chunkBytes?: number },
+  o: BenchOptions & { tokenCounts: number[]; batches: number[]; paged?: boolean },
 ): Promise<CudaBenchResult[]> {
   const native = loadNative();
   if (!native.benchCuda)
@@ -219,7 +232,16 @@ export async function benchShapeCuda(
       o.progress?.(`${shape.name}: ${T} tokens x ${batch}`, 0);
       const paged = o.paged ?? false;
       const chunkBytes = o.chunkBytes ?? ENCODE_DEFAULTS.cudaChunkBytes;
-      const f = native.benchCuda(cal.native, { keys, values, tokens: T, batch, planId, reps: o.reps, paged, chunkBytes });
+      const f = native.benchCuda(cal.native, {
+        keys,
+        values,
+        tokens: T,
+        batch,
+        planId,
+        reps: o.reps,
+        paged,
+        chunkBytes,
+      });
       const raw = T * p * 2 * 2 * batch;
       results.push({
         shape: shape.name,

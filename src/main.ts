@@ -113,7 +113,16 @@ bench
   .option('--tokens <n>', 'tokens per run (default: per shape)', int('tokens', 1))
   .option('--batch <n>', 'sequences per timed run, cuda only (default: 1 and 8)', int('batch', 1))
   .option('--paged', 'cuda only: KV in a paged cache (FlashAttention layout), encoded and restored in place')
-  .option('--chunk-kib <n>', 'cuda only: DEFLATE chunk size in KiB (the CUDA default is 16)', int('chunk-kib', 1), 16)
+  .option(
+    '--chunk-kib <n>',
+    "DEFLATE chunk size in KiB (default: the backend's, 64 on cpu, 16 on cuda)",
+    int('chunk-kib', 1),
+  )
+  .option(
+    '--entry-stride <bytes>',
+    'cpu only: write indexed DEFLATE sections (what the CUDA backend writes) with an entry point every so many bytes, a multiple of 16, to time their CPU decode',
+    int('entry-stride', 16),
+  )
   .option('--ratio <n>', 'target compression ratio of the plan', Number, 16)
   .option('--reps <n>', 'repetitions (best is reported)', int('reps', 1), 3)
   .option('--json', 'print one JSON object')
@@ -122,6 +131,8 @@ bench
     const { SHAPES, CUDA_SHAPES, benchShape, benchShapeCuda, markdownTable } = await import('../bench/codec.js');
     if (o.backend !== 'cpu' && o.backend !== 'cuda')
       throw new InvalidArgumentError(`backend must be cpu or cuda, received '${o.backend}'`);
+    if (o.backend === 'cuda' && o.entryStride !== undefined)
+      throw new InvalidArgumentError('--entry-stride is cpu only: the CUDA backend always writes indexed sections');
     const pool = o.backend === 'cuda' ? CUDA_SHAPES : SHAPES;
     const shapes = pool
       .filter((s) => !o.shape || s.name === o.shape)
@@ -142,7 +153,7 @@ bench
             tokenCounts: o.tokens ? [o.tokens] : [8192, 32768],
             batches: o.batch ? [o.batch] : [1, 8],
             paged: o.paged === true,
-            chunkBytes: o.chunkKib * 1024,
+            chunkBytes: o.chunkKib === undefined ? undefined : o.chunkKib * 1024,
           })),
         );
       }
@@ -155,7 +166,15 @@ bench
     const results = [];
     for (const shape of shapes) {
       results.push(
-        await benchShape(shape, { shapes, ratio: o.ratio, reps: o.reps, cacheDir: o.cache, progress: progress.update }),
+        await benchShape(shape, {
+          shapes,
+          ratio: o.ratio,
+          reps: o.reps,
+          cacheDir: o.cache,
+          progress: progress.update,
+          chunkBytes: o.chunkKib === undefined ? undefined : o.chunkKib * 1024,
+          entryStride: o.entryStride,
+        }),
       );
     }
     progress.stop();
