@@ -124,6 +124,11 @@ bench
     int('entry-stride', 16),
   )
   .option('--ratio <n>', 'target compression ratio of the plan', Number, 16)
+  .option(
+    '--rank-cap <n>',
+    'components the synthetic calibration may keep (default: 2048, all 160 for stories260k)',
+    int('rank-cap', 1),
+  )
   .option('--reps <n>', 'repetitions (best is reported)', int('reps', 1), 3)
   .option('--json', 'print one JSON object')
   .option('--cache <dir>', 'where synthetic calibrations are cached', 'bench/.cache')
@@ -136,7 +141,7 @@ bench
     const pool = o.backend === 'cuda' ? CUDA_SHAPES : SHAPES;
     const shapes = pool
       .filter((s) => !o.shape || s.name === o.shape)
-      .map((s) => (o.tokens ? { ...s, tokens: o.tokens } : s));
+      .map((s) => ({ ...s, tokens: o.tokens ?? s.tokens, rankCap: o.rankCap ?? s.rankCap }));
     if (shapes.length === 0)
       throw new InvalidArgumentError(`unknown shape ${o.shape}; known: ${pool.map((s) => s.name).join(', ')}`);
     const progress = createProgress();

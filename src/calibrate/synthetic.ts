@@ -8,6 +8,8 @@
  */
 import { toNativeRope, type ModelInfo } from '../codec/calibration.js';
 import { loadNative } from '../codec/native.js';
+import { KvtcError } from '../core/errors.js';
+
 export function mulberry32(seed: number): () => number {
   let a = seed >>> 0;
   return () => {
@@ -48,12 +50,21 @@ export interface SyntheticKv {
   values: Float32Array;
 }
 
-/**
- * `tokens` rows of p features per stream. p need not be a power of two (blocks of 2^k).
- * `seed` fixes the distribution (rotation, mean); `sampleSeed` the rows drawn from it, so a
- * calibration and the data it is tested on share the former and differ in the latter.
- */
-export function syntheticKv(tokens: number, p: number, sampleSeed: number, seed = 1, alpha = 0.9): SyntheticKv {
+/** Values are drawn like keys, at this scale (same axes and mean, a quarter of the variance). */
+export const SYNTHETIC_VALUE_SCALE = 0.5;
+
+/** The distribution that `seed` fixes: rotation (permutation, signs, Hadamard blocks), mean, spectrum. */
+interface SyntheticDistribution {
+  /** component j (standard deviation sigma[j]) lies along Hadamard column perm[j] */
+  perm: number[];
+  signs: Float32Array;
+  mean: Float32Array;
+  sigma: Float32Array;
+  /** [start, size] of the Hadamard blocks: the largest powers of two that tile p */
+  blocks: [number, number][];
+}
+
+function distribution(p: number, seed: number, alpha: number): SyntheticDistribution {
   const rand = mulberry32(seed);
   const normal0 = gaussian(rand);
   const perm = Array.from({ length: p }, (_, i) => i);
@@ -63,7 +74,6 @@ export function syntheticKv(tokens: number, p: number, sampleSeed: number, seed 
   }
   const signs = Float32Array.from({ length: p }, () => (rand() < 0.5 ? -1 : 1));
   const mean = Float32Array.from({ length: p }, () => normal0() * 0.5);
-  const normal = gaussian(mulberry32(sampleSeed * 7919 + 17));
   const sigma = Float32Array.from({ length: p }, (_, j) => 4 * Math.pow(1 + j, -alpha));
   // Largest power-of-two blocks tile p (e.g. 5760 = 4096 + 1024 + 512 + 128).
   const blocks: [number, number][] = [];
@@ -73,6 +83,17 @@ export function syntheticKv(tokens: number, p: number, sampleSeed: number, seed 
     at += n;
     left -= n;
   }
+  return { perm, signs, mean, sigma, blocks };
+}
+
+/**
+ * `tokens` rows of p features per stream. p need not be a power of two (blocks of 2^k).
+ * `seed` fixes the distribution (rotation, mean); `sampleSeed` the rows drawn from it, so a
+ * calibration and the data it is tested on share the former and differ in the latter.
+ */
+export function syntheticKv(tokens: number, p: number, sampleSeed: number, seed = 1, alpha = 0.9): SyntheticKv {
+  const { perm, signs, mean, sigma, blocks } = distribution(p, seed, alpha);
+  const normal = gaussian(mulberry32(sampleSeed * 7919 + 17));
   const make = (scale: number) => {
     const out = new Float32Array(tokens * p);
     const z = new Float32Array(p);
@@ -86,7 +107,43 @@ export function syntheticKv(tokens: number, p: number, sampleSeed: number, seed 
     }
     return out;
   };
-  return { keys: make(1), values: make(0.5) };
+  return { keys: make(1), values: make(SYNTHETIC_VALUE_SCALE) };
+}
+
+export interface SyntheticAxes {
+  mean: Float32Array;
+  /** [p, rank] row-major: the `rank` principal axes, by decreasing variance */
+  basis: Float32Array;
+  /** standard deviation of each of the `rank` components for keys (values: SYNTHETIC_VALUE_SCALE times it) */
+  sigma: Float32Array;
+}
+
+function popcount(x: number): number {
+  x -= (x >>> 1) & 0x55555555;
+  x = (x & 0x33333333) + ((x >>> 2) & 0x33333333);
+  return (Math.imul((x + (x >>> 4)) & 0x0f0f0f0f, 0x01010101) >>> 24) & 0xff;
+}
+
+/**
+ * The exact principal axes of syntheticKv's distribution for `seed`: what a PCA of its rows
+ * converges to, without drawing or fitting any (the bench builds calibrations of the 8B shape at
+ * rank 6144 from these in seconds, where a randomized SVD takes minutes). Axis j is the
+ * sign-flipped Hadamard column perm[j]: entry i is signs[i] (-1)^popcount((i - at) & (k - at))
+ * / sqrt(n) inside k = perm[j]'s block [at, at + n), zero outside it.
+ */
+export function syntheticPrincipalAxes(p: number, rank: number, seed = 1, alpha = 0.9): SyntheticAxes {
+  if (!Number.isInteger(rank) || rank < 1 || rank > p)
+    throw new KvtcError('ERR_KVTC_INVALID_ARGUMENT', `Expected a rank in 1..${p} but received ${rank}`);
+  const { perm, signs, mean, sigma, blocks } = distribution(p, seed, alpha);
+  const basis = new Float32Array(p * rank);
+  for (let j = 0; j < rank; j++) {
+    const k = perm[j]!;
+    const [at, n] = blocks.find(([a, m]) => k >= a && k < a + m)!;
+    const scale = 1 / Math.sqrt(n);
+    for (let i = at; i < at + n; i++)
+      basis[i * rank + j] = (popcount((i - at) & (k - at)) & 1 ? -scale : scale) * signs[i]!;
+  }
+  return { mean, basis, sigma: sigma.slice(0, rank) };
 }
 
 /**
