@@ -8,10 +8,11 @@ export type {
   DecodedChunk,
   RecordInfo,
   RecordSection,
+  Projection,
 } from './codec/codec.js';
 export { Calibration, loadCalibration, parseCalibration } from './codec/calibration.js';
 export type { CalibrationMetadata, ModelInfo, PlanInfo, RopeJson, StreamPlan } from './codec/calibration.js';
-export { fitCalibration } from './calibrate/fit.js';
-export type { FitOptions } from './calibrate/fit.js';
+export { fitCalibration, planCalibration } from './calibrate/fit.js';
+export type { FitOptions, PlanOptions, StreamAxes } from './calibrate/fit.js';
 export { KvtcError, isKvtcError, ERROR_CODES } from './core/errors.js';
 export type { ErrorCode } from './core/errors.js';

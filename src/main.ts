@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /** The kvtc-sidecar command line. */
-import { Command, InvalidArgumentError } from 'commander';
+import { Command, InvalidArgumentError, Option } from 'commander';
 import { readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
 
@@ -100,6 +100,14 @@ program
   .option('--ratios <list>', 'ratios (default: every plan of the calibration)', ratios)
   .option('--sink-tokens <n>', 'attention sinks kept raw', int('sink-tokens'), 4)
   .option('--window-tokens <n>', 'newest tokens kept raw', int('window-tokens'), 128)
+  .addOption(
+    new Option(
+      '--projection <precision>',
+      "precision of the projection's operands: fp32, bf16 (the CUDA backend's) or fp8 (e4m3, scaled per token and per basis vector)",
+    )
+      .choices(['fp32', 'bf16', 'fp8'])
+      .default('fp32'),
+  )
   .action(async (o) =>
     runRoundtrip({ ...o, calibration: resolve(o.calibration), kv: resolve(o.kv), out: resolve(o.out) }),
   );

@@ -71,7 +71,10 @@ __all__ = ["EvalError", "evaluate", "main"]
 
 logger = logging.getLogger("kvtc_connector.evaluate")
 
-METHODS = ("kvtc", "fp8", "kivi2", "poc")
+# kvtc's projection precisions (``roundtrip --projection``): fp32 is "kvtc"; the others are kvtc
+# with the projection GEMM's operands rounded as the CUDA backend (bf16) or an fp8 GEMM would.
+PROJECTIONS = {"fp32": "kvtc", "bf16": "kvtc-bf16-proj", "fp8": "kvtc-fp8-proj"}
+METHODS = (*PROJECTIONS.values(), "fp8", "kivi2", "poc")
 FP8_NOMINAL_RATIO = 2.0
 KIVI2_NOMINAL_RATIO = 8.0
 DEFAULT_SIDECAR = f"node {Path(__file__).resolve().parents[2] / 'dist' / 'src' / 'main.js'}"
@@ -274,6 +277,7 @@ def kvtc_roundtrip(
     sink_tokens: int,
     window_tokens: int,
     workdir: Path,
+    projection: str = "fp32",
 ) -> list[Restored]:
     """Compress and restore one prefix through ``<sidecar> roundtrip`` at every ratio."""
     kv_dir, out_dir = workdir / "kv", workdir / "rt"
@@ -294,6 +298,8 @@ def kvtc_roundtrip(
         str(sink_tokens),
         "--window-tokens",
         str(window_tokens),
+        "--projection",
+        projection,
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
@@ -309,7 +315,7 @@ def kvtc_roundtrip(
             raise EvalError(f"sidecar summary does not add up: {entry}")
         restored.append(
             Restored(
-                method="kvtc",
+                method=PROJECTIONS[projection],
                 target_ratio=float(entry["ratio"]),
                 keys=data["keys"],
                 values=data["values"],
@@ -400,8 +406,12 @@ def evaluate(
     sanity_tol: float = 1e-3,
     progress: bool = True,
     per_document: list[dict[str, Any]] | None = None,
+    projections: Sequence[str] = ("fp32",),
 ) -> dict[str, Any]:
     """Run the whole evaluation; returns the JSON document (see the module docstring).
+
+    ``projections`` lists the kvtc projection precisions to run (keys of ``PROJECTIONS``), each a
+    method of its own.
 
     With ``per_document``, one row per (document, method, ratio) is appended to it: the result
     fields computed on that document alone, plus ``document``, ``prefix_tokens`` and
@@ -459,20 +469,22 @@ def evaluate(
                     f"differs from the full-sequence forward by {diff:.3g} (allowed {bound:.3g})"
                 )
 
-            bar.set_postfix_str("kvtc roundtrip")
-            work = Path(tmp) / f"doc-{index:05d}"
-            restores: list[Restored] = kvtc_roundtrip(
-                sidecar,
-                calibration,
-                loaded,
-                keys,
-                values,
-                prefix,
-                ratios,
-                sink_tokens,
-                window_tokens,
-                work,
-            )
+            restores: list[Restored] = []
+            for projection in projections:
+                bar.set_postfix_str(f"kvtc roundtrip ({projection} projection)")
+                restores += kvtc_roundtrip(
+                    sidecar,
+                    calibration,
+                    loaded,
+                    keys,
+                    values,
+                    prefix,
+                    ratios,
+                    sink_tokens,
+                    window_tokens,
+                    Path(tmp) / f"doc-{index:05d}-{projection}",
+                    projection,
+                )
             bar.set_postfix_str("baselines")
             restores.extend(
                 baseline_restores(keys, values, ratios, poc_basis, sink_tokens, window_tokens)
@@ -544,6 +556,16 @@ def _ratios(text: str) -> list[float]:
     return values
 
 
+def _projections(text: str) -> list[str]:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [n for n in names if n not in PROJECTIONS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"expected a comma-separated list of {', '.join(PROJECTIONS)}: {text!r}"
+        )
+    return names
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m kvtc_connector.evaluate",
@@ -577,6 +599,14 @@ def _parser() -> argparse.ArgumentParser:
         help="kvtc plan ratios (and PoC target ratios) to evaluate (default: 8,16,32,64)",
     )
     parser.add_argument("--json", required=True, type=Path, help="output JSON file")
+    parser.add_argument(
+        "--projections",
+        type=_projections,
+        default=["fp32"],
+        help="kvtc projection precisions, each its own method: fp32 ('kvtc'), bf16 "
+        "('kvtc-bf16-proj', the CUDA backend's GEMM operands), fp8 ('kvtc-fp8-proj', e4m3 "
+        "scaled per token and per basis vector) (default: fp32)",
+    )
     parser.add_argument(
         "--max-tokens", type=int, default=None, help="truncate each document to N tokens"
     )
@@ -680,6 +710,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         sanity_tol=args.sanity_tol,
         progress=not args.quiet,
         per_document=per_document,
+        projections=args.projections,
     )
     if args.per_document:
         args.per_document.parent.mkdir(parents=True, exist_ok=True)

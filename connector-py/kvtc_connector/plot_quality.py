@@ -20,6 +20,8 @@ __all__ = ["main", "markdown_table", "plot"]
 
 STYLE = {
     "kvtc": {"color": "#1f77b4", "marker": "o"},
+    "kvtc-bf16-proj": {"color": "#17becf", "marker": "v"},
+    "kvtc-fp8-proj": {"color": "#9467bd", "marker": "P"},
     "poc": {"color": "#ff7f0e", "marker": "s"},
     "kivi2": {"color": "#2ca02c", "marker": "^"},
     "fp8": {"color": "#d62728", "marker": "D"},
@@ -104,7 +106,7 @@ def plot(docs: Sequence[dict[str, Any]], out: Path, x: str = "achieved") -> list
                     linestyle="-" if len(pts) > 1 else "none",
                     **style,
                 )
-                if method in ("kvtc", "poc"):
+                if method.startswith("kvtc") or method == "poc":
                     for xp, yp, target in pts:
                         if target is not None:
                             ax.annotate(

@@ -64,7 +64,7 @@ def result(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Pa
     assert evaluate.main(
         ["--model", str(STORIES_HF), "--calibration", str(cal), "--texts", str(eval_texts),
          "--ratios", "4,16", "--json", str(out), "--max-tokens", "160",
-         "--window-tokens", "16", "--reference", "--quiet"]
+         "--window-tokens", "16", "--reference", "--quiet", "--projections", "fp32,fp8"]
     ) == 0  # fmt: skip
     doc: dict[str, Any] = json.loads(out.read_text())
     return doc, root
@@ -88,13 +88,13 @@ def test_schema(result: tuple[dict[str, Any], Path]) -> None:
     assert doc["tokens"] == 2 * (160 - 120)  # two documents, 40 continuation tokens each
     for row in doc["results"]:
         assert set(row) == FIELDS
-        assert row["method"] in ("kvtc", "fp8", "kivi2", "poc", "none")
+        assert row["method"] in (*evaluate.METHODS, "none")
         for key in FIELDS - {"method", "target_ratio", "achieved_ratio_compressed"}:
             assert isinstance(row[key], float), (key, row)
     methods = sorted((r["method"], r["target_ratio"]) for r in doc["results"])
     assert methods == sorted(
-        [("kvtc", 4.0), ("kvtc", 16.0), ("poc", 4.0), ("poc", 16.0), ("fp8", 2.0),
-         ("kivi2", 8.0), ("none", 1.0)]
+        [("kvtc", 4.0), ("kvtc", 16.0), ("kvtc-fp8-proj", 4.0), ("kvtc-fp8-proj", 16.0),
+         ("poc", 4.0), ("poc", 16.0), ("fp8", 2.0), ("kivi2", 8.0), ("none", 1.0)]
     )  # fmt: skip
 
 
@@ -114,6 +114,15 @@ def test_fp8_close_to_reference(result: tuple[dict[str, Any], Path]) -> None:
     assert fp8["top1_agreement"] > 0.9
     assert fp8["achieved_ratio"] == pytest.approx(2.0)
     assert fp8["key_rel_err"] < 0.05
+
+
+def test_fp8_projection_costs_little(result: tuple[dict[str, Any], Path]) -> None:
+    """fp8 GEMM operands add a little error to the plan's, never change the bytes stored."""
+    for target in (4.0, 16.0):
+        kvtc, fp8 = _row(result[0], "kvtc", target), _row(result[0], "kvtc-fp8-proj", target)
+        assert fp8["achieved_ratio"] == pytest.approx(kvtc["achieved_ratio"], rel=0.02)
+        for key in ("key_rel_err", "value_rel_err"):
+            assert kvtc[key] <= fp8[key] < 1.25 * kvtc[key], (target, key, kvtc[key], fp8[key])
 
 
 def test_kvtc_error_grows_with_ratio(result: tuple[dict[str, Any], Path]) -> None:

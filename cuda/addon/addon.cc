@@ -236,6 +236,20 @@ Napi::Buffer<uint8_t> NewHostBuffer(Napi::Env env, cuda::HostBytes&& bytes) {
 
 #endif
 
+// 'fp32' (or absent), 'bf16' or 'fp8': the CPU projection's operand precision (codec.h). The CUDA
+// backend computes in bf16 only.
+Projection ParseProjection(const Napi::Value& v, bool use_cuda) {
+  if (v.IsUndefined() || v.IsNull()) return use_cuda ? Projection::kBf16 : Projection::kFp32;
+  KVTC_CHECK(v.IsString(), kInvalidArgument, "Expected projection 'fp32', 'bf16' or 'fp8'");
+  const std::string s = v.As<Napi::String>().Utf8Value();
+  const Projection p = s == "fp32" ? Projection::kFp32 : s == "bf16" ? Projection::kBf16 : Projection::kFp8;
+  KVTC_CHECK(s == "fp32" || s == "bf16" || s == "fp8", kInvalidArgument,
+             "Expected projection 'fp32', 'bf16' or 'fp8' but received '" << s << "'");
+  KVTC_CHECK(!use_cuda || p == Projection::kBf16, kInvalidArgument,
+             "the CUDA backend projects in bf16; projection '" << s << "' is a CPU backend option");
+  return p;
+}
+
 // The fields every encode job shares (tokens, position, plan, raw spans, DEFLATE settings).
 void ParseJobOptions(const Napi::Object& j, EncodeJob& job) {
   job.tokens = Uint(j, "tokens");
@@ -267,6 +281,7 @@ Napi::Value EncodeJs(const Napi::CallbackInfo& info) {
     job->values = v.data;
     auto out = std::make_shared<std::vector<uint8_t>>();
     const bool use_cuda = WantsCuda(j.Get("backend"));
+    job->projection = ParseProjection(j.Get("projection"), use_cuda);
 #if KVTC_WITH_CUDA
     std::shared_ptr<cuda::DeviceCalibration> dev = use_cuda ? UnwrapWrap(info)->device() : nullptr;
     auto gpu_out = std::make_shared<cuda::HostBytes>();
@@ -297,7 +312,7 @@ Napi::Value EncodeJs(const Napi::CallbackInfo& info) {
   });
 }
 
-// decode(calibration, record, expectedBytes) -> Promise<{keys, values, header}>
+// decode(calibration, record, expectedBytes, backend?, projection?) -> Promise<{keys, values, header}>
 Napi::Value DecodeJs(const Napi::CallbackInfo& info) {
   return Guard(info, [&]() -> Napi::Value {
     auto cal = UnwrapCalibration(info, *g_calibration_ctor);
@@ -307,6 +322,7 @@ Napi::Value DecodeJs(const Napi::CallbackInfo& info) {
     KVTC_CHECK(expected >= 0, kInvalidArgument, "Expected expectedBytes >= 0");
     auto out = std::make_shared<DecodeResult>();
     const bool use_cuda = info.Length() > 3 && WantsCuda(info[3]);
+    const Projection projection = ParseProjection(info.Length() > 4 ? info[4] : info.Env().Undefined(), use_cuda);
 #if KVTC_WITH_CUDA
     std::shared_ptr<cuda::DeviceCalibration> dev = use_cuda ? UnwrapWrap(info)->device() : nullptr;
 #else
@@ -315,14 +331,14 @@ Napi::Value DecodeJs(const Napi::CallbackInfo& info) {
 #endif
     auto* w = new Job(
         info.Env(),
-        [cal, rec, expected, out, dev](const auto&) {
+        [cal, rec, expected, out, dev, projection](const auto&) {
 #if KVTC_WITH_CUDA
           if (dev) {
             *out = cuda::Decode(*cal, *dev, rec.data, rec.size, static_cast<uint64_t>(expected));
             return;
           }
 #endif
-          *out = Decode(*cal, rec.data, rec.size, static_cast<uint64_t>(expected));
+          *out = Decode(*cal, rec.data, rec.size, static_cast<uint64_t>(expected), projection);
         },
         [out](Napi::Env env) -> Napi::Value {
           Napi::Object o = Napi::Object::New(env);

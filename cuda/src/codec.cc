@@ -77,7 +77,48 @@ void FromFloat(const float* src, size_t count, KvDtype dtype, uint8_t* dst) {
   }
 }
 
-void Project(float* x, int64_t tokens, const StreamBasis& b, uint32_t rank, float* d) {
+namespace {
+
+// Rounds n values spaced `stride` apart to `precision`; fp8 scales them by their absolute maximum
+// first (to e4m3's 448), as a per-token or per-basis-vector fp8 GEMM operand would be.
+void RoundVector(float* v, int64_t n, int64_t stride, Projection precision) {
+  if (precision == Projection::kBf16) {
+    for (int64_t i = 0; i < n; ++i) v[i * stride] = Bf16ToFloat(FloatToBf16(v[i * stride]));
+    return;
+  }
+  float amax = 0;
+  for (int64_t i = 0; i < n; ++i) amax = std::max(amax, std::fabs(v[i * stride]));
+  if (amax == 0) return;
+  const float scale = amax / kFp8E4m3Max;
+  for (int64_t i = 0; i < n; ++i) v[i * stride] = Fp8E4m3ToFloat(FloatToFp8E4m3(v[i * stride] / scale)) * scale;
+}
+
+// Each of `rows` rows of `cols` values (row-major, leading dimension ld) rounded to `precision`.
+void RoundRows(float* a, int64_t rows, int64_t cols, int64_t ld, Projection precision) {
+  if (precision == Projection::kFp32) return;
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) RoundVector(a + r * ld, cols, 1, precision);
+}
+
+// The basis's first `rank` columns as a GEMM operand of `precision`, row-major [p, rank]; fp8
+// scales each vector along the dimension the GEMM reduces: a column (over features) to project,
+// a row (over components) to reconstruct.
+std::vector<float> RoundedBasis(const StreamBasis& b, uint32_t rank, Projection precision, bool reconstruct) {
+  const int64_t p = static_cast<int64_t>(b.mean.size());
+  std::vector<float> out(static_cast<size_t>(p) * rank);
+  for (int64_t i = 0; i < p; ++i) std::memcpy(out.data() + i * rank, b.basis.data() + i * b.rank, rank * sizeof(float));
+  if (reconstruct) {
+    RoundRows(out.data(), p, rank, rank, precision);
+  } else {
+#pragma omp parallel for schedule(static)
+    for (int64_t c = 0; c < rank; ++c) RoundVector(out.data() + c, p, rank, precision);
+  }
+  return out;
+}
+
+}  // namespace
+
+void Project(float* x, int64_t tokens, const StreamBasis& b, uint32_t rank, float* d, Projection precision) {
   const int64_t p = static_cast<int64_t>(b.mean.size());
 #pragma omp parallel for schedule(static)
   for (int64_t t = 0; t < tokens; ++t) {
@@ -85,19 +126,27 @@ void Project(float* x, int64_t tokens, const StreamBasis& b, uint32_t rank, floa
     for (int64_t j = 0; j < p; ++j) row[j] -= b.mean[j];
   }
   if (rank == 0 || tokens == 0) return;
+  RoundRows(x, tokens, p, p, precision);
+  std::vector<float> rounded;
+  if (precision != Projection::kFp32) rounded = RoundedBasis(b, rank, precision, /*reconstruct=*/false);
+  const float* basis = rounded.empty() ? b.basis.data() : rounded.data();
+  const int ldb = static_cast<int>(rounded.empty() ? b.rank : rank);
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(tokens), static_cast<int>(rank),
-              static_cast<int>(p), 1.0f, x, static_cast<int>(p), b.basis.data(), static_cast<int>(b.rank), 0.0f, d,
-              static_cast<int>(rank));
+              static_cast<int>(p), 1.0f, x, static_cast<int>(p), basis, ldb, 0.0f, d, static_cast<int>(rank));
 }
 
-void Reconstruct(const float* d, int64_t tokens, const StreamBasis& b, uint32_t rank, float* x) {
+void Reconstruct(float* d, int64_t tokens, const StreamBasis& b, uint32_t rank, float* x, Projection precision) {
   const int64_t p = static_cast<int64_t>(b.mean.size());
 #pragma omp parallel for schedule(static)
   for (int64_t t = 0; t < tokens; ++t) std::memcpy(x + t * p, b.mean.data(), p * sizeof(float));
   if (rank == 0 || tokens == 0) return;
+  RoundRows(d, tokens, rank, rank, precision);
+  std::vector<float> rounded;
+  if (precision != Projection::kFp32) rounded = RoundedBasis(b, rank, precision, /*reconstruct=*/true);
+  const float* basis = rounded.empty() ? b.basis.data() : rounded.data();
+  const int ldb = static_cast<int>(rounded.empty() ? b.rank : rank);
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(tokens), static_cast<int>(p),
-              static_cast<int>(rank), 1.0f, d, static_cast<int>(rank), b.basis.data(), static_cast<int>(b.rank), 1.0f,
-              x, static_cast<int>(p));
+              static_cast<int>(rank), 1.0f, d, static_cast<int>(rank), basis, ldb, 1.0f, x, static_cast<int>(p));
 }
 
 std::vector<uint8_t> Encode(const Calibration& c, const EncodeJob& job) {
@@ -139,7 +188,7 @@ std::vector<uint8_t> Encode(const Calibration& c, const EncodeJob& job) {
                  static_cast<int64_t>(job.token_start) + sinks, c.rope, /*inverse=*/true);
     }
     std::vector<float> d(static_cast<size_t>(middle) * pl.rank);
-    Project(x.data(), middle, basis, pl.rank, d.data());
+    Project(x.data(), middle, basis, pl.rank, d.data(), job.projection);
     std::vector<float>().swap(x);
     std::vector<uint8_t> payload(PayloadBytes(pl, middle));
     Quantize(d.data(), pl.rank, middle, pl, payload.data());
@@ -188,7 +237,8 @@ std::vector<uint8_t> Encode(const Calibration& c, const EncodeJob& job) {
   return record;
 }
 
-DecodeResult Decode(const Calibration& c, const uint8_t* record, size_t size, uint64_t expected_bytes) {
+DecodeResult Decode(const Calibration& c, const uint8_t* record, size_t size, uint64_t expected_bytes,
+                    Projection projection) {
   DecodeResult out;
   out.header = ReadHeader(record, size);
   const RecordHeader& h = out.header;
@@ -230,7 +280,7 @@ DecodeResult Decode(const Calibration& c, const uint8_t* record, size_t size, ui
     std::vector<float> d(static_cast<size_t>(s.token_count) * pl.rank);
     Dequantize(payload.data(), s.token_count, pl, d.data(), pl.rank);
     std::vector<float> x(static_cast<size_t>(s.token_count) * h.feature_dim);
-    Reconstruct(d.data(), s.token_count, basis, pl.rank, x.data());
+    Reconstruct(d.data(), s.token_count, basis, pl.rank, x.data(), projection);
     if (keys) {
       RopeRotate(x.data(), s.token_count, static_cast<int64_t>(c.layers) * c.kv_heads, static_cast<int>(c.head_dim),
                  static_cast<int64_t>(h.token_start) + s.token_offset, c.rope, /*inverse=*/false);

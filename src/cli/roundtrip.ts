@@ -8,7 +8,7 @@ import { basename, join } from 'node:path';
 
 import { readCapture } from '../calibrate/captures.js';
 import { loadCalibration } from '../codec/calibration.js';
-import { decode, encode } from '../codec/codec.js';
+import { decode, encode, type Projection } from '../codec/codec.js';
 import { float32Tensor, serializeSafetensors } from '../codec/safetensors.js';
 
 export interface RoundtripArgs {
@@ -18,6 +18,8 @@ export interface RoundtripArgs {
   ratios?: number[];
   sinkTokens: number;
   windowTokens: number;
+  /** precision of the projection's operands, both ways (default fp32) */
+  projection?: Projection;
 }
 
 export interface RoundtripEntry {
@@ -46,9 +48,9 @@ export async function runRoundtrip(a: RoundtripArgs): Promise<void> {
       const rec = await encode(
         cal,
         { keys: c.keys, values: c.values, dtype: 'float32', tokens: c.tokens, tokenStart: c.positionStart },
-        { ratio, sinkTokens: a.sinkTokens, windowTokens: a.windowTokens },
+        { ratio, sinkTokens: a.sinkTokens, windowTokens: a.windowTokens, projection: a.projection },
       );
-      const out = await decode(cal, rec, { tokens: c.tokens, dtype: 'float32' });
+      const out = await decode(cal, rec, { tokens: c.tokens, dtype: 'float32', projection: a.projection });
       const shape = [c.tokens, m.layers, m.kv_heads, m.head_dim];
       const name = `${basename(f, '.safetensors')}.cr${ratio}.safetensors`;
       const pos = new BigInt64Array(c.tokens).map((_, i) => BigInt(c.positionStart + i));
@@ -79,7 +81,7 @@ export async function runRoundtrip(a: RoundtripArgs): Promise<void> {
       });
     }
   }
-  const summary = { calibration_id: cal.id, model: cal.model, entries };
+  const summary = { calibration_id: cal.id, model: cal.model, projection: a.projection ?? 'fp32', entries };
   await writeFile(join(a.out, 'summary.json'), JSON.stringify(summary, null, 2));
   process.stdout.write(`restored ${files.length} captures at ratios ${ratios.join(', ')} into ${a.out}\n`);
 }

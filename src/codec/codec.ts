@@ -5,7 +5,9 @@
  */
 import { awaitNative, callNative, invalidArgument, KvtcError } from '../core/errors.js';
 import type { Calibration } from './calibration.js';
-import { loadNative, type NativeHeader } from './native.js';
+import { loadNative, type NativeHeader, type Projection } from './native.js';
+
+export type { Projection } from './native.js';
 
 export type KvDtype = 'float32' | 'float16' | 'bfloat16';
 
@@ -48,6 +50,13 @@ export interface EncodeOptions {
   entryStride?: number;
   /** 'cpu' (default) or 'cuda' (a CUDA build with a device); both write the same format. */
   backend?: Backend;
+  /**
+   * Precision of the projection's operands. The CPU backend computes in fp32 by default and can
+   * round them to 'bf16' (what the CUDA backend's GEMM reads) or 'fp8' (e4m3, scaled per token
+   * and per basis vector) to measure what those cost in quality; the CUDA backend is bf16 only.
+   * Records do not record it: any decoder reads them.
+   */
+  projection?: Projection;
 }
 
 export type Backend = 'cpu' | 'cuda';
@@ -161,6 +170,7 @@ export async function encode(calibration: Calibration, chunk: KvChunk, options: 
         (options.backend === 'cuda' ? ENCODE_DEFAULTS.cudaChunkBytes : ENCODE_DEFAULTS.chunkBytes),
       entryStride: checkCount('entryStride', options.entryStride) ?? 0,
       backend: options.backend ?? 'cpu',
+      projection: options.projection,
     }),
   );
 }
@@ -172,6 +182,8 @@ export interface DecodeExpectation {
   dtype: KvDtype;
   /** 'cpu' (default) or 'cuda'. */
   backend?: Backend;
+  /** Precision of the inverse projection's operands (EncodeOptions.projection); default fp32 on the CPU. */
+  projection?: Projection;
 }
 
 /**
@@ -193,6 +205,7 @@ export async function decode(
       record,
       2 * tokens * calibration.featureDim * dtypeBytes(expect.dtype),
       expect.backend ?? 'cpu',
+      expect.projection,
     ),
   );
   const info = toInfo(out.header);

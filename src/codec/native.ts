@@ -71,7 +71,12 @@ export interface NativeEncodeJob {
   /** 0 or absent: libdeflate chunks (CPU); else indexed chunks with this entry stride */
   entryStride?: number;
   backend?: 'cpu' | 'cuda';
+  /** CPU: the projection's operand precision (default fp32); CUDA: bf16 only */
+  projection?: Projection;
 }
+
+/** Precision of the projection GEMM's operands (see EncodeOptions.projection). */
+export type Projection = 'fp32' | 'bf16' | 'fp8';
 
 export interface NativeSection {
   kind: number;
@@ -143,6 +148,7 @@ export interface NativeAddon {
     record: Uint8Array,
     expectedBytes: number,
     backend?: 'cpu' | 'cuda',
+    projection?: Projection,
   ): Promise<{ header: NativeHeader; keys: Buffer; values: Buffer }>;
   inspect(record: Uint8Array): NativeHeader;
   verify(record: Uint8Array): boolean;

@@ -175,6 +175,41 @@ t.test('indexed sections (entryStride) decode to exactly what plain sections dec
   await t.rejects(encode(cal, chunk, { ...o, entryStride: 100 }), { code: 'ERR_KVTC_INVALID_ARGUMENT' });
 });
 
+t.test('projection precision: bf16 and fp8 operands cost little beside the plan, records stay standard', async (t) => {
+  const tokens = 600;
+  const kv = syntheticKv(tokens, P, 12);
+  const keys = applyRope(kv.keys, tokens, 0, model);
+  const chunk = { keys, values: kv.values, dtype: 'float32' as const, tokens };
+  const o = { ratio: 16, sinkTokens: 0, windowTokens: 0 };
+  const err: Record<string, number> = {};
+  let fp32Record: Buffer | undefined;
+  for (const projection of ['fp32', 'bf16', 'fp8'] as const) {
+    const rec = await encode(cal, chunk, { ...o, projection });
+    if (projection === 'fp32') fp32Record = rec;
+    const out = await decode(cal, rec, { tokens, dtype: 'float32', projection });
+    const k = new Float32Array(out.keys.buffer, out.keys.byteOffset, tokens * P);
+    err[projection] = relError(k, keys);
+    // Any decoder reads any record: the precision is the codec's arithmetic, not the format's.
+    const plain = await decode(cal, rec, { tokens, dtype: 'float32' });
+    t.equal(plain.tokens, tokens, `${projection} record decodes with the default projection`);
+  }
+  t.comment(
+    `keys relative error at 16x: fp32 ${err.fp32!.toFixed(4)}, bf16 ${err.bf16!.toFixed(4)}, fp8 ${err.fp8!.toFixed(4)}`,
+  );
+  t.ok(Math.abs(err.bf16! - err.fp32!) < 0.01 * err.fp32!, 'bf16 operands: within 1% of the fp32 error');
+  t.ok(err.fp8! > err.fp32! && err.fp8! < 1.1 * err.fp32!, 'fp8 operands: worse than fp32, within 10% of it');
+  const f8 = await decode(cal, fp32Record!, { tokens, dtype: 'float32', projection: 'fp8' });
+  t.not(
+    Buffer.compare(f8.keys, (await decode(cal, fp32Record!, { tokens, dtype: 'float32' })).keys),
+    0,
+    'decode rounds too',
+  );
+  await t.rejects(encode(cal, chunk, { ...o, projection: 'fp4' as 'fp8' }), { code: 'ERR_KVTC_INVALID_ARGUMENT' });
+  await t.rejects(decode(cal, fp32Record!, { tokens, dtype: 'float32', projection: 'int8' as 'fp8' }), {
+    code: 'ERR_KVTC_INVALID_ARGUMENT',
+  });
+});
+
 t.test('bad records give stable codes', async (t) => {
   const tokens = 200;
   const kv = syntheticKv(tokens, P, 77);

@@ -43,6 +43,13 @@ struct Calibration {
 // Checks shapes, plans against the bases, RoPE parameters and that every number is finite.
 void ValidateCalibration(const Calibration& calibration);
 
+// The precision of the projection's operands (the centred KV or the dequantized coefficients,
+// and the basis) on the CPU, which rounds them and then multiplies in fp32. kFp32 is the CPU
+// default; kBf16 is what the CUDA backend's cuBLAS GEMM reads; kFp8 is e4m3 with a scale per token
+// and per basis vector along the reduced dimension, what an fp8 tensor-core GEMM with those scales
+// in its epilogue would read. Records do not depend on it: it exists to measure its quality cost.
+enum class Projection : uint8_t { kFp32 = 0, kBf16 = 1, kFp8 = 2 };
+
 struct EncodeJob {
   const uint8_t* keys = nullptr;    // [tokens, feature_dim] of dtype, RoPE applied (as the model caches)
   const uint8_t* values = nullptr;  // [tokens, feature_dim] of dtype
@@ -59,6 +66,7 @@ struct EncodeJob {
   // GPU inflates many times faster (entropy.h). The CUDA backend always writes indexed sections
   // with its own coder (DefaultEntryStride when this is 0).
   uint32_t entry_stride = 0;
+  Projection projection = Projection::kFp32;  // CPU backend only
 };
 
 std::vector<uint8_t> Encode(const Calibration& calibration, const EncodeJob& job);
@@ -71,14 +79,17 @@ struct DecodeResult {
 
 // `expected_bytes` is the decoded size the caller expects (tokens * feature_dim * dtype bytes * 2,
 // keys plus values); it is checked before anything is allocated.
-DecodeResult Decode(const Calibration& calibration, const uint8_t* record, size_t size, uint64_t expected_bytes);
+DecodeResult Decode(const Calibration& calibration, const uint8_t* record, size_t size, uint64_t expected_bytes,
+                    Projection projection = Projection::kFp32);
 
 // Stages, exposed for tests and tools.
 void ToFloat(const uint8_t* src, KvDtype dtype, size_t count, float* dst);
 void FromFloat(const float* src, size_t count, KvDtype dtype, uint8_t* dst);
-// d[tokens, rank] = (x - mean) basis[:, :rank]; x is centred in place.
-void Project(float* x, int64_t tokens, const StreamBasis& b, uint32_t rank, float* d);
-// x[tokens, p] = d basis[:, :rank]^T + mean
-void Reconstruct(const float* d, int64_t tokens, const StreamBasis& b, uint32_t rank, float* x);
+// d[tokens, rank] = (x - mean) basis[:, :rank]; x is centred (and rounded to `precision`) in place.
+void Project(float* x, int64_t tokens, const StreamBasis& b, uint32_t rank, float* d,
+             Projection precision = Projection::kFp32);
+// x[tokens, p] = d basis[:, :rank]^T + mean; d is rounded to `precision` in place.
+void Reconstruct(float* d, int64_t tokens, const StreamBasis& b, uint32_t rank, float* x,
+                 Projection precision = Projection::kFp32);
 
 }  // namespace kvtc
