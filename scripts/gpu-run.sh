@@ -4,7 +4,8 @@
 # memcheck/racecheck sanitizers on them), then the GPU benchmark. Results go to $OUT (or ./out).
 #   bash scripts/gpu-run.sh [test|e2e|bench|all]   (default all)
 # Environment: SANITIZERS (default "memcheck racecheck"; empty: none), REPS, BENCH_SHAPES (default
-# "8b smollm2 1b"), BENCH_ARGS (more flags of `bench codec`, e.g. "--tokens 8192 --paged"),
+# "8b smollm2 1b"), BENCH_ARGS (more flags of `bench codec`, e.g. "--tokens 8192 --paged" or
+# "--rank-cap 6144"),
 # BENCH_TAG (suffix of the result file), OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."

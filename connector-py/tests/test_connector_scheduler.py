@@ -710,13 +710,15 @@ def test_counts_reach_vllms_log_line_and_metrics(sidecar: Sidecar, seed: Sidecar
         logging_.observe(s.to_dict())
         prom.observe(s.to_dict(), 0)
     lines: list[str] = []
-    logging_.log(lambda fmt, *args: lines.append(fmt % args))
+    # vLLM's KVConnectorLogging.log is unannotated.
+    logging_.log(lambda fmt, *args: lines.append(fmt % args))  # type: ignore[no-untyped-call]
     (line,) = lines
     assert "chunks_saved=2" in line and "chunks_loaded=2" in line, line
     assert f"tokens_loaded={2 * C}" in line and "load_errors=0" in line, line
     after = prometheus_client.REGISTRY.get_sample_value(
         "vllm:kvtc_tokens_loaded_total", {"engine": "0"}
     )
+    assert after is not None
     assert after - (before or 0) == 2 * C
     # Nothing new happened since: the next step reports nothing.
     assert loop.worker.get_kv_connector_stats() is None

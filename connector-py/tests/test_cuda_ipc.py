@@ -8,7 +8,7 @@ from kvtc_connector.cuda_ipc import LAYOUTS, describe, detect_layout
 from kvtc_connector.errors import IpcError
 
 
-def test_detects_vllm_layouts_from_shape_and_strides():
+def test_detects_vllm_layouts_from_shape_and_strides() -> None:
     assert detect_layout(torch.empty(2, 10, 16, 4, 8), 16, 4, 8) == "flash_attn"
     assert detect_layout(torch.empty(10, 2, 16, 4, 8), 16, 4, 8) == "flashinfer"
     # FlashInfer's HND cache: logical NHD shape over HND memory; the strides carry it.
@@ -21,7 +21,7 @@ def test_detects_vllm_layouts_from_shape_and_strides():
         detect_layout(torch.empty(2, 10, 32, 4, 8), 16, 4, 8)  # another block size
 
 
-def test_strides_map_each_layout_to_kv_block_slot_head_dim():
+def test_strides_map_each_layout_to_kv_block_slot_head_dim() -> None:
     # The element [kv=1, block=3, slot=5, head=2, dim=7] must be the same memory in each layout.
     for name, dims in LAYOUTS.items():
         shape = [0] * 5
@@ -36,7 +36,7 @@ def test_strides_map_each_layout_to_kv_block_slot_head_dim():
         assert t[tuple(idx)].item() == flat, name
 
 
-def test_describe_refuses_cpu_tensors_and_unknown_layouts():
+def test_describe_refuses_cpu_tensors_and_unknown_layouts() -> None:
     with pytest.raises(IpcError, match="CUDA tensors"):
         describe([torch.empty(2, 10, 16, 4, 8)], "flash_attn")
     with pytest.raises(IpcError, match="unknown layout"):

@@ -14,9 +14,14 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 torch = pytest.importorskip("torch")
 if not torch.cuda.is_available():
@@ -40,16 +45,17 @@ BLOCK = 16
 REPORT: dict[str, object] = {}
 
 
-def _calibration_meta() -> dict:
+def _calibration_meta() -> dict[str, Any]:
     import struct
 
     raw = CALIBRATION.read_bytes()
     n = struct.unpack("<Q", raw[:8])[0]
-    return json.loads(json.loads(raw[8 : 8 + n])["__metadata__"]["kvtc"])
+    meta: dict[str, Any] = json.loads(json.loads(raw[8 : 8 + n])["__metadata__"]["kvtc"])
+    return meta
 
 
 @pytest.fixture(scope="module")
-def sidecar():
+def sidecar() -> Iterator[str]:
     if not CALIBRATION.exists():
         pytest.skip(f"no calibration at {CALIBRATION}")
     sock = Path(tempfile.mkdtemp()) / "kvtc.sock"
@@ -77,34 +83,38 @@ def sidecar():
 
 
 @pytest.fixture(scope="module")
-def model_and_prompt():
+def model_and_prompt() -> tuple[Any, Tensor]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(MODEL)
-    model = AutoModelForCausalLM.from_pretrained(MODEL, torch_dtype=torch.bfloat16).cuda().eval()
+    # PreTrainedModel.cuda is wrapped by functools.wraps, which typeshed does not bind as a method.
+    model = AutoModelForCausalLM.from_pretrained(MODEL, torch_dtype=torch.bfloat16).cuda().eval()  # type: ignore[call-arg]
     text = " ".join(TEXT.read_text().split("\n")[:6])
     ids = tok(text, return_tensors="pt").input_ids[:, :203].cuda()  # odd on purpose: 12.7 blocks
     return model, ids
 
 
-def _kv_of(model, ids):
+def _kv_of(model: Any, ids: Tensor) -> list[tuple[Tensor, Tensor]]:
     with torch.no_grad():
         out = model(ids[:, :-1], use_cache=True)
     cache = out.past_key_values
     return [(layer.keys[0], layer.values[0]) for layer in cache.layers]  # [H, T, D] each
 
 
-def _next_logits(model, ids, kv):
+def _next_logits(model: Any, ids: Tensor, kv: list[tuple[Tensor, Tensor]]) -> Tensor:
     from transformers import DynamicCache
 
     cache = DynamicCache()
     for i, (k, v) in enumerate(kv):
         cache.update(k[None].clone(), v[None].clone(), i)
     with torch.no_grad():
-        return model(ids[:, -1:], past_key_values=cache, use_cache=True).logits[0, -1].float()
+        logits: Tensor = (
+            model(ids[:, -1:], past_key_values=cache, use_cache=True).logits[0, -1].float()
+        )
+        return logits
 
 
-def _paged(layout: str, layers: int, heads: int, dim: int, num_blocks: int):
+def _paged(layout: str, layers: int, heads: int, dim: int, num_blocks: int) -> list[Tensor]:
     """Per-layer views of ONE allocation (as vLLM allocates), in the named layout."""
     shape = {
         "flash_attn": (2, num_blocks, BLOCK, heads, dim),
@@ -118,7 +128,7 @@ def _paged(layout: str, layers: int, heads: int, dim: int, num_blocks: int):
     return [buf[i * per : (i + 1) * per].view(shape) for i in range(layers)]
 
 
-def _slot_view(t, layout: str, kv: int, block: int):
+def _slot_view(t: Tensor, layout: str, kv: int, block: int) -> Tensor:
     """[slots, heads, dim] of one block of one layer tensor."""
     if layout == "flash_attn":
         return t[kv, block]
@@ -127,7 +137,9 @@ def _slot_view(t, layout: str, kv: int, block: int):
     return t[block, kv].transpose(0, 1)
 
 
-def _write(tensors, layout, kv, block_ids):
+def _write(
+    tensors: list[Tensor], layout: str, kv: list[tuple[Tensor, Tensor]], block_ids: list[int]
+) -> None:
     T = kv[0][0].shape[1]
     for li, (k, v) in enumerate(kv):
         for t0 in range(0, T, BLOCK):
@@ -137,7 +149,9 @@ def _write(tensors, layout, kv, block_ids):
             _slot_view(tensors[li], layout, 1, b)[:n] = v[:, t0 : t0 + n].transpose(0, 1)
 
 
-def _read(tensors, layout, block_ids, T):
+def _read(
+    tensors: list[Tensor], layout: str, block_ids: list[int], T: int
+) -> list[tuple[Tensor, Tensor]]:
     out = []
     for t in tensors:
         ks, vs = [], []
@@ -150,7 +164,7 @@ def _read(tensors, layout, block_ids, T):
     return out
 
 
-def _client(endpoint: str, meta: dict, layout: str) -> SidecarClient:
+def _client(endpoint: str, meta: dict[str, Any], layout: str) -> SidecarClient:
     m = meta["model"]
     c = SidecarClient(endpoint, timeout_ms=60000)
     c.hello(
@@ -168,7 +182,9 @@ def _client(endpoint: str, meta: dict, layout: str) -> SidecarClient:
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_save_overwrite_load_restores_next_token(sidecar, model_and_prompt, layout):
+def test_save_overwrite_load_restores_next_token(
+    sidecar: str, model_and_prompt: tuple[Any, Tensor], layout: str
+) -> None:
     model, ids = model_and_prompt
     meta = _calibration_meta()
     m = meta["model"]
@@ -183,7 +199,7 @@ def test_save_overwrite_load_restores_next_token(sidecar, model_and_prompt, layo
     client = _client(sidecar, meta, layout)
     cache = IpcKvCache(client, tensors, layout)
     ref_logits = _next_logits(model, ids, kv)
-    results = {}
+    results: dict[str, Any] = {}
     try:
         # 1. All raw (window = every token): gather and scatter are bit-exact.
         saved = cache.save_blocks("a1" * 16, block_ids, T, 0, window_tokens=T)
@@ -262,7 +278,7 @@ def test_save_overwrite_load_restores_next_token(sidecar, model_and_prompt, layo
                 f"{ratio}x values {num_v / den_v} vs expected {v_exp}"
             )
         lowest = min(meta["plans"], key=lambda p: p["ratio"])["ratio"]
-        assert results[f"{lowest}x"]["top1_same"], results  # type: ignore[index]
+        assert results[f"{lowest}x"]["top1_same"], results
     finally:
         cache.close()
         client.close()
@@ -270,7 +286,7 @@ def test_save_overwrite_load_restores_next_token(sidecar, model_and_prompt, layo
     print(json.dumps({layout: results}))
 
 
-def test_refusals(sidecar, model_and_prompt):
+def test_refusals(sidecar: str, model_and_prompt: tuple[Any, Tensor]) -> None:
     meta = _calibration_meta()
     m = meta["model"]
     client = _client(sidecar, meta, "flash_attn")
