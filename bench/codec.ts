@@ -10,15 +10,7 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 
-import { planCalibration, type StreamAxes } from '../src/calibrate/fit.js';
-import {
-  applyRope,
-  gaussian,
-  mulberry32,
-  SYNTHETIC_VALUE_SCALE,
-  syntheticKv,
-  syntheticPrincipalAxes,
-} from '../src/calibrate/synthetic.js';
+import { applyRope, syntheticAxesCalibration, syntheticKv } from '../src/calibrate/synthetic.js';
 import { parseCalibration, type Calibration } from '../src/codec/calibration.js';
 import { decode, encode, ENCODE_DEFAULTS } from '../src/codec/codec.js';
 import { loadNative } from '../src/codec/native.js';
@@ -99,16 +91,7 @@ async function syntheticCalibration(shape: BenchShape, ratio: number, o: BenchOp
   const file = join(o.cacheDir, `synthetic-axes-${shape.name}-cr${ratio}-rank${rank}.safetensors`);
   if (existsSync(file)) return parseCalibration(readFileSync(file), file);
   o.progress?.(`${shape.name}: principal axes`, 0);
-  const axes = syntheticPrincipalAxes(p, rank);
-  const rows = 256;
-  const normal = gaussian(mulberry32(4242));
-  const stream = (scale: number): StreamAxes => {
-    const projected = new Float32Array(rows * rank);
-    for (let t = 0; t < rows; t++)
-      for (let j = 0; j < rank; j++) projected[t * rank + j] = normal() * axes.sigma[j]! * scale;
-    return { mean: axes.mean, basis: axes.basis, rank, projected, rows };
-  };
-  const cal = await planCalibration({
+  const cal = await syntheticAxesCalibration({
     model: {
       name: `synthetic-${shape.name}`,
       fingerprint: 'feedfacefeedfacefeedfacefeedface',
@@ -118,19 +101,10 @@ async function syntheticCalibration(shape: BenchShape, ratio: number, o: BenchOp
       rope: { theta: 500000, rotary_dim: shape.headDim, layout: 'neox', scaling: { type: 'default' } },
     },
     ratios: [ratio],
-    keys: stream(1),
-    values: stream(SYNTHETIC_VALUE_SCALE),
-    settings: {
-      sink_tokens: ENCODE_DEFAULTS.sinkTokens,
-      window_tokens: ENCODE_DEFAULTS.windowTokens,
-      rank_cap: rank,
-      power_iters: 0,
-      oversample: 0,
-      seed: 1,
-      samples: rows,
-      dp_samples: rows,
-      source: 'synthetic power-law spectrum, exact principal axes (bench)',
-    },
+    rankCap: rank,
+    sinkTokens: ENCODE_DEFAULTS.sinkTokens,
+    windowTokens: ENCODE_DEFAULTS.windowTokens,
+    source: 'synthetic power-law spectrum, exact principal axes (bench)',
     progress: (stage, f) => o.progress?.(`${shape.name}: ${stage}`, f),
   });
   mkdirSync(o.cacheDir, { recursive: true });

@@ -6,9 +6,10 @@
  * a per-feature mean. The PCA fitted on it recovers the rotation; the DP sees a decaying
  * spectrum like the one real caches show (paper Fig. 6).
  */
-import { toNativeRope, type ModelInfo } from '../codec/calibration.js';
+import { toNativeRope, type Calibration, type ModelInfo } from '../codec/calibration.js';
 import { loadNative } from '../codec/native.js';
 import { KvtcError } from '../core/errors.js';
+import { planCalibration, type StreamAxes } from './fit.js';
 
 export function mulberry32(seed: number): () => number {
   let a = seed >>> 0;
@@ -144,6 +145,64 @@ export function syntheticPrincipalAxes(p: number, rank: number, seed = 1, alpha 
       basis[i * rank + j] = (popcount((i - at) & (k - at)) & 1 ? -scale : scale) * signs[i]!;
   }
   return { mean, basis, sigma: sigma.slice(0, rank) };
+}
+
+/**
+ * One stream's axes for planCalibration: the exact axes and `rows` coefficient rows drawn in them
+ * (scale 1 for keys, SYNTHETIC_VALUE_SCALE for values), what the DP quantizes.
+ */
+export function syntheticStreamAxes(axes: SyntheticAxes, rows: number, scale: number, seed: number): StreamAxes {
+  const rank = axes.sigma.length;
+  const normal = gaussian(mulberry32(seed));
+  const projected = new Float32Array(rows * rank);
+  for (let t = 0; t < rows; t++)
+    for (let j = 0; j < rank; j++) projected[t * rank + j] = normal() * axes.sigma[j]! * scale;
+  return { mean: axes.mean, basis: axes.basis, rank, projected, rows };
+}
+
+export interface SyntheticAxesCalibrationOptions {
+  model: ModelInfo;
+  ratios: number[];
+  /** components the DP may keep (at most p) */
+  rankCap: number;
+  /** coefficient rows the DP quantizes (default 256) */
+  rows?: number;
+  /** seed of those rows (the distribution is syntheticKv's default seed 1) */
+  seed?: number;
+  sinkTokens: number;
+  windowTokens: number;
+  source: string;
+  progress?: (stage: string, fraction: number) => void;
+}
+
+/**
+ * A calibration of syntheticKv's distribution built on its exact principal axes: the DP of
+ * planCalibration on rows drawn in those axes, no PCA. What a fit on its rows converges to.
+ */
+export async function syntheticAxesCalibration(o: SyntheticAxesCalibrationOptions): Promise<Calibration> {
+  const p = o.model.layers * o.model.kv_heads * o.model.head_dim;
+  const rank = Math.min(o.rankCap, p);
+  const rows = o.rows ?? 256;
+  const seed = o.seed ?? 4242;
+  const axes = syntheticPrincipalAxes(p, rank);
+  return planCalibration({
+    model: o.model,
+    ratios: o.ratios,
+    keys: syntheticStreamAxes(axes, rows, 1, seed),
+    values: syntheticStreamAxes(axes, rows, SYNTHETIC_VALUE_SCALE, seed + 1),
+    settings: {
+      sink_tokens: o.sinkTokens,
+      window_tokens: o.windowTokens,
+      rank_cap: rank,
+      power_iters: 0,
+      oversample: 0,
+      seed,
+      samples: rows,
+      dp_samples: rows,
+      source: o.source,
+    },
+    progress: o.progress,
+  });
 }
 
 /**

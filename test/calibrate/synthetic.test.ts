@@ -2,14 +2,14 @@
 // PCA of its rows finds, and a calibration planned on them that codes its rows as the plan says.
 import t from 'tap';
 
-import { planCalibration, type StreamAxes } from '../../src/calibrate/fit.js';
+import { planCalibration } from '../../src/calibrate/fit.js';
 import {
   applyRope,
-  gaussian,
-  mulberry32,
   SYNTHETIC_VALUE_SCALE,
+  syntheticAxesCalibration,
   syntheticKv,
   syntheticPrincipalAxes,
+  syntheticStreamAxes,
 } from '../../src/calibrate/synthetic.js';
 import { decode, encode } from '../../src/codec/codec.js';
 import { modelInfo, syntheticCalibration } from '../helpers/calibration.js';
@@ -78,34 +78,19 @@ t.test('a fitted PCA finds the same leading axes', async (t) => {
 });
 
 t.test('a calibration planned on the exact axes codes rows with the error its plan expects', async (t) => {
-  const rank = P;
-  const axes = syntheticPrincipalAxes(P, rank);
-  const rows = 512;
-  const normal = gaussian(mulberry32(99));
-  const stream = (scale: number): StreamAxes => {
-    const projected = Float32Array.from({ length: rows * rank }, (_, k) => normal() * axes.sigma[k % rank]! * scale);
-    return { mean: axes.mean, basis: axes.basis, rank, projected, rows };
-  };
-  const settings = {
-    sink_tokens: 0,
-    window_tokens: 0,
-    rank_cap: rank,
-    power_iters: 0,
-    oversample: 0,
-    seed: 1,
-    samples: rows,
-    dp_samples: rows,
-    source: 'exact axes (test)',
-  };
-  const cal = await planCalibration({
+  const cal = await syntheticAxesCalibration({
     model,
     ratios: [8],
-    keys: stream(1),
-    values: stream(SYNTHETIC_VALUE_SCALE),
-    settings,
+    rankCap: P,
+    rows: 512,
+    seed: 99,
+    sinkTokens: 0,
+    windowTokens: 0,
+    source: 'exact axes (test)',
   });
+  t.equal(cal.metadata.settings.power_iters, 0, 'no PCA ran');
   const plan = cal.plans[0]!;
-  t.ok(plan.keys.rank > 0 && plan.keys.rank <= rank, `keys keep ${plan.keys.rank} of ${rank} components`);
+  t.ok(plan.keys.rank > 0 && plan.keys.rank <= P, `keys keep ${plan.keys.rank} of ${P} components`);
 
   // Fresh rows of the same distribution, keys rotated as an engine caches them (RoPE is an
   // orthogonal map per token, so errors compare in either frame).
@@ -127,7 +112,7 @@ t.test('a calibration planned on the exact axes codes rows with the error its pl
       energy = 0;
     for (let k = 0; k < tokens * P; k++) {
       err += (dec[k]! - orig[k]!) ** 2;
-      energy += (unrotated[k]! - axes.mean[k % P]!) ** 2;
+      energy += (unrotated[k]! - cal.keys.mean[k % P]!) ** 2; // keys and values share the mean
     }
     const rel = err / energy;
     t.ok(
@@ -136,8 +121,16 @@ t.test('a calibration planned on the exact axes codes rows with the error its pl
     );
   }
 
+  const axes = syntheticPrincipalAxes(P, P);
+  const stream = syntheticStreamAxes(axes, 16, 1, 1);
   await t.rejects(
-    planCalibration({ model, ratios: [8], keys: { ...stream(1), rank: rank - 1 }, values: stream(1), settings }),
+    planCalibration({
+      model,
+      ratios: [8],
+      keys: { ...stream, rank: P - 1 },
+      values: stream,
+      settings: cal.metadata.settings,
+    }),
     { code: 'ERR_KVTC_INVALID_ARGUMENT' },
     'axes of the wrong size are refused',
   );
