@@ -438,6 +438,20 @@ EntropyCoder Coder(bool encode) {
 
 constexpr int kThreads = 256;
 inline unsigned Blocks(int64_t n) { return unsigned((n + kThreads - 1) / kThreads); }
+
+// Restores stage a record's chunks into pinned memory in pieces of about this many bytes, each
+// sent to the device as soon as it is staged, so that the copy engine moves one piece while the
+// host threads stage the next (a coded section of an 8B-shape 8K-token record is ~30 MB).
+// KVTC_STAGE_PIECE_KIB overrides it; 0 stages a whole section per copy (the behaviour measured
+// in run d, kept to compare).
+size_t StagePieceBytes() {
+  static const size_t bytes = [] {
+    const char* v = std::getenv("KVTC_STAGE_PIECE_KIB");
+    return v && *v ? size_t(std::strtoull(v, nullptr, 10)) * 1024 : size_t(4) << 20;
+  }();
+  return bytes;
+}
+
 // Grid of PrepareKernel / FinishKernel: x over token groups of kRowsPerThread (x has room for
 // 2^31 blocks), y over the features of a row in kThreads-wide blocks.
 inline dim3 RowGrid(int64_t tokens, int64_t features) {
@@ -1352,10 +1366,18 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
       KVTC_CUDA_CALL(cudaMemcpyAsync(buf.image.ptr + st.begin, record + st.src_off[0], st.sizes[0],
                                      cudaMemcpyHostToDevice, ctx.stream));
     } else {
-      ParallelCopyChunks(buf.staging.ptr, st.dst_off.data(), record, st.src_off.data(), st.sizes.data(),
-                         st.sizes.size());
-      KVTC_CUDA_CALL(cudaMemcpyAsync(buf.image.ptr + st.begin, buf.staging.ptr + st.begin, st.end - st.begin,
-                                     cudaMemcpyHostToDevice, ctx.stream));
+      // Staged chunks [a, b) form a piece; the pieces tile [st.begin, st.end) of the image (the
+      // first chunk starts at st.begin, each next one where the last one's aligned bytes end).
+      const size_t piece = StagePieceBytes(), n = st.sizes.size();
+      for (size_t a = 0, b = 0; a < n; a = b) {
+        size_t bytes = st.sizes[a];
+        for (b = a + 1; b < n && (piece == 0 || bytes + st.sizes[b] <= piece); ++b) bytes += st.sizes[b];
+        ParallelCopyChunks(buf.staging.ptr, st.dst_off.data() + a, record, st.src_off.data() + a, st.sizes.data() + a,
+                           b - a);
+        const size_t from = st.dst_off[a], to = b < n ? st.dst_off[b] : st.end;
+        KVTC_CUDA_CALL(cudaMemcpyAsync(buf.image.ptr + from, buf.staging.ptr + from, to - from,
+                                       cudaMemcpyHostToDevice, ctx.stream));
+      }
     }
     if (IsCoded(h.sections[i].encoding)) f.targets.push_back({&f.coded[i], s0.payload.ptr + f.payload_at[i]});
   }
