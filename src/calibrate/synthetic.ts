@@ -127,8 +127,8 @@ function popcount(x: number): number {
 
 /**
  * The exact principal axes of syntheticKv's distribution for `seed`: what a PCA of its rows
- * converges to, without drawing or fitting any (the bench builds calibrations of the 8B shape at
- * rank 6144 from these in seconds, where a randomized SVD takes minutes). Axis j is the
+ * converges to, without drawing or fitting any (seconds for the 8B shape at rank 6144, a rank
+ * whose randomized SVD did not finish in 10 minutes on a 16-core host). Axis j is the
  * sign-flipped Hadamard column perm[j]: entry i is signs[i] (-1)^popcount((i - at) & (k - at))
  * / sqrt(n) inside k = perm[j]'s block [at, at + n), zero outside it.
  */
