@@ -296,6 +296,41 @@ __global__ void DequantizeKernel(const uint8_t* __restrict__ payload, int64_t to
   }
 }
 
+// One thread per (token, component), components fastest, so that every warp writes 64
+// contiguous bytes of a row whatever the plan's groups. The warp-per-(token, group) kernel above
+// leaves 31 lanes of 32 idle on groups of one component, which the DP picks by the hundreds
+// (614 groups, 526 of them single components, in the 8B shape's rank-2048 plan at 16x).
+// comp_group[j] is the group holding component j. Block: 64 components x 4 token rows, each
+// thread kTokensPerFlatThread tokens (its group's descriptor loaded once).
+constexpr int kFlatComponents = 64, kFlatRows = 4, kTokensPerFlatThread = 4;
+__global__ void DequantizeFlatKernel(const uint8_t* __restrict__ payload, int64_t tokens,
+                                     const GroupDesc* __restrict__ groups, const uint32_t* __restrict__ comp_group,
+                                     uint32_t rank, __nv_bfloat16* __restrict__ out, int64_t ld) {
+  const uint32_t j = blockIdx.x * kFlatComponents + threadIdx.x;
+  if (j >= rank) return;
+  const GroupDesc gd = groups[comp_group[j]];
+  const uint32_t within = j - gd.start;
+  const uint8_t* plane = payload + gd.plane;
+  const uint8_t* codes = plane + 4 * tokens;
+  const bool fp8 = gd.fp8 != 0;
+  const uint8_t mask = uint8_t((1u << gd.bits) - 1u);
+  const int64_t t0 = (int64_t(blockIdx.y) * kFlatRows + threadIdx.y) * kTokensPerFlatThread;
+#pragma unroll
+  for (int k = 0; k < kTokensPerFlatThread; ++k) {
+    const int64_t t = t0 + k;
+    if (t >= tokens) break;
+    float v = 0.0f;
+    if (gd.bits != 0) {
+      const uint16_t sh = uint16_t(plane[2 * t] | (plane[2 * t + 1] << 8));
+      const uint16_t sc = uint16_t(plane[2 * tokens + 2 * t] | (plane[2 * tokens + 2 * t + 1] << 8));
+      const uint64_t pos = (uint64_t(t) * gd.size + within) * gd.bits;
+      const uint8_t q = gd.bits == 8 ? codes[pos / 8] : uint8_t((codes[pos / 8] >> (pos % 8)) & mask);
+      v = DecodeOne(q, __half2float(__ushort_as_half(sh)), __half2float(__ushort_as_half(sc)), fp8);
+    }
+    out[t * ld + j] = __float2bfloat16_rn(v);
+  }
+}
+
 // Copies chunk c's sizes[c] bytes from srcs[c] to dsts[c]: compaction of DEFLATE slots into a
 // record (encode) and placement of stored chunks into the payload (decode), one launch for all.
 __global__ void CopyChunksKernel(const uint8_t* const* __restrict__ srcs, uint8_t* const* __restrict__ dsts,
@@ -589,6 +624,7 @@ struct StreamScratch {
   DeviceBuffer<float> d;
   DeviceBuffer<uint8_t> payload;
   DeviceBuffer<GroupDesc> groups;
+  DeviceBuffer<uint32_t> comp_group;  // DequantizeFlatKernel's component -> group table
   DeviceBuffer<uint8_t> slots;
   DeviceBuffer<uint8_t> temp;
   DeviceBuffer<void*> in_ptrs, out_ptrs;
@@ -609,6 +645,43 @@ constexpr int kSlots = 2;
 StreamScratch& Scratch(int slot, int which) {
   thread_local StreamScratch s[kSlots][2];
   return s[slot][which];
+}
+
+// KVTC_DEQUANT=flat picks DequantizeFlatKernel; unset or warp, the warp-per-(token, group)
+// kernel measured in run d. Opt-in until the flat one has run on a GPU (written 2026-11-30
+// without device time): the GPU parity tests under KVTC_DEQUANT=flat, then the bench both ways.
+bool FlatDequantize() {
+  static const int flat = [] {
+    const char* v = std::getenv("KVTC_DEQUANT");
+    if (!v || !*v || std::strcmp(v, "warp") == 0) return 0;
+    return std::strcmp(v, "flat") == 0 ? 1 : -1;
+  }();
+  KVTC_CHECK(flat >= 0, kInvalidArgument, "KVTC_DEQUANT must be warp or flat");
+  return flat == 1;
+}
+
+// payload (device) -> bf16 coefficients out[t * ld + j], j < plan.rank, on `stream` (every group,
+// dropped ones as zeros).
+void LaunchDequantize(const Plan& plan, const uint8_t* payload, int64_t tokens, __nv_bfloat16* out, int64_t ld,
+                      StreamScratch& s, cudaStream_t stream) {
+  const std::vector<GroupDesc> groups = PlanDescs(plan, tokens, /*kept_only=*/false);
+  if (groups.empty() || tokens == 0) return;
+  UploadAsync(s.groups, groups.data(), groups.size(), stream);
+  const int64_t flat_rows = int64_t(kFlatRows) * kTokensPerFlatThread;
+  if (FlatDequantize() && (tokens + flat_rows - 1) / flat_rows <= 65535) {  // grid.y's limit
+    std::vector<uint32_t> comp_group(plan.rank);
+    for (uint32_t g = 0; g < groups.size(); ++g)
+      for (uint32_t j = groups[g].start; j < groups[g].start + groups[g].size; ++j) comp_group[j] = g;
+    UploadAsync(s.comp_group, comp_group.data(), comp_group.size(), stream);
+    const dim3 grid(unsigned((plan.rank + kFlatComponents - 1) / kFlatComponents),
+                    unsigned((tokens + flat_rows - 1) / flat_rows));
+    DequantizeFlatKernel<<<grid, dim3(kFlatComponents, kFlatRows), 0, stream>>>(payload, tokens, s.groups.ptr,
+                                                                                s.comp_group.ptr, plan.rank, out, ld);
+  } else {
+    const dim3 grid(unsigned((tokens + 7) / 8), unsigned(groups.size()));
+    DequantizeKernel<<<grid, 256, 0, stream>>>(payload, tokens, s.groups.ptr, int(groups.size()), out, ld);
+  }
+  KVTC_CUDA_CALL(cudaGetLastError());
 }
 
 template <typename F>
@@ -980,7 +1053,6 @@ void DecodeStream(Context& ctx, const Calibration& c, const DeviceCalibration& d
   const int64_t p = c.feature_dim();
   const uint32_t r = plan.rank;
   const uint32_t dq_ld = PadLd(r);
-  const std::vector<GroupDesc> groups = PlanDescs(plan, tokens, /*kept_only=*/false);
   s.dq.resize(std::max<size_t>(1, size_t(tokens) * dq_ld));
   const uint32_t basis_ld = keys ? dev.ld_keys : dev.ld_values;
   const uint32_t k_dim = std::min(dq_ld, basis_ld);  // padded like M on encode (zero columns)
@@ -988,12 +1060,7 @@ void DecodeStream(Context& ctx, const Calibration& c, const DeviceCalibration& d
     // The GEMM reads the padding columns: zeros, never stale bytes (0 x NaN is NaN).
     KVTC_CUDA_CALL(cudaMemsetAsync(s.dq.ptr, 0, size_t(tokens) * dq_ld * 2, ctx.stream));
   }
-  if (!groups.empty()) {
-    UploadAsync(s.groups, groups.data(), groups.size(), ctx.stream);
-    const dim3 grid(unsigned((tokens + 7) / 8), unsigned(groups.size()));
-    DequantizeKernel<<<grid, 256, 0, ctx.stream>>>(payload, tokens, s.groups.ptr, int(groups.size()), s.dq.ptr, dq_ld);
-    KVTC_CUDA_CALL(cudaGetLastError());
-  }
+  LaunchDequantize(plan, payload, tokens, s.dq.ptr, dq_ld, s, ctx.stream);
   prof.mark(keys ? "k.dequantize" : "v.dequantize");
   s.xf.resize(size_t(tokens) * p);
   if (r > 0) {
@@ -1581,14 +1648,8 @@ std::vector<float> DequantizeOnDevice(const uint8_t* payload, int64_t tokens, co
   const size_t bytes = PayloadBytes(plan, tokens);
   s.payload.resize(bytes + 4);
   KVTC_CUDA_CALL(cudaMemcpyAsync(s.payload.ptr, payload, bytes, cudaMemcpyHostToDevice, ctx.stream));
-  const std::vector<GroupDesc> groups = PlanDescs(plan, tokens, false);
   s.dq.resize(std::max<size_t>(1, size_t(tokens) * plan.rank));
-  if (!groups.empty()) {
-    UploadAsync(s.groups, groups.data(), groups.size(), ctx.stream);
-    DequantizeKernel<<<dim3(unsigned((tokens + 7) / 8), unsigned(groups.size())), 256, 0, ctx.stream>>>(
-        s.payload.ptr, tokens, s.groups.ptr, int(groups.size()), s.dq.ptr, plan.rank);
-    KVTC_CUDA_CALL(cudaGetLastError());
-  }
+  LaunchDequantize(plan, s.payload.ptr, tokens, s.dq.ptr, plan.rank, s, ctx.stream);
   std::vector<__nv_bfloat16> host(size_t(tokens) * plan.rank);
   KVTC_CUDA_CALL(cudaMemcpyAsync(host.data(), s.dq.ptr, host.size() * 2, cudaMemcpyDeviceToHost, ctx.stream));
   KVTC_CUDA_CALL(cudaStreamSynchronize(ctx.stream));
