@@ -6,11 +6,21 @@
  * (src/calibrate/synthetic.ts) and a calibration built on its exact principal axes, cached
  * under bench/.cache.
  */
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import {
+  closeSync,
+  existsSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  readSync,
+  statSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 
-import { applyRope, syntheticAxesCalibration, syntheticKv } from '../src/calibrate/synthetic.js';
+import { applyRope, syntheticAxesCalibration, syntheticKv, type SyntheticKv } from '../src/calibrate/synthetic.js';
 import { parseCalibration, type Calibration } from '../src/codec/calibration.js';
 import { decode, encode, ENCODE_DEFAULTS } from '../src/codec/codec.js';
 import { loadNative } from '../src/codec/native.js';
@@ -112,6 +122,36 @@ async function syntheticCalibration(shape: BenchShape, ratio: number, o: BenchOp
   return cal;
 }
 
+/**
+ * syntheticKv(tokens, p, sampleSeed), cached under `cacheDir` as raw float32 (keys, then values):
+ * drawing 4096 tokens of the 8B shape takes ~30 s of JavaScript, which every bench process of a
+ * GPU call would otherwise repeat; reading them back takes about a second.
+ */
+function cachedSyntheticKv(tokens: number, p: number, sampleSeed: number, cacheDir: string): SyntheticKv {
+  const file = join(cacheDir, `synthetic-kv-p${p}-t${tokens}-s${sampleSeed}.f32`);
+  const n = tokens * p;
+  if (existsSync(file) && statSync(file).size === 8 * n) {
+    const all = new Float32Array(2 * n);
+    const fd = openSync(file, 'r');
+    try {
+      const bytes = new Uint8Array(all.buffer);
+      for (let at = 0; at < bytes.length;) at += readSync(fd, bytes, at, Math.min(1 << 30, bytes.length - at), at);
+    } finally {
+      closeSync(fd);
+    }
+    return { keys: all.subarray(0, n), values: all.subarray(n) };
+  }
+  const kv = syntheticKv(tokens, p, sampleSeed);
+  mkdirSync(cacheDir, { recursive: true });
+  const fd = openSync(file, 'w');
+  try {
+    for (const x of [kv.keys, kv.values]) writeSync(fd, new Uint8Array(x.buffer, x.byteOffset, x.byteLength));
+  } finally {
+    closeSync(fd);
+  }
+  return kv;
+}
+
 async function time(fn: () => Promise<unknown>): Promise<number> {
   const t0 = performance.now();
   await fn();
@@ -124,7 +164,7 @@ export async function benchShape(shape: BenchShape, o: BenchOptions): Promise<Be
   const p = cal.featureDim;
   const T = shape.tokens;
   o.progress?.(`${shape.name}: timing`, 0);
-  const kv = syntheticKv(T, p, 42);
+  const kv = cachedSyntheticKv(T, p, 42, o.cacheDir);
   kv.keys = applyRope(kv.keys, T, 0, cal.model); // as a serving engine caches them
   const chunk = {
     keys: toBf16(kv.keys),
@@ -213,7 +253,7 @@ export async function benchShapeCuda(
   const planId = cal.planId(o.ratio);
   const plan = cal.plans[planId]!;
   const block = 4096;
-  const base = syntheticKv(block, p, 42);
+  const base = cachedSyntheticKv(block, p, 42, o.cacheDir);
   const results: CudaBenchResult[] = [];
   for (const T of o.tokenCounts) {
     const keys = new Uint16Array(T * p),

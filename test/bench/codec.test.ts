@@ -1,8 +1,10 @@
 // The CPU codec bench on the tiny stories260K shape: it runs, its calibration is built on the
-// synthetic distribution's exact axes, and its options reach the records it times.
+// synthetic distribution's exact axes, its synthetic KV is cached, and its options reach the
+// records it times.
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
-import { resolve } from 'node:path';
+import { statSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 
 import { benchShape, SHAPES } from '../../bench/codec.js';
 import { tempDir } from '../helpers/tmp.js';
@@ -24,6 +26,10 @@ t.test('plain and indexed records, the same plan', async (t) => {
   t.equal(indexed.chunk_bytes, 16 * 1024);
   t.equal(indexed.entry_stride, 512);
   t.equal(indexed.rank_keys, plain.rank_keys, 'the cached calibration is reused');
+  const cached = join(cacheDir, `synthetic-kv-p160-t${shape.tokens}-s42.f32`);
+  t.equal(statSync(cached).size, 2 * shape.tokens * 160 * 4, 'the synthetic KV is cached (float32 keys and values)');
+  const again = await benchShape(shape, base);
+  t.equal(again.record_bytes, plain.record_bytes, 'KV read back from the cache encodes to the same record size');
   t.ok(
     indexed.record_bytes > plain.record_bytes * 0.9 && indexed.record_bytes < plain.record_bytes * 1.1,
     'record sizes within 10%',
