@@ -13,20 +13,10 @@ import {
 } from '../../src/calibrate/synthetic.js';
 import { decode, encode } from '../../src/codec/codec.js';
 import { modelInfo, syntheticCalibration } from '../helpers/calibration.js';
+import { projectReference } from '../helpers/reference.js';
 
 const model = modelInfo(5, 4, 8); // p = 160: Hadamard blocks of 128 and 32
 const P = 160;
-
-/** c = B^T (x - mean) for each row of x ([rows, P]), B [P, rank] row-major. */
-function project(x: Float32Array, rows: number, mean: Float32Array, basis: Float32Array, rank: number): Float64Array {
-  const c = new Float64Array(rows * rank);
-  for (let t = 0; t < rows; t++)
-    for (let i = 0; i < P; i++) {
-      const v = x[t * P + i]! - mean[i]!;
-      for (let j = 0; j < rank; j++) c[t * rank + j]! += v * basis[i * rank + j]!;
-    }
-  return c;
-}
 
 t.test('the axes are orthonormal and the rows are exactly mean + axes x coefficients', async (t) => {
   const axes = syntheticPrincipalAxes(P, P);
@@ -45,7 +35,7 @@ t.test('the axes are orthonormal and the rows are exactly mean + axes x coeffici
     ['keys', kv.keys, 1],
     ['values', kv.values, SYNTHETIC_VALUE_SCALE],
   ] as const) {
-    const c = project(x, rows, axes.mean, axes.basis, P);
+    const c = projectReference(x, rows, axes.mean, axes.basis, P, P);
     // Full rank: B c + mean gives the rows back (float32 rounding only).
     let err = 0;
     for (let i = 0; i < P; i++) {
