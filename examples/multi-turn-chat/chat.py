@@ -107,14 +107,31 @@ def chat_turn(port: int, messages: list[dict], max_tokens: int) -> tuple[str, in
     return "".join(text), prompt_tokens, ttft or 0.0
 
 
+def settled_stats(sidecar: SidecarClient, timeout: float = 15.0):
+    """The sidecar's counters once a turn's saves have landed. vLLM's connector saves a request's
+    blocks after its reply has streamed, and the sidecar counts a save's bytes on arrival but its
+    record only once encoded: read too early, a turn's saves show up in the next turn's row.
+    Waits until nothing is in flight and two polls 0.2 s apart agree (or `timeout` passes)."""
+    deadline = time.monotonic() + timeout
+    last = sidecar.stats()
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = sidecar.stats()
+        settled = now.in_flight == 0 and now.bytes_in == last.bytes_in
+        if settled and [s.bytes for s in now.stores] == [s.bytes for s in last.stores]:
+            return now
+        last = now
+    return last
+
+
 def run_conversation(port: int, turns: int, max_tokens: int, sidecar: SidecarClient | None, bytes_per_token: int):
     messages: list[dict] = []
     rows = []
     for i, user in enumerate(TURNS[:turns]):
         messages.append({"role": "user", "content": user})
-        before = sidecar.stats() if sidecar else None
+        before = settled_stats(sidecar) if sidecar else None
         reply, prompt_tokens, ttft = chat_turn(port, messages, max_tokens)
-        after = sidecar.stats() if sidecar else None
+        after = settled_stats(sidecar) if sidecar else None
         messages.append({"role": "assistant", "content": reply})
         row = {"turn": i + 1, "prompt_tokens": prompt_tokens, "ttft_s": ttft, "reply": reply}
         if before and after:

@@ -9,6 +9,9 @@ export HF_HUB_OFFLINE=1 KVTC_NO_PROGRESS=${KVTC_NO_PROGRESS:-}
 WORK=${WORK:-.cache/multi-turn-chat}
 MODEL=.cache/models/smollm2-hf
 CAL=.cache/calib/smollm2-hf.kvtc.safetensors
+# Each run starts from an empty store, so that its per-turn figures are this conversation's: a
+# store kept from an earlier run would serve the prefixes from disk before anything is saved.
+rm -rf "$WORK/store"
 mkdir -p "$WORK"
 
 bash scripts/prepare-smollm2.sh
