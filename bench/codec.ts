@@ -6,17 +6,7 @@
  * (src/calibrate/synthetic.ts) and a calibration built on its exact principal axes, cached
  * under bench/.cache.
  */
-import {
-  closeSync,
-  existsSync,
-  mkdirSync,
-  openSync,
-  readFileSync,
-  readSync,
-  statSync,
-  writeFileSync,
-  writeSync,
-} from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 
@@ -132,23 +122,13 @@ function cachedSyntheticKv(tokens: number, p: number, sampleSeed: number, cacheD
   const n = tokens * p;
   if (existsSync(file) && statSync(file).size === 8 * n) {
     const all = new Float32Array(2 * n);
-    const fd = openSync(file, 'r');
-    try {
-      const bytes = new Uint8Array(all.buffer);
-      for (let at = 0; at < bytes.length;) at += readSync(fd, bytes, at, Math.min(1 << 30, bytes.length - at), at);
-    } finally {
-      closeSync(fd);
-    }
+    new Uint8Array(all.buffer).set(readFileSync(file));
     return { keys: all.subarray(0, n), values: all.subarray(n) };
   }
   const kv = syntheticKv(tokens, p, sampleSeed);
   mkdirSync(cacheDir, { recursive: true });
-  const fd = openSync(file, 'w');
-  try {
-    for (const x of [kv.keys, kv.values]) writeSync(fd, new Uint8Array(x.buffer, x.byteOffset, x.byteLength));
-  } finally {
-    closeSync(fd);
-  }
+  writeFileSync(file, new Uint8Array(kv.keys.buffer, kv.keys.byteOffset, kv.keys.byteLength));
+  appendFileSync(file, new Uint8Array(kv.values.buffer, kv.values.byteOffset, kv.values.byteLength));
   return kv;
 }
 

@@ -152,6 +152,7 @@ bench
       .map((s) => ({ ...s, tokens: o.tokens ?? s.tokens, rankCap: o.rankCap ?? s.rankCap }));
     if (shapes.length === 0)
       throw new InvalidArgumentError(`unknown shape ${o.shape}; known: ${pool.map((s) => s.name).join(', ')}`);
+    const chunkBytes = o.chunkKib === undefined ? undefined : o.chunkKib * 1024;
     const progress = createProgress();
     if (o.backend === 'cuda') {
       const results = [];
@@ -166,7 +167,7 @@ bench
             tokenCounts: o.tokens ? [o.tokens] : [8192, 32768],
             batches: o.batch ? [o.batch] : [1, 8],
             paged: o.paged === true,
-            chunkBytes: o.chunkKib === undefined ? undefined : o.chunkKib * 1024,
+            chunkBytes,
           })),
         );
       }
@@ -185,7 +186,7 @@ bench
           reps: o.reps,
           cacheDir: o.cache,
           progress: progress.update,
-          chunkBytes: o.chunkKib === undefined ? undefined : o.chunkKib * 1024,
+          chunkBytes,
           entryStride: o.entryStride,
         }),
       );

@@ -242,9 +242,15 @@ Projection ParseProjection(const Napi::Value& v, bool use_cuda) {
   if (v.IsUndefined() || v.IsNull()) return use_cuda ? Projection::kBf16 : Projection::kFp32;
   KVTC_CHECK(v.IsString(), kInvalidArgument, "Expected projection 'fp32', 'bf16' or 'fp8'");
   const std::string s = v.As<Napi::String>().Utf8Value();
-  const Projection p = s == "fp32" ? Projection::kFp32 : s == "bf16" ? Projection::kBf16 : Projection::kFp8;
-  KVTC_CHECK(s == "fp32" || s == "bf16" || s == "fp8", kInvalidArgument,
-             "Expected projection 'fp32', 'bf16' or 'fp8' but received '" << s << "'");
+  Projection p;
+  if (s == "fp32") {
+    p = Projection::kFp32;
+  } else if (s == "bf16") {
+    p = Projection::kBf16;
+  } else {
+    KVTC_CHECK(s == "fp8", kInvalidArgument, "Expected projection 'fp32', 'bf16' or 'fp8' but received '" << s << "'");
+    p = Projection::kFp8;
+  }
   KVTC_CHECK(!use_cuda || p == Projection::kBf16, kInvalidArgument,
              "the CUDA backend projects in bf16; projection '" << s << "' is a CPU backend option");
   return p;

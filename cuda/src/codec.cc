@@ -100,21 +100,31 @@ void RoundRows(float* a, int64_t rows, int64_t cols, int64_t ld, Projection prec
   for (int64_t r = 0; r < rows; ++r) RoundVector(a + r * ld, cols, 1, precision);
 }
 
-// The basis's first `rank` columns as a GEMM operand of `precision`, row-major [p, rank]; fp8
-// scales each vector along the dimension the GEMM reduces: a column (over features) to project,
-// a row (over components) to reconstruct.
-std::vector<float> RoundedBasis(const StreamBasis& b, uint32_t rank, Projection precision, bool reconstruct) {
-  const int64_t p = static_cast<int64_t>(b.mean.size());
-  std::vector<float> out(static_cast<size_t>(p) * rank);
-  for (int64_t i = 0; i < p; ++i) std::memcpy(out.data() + i * rank, b.basis.data() + i * b.rank, rank * sizeof(float));
-  if (reconstruct) {
-    RoundRows(out.data(), p, rank, rank, precision);
-  } else {
+// The basis as the GEMM's operand: the calibration's own (leading dimension b.rank) in fp32, else
+// a copy of its first `rank` columns rounded to `precision` ([p, rank]); fp8 scales each vector
+// along the dimension the GEMM reduces: a column (over features) to project, a row (over
+// components) to reconstruct.
+struct BasisOperand {
+  std::vector<float> rounded;
+  const float* data;
+  int ld;
+  BasisOperand(const StreamBasis& b, uint32_t rank, Projection precision, bool reconstruct)
+      : data(b.basis.data()), ld(static_cast<int>(b.rank)) {
+    if (precision == Projection::kFp32) return;
+    const int64_t p = static_cast<int64_t>(b.mean.size());
+    rounded.resize(static_cast<size_t>(p) * rank);
+    for (int64_t i = 0; i < p; ++i)
+      std::memcpy(rounded.data() + i * rank, b.basis.data() + i * b.rank, rank * sizeof(float));
+    if (reconstruct) {
+      RoundRows(rounded.data(), p, rank, rank, precision);
+    } else {
 #pragma omp parallel for schedule(static)
-    for (int64_t c = 0; c < rank; ++c) RoundVector(out.data() + c, p, rank, precision);
+      for (int64_t c = 0; c < rank; ++c) RoundVector(rounded.data() + c, p, rank, precision);
+    }
+    data = rounded.data();
+    ld = static_cast<int>(rank);
   }
-  return out;
-}
+};
 
 }  // namespace
 
@@ -127,12 +137,9 @@ void Project(float* x, int64_t tokens, const StreamBasis& b, uint32_t rank, floa
   }
   if (rank == 0 || tokens == 0) return;
   RoundRows(x, tokens, p, p, precision);
-  std::vector<float> rounded;
-  if (precision != Projection::kFp32) rounded = RoundedBasis(b, rank, precision, /*reconstruct=*/false);
-  const float* basis = rounded.empty() ? b.basis.data() : rounded.data();
-  const int ldb = static_cast<int>(rounded.empty() ? b.rank : rank);
+  const BasisOperand basis(b, rank, precision, /*reconstruct=*/false);
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(tokens), static_cast<int>(rank),
-              static_cast<int>(p), 1.0f, x, static_cast<int>(p), basis, ldb, 0.0f, d, static_cast<int>(rank));
+              static_cast<int>(p), 1.0f, x, static_cast<int>(p), basis.data, basis.ld, 0.0f, d, static_cast<int>(rank));
 }
 
 void Reconstruct(float* d, int64_t tokens, const StreamBasis& b, uint32_t rank, float* x, Projection precision) {
@@ -141,12 +148,9 @@ void Reconstruct(float* d, int64_t tokens, const StreamBasis& b, uint32_t rank, 
   for (int64_t t = 0; t < tokens; ++t) std::memcpy(x + t * p, b.mean.data(), p * sizeof(float));
   if (rank == 0 || tokens == 0) return;
   RoundRows(d, tokens, rank, rank, precision);
-  std::vector<float> rounded;
-  if (precision != Projection::kFp32) rounded = RoundedBasis(b, rank, precision, /*reconstruct=*/true);
-  const float* basis = rounded.empty() ? b.basis.data() : rounded.data();
-  const int ldb = static_cast<int>(rounded.empty() ? b.rank : rank);
+  const BasisOperand basis(b, rank, precision, /*reconstruct=*/true);
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(tokens), static_cast<int>(p),
-              static_cast<int>(rank), 1.0f, d, static_cast<int>(rank), basis, ldb, 1.0f, x, static_cast<int>(p));
+              static_cast<int>(rank), 1.0f, d, static_cast<int>(rank), basis.data, basis.ld, 1.0f, x, static_cast<int>(p));
 }
 
 std::vector<uint8_t> Encode(const Calibration& c, const EncodeJob& job) {

@@ -267,6 +267,19 @@ __global__ void QuantizeSmallKernel(const float* __restrict__ d, int64_t ld, int
   }
 }
 
+// Token t's fp16 shift or scale from a group's plane (byte loads: planes start at any offset).
+__device__ __forceinline__ float PlaneHalf(const uint8_t* halves, int64_t t) {
+  return __half2float(__ushort_as_half(uint16_t(halves[2 * t] | (halves[2 * t + 1] << 8))));
+}
+
+// Component j of token t of a kept group, from its codes (code k = t * size + j at bit k * bits).
+__device__ __forceinline__ float DecodeAt(const GroupDesc& gd, const uint8_t* codes, int64_t t, uint32_t j, float shift,
+                                          float scale) {
+  const uint64_t pos = (uint64_t(t) * gd.size + j) * gd.bits;
+  const uint8_t q = gd.bits == 8 ? codes[pos / 8] : uint8_t((codes[pos / 8] >> (pos % 8)) & ((1u << gd.bits) - 1u));
+  return DecodeOne(q, shift, scale, gd.fp8 != 0);
+}
+
 // One warp per (token, group) of the whole plan (dropped groups write zeros). Output bf16 [T, ld].
 __global__ void DequantizeKernel(const uint8_t* __restrict__ payload, int64_t tokens, const GroupDesc* __restrict__ groups,
                                  int num_groups, __nv_bfloat16* __restrict__ out, int64_t ld) {
@@ -282,51 +295,37 @@ __global__ void DequantizeKernel(const uint8_t* __restrict__ payload, int64_t to
     return;
   }
   const uint8_t* plane = payload + gd.plane;
-  const uint16_t sh = uint16_t(plane[2 * t] | (plane[2 * t + 1] << 8));
-  const uint16_t sc = uint16_t(plane[2 * tokens + 2 * t] | (plane[2 * tokens + 2 * t + 1] << 8));
-  const float shift = __half2float(__ushort_as_half(sh));
-  const float scale = __half2float(__ushort_as_half(sc));
-  const uint8_t* codes = plane + 4 * tokens;
-  const bool fp8 = gd.fp8 != 0;
-  const uint8_t mask = uint8_t((1u << gd.bits) - 1u);
-  for (uint32_t j = lane; j < gd.size; j += 32) {
-    const uint64_t pos = (uint64_t(t) * gd.size + j) * gd.bits;
-    const uint8_t q = gd.bits == 8 ? codes[pos / 8] : uint8_t((codes[pos / 8] >> (pos % 8)) & mask);
-    x[j] = __float2bfloat16_rn(DecodeOne(q, shift, scale, fp8));
-  }
+  const float shift = PlaneHalf(plane, t), scale = PlaneHalf(plane + 2 * tokens, t);
+  for (uint32_t j = lane; j < gd.size; j += 32) x[j] = __float2bfloat16_rn(DecodeAt(gd, plane + 4 * tokens, t, j, shift, scale));
 }
 
 // One thread per (token, component), components fastest, so that every warp writes 64
 // contiguous bytes of a row whatever the plan's groups. The warp-per-(token, group) kernel above
 // leaves 31 lanes of 32 idle on groups of one component, which the DP picks by the hundreds
 // (614 groups, 526 of them single components, in the 8B shape's rank-2048 plan at 16x).
-// comp_group[j] is the group holding component j. Block: 64 components x 4 token rows, each
-// thread kTokensPerFlatThread tokens (its group's descriptor loaded once).
+// A thread finds its component's group by binary search (the groups tile [0, rank) in order)
+// and decodes kTokensPerFlatThread tokens of it. Block: 64 components x 4 token rows.
 constexpr int kFlatComponents = 64, kFlatRows = 4, kTokensPerFlatThread = 4;
 __global__ void DequantizeFlatKernel(const uint8_t* __restrict__ payload, int64_t tokens,
-                                     const GroupDesc* __restrict__ groups, const uint32_t* __restrict__ comp_group,
-                                     uint32_t rank, __nv_bfloat16* __restrict__ out, int64_t ld) {
+                                     const GroupDesc* __restrict__ groups, int num_groups, uint32_t rank,
+                                     __nv_bfloat16* __restrict__ out, int64_t ld) {
   const uint32_t j = blockIdx.x * kFlatComponents + threadIdx.x;
   if (j >= rank) return;
-  const GroupDesc gd = groups[comp_group[j]];
-  const uint32_t within = j - gd.start;
+  int lo = 0, hi = num_groups - 1;  // the last group starting at or before j
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (groups[mid].start <= j) lo = mid; else hi = mid - 1;
+  }
+  const GroupDesc gd = groups[lo];
   const uint8_t* plane = payload + gd.plane;
-  const uint8_t* codes = plane + 4 * tokens;
-  const bool fp8 = gd.fp8 != 0;
-  const uint8_t mask = uint8_t((1u << gd.bits) - 1u);
   const int64_t t0 = (int64_t(blockIdx.y) * kFlatRows + threadIdx.y) * kTokensPerFlatThread;
 #pragma unroll
   for (int k = 0; k < kTokensPerFlatThread; ++k) {
     const int64_t t = t0 + k;
     if (t >= tokens) break;
-    float v = 0.0f;
-    if (gd.bits != 0) {
-      const uint16_t sh = uint16_t(plane[2 * t] | (plane[2 * t + 1] << 8));
-      const uint16_t sc = uint16_t(plane[2 * tokens + 2 * t] | (plane[2 * tokens + 2 * t + 1] << 8));
-      const uint64_t pos = (uint64_t(t) * gd.size + within) * gd.bits;
-      const uint8_t q = gd.bits == 8 ? codes[pos / 8] : uint8_t((codes[pos / 8] >> (pos % 8)) & mask);
-      v = DecodeOne(q, __half2float(__ushort_as_half(sh)), __half2float(__ushort_as_half(sc)), fp8);
-    }
+    const float v = gd.bits == 0 ? 0.0f
+                                 : DecodeAt(gd, plane + 4 * tokens, t, j - gd.start, PlaneHalf(plane, t),
+                                            PlaneHalf(plane + 2 * tokens, t));
     out[t * ld + j] = __float2bfloat16_rn(v);
   }
 }
@@ -624,7 +623,6 @@ struct StreamScratch {
   DeviceBuffer<float> d;
   DeviceBuffer<uint8_t> payload;
   DeviceBuffer<GroupDesc> groups;
-  DeviceBuffer<uint32_t> comp_group;  // DequantizeFlatKernel's component -> group table
   DeviceBuffer<uint8_t> slots;
   DeviceBuffer<uint8_t> temp;
   DeviceBuffer<void*> in_ptrs, out_ptrs;
@@ -669,14 +667,10 @@ void LaunchDequantize(const Plan& plan, const uint8_t* payload, int64_t tokens, 
   UploadAsync(s.groups, groups.data(), groups.size(), stream);
   const int64_t flat_rows = int64_t(kFlatRows) * kTokensPerFlatThread;
   if (FlatDequantize() && (tokens + flat_rows - 1) / flat_rows <= 65535) {  // grid.y's limit
-    std::vector<uint32_t> comp_group(plan.rank);
-    for (uint32_t g = 0; g < groups.size(); ++g)
-      for (uint32_t j = groups[g].start; j < groups[g].start + groups[g].size; ++j) comp_group[j] = g;
-    UploadAsync(s.comp_group, comp_group.data(), comp_group.size(), stream);
     const dim3 grid(unsigned((plan.rank + kFlatComponents - 1) / kFlatComponents),
                     unsigned((tokens + flat_rows - 1) / flat_rows));
-    DequantizeFlatKernel<<<grid, dim3(kFlatComponents, kFlatRows), 0, stream>>>(payload, tokens, s.groups.ptr,
-                                                                                s.comp_group.ptr, plan.rank, out, ld);
+    DequantizeFlatKernel<<<grid, dim3(kFlatComponents, kFlatRows), 0, stream>>>(
+        payload, tokens, s.groups.ptr, int(groups.size()), plan.rank, out, ld);
   } else {
     const dim3 grid(unsigned((tokens + 7) / 8), unsigned(groups.size()));
     DequantizeKernel<<<grid, 256, 0, stream>>>(payload, tokens, s.groups.ptr, int(groups.size()), out, ld);
