@@ -299,35 +299,24 @@ __global__ void DequantizeKernel(const uint8_t* __restrict__ payload, int64_t to
   for (uint32_t j = lane; j < gd.size; j += 32) x[j] = __float2bfloat16_rn(DecodeAt(gd, plane + 4 * tokens, t, j, shift, scale));
 }
 
-// One thread per (token, component), components fastest, so that every warp writes 64
-// contiguous bytes of a row whatever the plan's groups. The warp-per-(token, group) kernel above
-// leaves 31 lanes of 32 idle on groups of one component, which the DP picks by the hundreds
-// (614 groups, 526 of them single components, in the 8B shape's rank-2048 plan at 16x).
-// A thread finds its component's group by binary search (the groups tile [0, rank) in order)
-// and decodes kTokensPerFlatThread tokens of it. Block: 64 components x 4 token rows.
-constexpr int kFlatComponents = 64, kFlatRows = 4, kTokensPerFlatThread = 4;
-__global__ void DequantizeFlatKernel(const uint8_t* __restrict__ payload, int64_t tokens,
-                                     const GroupDesc* __restrict__ groups, int num_groups, uint32_t rank,
-                                     __nv_bfloat16* __restrict__ out, int64_t ld) {
-  const uint32_t j = blockIdx.x * kFlatComponents + threadIdx.x;
-  if (j >= rank) return;
-  int lo = 0, hi = num_groups - 1;  // the last group starting at or before j
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (groups[mid].start <= j) lo = mid; else hi = mid - 1;
+// Groups of fewer than 32 components (the DP's single-component groups, by the hundreds: 526 of
+// 614 in the 8B shape's rank-2048 plan at 16x): one thread per (token, group), elements in a
+// loop, as QuantizeSmallKernel encodes them. The warp kernel above would idle 31 lanes of 32 on
+// each; here a warp reads 32 tokens' shifts and scales in two coalesced loads.
+__global__ void DequantizeSmallKernel(const uint8_t* __restrict__ payload, int64_t tokens,
+                                      const GroupDesc* __restrict__ groups, __nv_bfloat16* __restrict__ out,
+                                      int64_t ld) {
+  const int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= tokens) return;
+  const GroupDesc gd = groups[blockIdx.y];
+  __nv_bfloat16* x = out + t * ld + gd.start;
+  if (gd.bits == 0) {
+    for (uint32_t j = 0; j < gd.size; ++j) x[j] = __float2bfloat16_rn(0.0f);
+    return;
   }
-  const GroupDesc gd = groups[lo];
   const uint8_t* plane = payload + gd.plane;
-  const int64_t t0 = (int64_t(blockIdx.y) * kFlatRows + threadIdx.y) * kTokensPerFlatThread;
-#pragma unroll
-  for (int k = 0; k < kTokensPerFlatThread; ++k) {
-    const int64_t t = t0 + k;
-    if (t >= tokens) break;
-    const float v = gd.bits == 0 ? 0.0f
-                                 : DecodeAt(gd, plane + 4 * tokens, t, j - gd.start, PlaneHalf(plane, t),
-                                            PlaneHalf(plane + 2 * tokens, t));
-    out[t * ld + j] = __float2bfloat16_rn(v);
-  }
+  const float shift = PlaneHalf(plane, t), scale = PlaneHalf(plane + 2 * tokens, t);
+  for (uint32_t j = 0; j < gd.size; ++j) x[j] = __float2bfloat16_rn(DecodeAt(gd, plane + 4 * tokens, t, j, shift, scale));
 }
 
 // Copies chunk c's sizes[c] bytes from srcs[c] to dsts[c]: compaction of DEFLATE slots into a
@@ -472,19 +461,6 @@ EntropyCoder Coder(bool encode) {
 
 constexpr int kThreads = 256;
 inline unsigned Blocks(int64_t n) { return unsigned((n + kThreads - 1) / kThreads); }
-
-// Restores stage a record's chunks into pinned memory in pieces of about this many bytes, each
-// sent to the device as soon as it is staged, so that the copy engine moves one piece while the
-// host threads stage the next (a coded section of an 8B-shape 8K-token record is ~30 MB).
-// KVTC_STAGE_PIECE_KIB overrides it; 0 stages a whole section per copy (the behaviour measured
-// in run d, kept to compare).
-size_t StagePieceBytes() {
-  static const size_t bytes = [] {
-    const char* v = std::getenv("KVTC_STAGE_PIECE_KIB");
-    return v && *v ? size_t(std::strtoull(v, nullptr, 10)) * 1024 : size_t(4) << 20;
-  }();
-  return bytes;
-}
 
 // Grid of PrepareKernel / FinishKernel: x over token groups of kRowsPerThread (x has room for
 // 2^31 blocks), y over the features of a row in kThreads-wide blocks.
@@ -645,35 +621,39 @@ StreamScratch& Scratch(int slot, int which) {
   return s[slot][which];
 }
 
-// KVTC_DEQUANT=flat picks DequantizeFlatKernel; unset or warp, the warp-per-(token, group)
-// kernel measured in run d. Opt-in until the flat one has run on a GPU (written 2026-11-30
-// without device time): the GPU parity tests under KVTC_DEQUANT=flat, then the bench both ways.
-bool FlatDequantize() {
-  static const int flat = [] {
+// KVTC_DEQUANT=split sends groups of fewer than 32 components to DequantizeSmallKernel and the
+// rest to the warp kernel; unset or warp, the warp kernel decodes every group (run d's).
+// Opt-in until measured on a GPU.
+bool SplitDequantize() {
+  static const int split = [] {
     const char* v = std::getenv("KVTC_DEQUANT");
     if (!v || !*v || std::strcmp(v, "warp") == 0) return 0;
-    return std::strcmp(v, "flat") == 0 ? 1 : -1;
+    return std::strcmp(v, "split") == 0 ? 1 : -1;
   }();
-  KVTC_CHECK(flat >= 0, kInvalidArgument, "KVTC_DEQUANT must be warp or flat");
-  return flat == 1;
+  KVTC_CHECK(split >= 0, kInvalidArgument, "KVTC_DEQUANT must be warp or split");
+  return split == 1;
 }
 
 // payload (device) -> bf16 coefficients out[t * ld + j], j < plan.rank, on `stream` (every group,
 // dropped ones as zeros).
 void LaunchDequantize(const Plan& plan, const uint8_t* payload, int64_t tokens, __nv_bfloat16* out, int64_t ld,
                       StreamScratch& s, cudaStream_t stream) {
-  const std::vector<GroupDesc> groups = PlanDescs(plan, tokens, /*kept_only=*/false);
-  if (groups.empty() || tokens == 0) return;
+  const std::vector<GroupDesc> all = PlanDescs(plan, tokens, /*kept_only=*/false);
+  if (all.empty() || tokens == 0) return;
+  const uint32_t small_below = SplitDequantize() ? 32 : 0;
+  std::vector<GroupDesc> groups;
+  for (const GroupDesc& g : all) if (g.size < small_below) groups.push_back(g);
+  const size_t small = groups.size();
+  for (const GroupDesc& g : all) if (g.size >= small_below) groups.push_back(g);
   UploadAsync(s.groups, groups.data(), groups.size(), stream);
-  const int64_t flat_rows = int64_t(kFlatRows) * kTokensPerFlatThread;
-  if (FlatDequantize() && (tokens + flat_rows - 1) / flat_rows <= 65535) {  // grid.y's limit
-    const dim3 grid(unsigned((plan.rank + kFlatComponents - 1) / kFlatComponents),
-                    unsigned((tokens + flat_rows - 1) / flat_rows));
-    DequantizeFlatKernel<<<grid, dim3(kFlatComponents, kFlatRows), 0, stream>>>(
-        payload, tokens, s.groups.ptr, int(groups.size()), plan.rank, out, ld);
-  } else {
-    const dim3 grid(unsigned((tokens + 7) / 8), unsigned(groups.size()));
-    DequantizeKernel<<<grid, 256, 0, stream>>>(payload, tokens, s.groups.ptr, int(groups.size()), out, ld);
+  if (small > 0) {
+    DequantizeSmallKernel<<<dim3(unsigned((tokens + 255) / 256), unsigned(small)), 256, 0, stream>>>(
+        payload, tokens, s.groups.ptr, out, ld);
+  }
+  if (groups.size() > small) {
+    const dim3 grid(unsigned((tokens + 7) / 8), unsigned(groups.size() - small));
+    DequantizeKernel<<<grid, 256, 0, stream>>>(payload, tokens, s.groups.ptr + small, int(groups.size() - small), out,
+                                               ld);
   }
   KVTC_CUDA_CALL(cudaGetLastError());
 }
@@ -1427,18 +1407,12 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
       KVTC_CUDA_CALL(cudaMemcpyAsync(buf.image.ptr + st.begin, record + st.src_off[0], st.sizes[0],
                                      cudaMemcpyHostToDevice, ctx.stream));
     } else {
-      // Staged chunks [a, b) form a piece; the pieces tile [st.begin, st.end) of the image (the
-      // first chunk starts at st.begin, each next one where the last one's aligned bytes end).
-      const size_t piece = StagePieceBytes(), n = st.sizes.size();
-      for (size_t a = 0, b = 0; a < n; a = b) {
-        size_t bytes = st.sizes[a];
-        for (b = a + 1; b < n && (piece == 0 || bytes + st.sizes[b] <= piece); ++b) bytes += st.sizes[b];
-        ParallelCopyChunks(buf.staging.ptr, st.dst_off.data() + a, record, st.src_off.data() + a, st.sizes.data() + a,
-                           b - a);
-        const size_t from = st.dst_off[a], to = b < n ? st.dst_off[b] : st.end;
-        KVTC_CUDA_CALL(cudaMemcpyAsync(buf.image.ptr + from, buf.staging.ptr + from, to - from,
-                                       cudaMemcpyHostToDevice, ctx.stream));
-      }
+      // One copy per section: staging in 4 MiB pieces, each sent as soon as staged, measured
+      // slower on an H200 (2026-11-30, 8B shape 8K: 76.7 / 108.2 GB/s against 84.9 / 125.6).
+      ParallelCopyChunks(buf.staging.ptr, st.dst_off.data(), record, st.src_off.data(), st.sizes.data(),
+                         st.sizes.size());
+      KVTC_CUDA_CALL(cudaMemcpyAsync(buf.image.ptr + st.begin, buf.staging.ptr + st.begin, st.end - st.begin,
+                                     cudaMemcpyHostToDevice, ctx.stream));
     }
     if (IsCoded(h.sections[i].encoding)) f.targets.push_back({&f.coded[i], s0.payload.ptr + f.payload_at[i]});
   }
