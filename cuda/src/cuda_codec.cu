@@ -353,20 +353,32 @@ struct Context {
   // values are still being coded on `stream`; events order the two.
   cudaStream_t copy = nullptr;
   cudaEvent_t keys_coded[2] = {}, values_coded[2] = {}, read_back = nullptr;  // per pipeline slot
+  // A decode's host-to-device copies run on `copy` too, section by section as the host stages
+  // them, while `stream` already inflates and reconstructs the keys. Per pipeline slot: the
+  // sections copied so far are on the device (staged, recorded again after each), both streams
+  // are reconstructed into scratch (reconstructed), the slot's device image may be overwritten
+  // (slot_free).
+  cudaEvent_t staged[2] = {}, reconstructed[2] = {}, slot_free[2] = {};
   cublasHandle_t cublas = nullptr;
   Context() {
     KVTC_CUDA_CALL(cudaGetDevice(&device));
     KVTC_CUDA_CALL(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
     KVTC_CUDA_CALL(cudaStreamCreateWithFlags(&copy, cudaStreamNonBlocking));
-    for (cudaEvent_t* e : {&keys_coded[0], &keys_coded[1], &values_coded[0], &values_coded[1], &read_back})
-      KVTC_CUDA_CALL(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
+    for (cudaEvent_t* e : Events()) KVTC_CUDA_CALL(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
     KVTC_CUBLAS_CALL(cublasCreate(&cublas));
     KVTC_CUBLAS_CALL(cublasSetStream(cublas, stream));
   }
+  std::vector<cudaEvent_t*> Events() {
+    std::vector<cudaEvent_t*> all{&read_back};
+    for (int i = 0; i < 2; ++i)
+      for (cudaEvent_t* e : {&keys_coded[i], &values_coded[i], &staged[i], &reconstructed[i], &slot_free[i]})
+        all.push_back(e);
+    return all;
+  }
   ~Context() {
     if (cublas) cublasDestroy(cublas);
-    for (cudaEvent_t e : {keys_coded[0], keys_coded[1], values_coded[0], values_coded[1], read_back})
-      if (e) cudaEventDestroy(e);
+    for (cudaEvent_t* e : Events())
+      if (*e) cudaEventDestroy(*e);
     if (copy) cudaStreamDestroy(copy);
     if (stream) cudaStreamDestroy(stream);
   }
@@ -1020,10 +1032,10 @@ void CheckInflate(const StreamScratch& s, const std::vector<InflateTarget>& targ
   }
 }
 
-// payload (device) -> rows [lo, hi) of dtype, written into `out` (contiguous or paged).
-void DecodeStream(Context& ctx, const Calibration& c, const DeviceCalibration& dev, const Plan& plan, bool keys,
-                  const uint8_t* payload, uint32_t tokens, int64_t pos0, KvDtype dtype, const StreamRows& out,
-                  int64_t lo, int64_t hi, StreamScratch& s, Profiler& prof) {
+// payload (device) -> the stream's reconstruction X[T, p] = D V^T (fp32) in s.xf, on the job
+// stream: scratch only, so it may run before the record's inflation is checked.
+void ReconstructStream(Context& ctx, const Calibration& c, const DeviceCalibration& dev, const Plan& plan, bool keys,
+                       const uint8_t* payload, uint32_t tokens, StreamScratch& s, Profiler& prof) {
   const int64_t p = c.feature_dim();
   const uint32_t r = plan.rank;
   const uint32_t dq_ld = PadLd(r);
@@ -1049,6 +1061,14 @@ void DecodeStream(Context& ctx, const Calibration& c, const DeviceCalibration& d
     KVTC_CUDA_CALL(cudaMemsetAsync(s.xf.ptr, 0, size_t(tokens) * p * 4, ctx.stream));
   }
   prof.mark(keys ? "k.gemm" : "v.gemm");
+}
+
+// s.xf (ReconstructStream's) -> rows [lo, hi) of dtype, mean added and (keys) RoPE re-applied,
+// written into `out` (contiguous or paged).
+void FinishStream(Context& ctx, const Calibration& c, const DeviceCalibration& dev, bool keys, uint32_t tokens,
+                  int64_t pos0, KvDtype dtype, const StreamRows& out, int64_t lo, int64_t hi, StreamScratch& s,
+                  Profiler& prof) {
+  const int64_t p = c.feature_dim();
   const int half = c.rope.rotary_dim / 2;
   const float2* table = keys ? const_cast<DeviceCalibration&>(dev).RopeTable(pos0 + tokens, ctx.stream) + pos0 * half : nullptr;
   const float* mean = keys ? dev.mean_keys.ptr : dev.mean_values.ptr;
@@ -1287,15 +1307,16 @@ HostBytes FinishEncode(Context& ctx, const Calibration& c, EncodeFlight& f) {
   return std::move(f.record);
 }
 
-// A decode in flight: checked, staged and inflating (LaunchDecode), then checked and
-// reconstructed (FinishDecode, which leaves the reconstruction running on the job stream).
+// A decode in flight: checked, staged, inflated and reconstructed into scratch (LaunchDecode),
+// then checked and written into its target (FinishDecode, which leaves the writes running on the
+// job stream).
 struct DecodeFlight {
   int slot = 0;
   RecordHeader h;
-  std::vector<CodedChunks> coded;
-  std::vector<InflateTarget> targets;  // the coded sections, keys first, in record order
-  std::vector<size_t> payload_at;      // per section: its payload's offset in the slot's payload buffer
-  InflateLaunch inflated;              // what the inflater was given
+  std::vector<CodedChunks> coded;       // per section (coded ones filled)
+  std::vector<InflateTarget> targets;   // per section: where a coded one inflates
+  std::vector<InflateLaunch> inflated;  // per section: what its inflater was given
+  std::vector<size_t> payload_at;       // per section: its payload's offset in the slot's payload buffer
   size_t row_bytes = 0;
   std::vector<size_t> image_at;  // per section: where its bytes start in the slot's device image
   // Where the tokens go: contiguous rows (keys_out, values_out), or record tokens
@@ -1306,6 +1327,26 @@ struct DecodeFlight {
   uint32_t record_offset = 0, span_tokens = 0;
   std::unique_ptr<Profiler> prof;
 };
+
+bool IsKeys(const Section& s) { return s.kind == SectionKind::kRawKeys || s.kind == SectionKind::kCodedKeys; }
+
+// The rows [lo, hi) of section s that land in f's target (all of them, or those inside a paged
+// span) and where they go; false when none do.
+bool SectionTarget(const DecodeFlight& f, const Section& s, int64_t& lo, int64_t& hi, StreamRows& out) {
+  const bool keys = IsKeys(s);
+  lo = 0;
+  hi = s.token_count;
+  out = StreamRows{};
+  if (f.paged) {
+    const int64_t token0 = int64_t(s.token_offset) - f.record_offset;  // span token of row 0
+    lo = std::max<int64_t>(0, -token0);
+    hi = std::min<int64_t>(s.token_count, int64_t(f.span_tokens) - token0);
+    out = {nullptr, f.paged, keys ? 0 : f.paged->st.kv, token0};
+  } else {
+    out.rows = static_cast<uint8_t*>(keys ? f.keys_out : f.values_out) + size_t(s.token_offset) * f.row_bytes;
+  }
+  return hi > lo;
+}
 
 struct DecodeSlot {
   DeviceBuffer<uint8_t> image;  // the record's sections on the device
@@ -1399,53 +1440,65 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
   if (!direct) buf.staging.resize(std::max<size_t>(1, image_bytes));
   StreamScratch& s0 = Scratch(slot, 0);
   s0.payload.resize(std::max<size_t>(4, payload_total));
-  // Each section's bytes staged and sent (or sent as they are); then every coded section
-  // inflating in one launch.
+  f.targets.assign(h.sections.size(), InflateTarget{});
+  f.inflated.assign(h.sections.size(), InflateLaunch{});
+  // Sections go to the device in record order on the copy stream, staged section by section; as
+  // soon as a coded section is there, the job stream inflates and reconstructs it into scratch,
+  // so the keys' device work overlaps the host's staging of the values. Nothing reaches the
+  // target before FinishDecode has checked every inflation. The slot's image is free once the
+  // writes of the slot's previous sequence have run.
+  KVTC_CUDA_CALL(cudaStreamWaitEvent(ctx.copy, ctx.slot_free[slot], 0));
   for (size_t i = 0; i < h.sections.size(); ++i) {
     const Staging& st = staging[i];
     if (direct) {
       KVTC_CUDA_CALL(cudaMemcpyAsync(buf.image.ptr + st.begin, record + st.src_off[0], st.sizes[0],
-                                     cudaMemcpyHostToDevice, ctx.stream));
+                                     cudaMemcpyHostToDevice, ctx.copy));
     } else {
       // One copy per section: staging in 4 MiB pieces, each sent as soon as staged, measured
       // slower on an H200 (2026-11-30, 8B shape 8K: 76.7 / 108.2 GB/s against 84.9 / 125.6).
       ParallelCopyChunks(buf.staging.ptr, st.dst_off.data(), record, st.src_off.data(), st.sizes.data(),
                          st.sizes.size());
       KVTC_CUDA_CALL(cudaMemcpyAsync(buf.image.ptr + st.begin, buf.staging.ptr + st.begin, st.end - st.begin,
-                                     cudaMemcpyHostToDevice, ctx.stream));
+                                     cudaMemcpyHostToDevice, ctx.copy));
     }
-    if (IsCoded(h.sections[i].encoding)) f.targets.push_back({&f.coded[i], s0.payload.ptr + f.payload_at[i]});
+    const Section& sec = h.sections[i];
+    if (!IsCoded(sec.encoding)) continue;
+    const bool keys = IsKeys(sec);
+    KVTC_CUDA_CALL(cudaEventRecord(ctx.staged[slot], ctx.copy));
+    KVTC_CUDA_CALL(cudaStreamWaitEvent(ctx.stream, ctx.staged[slot], 0));
+    f.targets[i] = {&f.coded[i], s0.payload.ptr + f.payload_at[i]};
+    f.inflated[i] = LaunchInflate(ctx, Scratch(slot, keys ? 0 : 1), {f.targets[i]}, buf.image.ptr, s0.payload.ptr);
+    prof.mark(keys ? "k.inflate" : "v.inflate");
+    int64_t lo, hi;
+    StreamRows out;
+    if (SectionTarget(f, sec, lo, hi, out)) {
+      ReconstructStream(ctx, c, dev, keys ? plan.keys : plan.values, keys, f.targets[i].payload, sec.token_count,
+                        Scratch(slot, keys ? 0 : 1), prof);
+    }
   }
-  prof.mark("h2d");
-  f.inflated = LaunchInflate(ctx, s0, f.targets, buf.image.ptr, s0.payload.ptr);
-  prof.mark("inflate");
+  KVTC_CUDA_CALL(cudaEventRecord(ctx.staged[slot], ctx.copy));
+  KVTC_CUDA_CALL(cudaStreamWaitEvent(ctx.stream, ctx.staged[slot], 0));
+  KVTC_CUDA_CALL(cudaEventRecord(ctx.reconstructed[slot], ctx.stream));
   prof.lap("stage+launch");
 }
 
 void FinishDecode(Context& ctx, const Calibration& c, const DeviceCalibration& dev, DecodeFlight& f) {
   Profiler& prof = *f.prof;
   const RecordHeader& h = f.h;
-  KVTC_CUDA_CALL(cudaStreamSynchronize(ctx.stream));
-  prof.lap("inflate");
-  CheckInflate(Scratch(f.slot, 0), f.targets, f.inflated);
-  // Every check has passed: only now is a target row written. Per section, the rows [lo, hi) that
-  // land in the target (all of them, or those inside a paged span).
-  const PlanPair& plan = c.plans[h.plan_id];
+  KVTC_CUDA_CALL(cudaEventSynchronize(ctx.reconstructed[f.slot]));
+  prof.lap("inflate+reconstruct");
+  for (size_t i = 0; i < h.sections.size(); ++i) {
+    if (IsCoded(h.sections[i].encoding))
+      CheckInflate(Scratch(f.slot, IsKeys(h.sections[i]) ? 0 : 1), {f.targets[i]}, f.inflated[i]);
+  }
+  // Every check has passed: only now is a target row written.
   DecodeSlot& buf = DecodeSlotBuffers(f.slot);
   for (size_t i = 0; i < h.sections.size(); ++i) {
     const Section& s = h.sections[i];
-    const bool keys = s.kind == SectionKind::kRawKeys || s.kind == SectionKind::kCodedKeys;
-    int64_t lo = 0, hi = s.token_count;
+    const bool keys = IsKeys(s);
+    int64_t lo, hi;
     StreamRows out;
-    if (f.paged) {
-      const int64_t token0 = int64_t(s.token_offset) - f.record_offset;  // span token of row 0
-      lo = std::max<int64_t>(0, -token0);
-      hi = std::min<int64_t>(s.token_count, int64_t(f.span_tokens) - token0);
-      if (hi <= lo) continue;
-      out = {nullptr, f.paged, keys ? 0 : f.paged->st.kv, token0};
-    } else {
-      out.rows = static_cast<uint8_t*>(keys ? f.keys_out : f.values_out) + size_t(s.token_offset) * f.row_bytes;
-    }
+    if (!SectionTarget(f, s, lo, hi, out)) continue;
     if (s.encoding == SectionEncoding::kRaw) {
       uint8_t* src = buf.image.ptr + f.image_at[i] + size_t(lo) * f.row_bytes;
       if (f.paged) {
@@ -1457,10 +1510,10 @@ void FinishDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
       }
       continue;
     }
-    DecodeStream(ctx, c, dev, keys ? plan.keys : plan.values, keys, Scratch(f.slot, 0).payload.ptr + f.payload_at[i],
-                 s.token_count, int64_t(h.token_start) + s.token_offset, h.kv_dtype, out, lo, hi,
+    FinishStream(ctx, c, dev, keys, s.token_count, int64_t(h.token_start) + s.token_offset, h.kv_dtype, out, lo, hi,
                  Scratch(f.slot, keys ? 0 : 1), prof);
   }
+  KVTC_CUDA_CALL(cudaEventRecord(ctx.slot_free[f.slot], ctx.stream));
   prof.lap("launch");
 }
 
@@ -1525,18 +1578,30 @@ std::vector<RecordHeader> DecodeManyToDevice(const Calibration& c, const DeviceC
   KVTC_CUDA_CALL(cudaSetDevice(dev.device));
   Context& ctx = ThreadContext();
   std::vector<RecordHeader> out(jobs.size());
+  if (jobs.empty()) return out;
   DecodeFlight flights[kSlots];
-  for (size_t b = 0; b < jobs.size(); ++b) {
-    // Sequence b is staged and inflated while sequence b - 1 is still being reconstructed.
-    const DeviceDecodeJob& j = jobs[b];
+  auto launch = [&](size_t b) {
     DecodeFlight& f = flights[b % kSlots];
-    if (b >= kSlots) f.prof->report("decode");  // its marks are complete: the stream passed them
+    if (b >= kSlots) f.prof->report("decode");  // with profiling on, waits for its last marks
     f = DecodeFlight{};
-    f.keys_out = j.keys_out;
-    f.values_out = j.values_out;
-    LaunchDecode(ctx, c, dev, j.record, j.size, j.expected_bytes, int(b % kSlots), f);
-    FinishDecode(ctx, c, dev, f);
-    out[b] = f.h;
+    f.keys_out = jobs[b].keys_out;
+    f.values_out = jobs[b].values_out;
+    LaunchDecode(ctx, c, dev, jobs[b].record, jobs[b].size, jobs[b].expected_bytes, int(b % kSlots), f);
+  };
+  try {
+    launch(0);
+    for (size_t b = 0; b < jobs.size(); ++b) {
+      // Sequence b + 1 is staged and reconstructed while sequence b is checked and written.
+      if (b + 1 < jobs.size()) launch(b + 1);
+      FinishDecode(ctx, c, dev, flights[b % kSlots]);
+      out[b] = flights[b % kSlots].h;
+    }
+  } catch (...) {
+    // A bad record fails the batch; the sequences still in flight finish before their slots'
+    // buffers can be reused.
+    cudaStreamSynchronize(ctx.copy);
+    cudaStreamSynchronize(ctx.stream);
+    throw;
   }
   KVTC_CUDA_CALL(cudaStreamSynchronize(ctx.stream));
   for (size_t b = jobs.size() > kSlots ? jobs.size() - kSlots : 0; b < jobs.size(); ++b) {
