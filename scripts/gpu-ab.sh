@@ -2,11 +2,12 @@
 # Runs ON the GPU machine (like scripts/gpu-run.sh, with .gpu/ carried): the GPU tests and memcheck
 # with a candidate setting, then the 8B-shape bench at 8K tokens (batch 1 and 8) without and with
 # it, in separate processes of one call, so that one call says which to keep as the default.
-#   bash scripts/gpu-ab.sh [VAR=value ...]     (default: KVTC_DEQUANT=split)
+#   bash scripts/gpu-ab.sh VAR=value [...]     e.g. bash scripts/gpu-ab.sh KVTC_PIN_RECORDS=1
 # Results: $OUT/gpu-bench-base.json and $OUT/gpu-bench-ab.json. Environment: REPS (default 3), OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-candidate=("${@:-KVTC_DEQUANT=split}")
+[ $# -gt 0 ] || { echo "usage: bash scripts/gpu-ab.sh VAR=value [...]" >&2; exit 2; }
+candidate=("$@")
 OUT=${OUT:-$PWD/out}
 mkdir -p "$OUT/ab"
 env "${candidate[@]}" OUT="$OUT/ab" SANITIZERS=memcheck bash scripts/gpu-run.sh test
