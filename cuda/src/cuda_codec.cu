@@ -1350,6 +1350,9 @@ DecodeSlot& DecodeSlotBuffers(int slot) {
 void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& dev, const uint8_t* record, size_t size,
                   uint64_t expected_bytes, int slot, DecodeFlight& f) {
   f.slot = slot;
+  KVTC_CUDA_CALL(cudaSetDevice(dev.device));
+  f.prof = std::make_unique<Profiler>(ctx.stream);
+  Profiler& prof = *f.prof;
   RecordHeader& h = f.h;
   h = ReadHeader(record, size);
   KVTC_CHECK(h.calibration_id == c.id, kCalibrationMismatch, "record was written with another calibration");
@@ -1367,6 +1370,7 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
     KVTC_CHECK(!raw || s.stored_bytes == s.token_count * row_bytes, kRecordLength, "raw section has the wrong size");
   }
   VerifySections(h, record);
+  prof.lap("verify");
   const PlanPair& plan = c.plans[h.plan_id];
   // Every chunk table is checked before the device is touched.
   f.coded.resize(h.sections.size());
@@ -1376,9 +1380,7 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
     const bool keys = s.kind == SectionKind::kCodedKeys;
     f.coded[i] = ParseCodedSection(record, s, PayloadBytes(keys ? plan.keys : plan.values, s.token_count));
   }
-  KVTC_CUDA_CALL(cudaSetDevice(dev.device));
-  f.prof = std::make_unique<Profiler>(ctx.stream);
-  Profiler& prof = *f.prof;
+  prof.lap("chunk tables");
   DecodeSlot& buf = DecodeSlotBuffers(slot);
   // One device image of everything the record holds (raw rows, and compressed chunks at 16-byte
   // aligned offsets for nvCOMP), staged through pinned memory section by section: while the host
@@ -1427,6 +1429,7 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
   }
   buf.image.resize(std::max<size_t>(1, image_bytes));
   if (!direct) buf.staging.resize(std::max<size_t>(1, image_bytes));
+  prof.lap("buffers");
   StreamScratch& s0 = Scratch(slot, 0);
   s0.payload.resize(std::max<size_t>(4, payload_total));
   f.targets.assign(h.sections.size(), InflateTarget{});
@@ -1450,6 +1453,7 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
       KVTC_CUDA_CALL(cudaMemcpyAsync(buf.image.ptr + st.begin, buf.staging.ptr + st.begin, st.end - st.begin,
                                      cudaMemcpyHostToDevice, ctx.copy));
     }
+    prof.lap(IsKeys(h.sections[i]) ? "k.stage" : "v.stage");
     const Section& sec = h.sections[i];
     if (!IsCoded(sec.encoding)) continue;
     const bool keys = IsKeys(sec);
@@ -1458,6 +1462,7 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
     f.targets[i] = {&f.coded[i], s0.payload.ptr + f.payload_at[i]};
     f.inflated[i] = LaunchInflate(ctx, Scratch(slot, keys ? 0 : 1), {f.targets[i]}, buf.image.ptr, s0.payload.ptr);
     prof.mark(keys ? "k.inflate" : "v.inflate");
+    prof.lap(keys ? "k.launch" : "v.launch");
     int64_t lo, hi;
     StreamRows out;
     if (SectionTarget(f, sec, lo, hi, out)) {
@@ -1468,7 +1473,7 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
   KVTC_CUDA_CALL(cudaEventRecord(ctx.staged[slot], ctx.copy));
   KVTC_CUDA_CALL(cudaStreamWaitEvent(ctx.stream, ctx.staged[slot], 0));
   KVTC_CUDA_CALL(cudaEventRecord(ctx.reconstructed[slot], ctx.stream));
-  prof.lap("stage+launch");
+  prof.lap("launch");
 }
 
 void FinishDecode(Context& ctx, const Calibration& c, const DeviceCalibration& dev, DecodeFlight& f) {
@@ -1503,7 +1508,7 @@ void FinishDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
                  Scratch(f.slot, keys ? 0 : 1), prof);
   }
   KVTC_CUDA_CALL(cudaEventRecord(ctx.slot_free[f.slot], ctx.stream));
-  prof.lap("launch");
+  prof.lap("finish.launch");
 }
 
 }  // namespace
