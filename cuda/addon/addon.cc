@@ -576,30 +576,60 @@ Napi::Value CopyCrc32cJs(const Napi::CallbackInfo& info) {
   });
 }
 
+// The chunk lists of copyChunks / copyChunksCrc32c, checked against the source and destination.
+struct ChunkCopyArgs {
+  Bytes in;
+  std::vector<size_t> src, dst, sizes;
+  size_t dst_bytes = 0;
+};
+ChunkCopyArgs ParseChunkCopy(const Napi::CallbackInfo& info) {
+  ChunkCopyArgs c{ViewBytes(info[0], "data"), {}, {}, {}, 0};
+  Napi::Object o = ArgObject(info, 1, "options");
+  auto list = [&](const char* name) {
+    Napi::Value v = Prop(o, name);
+    KVTC_CHECK(v.IsArray(), kInvalidArgument, "Expected an array for " << name);
+    Napi::Array a = v.As<Napi::Array>();
+    std::vector<size_t> out(a.Length());
+    for (uint32_t i = 0; i < a.Length(); ++i) out[i] = static_cast<size_t>(a.Get(i).As<Napi::Number>().Int64Value());
+    return out;
+  };
+  c.src = list("srcOffsets");
+  c.dst = list("dstOffsets");
+  c.sizes = list("sizes");
+  c.dst_bytes = Uint(o, "dstBytes");
+  KVTC_CHECK(c.src.size() == c.sizes.size() && c.dst.size() == c.sizes.size(), kInvalidArgument,
+             "offset and size lists differ");
+  for (size_t i = 0; i < c.sizes.size(); ++i) {
+    KVTC_CHECK(c.src[i] <= c.in.size && c.sizes[i] <= c.in.size - c.src[i] && c.dst[i] <= c.dst_bytes &&
+                   c.sizes[i] <= c.dst_bytes - c.dst[i],
+               kInvalidArgument, "chunk " << i << " is out of bounds");
+  }
+  return c;
+}
+
 // copyChunks(data, {srcOffsets, dstOffsets, sizes, dstBytes}) -> Buffer: the parallel chunk copy
 // the CUDA backend stages records with (zero outside the chunks).
 Napi::Value CopyChunksJs(const Napi::CallbackInfo& info) {
   return Guard(info, [&]() -> Napi::Value {
-    Bytes in = ViewBytes(info[0], "data");
-    Napi::Object o = ArgObject(info, 1, "options");
-    auto list = [&](const char* name) {
-      Napi::Value v = Prop(o, name);
-      KVTC_CHECK(v.IsArray(), kInvalidArgument, "Expected an array for " << name);
-      Napi::Array a = v.As<Napi::Array>();
-      std::vector<size_t> out(a.Length());
-      for (uint32_t i = 0; i < a.Length(); ++i) out[i] = static_cast<size_t>(a.Get(i).As<Napi::Number>().Int64Value());
-      return out;
-    };
-    const std::vector<size_t> src = list("srcOffsets"), dst = list("dstOffsets"), sizes = list("sizes");
-    const size_t dst_bytes = Uint(o, "dstBytes");
-    KVTC_CHECK(src.size() == sizes.size() && dst.size() == sizes.size(), kInvalidArgument, "offset and size lists differ");
-    for (size_t i = 0; i < sizes.size(); ++i) {
-      KVTC_CHECK(src[i] <= in.size && sizes[i] <= in.size - src[i] && dst[i] <= dst_bytes && sizes[i] <= dst_bytes - dst[i],
-                 kInvalidArgument, "chunk " << i << " is out of bounds");
-    }
-    std::vector<uint8_t> out(dst_bytes, 0);
-    ParallelCopyChunks(out.data(), dst.data(), in.data, src.data(), sizes.data(), sizes.size());
+    const ChunkCopyArgs c = ParseChunkCopy(info);
+    std::vector<uint8_t> out(c.dst_bytes, 0);
+    ParallelCopyChunks(out.data(), c.dst.data(), c.in.data, c.src.data(), c.sizes.data(), c.sizes.size());
     return NewBuffer(info.Env(), std::move(out));
+  });
+}
+
+// copyChunksCrc32c(data, {...as copyChunks}) -> {copy, crc}: the same copy of chunks that lie back
+// to back in `data`, with the CRC32C of their span (the restore's staging-and-verify pass).
+Napi::Value CopyChunksCrc32cJs(const Napi::CallbackInfo& info) {
+  return Guard(info, [&]() -> Napi::Value {
+    const ChunkCopyArgs c = ParseChunkCopy(info);
+    std::vector<uint8_t> copy(c.dst_bytes, 0);
+    const uint32_t crc =
+        ParallelCopyChunksCrc(copy.data(), c.dst.data(), c.in.data, c.src.data(), c.sizes.data(), c.sizes.size());
+    Napi::Object out = Napi::Object::New(info.Env());
+    out.Set("crc", Napi::Number::New(info.Env(), crc));
+    out.Set("copy", NewBuffer(info.Env(), std::move(copy)));
+    return out;
   });
 }
 
@@ -974,6 +1004,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   stages.Set("crc32c", Napi::Function::New(env, Crc32cJs));
   stages.Set("copyCrc32c", Napi::Function::New(env, CopyCrc32cJs));
   stages.Set("copyChunks", Napi::Function::New(env, CopyChunksJs));
+  stages.Set("copyChunksCrc32c", Napi::Function::New(env, CopyChunksCrc32cJs));
   stages.Set("recordPoolRun", Napi::Function::New(env, RecordPoolRunJs));
   stages.Set("round", Napi::Function::New(env, RoundJs));
 #if KVTC_WITH_CUDA

@@ -115,6 +115,14 @@ uint32_t Crc32cCombine(uint32_t crc_a, uint32_t crc_b, size_t size_b) {
   return MultModP(X2nModP(size_b, 3), crc_a) ^ crc_b;
 }
 
+uint32_t Crc32cConcat(const uint32_t* crcs, size_t count, size_t block, size_t last) {
+  if (count == 0) return 0;
+  const uint32_t shift = X2nModP(block, 3);
+  uint32_t crc = crcs[0];
+  for (size_t i = 1; i + 1 < count; ++i) crc = MultModP(shift, crc) ^ crcs[i];
+  return count > 1 ? Crc32cCombine(crc, crcs[count - 1], last) : crc;
+}
+
 uint32_t Crc32cParallel(const void* data, size_t size) {
   constexpr size_t kPiece = size_t(1) << 20;
   if (size < 4 * kPiece) return Crc32c(data, size);

@@ -1369,19 +1369,6 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
     KVTC_CHECK(raw == (s.encoding == SectionEncoding::kRaw), kRecordCorrupt, "section encoding does not match its kind");
     KVTC_CHECK(!raw || s.stored_bytes == s.token_count * row_bytes, kRecordLength, "raw section has the wrong size");
   }
-  VerifySections(h, record);
-  prof.lap("verify");
-  const PlanPair& plan = c.plans[h.plan_id];
-  // Every chunk table is checked before the device is touched.
-  f.coded.resize(h.sections.size());
-  for (size_t i = 0; i < h.sections.size(); ++i) {
-    const Section& s = h.sections[i];
-    if (!IsCoded(s.encoding)) continue;
-    const bool keys = s.kind == SectionKind::kCodedKeys;
-    f.coded[i] = ParseCodedSection(record, s, PayloadBytes(keys ? plan.keys : plan.values, s.token_count));
-  }
-  prof.lap("chunk tables");
-  DecodeSlot& buf = DecodeSlotBuffers(slot);
   // One device image of everything the record holds (raw rows, and compressed chunks at 16-byte
   // aligned offsets for nvCOMP), staged through pinned memory section by section: while the host
   // stages the next section, the device copies in the previous one. A record in page-locked
@@ -1389,7 +1376,29 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
   // from the record: its chunks then sit at any offset, which kvtc's inflater reads at full speed
   // (nvCOMP, for plain chunks, wants them aligned).
   bool direct = IsPinnedHost(record);
+  prof.lap("pinned?");
   for (const Section& s : h.sections) direct &= s.encoding != SectionEncoding::kDeflateChunks;
+  // Section CRCs: checked here for a record the device reads as it is; otherwise by the staging
+  // pass, which reads every byte anyway (ParallelCopyChunksCrc), before the section is sent.
+  if (direct) VerifySections(h, record);
+  prof.lap("verify");
+  const PlanPair& plan = c.plans[h.plan_id];
+  // Every chunk table is checked before the device is touched. A table that fails its checks is
+  // reported as the CRC mismatch it may be, the CPU decoder's order (CRCs, then chunk tables).
+  f.coded.resize(h.sections.size());
+  try {
+    for (size_t i = 0; i < h.sections.size(); ++i) {
+      const Section& s = h.sections[i];
+      if (!IsCoded(s.encoding)) continue;
+      const bool keys = s.kind == SectionKind::kCodedKeys;
+      f.coded[i] = ParseCodedSection(record, s, PayloadBytes(keys ? plan.keys : plan.values, s.token_count));
+    }
+  } catch (const Error&) {
+    if (!direct) VerifySections(h, record);
+    throw;
+  }
+  prof.lap("chunk tables");
+  DecodeSlot& buf = DecodeSlotBuffers(slot);
   struct Staging {
     std::vector<size_t> src_off, dst_off, sizes;
     size_t begin = 0, end = 0;  // the section's range of the image
@@ -1427,6 +1436,7 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
     }
     st.end = image_bytes;
   }
+  prof.lap("staging plan");
   buf.image.resize(std::max<size_t>(1, image_bytes));
   if (!direct) buf.staging.resize(std::max<size_t>(1, image_bytes));
   prof.lap("buffers");
@@ -1442,19 +1452,33 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
   KVTC_CUDA_CALL(cudaStreamWaitEvent(ctx.copy, ctx.slot_free[slot], 0));
   for (size_t i = 0; i < h.sections.size(); ++i) {
     const Staging& st = staging[i];
+    const Section& sec = h.sections[i];
     if (direct) {
       KVTC_CUDA_CALL(cudaMemcpyAsync(buf.image.ptr + st.begin, record + st.src_off[0], st.sizes[0],
                                      cudaMemcpyHostToDevice, ctx.copy));
     } else {
       // One copy per section: staging in 4 MiB pieces, each sent as soon as staged, measured
       // slower on an H200 (2026-11-30, 8B shape 8K: 76.7 / 108.2 GB/s against 84.9 / 125.6).
-      ParallelCopyChunks(buf.staging.ptr, st.dst_off.data(), record, st.src_off.data(), st.sizes.data(),
-                         st.sizes.size());
+      // The copy checksums what it reads: a raw section is its one chunk; a coded one's chunks
+      // follow its chunk table.
+      const uint32_t span_crc = ParallelCopyChunksCrc(buf.staging.ptr, st.dst_off.data(), record, st.src_off.data(),
+                                                      st.sizes.data(), st.sizes.size());
+      uint32_t crc = span_crc;
+      if (IsCoded(sec.encoding)) {
+        const CodedChunks& cc = f.coded[i];
+        const size_t table = cc.src.empty() ? sec.stored_bytes : cc.src[0];
+        crc = Crc32cCombine(Crc32c(record + sec.offset, table), span_crc, sec.stored_bytes - table);
+      }
+      if (crc != sec.crc32c) {
+        // Earlier sections' device work (scratch only) ends before the slot can be reused.
+        cudaStreamSynchronize(ctx.copy);
+        cudaStreamSynchronize(ctx.stream);
+        KVTC_CHECK(false, kRecordCorrupt, "section " << i << " CRC32C mismatch");
+      }
       KVTC_CUDA_CALL(cudaMemcpyAsync(buf.image.ptr + st.begin, buf.staging.ptr + st.begin, st.end - st.begin,
                                      cudaMemcpyHostToDevice, ctx.copy));
     }
-    prof.lap(IsKeys(h.sections[i]) ? "k.stage" : "v.stage");
-    const Section& sec = h.sections[i];
+    prof.lap(IsKeys(sec) ? "k.stage" : "v.stage");
     if (!IsCoded(sec.encoding)) continue;
     const bool keys = IsKeys(sec);
     KVTC_CUDA_CALL(cudaEventRecord(ctx.staged[slot], ctx.copy));

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "kvtc/crc32c.h"
+#include "kvtc/error.h"
 
 namespace kvtc {
 
@@ -51,23 +52,64 @@ uint32_t ParallelCopyCrc(void* dst, const void* src, size_t size) {
 
 void ParallelCopyChunks(uint8_t* dst, const size_t* dst_off, const uint8_t* src, const size_t* src_off,
                         const size_t* size, size_t n) {
-  // Chunks larger than a piece (a record's raw sections, megabytes each) are cut into pieces, so
-  // one big chunk does not leave the other threads idle.
-  constexpr size_t kPiece = size_t(1) << 20;
+  // Work items of about kItem bytes, handed out one at a time: runs of consecutive small chunks
+  // (a coded section: thousands of ~16 KiB chunks), or pieces of a large one (a raw window:
+  // megabytes), so every thread has work either way. (Pieces of 1 MiB handed out 16 at a time
+  // left a record's 8 MiB raw window to one thread: 1.9 ms of an 8B-shape restore, H200 host.)
+  constexpr size_t kItem = size_t(256) << 10;
   struct Piece {
     size_t chunk, at, bytes;
   };
   std::vector<Piece> pieces;
-  size_t total = 0;
+  std::vector<size_t> items{0};  // item k: pieces [items[k], items[k + 1])
+  size_t total = 0, item_bytes = 0;
   for (size_t i = 0; i < n; ++i) {
     total += size[i];
-    for (size_t at = 0; at < size[i]; at += kPiece) pieces.push_back({i, at, std::min(kPiece, size[i] - at)});
+    for (size_t at = 0; at < size[i]; at += kItem) {
+      const size_t bytes = std::min(kItem, size[i] - at);
+      if (item_bytes > 0 && item_bytes + bytes > kItem) {
+        items.push_back(pieces.size());
+        item_bytes = 0;
+      }
+      pieces.push_back({i, at, bytes});
+      item_bytes += bytes;
+    }
   }
-#pragma omp parallel for schedule(dynamic, 16) if (total >= (size_t(2) << 20))
-  for (int64_t k = 0; k < static_cast<int64_t>(pieces.size()); ++k) {
-    const Piece& p = pieces[size_t(k)];
-    std::memcpy(dst + dst_off[p.chunk] + p.at, src + src_off[p.chunk] + p.at, p.bytes);
+  if (item_bytes > 0) items.push_back(pieces.size());
+  const auto count = static_cast<int64_t>(items.size() - 1);
+#pragma omp parallel for schedule(dynamic, 1) if (total >= (size_t(2) << 20))
+  for (int64_t k = 0; k < count; ++k) {
+    for (size_t j = items[size_t(k)]; j < items[size_t(k) + 1]; ++j) {
+      const Piece& p = pieces[j];
+      std::memcpy(dst + dst_off[p.chunk] + p.at, src + src_off[p.chunk] + p.at, p.bytes);
+    }
   }
+}
+
+uint32_t ParallelCopyChunksCrc(uint8_t* dst, const size_t* dst_off, const uint8_t* src, const size_t* src_off,
+                               const size_t* size, size_t n) {
+  if (n == 0) return 0;
+  for (size_t i = 1; i < n; ++i)
+    KVTC_CHECK(src_off[i] == src_off[i - 1] + size[i - 1], kInternal, "chunks are not back to back in the source");
+  const size_t begin = src_off[0], total = src_off[n - 1] + size[n - 1] - begin;
+  if (total == 0) return 0;
+  // Fixed blocks of the source span (a block spans chunk boundaries), so that one shift constant
+  // combines all their CRCs.
+  constexpr size_t kBlock = size_t(256) << 10;
+  const auto blocks = static_cast<int64_t>((total + kBlock - 1) / kBlock);
+  std::vector<uint32_t> crcs(static_cast<size_t>(blocks));
+#pragma omp parallel for schedule(dynamic, 1) if (total >= (size_t(2) << 20))
+  for (int64_t k = 0; k < blocks; ++k) {
+    const size_t lo = begin + size_t(k) * kBlock, hi = std::min(lo + kBlock, begin + total);
+    // The last chunk starting at or before lo, then every chunk starting before hi.
+    size_t i = size_t(std::upper_bound(src_off, src_off + n, lo) - src_off) - 1;
+    for (; i < n && src_off[i] < hi; ++i) {
+      const size_t a = std::max(lo, src_off[i]), b = std::min(hi, src_off[i] + size[i]);
+      if (b > a) std::memcpy(dst + dst_off[i] + (a - src_off[i]), src + a, b - a);
+    }
+    crcs[size_t(k)] = Crc32c(src + lo, hi - lo);
+  }
+  return Crc32cConcat(crcs.data(), crcs.size(), kBlock, total - size_t(blocks - 1) * kBlock);
 }
 
 }  // namespace kvtc

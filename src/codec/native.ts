@@ -240,6 +240,10 @@ export interface NativeAddon {
       data: Uint8Array,
       o: { srcOffsets: number[]; dstOffsets: number[]; sizes: number[]; dstBytes: number },
     ): Buffer;
+    copyChunksCrc32c(
+      data: Uint8Array,
+      o: { srcOffsets: number[]; dstOffsets: number[]; sizes: number[]; dstBytes: number },
+    ): { copy: Buffer; crc: number };
     round(x: Float32Array, to: 'float16' | 'bfloat16' | 'fp8'): Float32Array;
     quantizeCuda?(d: Float32Array, o: { tokens: number; plan: NativePlan }): Buffer;
     dequantizeCuda?(payload: Uint8Array, o: { tokens: number; plan: NativePlan }): Float32Array;

@@ -161,6 +161,40 @@ t.test('CRC32C test vectors', async (t) => {
   sizes.forEach((n, i) => big.copy(expected, dstOffsets[i]!, srcOffsets[i]!, srcOffsets[i]! + n));
   t.ok(gathered.equals(expected), 'chunks land at their offsets, big ones cut into pieces');
   t.throws(() => native.stages.copyChunks(big, { srcOffsets: [big.length], dstOffsets: [0], sizes: [1], dstBytes: 1 }));
+  // The staging-and-verify pass of a restore: chunks back to back in the source (a section's
+  // chunk data), copied to aligned offsets, with the CRC32C of their span. Sizes cross the
+  // 256 KiB blocks its threads checksum, include empty chunks, and sit below and above the
+  // 2 MiB parallel cut.
+  for (const sizes2 of [[], [0], [5], [300000, 0, 17, 2 ** 18, 3 * 2 ** 20 + 5, 1, 65536], [5 * 2 ** 20]]) {
+    const start = 4099;
+    const srcOffsets2: number[] = [],
+      dstOffsets2: number[] = [];
+    let at = start,
+      dst = 0;
+    for (const n of sizes2) {
+      srcOffsets2.push(at);
+      at += n;
+      dst += 16 - (dst % 16);
+      dstOffsets2.push(dst);
+      dst += n;
+    }
+    const { copy, crc } = native.stages.copyChunksCrc32c(big, {
+      srcOffsets: srcOffsets2,
+      dstOffsets: dstOffsets2,
+      sizes: sizes2,
+      dstBytes: dst,
+    });
+    const want = Buffer.alloc(dst);
+    sizes2.forEach((n, i) => big.copy(want, dstOffsets2[i]!, srcOffsets2[i]!, srcOffsets2[i]! + n));
+    t.ok(copy.equals(want), `chunks [${sizes2.join(', ')}] land at their offsets`);
+    t.equal(crc, ref(big.subarray(start, at)), `CRC of the span of chunks [${sizes2.join(', ')}]`);
+  }
+  t.throws(
+    () =>
+      native.stages.copyChunksCrc32c(big, { srcOffsets: [0, 10], dstOffsets: [0, 16], sizes: [5, 5], dstBytes: 32 }),
+    { code: 'ERR_KVTC_INTERNAL' },
+    'chunks with a gap between them in the source are refused',
+  );
   // The fused copy + CRC pass (CUDA record assembly) at sizes below, at and past its 2 MiB cut.
   for (const n of [0, 1, 2 * 2 ** 20 - 1, 2 * 2 ** 20, 3 * 2 ** 20 + 7, big.length]) {
     const { copy, crc } = native.stages.copyCrc32c(big.subarray(0, n));

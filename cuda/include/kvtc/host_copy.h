@@ -18,4 +18,11 @@ uint32_t ParallelCopyCrc(void* dst, const void* src, size_t size);
 void ParallelCopyChunks(uint8_t* dst, const size_t* dst_off, const uint8_t* src, const size_t* src_off,
                         const size_t* size, size_t n);
 
+// ParallelCopyChunks of chunks that lie back to back in the source (src_off[i + 1] ==
+// src_off[i] + size[i]; kInternal otherwise) that also returns the CRC32C of that source span,
+// each 256 KiB block checksummed right after its copy (a record's restore staging verifies its
+// sections in the same pass over memory).
+uint32_t ParallelCopyChunksCrc(uint8_t* dst, const size_t* dst_off, const uint8_t* src, const size_t* src_off,
+                               const size_t* size, size_t n);
+
 }  // namespace kvtc
