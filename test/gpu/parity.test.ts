@@ -185,4 +185,31 @@ test("CUDA decoder refuses bad records with the CPU decoder's codes", { skip }, 
   await assert.rejects(decode(cal, rec, { tokens: 255, dtype: 'float32', backend: 'cuda' }), {
     code: 'ERR_KVTC_RECORD_SIZE_MISMATCH',
   });
+  // One flipped byte at the start, the middle and the end of every section (a coded section's
+  // start is its chunk table): the restore checks section CRCs while staging, after earlier
+  // sections have gone to the device, so each must still fail with the CPU decoder's code, and
+  // the next restore must be unharmed.
+  const good = await decode(cal, rec, { tokens: 256, dtype: 'float32', backend: 'cuda' });
+  const view = new DataView(rec.buffer, rec.byteOffset, rec.byteLength);
+  const count = rec[55]!;
+  for (let i = 0; i < count; i++) {
+    const entry = 96 + 32 * i;
+    const offset = Number(view.getBigUint64(entry + 16, true)),
+      stored = Number(view.getBigUint64(entry + 24, true));
+    for (const at of [offset, offset + Math.floor(stored / 2), offset + stored - 1]) {
+      const bad = Buffer.from(rec);
+      bad[at]! ^= 0x10;
+      const cpu = await decode(cal, bad, { tokens: 256, dtype: 'float32', backend: 'cpu' }).then(
+        () => 'decoded',
+        (e: { code?: string }) => e.code,
+      );
+      await assert.rejects(
+        decode(cal, bad, { tokens: 256, dtype: 'float32', backend: 'cuda' }),
+        { code: cpu },
+        `section ${i} (kind ${rec[entry]}), byte ${at - offset} of ${stored}`,
+      );
+      const again = await decode(cal, rec, { tokens: 256, dtype: 'float32', backend: 'cuda' });
+      assert.ok(again.keys.equals(good.keys) && again.values.equals(good.values), 'a good restore after a bad one');
+    }
+  }
 });
