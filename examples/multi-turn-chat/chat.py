@@ -53,7 +53,15 @@ def start_vllm(model: str, port: int, log: Path, kv_transfer: dict | None) -> su
     ]
     if kv_transfer:
         cmd += ["--kv-transfer-config", json.dumps(kv_transfer)]
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+    # vLLM's CPU build keeps one more core for itself when a KV connector is configured; on a small
+    # machine that changes its thread count (2 threads with the connector, 1 without on 2 cores),
+    # hence its bf16 rounding and speed. The same reservation for both runs keeps the comparison
+    # one of the cache alone: same threads, same replies until a restore changes the KV.
+    env = {
+        **os.environ,
+        "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+        "VLLM_CPU_NUM_OF_RESERVED_CPU": os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU", "1"),
+    }
     out = log.open("w")
     proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     # Progress while the model loads: show vLLM's own log lines as they come.
