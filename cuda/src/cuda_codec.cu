@@ -536,6 +536,20 @@ std::string DeviceName(int device) {
 
 namespace {
 
+// KVTC_STAGE_VERIFY=separate: a restore checks its section CRCs in a pass of their own before
+// staging (run e's restore) instead of in the staging pass (ParallelCopyChunksCrc). The fused
+// pass was written without device time; this keeps the two comparable in one GPU call
+// (scripts/gpu-ab.sh KVTC_STAGE_VERIFY=separate), then goes.
+bool SeparateVerify() {
+  static const int separate = [] {
+    const char* v = std::getenv("KVTC_STAGE_VERIFY");
+    if (!v || !*v || std::strcmp(v, "fused") == 0) return 0;
+    return std::strcmp(v, "separate") == 0 ? 1 : -1;
+  }();
+  KVTC_CHECK(separate >= 0, kInvalidArgument, "KVTC_STAGE_VERIFY must be fused or separate");
+  return separate == 1;
+}
+
 // KVTC_PIN_RECORDS=1: records the CUDA backend writes live in page-locked memory
 // (record_memory.h), so restoring one is a DMA straight from it. Off by default: measured on an
 // H200 (2026-11-29, docs/benchmarks.md) it saved 2.5 ms of an 8B-shape 8K-token restore but cost
@@ -1380,7 +1394,8 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
   for (const Section& s : h.sections) direct &= s.encoding != SectionEncoding::kDeflateChunks;
   // Section CRCs: checked here for a record the device reads as it is; otherwise by the staging
   // pass, which reads every byte anyway (ParallelCopyChunksCrc), before the section is sent.
-  if (direct) VerifySections(h, record);
+  const bool verify_first = direct || SeparateVerify();
+  if (verify_first) VerifySections(h, record);
   prof.lap("verify");
   const PlanPair& plan = c.plans[h.plan_id];
   // Every chunk table is checked before the device is touched. A table that fails its checks is
@@ -1394,7 +1409,7 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
       f.coded[i] = ParseCodedSection(record, s, PayloadBytes(keys ? plan.keys : plan.values, s.token_count));
     }
   } catch (const Error&) {
-    if (!direct) VerifySections(h, record);
+    if (!verify_first) VerifySections(h, record);
     throw;
   }
   prof.lap("chunk tables");
@@ -1461,10 +1476,16 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
       // slower on an H200 (2026-11-30, 8B shape 8K: 76.7 / 108.2 GB/s against 84.9 / 125.6).
       // The copy checksums what it reads: a raw section is its one chunk; a coded one's chunks
       // follow its chunk table.
-      const uint32_t span_crc = ParallelCopyChunksCrc(buf.staging.ptr, st.dst_off.data(), record, st.src_off.data(),
-                                                      st.sizes.data(), st.sizes.size());
-      uint32_t crc = span_crc;
-      if (IsCoded(sec.encoding)) {
+      uint32_t span_crc = 0;
+      if (verify_first) {
+        ParallelCopyChunks(buf.staging.ptr, st.dst_off.data(), record, st.src_off.data(), st.sizes.data(),
+                           st.sizes.size());
+      } else {
+        span_crc = ParallelCopyChunksCrc(buf.staging.ptr, st.dst_off.data(), record, st.src_off.data(),
+                                         st.sizes.data(), st.sizes.size());
+      }
+      uint32_t crc = verify_first ? sec.crc32c : span_crc;
+      if (!verify_first && IsCoded(sec.encoding)) {
         const CodedChunks& cc = f.coded[i];
         const size_t table = cc.src.empty() ? sec.stored_bytes : cc.src[0];
         crc = Crc32cCombine(Crc32c(record + sec.offset, table), span_crc, sec.stored_bytes - table);
