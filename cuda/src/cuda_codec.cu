@@ -1791,7 +1791,14 @@ BenchFigures Bench(const Calibration& c, const DeviceCalibration& dev, const uin
   std::vector<HostBytes> records(batch);
   auto now = [] { return std::chrono::steady_clock::now(); };
   std::vector<double> enc, dec;
+  size_t first_record_bytes = 0;
   for (int r = 0; r < reps + 1; ++r) {
+    // Paged: the last repetition restored its (lossy) reconstruction into the cache; put the
+    // original KV back, or every repetition would encode the previous one's output, a record of
+    // another size each time (run e measured that drift, not the restore, in its paged batch-1
+    // rows: the slot buffers grew at every repetition).
+    for (uint32_t b = 0; b < batch && paged && r > 0; ++b)
+      LaunchPagedCopy(false, spans[b], KvDtype::kBfloat16, c.layers, 0, tokens, kv.ptr, kv.ptr + bytes, ctx.stream);
     KVTC_CUDA_CALL(cudaDeviceSynchronize());
     // The last repetition's records are freed first, as a sidecar frees a record once stored:
     // their memory returns to the record pool (record_memory.h) for this repetition's records.
@@ -1820,6 +1827,10 @@ BenchFigures Bench(const Calibration& c, const DeviceCalibration& dev, const uin
       DecodeManyToDevice(c, dev, decodes);
     }
     auto t2 = now();
+    // Every repetition encodes the same KV, so it must write the same record.
+    if (r == 0) first_record_bytes = records[0].size;
+    KVTC_CHECK(records[0].size == first_record_bytes, kInternal,
+               "bench: repetition " << r << " encoded " << records[0].size << " bytes, the first " << first_record_bytes);
     if (r == 0) continue;  // warm-up: handles, workspaces, module load
     const RecordPoolStats pool_after = RecordPoolStatistics();
     fig.pool_hits += pool_after.hits - pool_before.hits;

@@ -7,6 +7,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 
@@ -38,10 +39,13 @@ struct CudaBuffer {
   CudaBuffer(const CudaBuffer&) = delete;
   CudaBuffer& operator=(const CudaBuffer&) = delete;
   ~CudaBuffer() { Free(); }
+  // Grows to n, or to an eighth more than before when n is only a little larger: records of
+  // slightly different sizes would otherwise reallocate at every one (page-locking tens of MB
+  // costs tens of ms). The first allocation is exact.
   void resize(size_t n) {
     if (n <= count) return;
+    if (count > 0) n = std::max(n, count + count / 8);
     Free();
-    if (n == 0) return;
     void* p = nullptr;
     if (kPinned) {
       KVTC_CUDA_CALL(cudaMallocHost(&p, n * sizeof(T)));
