@@ -134,12 +134,7 @@ uint32_t Crc32cParallel(const void* data, size_t size) {
     const size_t at = size_t(i) * kPiece;
     crcs[size_t(i)] = Crc32c(p + at, at + kPiece <= size ? kPiece : size - at);
   }
-  uint32_t crc = crcs[0];
-  for (int64_t i = 1; i < pieces; ++i) {
-    const size_t at = size_t(i) * kPiece;
-    crc = Crc32cCombine(crc, crcs[size_t(i)], at + kPiece <= size ? kPiece : size - at);
-  }
-  return crc;
+  return Crc32cConcat(crcs.data(), crcs.size(), kPiece, size - size_t(pieces - 1) * kPiece);
 }
 
 }  // namespace kvtc

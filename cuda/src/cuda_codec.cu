@@ -344,6 +344,16 @@ std::vector<GroupDesc> PlanDescs(const Plan& plan, int64_t tokens, bool kept_onl
   return out;
 }
 
+// Groups of fewer than kSmallGroup components go to the thread-per-token kernels, larger ones to
+// the warp-per-token ones. Reorders `groups` small first (plan order kept within each part) and
+// returns how many are small.
+constexpr uint32_t kSmallGroup = 32;
+size_t SmallGroupsFirst(std::vector<GroupDesc>& groups) {
+  const auto end = std::stable_partition(groups.begin(), groups.end(),
+                                         [](const GroupDesc& g) { return g.size < kSmallGroup; });
+  return size_t(end - groups.begin());
+}
+
 size_t Elem(KvDtype d) { return DtypeBytes(d); }
 
 struct Context {
@@ -651,15 +661,12 @@ StreamScratch& Scratch(int slot, int which) {
 // dropped ones as zeros).
 void LaunchDequantize(const Plan& plan, const uint8_t* payload, int64_t tokens, __nv_bfloat16* out, int64_t ld,
                       StreamScratch& s, cudaStream_t stream) {
-  // Groups of fewer than 32 components: one thread per token (DequantizeSmallKernel); larger:
-  // one warp per token. Measured on an H200 (2026-11-30, 8B shape 8K, KVTC_CUDA_PROFILE): 0.21 ms
-  // per stream against 0.71 with the warp kernel for every group.
-  const std::vector<GroupDesc> all = PlanDescs(plan, tokens, /*kept_only=*/false);
-  if (all.empty() || tokens == 0) return;
-  std::vector<GroupDesc> groups;
-  for (const GroupDesc& g : all) if (g.size < 32) groups.push_back(g);
-  const size_t small = groups.size();
-  for (const GroupDesc& g : all) if (g.size >= 32) groups.push_back(g);
+  // Small groups one thread per token (DequantizeSmallKernel), as they were quantized: measured
+  // on an H200 (2026-11-30, 8B shape 8K, KVTC_CUDA_PROFILE), 0.21 ms per stream against 0.71 with
+  // the warp kernel for every group.
+  std::vector<GroupDesc> groups = PlanDescs(plan, tokens, /*kept_only=*/false);
+  if (groups.empty() || tokens == 0) return;
+  const size_t small = SmallGroupsFirst(groups);
   UploadAsync(s.groups, groups.data(), groups.size(), stream);
   if (small > 0) {
     DequantizeSmallKernel<<<dim3(unsigned((tokens + 255) / 256), unsigned(small)), 256, 0, stream>>>(
@@ -706,13 +713,9 @@ void WithRows(const StreamRows& r, int64_t features, F&& f) {
   }
 }
 
-// Groups of fewer than 32 components: one thread per token; larger: one warp per token.
 void LaunchQuantize(Context& ctx, StreamScratch& s, const Plan& plan, uint32_t tokens, uint32_t ld) {
-  const std::vector<GroupDesc> all = PlanDescs(plan, tokens, /*kept_only=*/true);
-  std::vector<GroupDesc> groups;
-  for (const GroupDesc& g : all) if (g.size < 32) groups.push_back(g);
-  const size_t small = groups.size();
-  for (const GroupDesc& g : all) if (g.size >= 32) groups.push_back(g);
+  std::vector<GroupDesc> groups = PlanDescs(plan, tokens, /*kept_only=*/true);
+  const size_t small = SmallGroupsFirst(groups);
   if (groups.empty()) return;
   UploadAsync(s.groups, groups.data(), groups.size(), ctx.stream);
   if (small > 0) {
@@ -1360,6 +1363,17 @@ DecodeSlot& DecodeSlotBuffers(int slot) {
   return s[slot];
 }
 
+// Stages a section's chunks (ParallelCopyChunksCrc) and returns the section's CRC32C from what
+// the copy read: a raw section is its one chunk; a coded one's chunks follow its chunk table.
+uint32_t StagedSectionCrc(uint8_t* staging, const uint8_t* record, const std::vector<size_t>& dst_off,
+                          const std::vector<size_t>& src_off, const std::vector<size_t>& sizes, const Section& sec,
+                          const CodedChunks* coded) {
+  const uint32_t chunks = ParallelCopyChunksCrc(staging, dst_off.data(), record, src_off.data(), sizes.data(),
+                                                sizes.size());
+  const size_t table = !coded ? 0 : coded->src.empty() ? sec.stored_bytes : coded->src[0];
+  return Crc32cCombine(Crc32c(record + sec.offset, table), chunks, sec.stored_bytes - table);
+}
+
 // `f` names the target (keys_out/values_out, or paged and its span) before the call.
 void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& dev, const uint8_t* record, size_t size,
                   uint64_t expected_bytes, int slot, DecodeFlight& f) {
@@ -1405,8 +1419,7 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
     for (size_t i = 0; i < h.sections.size(); ++i) {
       const Section& s = h.sections[i];
       if (!IsCoded(s.encoding)) continue;
-      const bool keys = s.kind == SectionKind::kCodedKeys;
-      f.coded[i] = ParseCodedSection(record, s, PayloadBytes(keys ? plan.keys : plan.values, s.token_count));
+      f.coded[i] = ParseCodedSection(record, s, PayloadBytes(IsKeys(s) ? plan.keys : plan.values, s.token_count));
     }
   } catch (const Error&) {
     if (!verify_first) VerifySections(h, record);
@@ -1474,23 +1487,11 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
     } else {
       // One copy per section: staging in 4 MiB pieces, each sent as soon as staged, measured
       // slower on an H200 (2026-11-30, 8B shape 8K: 76.7 / 108.2 GB/s against 84.9 / 125.6).
-      // The copy checksums what it reads: a raw section is its one chunk; a coded one's chunks
-      // follow its chunk table.
-      uint32_t span_crc = 0;
       if (verify_first) {
         ParallelCopyChunks(buf.staging.ptr, st.dst_off.data(), record, st.src_off.data(), st.sizes.data(),
                            st.sizes.size());
-      } else {
-        span_crc = ParallelCopyChunksCrc(buf.staging.ptr, st.dst_off.data(), record, st.src_off.data(),
-                                         st.sizes.data(), st.sizes.size());
-      }
-      uint32_t crc = verify_first ? sec.crc32c : span_crc;
-      if (!verify_first && IsCoded(sec.encoding)) {
-        const CodedChunks& cc = f.coded[i];
-        const size_t table = cc.src.empty() ? sec.stored_bytes : cc.src[0];
-        crc = Crc32cCombine(Crc32c(record + sec.offset, table), span_crc, sec.stored_bytes - table);
-      }
-      if (crc != sec.crc32c) {
+      } else if (StagedSectionCrc(buf.staging.ptr, record, st.dst_off, st.src_off, st.sizes, sec,
+                                  IsCoded(sec.encoding) ? &f.coded[i] : nullptr) != sec.crc32c) {
         // Earlier sections' device work (scratch only) ends before the slot can be reused.
         cudaStreamSynchronize(ctx.copy);
         cudaStreamSynchronize(ctx.stream);
@@ -1777,9 +1778,7 @@ BenchFigures Bench(const Calibration& c, const DeviceCalibration& dev, const uin
       PagedRows span = base;
       span.block_ids = block_ids.ptr + size_t(b) * seq_blocks;
       spans.push_back(span);
-      LaunchPagedCopy(false, span, KvDtype::kBfloat16, c.layers, 0, tokens, kv.ptr, kv.ptr + bytes, ctx.stream);
     }
-    KVTC_CUDA_CALL(cudaStreamSynchronize(ctx.stream));
     KVTC_CUDA_CALL(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
   }
   EncodeJob job;
@@ -1793,11 +1792,10 @@ BenchFigures Bench(const Calibration& c, const DeviceCalibration& dev, const uin
   std::vector<double> enc, dec;
   size_t first_record_bytes = 0;
   for (int r = 0; r < reps + 1; ++r) {
-    // Paged: the last repetition restored its (lossy) reconstruction into the cache; put the
-    // original KV back, or every repetition would encode the previous one's output, a record of
-    // another size each time (run e measured that drift, not the restore, in its paged batch-1
-    // rows: the slot buffers grew at every repetition).
-    for (uint32_t b = 0; b < batch && paged && r > 0; ++b)
+    // Paged: each repetition starts from the original KV, not from the last one's (lossy)
+    // restore, which would be encoded into a record of another size each time (most likely what
+    // run e's paged batch-1 rows measured: the slot buffers growing at every repetition).
+    for (uint32_t b = 0; b < batch && paged; ++b)
       LaunchPagedCopy(false, spans[b], KvDtype::kBfloat16, c.layers, 0, tokens, kv.ptr, kv.ptr + bytes, ctx.stream);
     KVTC_CUDA_CALL(cudaDeviceSynchronize());
     // The last repetition's records are freed first, as a sidecar frees a record once stored:

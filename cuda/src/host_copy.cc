@@ -42,12 +42,7 @@ uint32_t ParallelCopyCrc(void* dst, const void* src, size_t size) {
     std::memcpy(d + at, s + at, n);
     crcs[size_t(i)] = Crc32c(d + at, n);
   }
-  uint32_t crc = crcs[0];
-  for (int64_t i = 1; i < pieces; ++i) {
-    const size_t at = size_t(i) * kPiece;
-    crc = Crc32cCombine(crc, crcs[size_t(i)], at + kPiece <= size ? kPiece : size - at);
-  }
-  return crc;
+  return Crc32cConcat(crcs.data(), crcs.size(), kPiece, size - size_t(pieces - 1) * kPiece);
 }
 
 void ParallelCopyChunks(uint8_t* dst, const size_t* dst_off, const uint8_t* src, const size_t* src_off,
