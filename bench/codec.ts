@@ -206,6 +206,11 @@ export interface CudaBenchResult extends BenchResult {
   record_pool_misses: number;
   /** KV read from and restored into a paged cache in place (vLLM's FlashAttention layout) */
   paged: boolean;
+  /** the GEMMs' precision: bf16, or fp8 (then gemm_ratio_* are against the fp8 GEMMs) */
+  projection: 'bf16' | 'fp8';
+  /** pipeline time over the bf16 cuBLAS GEMMs of the same shapes (= gemm_ratio_* for bf16) */
+  bf16_gemm_ratio_encode: number;
+  bf16_gemm_ratio_decode: number;
 }
 
 export const CUDA_SHAPES: BenchShape[] = [
@@ -223,7 +228,7 @@ export const CUDA_SHAPES: BenchShape[] = [
  */
 export async function benchShapeCuda(
   shape: BenchShape,
-  o: BenchOptions & { tokenCounts: number[]; batches: number[]; paged?: boolean },
+  o: BenchOptions & { tokenCounts: number[]; batches: number[]; paged?: boolean; projection?: 'bf16' | 'fp8' },
 ): Promise<CudaBenchResult[]> {
   const native = loadNative();
   if (!native.benchCuda)
@@ -247,6 +252,7 @@ export async function benchShapeCuda(
     for (const batch of o.batches) {
       o.progress?.(`${shape.name}: ${T} tokens x ${batch}`, 0);
       const paged = o.paged ?? false;
+      const projection = o.projection ?? 'bf16';
       const chunkBytes = o.chunkBytes ?? ENCODE_DEFAULTS.cudaChunkBytes;
       const f = native.benchCuda(cal.native, {
         keys,
@@ -257,6 +263,7 @@ export async function benchShapeCuda(
         reps: o.reps,
         paged,
         chunkBytes,
+        projection,
       });
       const raw = T * p * 2 * 2 * batch;
       results.push({
@@ -273,6 +280,9 @@ export async function benchShapeCuda(
         decode_gbps: raw / f.decodeS / 1e9,
         gemm_ratio_encode: f.encodeS / f.gemmEncodeS,
         gemm_ratio_decode: f.decodeS / f.gemmDecodeS,
+        projection,
+        bf16_gemm_ratio_encode: f.encodeS / f.gemmBf16EncodeS,
+        bf16_gemm_ratio_decode: f.decodeS / f.gemmBf16DecodeS,
         rank_keys: plan.keys.rank,
         rank_values: plan.values.rank,
         target_ratio: o.ratio,

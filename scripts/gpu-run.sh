@@ -80,8 +80,8 @@ if [ "$what" = bench ] || [ "$what" = all ]; then
   [ -f "$merged" ] && node -e '
     const r = require(process.argv[1]);
     console.log(`${r.gpu} ${r.date}`);
-    console.log("shape   tokens batch paged rank(K/V)   ratio  enc GB/s dec GB/s enc/GEMM dec/GEMM D2H GB/s pool hit/miss");
+    console.log("shape   tokens batch paged  proj rank(K/V)   ratio  enc GB/s dec GB/s enc/GEMM dec/GEMM D2H GB/s pool hit/miss  vs bf16 GEMM enc/dec");
     for (const x of r.results) console.log(
-      `${x.shape.padEnd(7)} ${String(x.tokens).padStart(6)} ${String(x.batch).padStart(5)} ${(x.paged ? "yes" : "no").padStart(5)} ${(x.rank_keys+"/"+x.rank_values).padStart(11)} ${x.ratio.toFixed(2).padStart(6)} ${x.encode_gbps.toFixed(1).padStart(8)} ${x.decode_gbps.toFixed(1).padStart(8)} ${x.gemm_ratio_encode.toFixed(2).padStart(8)} ${x.gemm_ratio_decode.toFixed(2).padStart(8)} ${x.d2h_copy_gbps.toFixed(1).padStart(8)} ${x.record_pool_hits}/${x.record_pool_misses}`);
+      `${x.shape.padEnd(7)} ${String(x.tokens).padStart(6)} ${String(x.batch).padStart(5)} ${(x.paged ? "yes" : "no").padStart(5)} ${(x.projection ?? "bf16").padStart(5)} ${(x.rank_keys+"/"+x.rank_values).padStart(11)} ${x.ratio.toFixed(2).padStart(6)} ${x.encode_gbps.toFixed(1).padStart(8)} ${x.decode_gbps.toFixed(1).padStart(8)} ${x.gemm_ratio_encode.toFixed(2).padStart(8)} ${x.gemm_ratio_decode.toFixed(2).padStart(8)} ${x.d2h_copy_gbps.toFixed(1).padStart(8)} ${(x.record_pool_hits+"/"+x.record_pool_misses).padStart(13)}  ${(x.bf16_gemm_ratio_encode ?? x.gemm_ratio_encode).toFixed(2)}/${(x.bf16_gemm_ratio_decode ?? x.gemm_ratio_decode).toFixed(2)}`);
   ' "$merged"
 fi

@@ -57,6 +57,10 @@ program
   )
   .option('--backend <name>', 'auto | cuda | cpu (env KVTC_BACKEND)')
   .option(
+    '--projection <precision>',
+    "the CUDA backend's GEMM precision: bf16 | fp8 (e4m3, about half the GEMM time; quality cost in docs/quality.md) (env KVTC_PROJECTION; default bf16)",
+  )
+  .option(
     '--metrics-port <n>',
     'serve Prometheus metrics on 127.0.0.1:PORT/metrics (env KVTC_METRICS_PORT)',
     int('metrics-port'),
@@ -81,6 +85,7 @@ program
       calibration: o.calibration,
       stores: o.store,
       backend: o.backend,
+      projection: o.projection,
       metricsPort: o.metricsPort,
       logLevel: o.logLevel,
       maxInFlight: o.maxInFlight,
@@ -132,6 +137,12 @@ bench
     int('entry-stride', 16),
   )
   .option('--ratio <n>', 'target compression ratio of the plan', Number, 16)
+  .addOption(
+    new Option(
+      '--projection <precision>',
+      "cuda only: the GEMMs' precision, bf16 or fp8 (e4m3 operands scaled per vector; the ratios are then against the fp8 GEMMs)",
+    ).choices(['bf16', 'fp8']),
+  )
   .option(
     '--rank-cap <n>',
     'components the synthetic calibration may keep (default: 2048, all 160 for stories260k)',
@@ -144,6 +155,8 @@ bench
     const { SHAPES, CUDA_SHAPES, benchShape, benchShapeCuda, markdownTable } = await import('../bench/codec.js');
     if (o.backend !== 'cpu' && o.backend !== 'cuda')
       throw new InvalidArgumentError(`backend must be cpu or cuda, received '${o.backend}'`);
+    if (o.backend !== 'cuda' && o.projection !== undefined)
+      throw new InvalidArgumentError('--projection is cuda only: the CPU bench projects in fp32');
     if (o.backend === 'cuda' && o.entryStride !== undefined)
       throw new InvalidArgumentError('--entry-stride is cpu only: the CUDA backend always writes indexed sections');
     const pool = o.backend === 'cuda' ? CUDA_SHAPES : SHAPES;
@@ -167,6 +180,7 @@ bench
             tokenCounts: o.tokens ? [o.tokens] : [8192, 32768],
             batches: o.batch ? [o.batch] : [1, 8],
             paged: o.paged === true,
+            ...(o.projection ? { projection: o.projection as 'bf16' | 'fp8' } : {}),
             chunkBytes,
           })),
         );

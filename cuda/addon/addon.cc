@@ -236,8 +236,9 @@ Napi::Buffer<uint8_t> NewHostBuffer(Napi::Env env, cuda::HostBytes&& bytes) {
 
 #endif
 
-// 'fp32' (or absent), 'bf16' or 'fp8': the CPU projection's operand precision (codec.h). The CUDA
-// backend computes in bf16 only.
+// 'fp32', 'bf16' or 'fp8' (absent: fp32 on the CPU, bf16 on CUDA): the projection's operand
+// precision (codec.h). The CPU backend rounds its fp32 operands to it (a simulation, for quality
+// figures); the CUDA backend runs its GEMMs in bf16 or, for 'fp8', on e4m3 operands (cuda_fp8.cuh).
 Projection ParseProjection(const Napi::Value& v, bool use_cuda) {
   if (v.IsUndefined() || v.IsNull()) return use_cuda ? Projection::kBf16 : Projection::kFp32;
   KVTC_CHECK(v.IsString(), kInvalidArgument, "Expected projection 'fp32', 'bf16' or 'fp8'");
@@ -251,8 +252,8 @@ Projection ParseProjection(const Napi::Value& v, bool use_cuda) {
     KVTC_CHECK(s == "fp8", kInvalidArgument, "Expected projection 'fp32', 'bf16' or 'fp8' but received '" << s << "'");
     p = Projection::kFp8;
   }
-  KVTC_CHECK(!use_cuda || p == Projection::kBf16, kInvalidArgument,
-             "the CUDA backend projects in bf16; projection '" << s << "' is a CPU backend option");
+  KVTC_CHECK(!use_cuda || p != Projection::kFp32, kInvalidArgument,
+             "the CUDA backend projects in bf16 or fp8; projection 'fp32' is a CPU backend option");
   return p;
 }
 
@@ -340,7 +341,7 @@ Napi::Value DecodeJs(const Napi::CallbackInfo& info) {
         [cal, rec, expected, out, dev, projection](const auto&) {
 #if KVTC_WITH_CUDA
           if (dev) {
-            *out = cuda::Decode(*cal, *dev, rec.data, rec.size, static_cast<uint64_t>(expected));
+            *out = cuda::Decode(*cal, *dev, rec.data, rec.size, static_cast<uint64_t>(expected), projection);
             return;
           }
 #endif
@@ -698,7 +699,8 @@ Napi::Value BenchGemmJs(const Napi::CallbackInfo& info) {
 }
 
 #if KVTC_WITH_CUDA
-// benchCuda(calibration, {keys: Uint16Array (bf16), values, tokens, batch, planId, reps, paged, chunkBytes}) -> figures
+// benchCuda(calibration, {keys: Uint16Array (bf16), values, tokens, batch, planId, reps, paged, chunkBytes,
+// projection?}) -> figures
 Napi::Value BenchCudaJs(const Napi::CallbackInfo& info) {
   return Guard(info, [&]() -> Napi::Value {
     auto cal = UnwrapCalibration(info, *g_calibration_ctor);
@@ -713,12 +715,14 @@ Napi::Value BenchCudaJs(const Napi::CallbackInfo& info) {
     cuda::BenchFigures f = cuda::Bench(*cal, *dev, reinterpret_cast<const uint16_t*>(k.data),
                                        reinterpret_cast<const uint16_t*>(v.data), tokens, batch,
                                        static_cast<uint16_t>(plan_id), static_cast<int>(reps), OptionalBool(o, "paged"),
-                                       Uint(o, "chunkBytes"));
+                                       Uint(o, "chunkBytes"), ParseProjection(o.Get("projection"), true));
     Napi::Object r = Napi::Object::New(info.Env());
     r.Set("encodeS", f.encode_s);
     r.Set("decodeS", f.decode_s);
     r.Set("gemmEncodeS", f.gemm_encode_s);
     r.Set("gemmDecodeS", f.gemm_decode_s);
+    r.Set("gemmBf16EncodeS", f.gemm_bf16_encode_s);
+    r.Set("gemmBf16DecodeS", f.gemm_bf16_decode_s);
     r.Set("d2hCopyS", f.d2h_copy_s);
     r.Set("recordBytes", static_cast<double>(f.record_bytes));
     r.Set("codedBytes", static_cast<double>(f.coded_bytes));
@@ -885,6 +889,7 @@ Napi::Value EncodePagedJs(const Napi::CallbackInfo& info) {
     auto job = std::make_shared<EncodeJob>();
     job->dtype = cuda::RegionGeometry(*region).dtype;
     ParseJobOptions(j, *job);
+    job->projection = ParseProjection(j.Get("projection"), /*use_cuda=*/true);
     auto span = std::make_shared<cuda::PagedSpan>(ParseSpan(ArgObject(info, 3, "span")));
     KVTC_CHECK(span->tokens == job->tokens, kInvalidArgument, "span.tokens and job.tokens differ");
     auto dev = UnwrapWrap(info)->device();
@@ -897,18 +902,21 @@ Napi::Value EncodePagedJs(const Napi::CallbackInfo& info) {
   });
 }
 
-// decodePaged(calibration, region, record, span) -> Promise<header>
+// decodePaged(calibration, region, record, span, projection?) -> Promise<header>
 Napi::Value DecodePagedJs(const Napi::CallbackInfo& info) {
   return Guard(info, [&]() -> Napi::Value {
     auto cal = UnwrapCalibration(info, *g_calibration_ctor);
     auto region = RegionArg(info, 1);
     Bytes rec = ViewBytes(info[2], "record");
     auto span = std::make_shared<cuda::PagedSpan>(ParseSpan(ArgObject(info, 3, "span")));
+    const Projection projection = ParseProjection(info.Length() > 4 ? info[4] : info.Env().Undefined(), true);
     auto dev = UnwrapWrap(info)->device();
     auto out = std::make_shared<RecordHeader>();
     auto* w = new Job(
         info.Env(),
-        [cal, rec, out, dev, region, span](const auto&) { *out = cuda::DecodePaged(*cal, *dev, *region, *span, rec.data, rec.size); },
+        [cal, rec, out, dev, region, span, projection](const auto&) {
+          *out = cuda::DecodePaged(*cal, *dev, *region, *span, rec.data, rec.size, projection);
+        },
         [out](Napi::Env env) -> Napi::Value { return HeaderToJs(env, *out); }, {info[2]}, info.Env().Undefined());
     w->Queue();
     return w->Promise();

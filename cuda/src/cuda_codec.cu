@@ -14,10 +14,13 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 
 #include "cuda_common.cuh"
+#include "cuda_fp8.cuh"
 #include "cuda_rows.cuh"
 #include "kvtc/crc32c.h"
 #include "kvtc/cuda_huffman.h"
@@ -110,16 +113,20 @@ __global__ void PrepareKernel(Rows in, int64_t tokens, int heads, int head_dim, 
 
 // Decode epilogue. in: fp32 reconstruction [tokens, p] without the mean; out: + mean, RoPE
 // re-applied, for rows [lo, hi) only (a restore that skips a record's leading tokens).
+// With the fp8 projection, in[t, f] is still to be multiplied by row_scale[t] * col_scale[f]
+// (cuda_fp8.cuh); both null otherwise.
 template <typename T, typename Rows>
 __global__ void FinishKernel(const float* __restrict__ in, int64_t lo, int64_t hi, int heads, int head_dim,
                              int rotary_dim, bool neox, const float2* __restrict__ table, const float* __restrict__ mean,
-                             Rows out) {
+                             const float* __restrict__ row_scale, const float* __restrict__ col_scale, Rows out) {
   const int p = heads * head_dim;
   const int f = blockIdx.y * blockDim.x + threadIdx.x;
   if (f >= p) return;
   const RopeFeature r(f, head_dim, rotary_dim, neox, table != nullptr);
   const float m = mean[f];
   const float m_partner = mean[f - r.j + r.partner];
+  const float c = col_scale ? col_scale[f] : 1.0f;
+  const float c_partner = col_scale ? col_scale[f - r.j + r.partner] : 1.0f;
   T* at = out.FeatureBase(f);
   const int half = rotary_dim / 2;
   const int64_t t0 = lo + int64_t(blockIdx.x) * kRowsPerThread;
@@ -128,10 +135,11 @@ __global__ void FinishKernel(const float* __restrict__ in, int64_t lo, int64_t h
     const int64_t t = t0 + k;
     if (t >= hi) break;
     const size_t i = size_t(t) * p + f;
-    float x = in[i] + m;
+    const float s = row_scale ? row_scale[t] : 1.0f;
+    float x = in[i] * (s * c) + m;
     if (r.rotate) {
       const float2 cs = table[t * half + r.freq];
-      const float y = in[i - r.j + r.partner] + m_partner;
+      const float y = in[i - r.j + r.partner] * (s * c_partner) + m_partner;
       // apply: a' = a c - b s ; b' = b c + a s
       x = r.first ? x * cs.x - y * cs.y : x * cs.x + y * cs.y;
     }
@@ -370,6 +378,7 @@ struct Context {
   // (slot_free).
   cudaEvent_t staged[2] = {}, reconstructed[2] = {}, slot_free[2] = {};
   cublasHandle_t cublas = nullptr;
+  LtHandle lt;  // the fp8 projection's GEMMs (cuBLASLt), set up on first use
   Context() {
     KVTC_CUDA_CALL(cudaGetDevice(&device));
     KVTC_CUDA_CALL(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
@@ -497,6 +506,19 @@ cudaStream_t JobStream() { return ThreadContext().stream; }
 // Leading dimension of a [*, n] bf16/fp32 matrix for cuBLAS: n rounded up to 8 elements.
 inline uint32_t PadLd(uint32_t n) { return (n + 7) / 8 * 8; }
 
+// A basis as the fp8 projection's operands (cuda_fp8.cuh), for one stream and one plan rank r:
+// the first r columns, each scaled over its features to project, and each feature's row of them
+// scaled over its r components to reconstruct, as the CPU backend's fp8 rounding scales them.
+// Built from the bf16 device basis (a value rounded twice, fp32 -> bf16 -> e4m3, lands at most
+// one e4m3 step from a direct rounding, and only next to a rounding midpoint).
+struct Fp8Basis {
+  uint32_t ld = 0;                            // PadFp8(r)
+  DeviceBuffer<__nv_fp8_e4m3> project;        // [ld, p]: column j / project_scale[j] (rows >= r zero)
+  DeviceBuffer<float> project_scale;          // [ld]
+  DeviceBuffer<__nv_fp8_e4m3> reconstruct;    // [p, ld]: row i's first r values / reconstruct_scale[i]
+  DeviceBuffer<float> reconstruct_scale;      // [p]
+};
+
 class DeviceCalibration {
  public:
   int device = 0;
@@ -527,10 +549,40 @@ class DeviceCalibration {
     return table_.ptr;
   }
 
+  // The fp8 operands of stream `keys` at rank r (r > 0), built on first use on `stream`.
+  const Fp8Basis& Fp8(bool keys, uint32_t r, int64_t p, cudaStream_t stream) {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::unique_ptr<Fp8Basis>& slot = fp8_[{keys, r}];
+    if (slot) return *slot;
+    KVTC_CHECK(p % 16 == 0, kInvalidArgument,
+               "the fp8 projection needs a feature dimension that is a multiple of 16, this calibration's is " << p);
+    auto b = std::make_unique<Fp8Basis>();
+    const __nv_bfloat16* basis = keys ? basis_keys.ptr : basis_values.ptr;
+    const int64_t ld_in = keys ? ld_keys : ld_values;
+    b->ld = PadFp8(r);
+    b->project.resize(size_t(b->ld) * p);
+    b->project_scale.resize(b->ld);
+    b->reconstruct.resize(size_t(p) * b->ld);
+    b->reconstruct_scale.resize(size_t(p));
+    KVTC_CUDA_CALL(cudaMemsetAsync(b->project_scale.ptr, 0, b->ld * sizeof(float), stream));
+    fp8::ColumnAmaxKernel<<<dim3(unsigned((r + 255) / 256), unsigned((p + 1023) / 1024)), 256, 0, stream>>>(
+        basis, p, int(r), ld_in, b->project_scale.ptr);
+    fp8::AmaxToScaleKernel<<<unsigned((b->ld + 255) / 256), 256, 0, stream>>>(b->project_scale.ptr, int(b->ld));
+    fp8::TransposeKernel<<<dim3(unsigned((p + 31) / 32), unsigned((b->ld + 31) / 32)), dim3(32, 8), 0, stream>>>(
+        basis, p, int(r), ld_in, b->project_scale.ptr, b->project.ptr, int(b->ld));
+    fp8::RowsKernel<__nv_bfloat16><<<unsigned(p), fp8::kRowThreads, 0, stream>>>(
+        basis, p, int(r), ld_in, b->reconstruct.ptr, b->ld, b->reconstruct_scale.ptr);
+    KVTC_CUDA_CALL(cudaGetLastError());
+    KVTC_CUDA_CALL(cudaStreamSynchronize(stream));
+    slot = std::move(b);
+    return *slot;
+  }
+
  private:
   std::mutex mu_;
   DeviceBuffer<float2> table_;
   int64_t table_positions_ = 0;
+  std::map<std::pair<bool, uint32_t>, std::unique_ptr<Fp8Basis>> fp8_;
 };
 
 bool Available() {
@@ -628,6 +680,13 @@ struct StreamScratch {
   DeviceBuffer<nvcompStatus_t> statuses;
   DeviceBuffer<float> xf;
   DeviceBuffer<__nv_bfloat16> dq;
+  // The fp8 projection's operands (cuda_fp8.cuh): the prologue's rows (encode) or the dequantized
+  // coefficients (decode) in e4m3, and their per-token scales. xf_row_scale / xf_col_scale: the
+  // scales still to be applied to xf by FinishStream (null after a bf16 reconstruction).
+  DeviceBuffer<__nv_fp8_e4m3> x8, dq8;
+  DeviceBuffer<float> x_scale, dq_scale;
+  const float* xf_row_scale = nullptr;
+  const float* xf_col_scale = nullptr;
   DeviceBuffer<uint32_t> entries;  // entry points of indexed chunks, max_entries per chunk
   PinnedBuffer sizes;  // the compressed chunk sizes (then the entry points), read back at the sync
   DeviceBuffer<void*> copy_srcs, copy_dsts;
@@ -745,7 +804,7 @@ struct LaunchedStream {
 
 LaunchedStream LaunchStream(Context& ctx, StreamScratch& s, const Calibration& c, const DeviceCalibration& dev,
                             const Plan& plan, bool keys, const StreamRows& rows, KvDtype dtype, uint32_t tokens,
-                            int64_t pos0, size_t chunk_bytes, uint32_t entry_stride, Profiler& prof) {
+                            int64_t pos0, size_t chunk_bytes, uint32_t entry_stride, bool fp8, Profiler& prof) {
   LaunchedStream out;
   out.s = &s;
   out.chunk_bytes = chunk_bytes;
@@ -766,9 +825,25 @@ LaunchedStream LaunchStream(Context& ctx, StreamScratch& s, const Calibration& c
   prof.mark(keys ? "k.prepare" : "v.prepare");
   const uint32_t r = plan.rank;
   const uint32_t basis_ld = keys ? dev.ld_keys : dev.ld_values;
-  const uint32_t d_ld = PadLd(r);  // D rows padded too: ldc must keep 16-byte alignment
-  s.d.resize(std::max<size_t>(1, size_t(tokens) * d_ld));
-  if (r > 0) {
+  // D rows padded too: ldc must keep 16-byte alignment (the fp8 GEMM's M, 16 elements).
+  const uint32_t d_ld = fp8 ? PadFp8(r) : PadLd(r);
+  const uint32_t n_gemm = fp8 ? PadFp8(tokens) : tokens;  // fp8: token rows padded with zeros
+  s.d.resize(std::max<size_t>(1, size_t(n_gemm) * d_ld));
+  if (r > 0 && fp8) {
+    const Fp8Basis& b8 = const_cast<DeviceCalibration&>(dev).Fp8(keys, r, p, ctx.stream);
+    s.x8.resize(size_t(n_gemm) * p);
+    s.x_scale.resize(n_gemm);
+    fp8::RowsKernel<__nv_bfloat16><<<n_gemm, fp8::kRowThreads, 0, ctx.stream>>>(s.x.ptr, tokens, int(p), p, s.x8.ptr,
+                                                                                  p, s.x_scale.ptr);
+    KVTC_CUDA_CALL(cudaGetLastError());
+    prof.mark(keys ? "k.fp8" : "v.fp8");
+    // Column-major D^T [d_ld, T] = (B8 [p, d_ld] column-major)^T X8^T.
+    Fp8Gemm(ctx.lt, ctx.stream, int(d_ld), int(n_gemm), int(p), b8.project.ptr, int(p), s.x8.ptr, int(p), s.d.ptr,
+            int(d_ld));
+    fp8::ScaleOuterKernel<<<dim3(tokens, unsigned((r + 255) / 256)), 256, 0, ctx.stream>>>(
+        s.d.ptr, tokens, int(r), d_ld, s.x_scale.ptr, b8.project_scale.ptr);
+    KVTC_CUDA_CALL(cudaGetLastError());
+  } else if (r > 0) {
     const float one = 1.0f, zero = 0.0f;
     // Row-major D[T, r] = X[T, p] V[p, :r]  <=>  column-major D^T = V^T X^T.
     // M = d_ld, not r: the padding columns of the basis are zero, and an M that is not a multiple
@@ -1027,13 +1102,35 @@ void CheckInflate(const StreamScratch& s, const std::vector<InflateTarget>& targ
 // payload (device) -> the stream's reconstruction X[T, p] = D V^T (fp32) in s.xf, on the job
 // stream: scratch only, so it may run before the record's inflation is checked.
 void ReconstructStream(Context& ctx, const Calibration& c, const DeviceCalibration& dev, const Plan& plan, bool keys,
-                       const uint8_t* payload, uint32_t tokens, StreamScratch& s, Profiler& prof) {
+                       const uint8_t* payload, uint32_t tokens, bool fp8, StreamScratch& s, Profiler& prof) {
   const int64_t p = c.feature_dim();
   const uint32_t r = plan.rank;
   const uint32_t dq_ld = PadLd(r);
   s.dq.resize(std::max<size_t>(1, size_t(tokens) * dq_ld));
+  s.xf_row_scale = s.xf_col_scale = nullptr;
   const uint32_t basis_ld = keys ? dev.ld_keys : dev.ld_values;
   const uint32_t k_dim = std::min(dq_ld, basis_ld);  // padded like M on encode (zero columns)
+  if (fp8 && r > 0) {
+    // The fp8 operands are written from the first r columns only: no padding to clear.
+    LaunchDequantize(plan, payload, tokens, s.dq.ptr, dq_ld, s, ctx.stream);
+    prof.mark(keys ? "k.dequantize" : "v.dequantize");
+    const Fp8Basis& b8 = const_cast<DeviceCalibration&>(dev).Fp8(keys, r, p, ctx.stream);
+    const uint32_t n_gemm = PadFp8(tokens);
+    s.dq8.resize(size_t(n_gemm) * b8.ld);
+    s.dq_scale.resize(n_gemm);
+    fp8::RowsKernel<__nv_bfloat16><<<n_gemm, fp8::kRowThreads, 0, ctx.stream>>>(s.dq.ptr, tokens, int(r), dq_ld,
+                                                                                  s.dq8.ptr, b8.ld, s.dq_scale.ptr);
+    KVTC_CUDA_CALL(cudaGetLastError());
+    prof.mark(keys ? "k.fp8" : "v.fp8");
+    s.xf.resize(size_t(n_gemm) * p);
+    // Column-major X^T [p, T] = (R8 [ld, p] column-major)^T DQ8^T.
+    Fp8Gemm(ctx.lt, ctx.stream, int(p), int(n_gemm), int(b8.ld), b8.reconstruct.ptr, int(b8.ld), s.dq8.ptr,
+            int(b8.ld), s.xf.ptr, int(p));
+    s.xf_row_scale = s.dq_scale.ptr;
+    s.xf_col_scale = b8.reconstruct_scale.ptr;
+    prof.mark(keys ? "k.gemm" : "v.gemm");
+    return;
+  }
   if (k_dim != r) {
     // The GEMM reads the padding columns: zeros, never stale bytes (0 x NaN is NaN).
     KVTC_CUDA_CALL(cudaMemsetAsync(s.dq.ptr, 0, size_t(tokens) * dq_ld * 2, ctx.stream));
@@ -1069,7 +1166,8 @@ void FinishStream(Context& ctx, const Calibration& c, const DeviceCalibration& d
     using T = decltype(tag);
     WithRows<T>(out, p, [&](auto rows) {
       FinishKernel<T><<<RowGrid(hi - lo, p), kThreads, 0, ctx.stream>>>(
-          s.xf.ptr, lo, hi, int(c.layers * c.kv_heads), int(c.head_dim), c.rope.rotary_dim, neox, table, mean, rows);
+          s.xf.ptr, lo, hi, int(c.layers * c.kv_heads), int(c.head_dim), c.rope.rotary_dim, neox, table, mean,
+          s.xf_row_scale, s.xf_col_scale, rows);
     });
   });
   KVTC_CUDA_CALL(cudaGetLastError());
@@ -1152,11 +1250,12 @@ void LaunchEncode(Context& ctx, const Calibration& c, const DeviceCalibration& d
     const int64_t pos0 = int64_t(job.token_start) + sinks;
     const StreamRows keys_rows{mid_keys, paged, 0, sinks};
     const StreamRows values_rows{mid_values, paged, paged ? paged->st.kv : 0, sinks};
+    const bool fp8 = job.projection == Projection::kFp8;
     f.coded[0] = LaunchStream(ctx, Scratch(slot, 0), c, dev, plan.keys, true, keys_rows, job.dtype, middle, pos0,
-                              job.chunk_bytes, job.entry_stride, prof);
+                              job.chunk_bytes, job.entry_stride, fp8, prof);
     KVTC_CUDA_CALL(cudaEventRecord(ctx.keys_coded[slot], ctx.stream));
     f.coded[1] = LaunchStream(ctx, Scratch(slot, 1), c, dev, plan.values, false, values_rows, job.dtype, middle, pos0,
-                              job.chunk_bytes, job.entry_stride, prof);
+                              job.chunk_bytes, job.entry_stride, fp8, prof);
   } else {
     KVTC_CUDA_CALL(cudaEventRecord(ctx.keys_coded[slot], ctx.stream));
   }
@@ -1317,6 +1416,7 @@ struct DecodeFlight {
   void* values_out = nullptr;
   const PagedRows* paged = nullptr;
   uint32_t record_offset = 0, span_tokens = 0;
+  Projection projection = Projection::kBf16;  // kFp8: the fp8 reconstruction (cuda_fp8.cuh)
   std::unique_ptr<Profiler> prof;
 };
 
@@ -1497,7 +1597,7 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
     StreamRows out;
     if (SectionTarget(f, sec, lo, hi, out)) {
       ReconstructStream(ctx, c, dev, keys ? plan.keys : plan.values, keys, f.targets[i].payload, sec.token_count,
-                        Scratch(slot, keys ? 0 : 1), prof);
+                        f.projection == Projection::kFp8, Scratch(slot, keys ? 0 : 1), prof);
     }
   }
   KVTC_CUDA_CALL(cudaEventRecord(ctx.staged[slot], ctx.copy));
@@ -1583,12 +1683,13 @@ std::vector<HostBytes> EncodeMany(const Calibration& c, const DeviceCalibration&
 }
 
 RecordHeader DecodeToDevice(const Calibration& c, const DeviceCalibration& dev, const uint8_t* record, size_t size,
-                            uint64_t expected_bytes, void* keys_out, void* values_out) {
+                            uint64_t expected_bytes, void* keys_out, void* values_out, Projection projection) {
   KVTC_CUDA_CALL(cudaSetDevice(dev.device));
   Context& ctx = ThreadContext();
   DecodeFlight f;
   f.keys_out = keys_out;
   f.values_out = values_out;
+  f.projection = projection;
   LaunchDecode(ctx, c, dev, record, size, expected_bytes, 0, f);
   FinishDecode(ctx, c, dev, f);
   KVTC_CUDA_CALL(cudaStreamSynchronize(ctx.stream));
@@ -1598,7 +1699,7 @@ RecordHeader DecodeToDevice(const Calibration& c, const DeviceCalibration& dev, 
 }
 
 std::vector<RecordHeader> DecodeManyToDevice(const Calibration& c, const DeviceCalibration& dev,
-                                             const std::vector<DeviceDecodeJob>& jobs) {
+                                             const std::vector<DeviceDecodeJob>& jobs, Projection projection) {
   KVTC_CUDA_CALL(cudaSetDevice(dev.device));
   Context& ctx = ThreadContext();
   std::vector<RecordHeader> out(jobs.size());
@@ -1610,6 +1711,7 @@ std::vector<RecordHeader> DecodeManyToDevice(const Calibration& c, const DeviceC
     f = DecodeFlight{};
     f.keys_out = jobs[b].keys_out;
     f.values_out = jobs[b].values_out;
+    f.projection = projection;
     LaunchDecode(ctx, c, dev, jobs[b].record, jobs[b].size, jobs[b].expected_bytes, int(b % kSlots), f);
   };
   try {
@@ -1646,7 +1748,7 @@ HostBytes EncodeFromPaged(const Calibration& c, const DeviceCalibration& dev, co
 
 RecordHeader DecodeIntoPaged(const Calibration& c, const DeviceCalibration& dev, const uint8_t* record, size_t size,
                              KvDtype cache_dtype, const PagedRows& paged, uint32_t record_offset, uint32_t record_tokens,
-                             uint32_t tokens, cudaEvent_t done) {
+                             uint32_t tokens, cudaEvent_t done, Projection projection) {
   const RecordHeader peek = ReadHeader(record, size);
   KVTC_CHECK(peek.kv_dtype == cache_dtype, kRecordSizeMismatch, "record dtype differs from the registered cache's");
   KVTC_CUDA_CALL(cudaSetDevice(dev.device));
@@ -1655,6 +1757,7 @@ RecordHeader DecodeIntoPaged(const Calibration& c, const DeviceCalibration& dev,
   f.paged = &paged;
   f.record_offset = record_offset;
   f.span_tokens = tokens;
+  f.projection = projection;
   const uint64_t expected = 2ull * record_tokens * c.feature_dim() * Elem(cache_dtype);
   LaunchDecode(ctx, c, dev, record, size, expected, 0, f);
   FinishDecode(ctx, c, dev, f);
@@ -1665,7 +1768,7 @@ RecordHeader DecodeIntoPaged(const Calibration& c, const DeviceCalibration& dev,
 }
 
 DecodeResult Decode(const Calibration& c, const DeviceCalibration& dev, const uint8_t* record, size_t size,
-                    uint64_t expected_bytes) {
+                    uint64_t expected_bytes, Projection projection) {
   // Structure first (no device memory is touched for a bad record), then decode on the device.
   const RecordHeader peek = ReadHeader(record, size);
   const size_t half = size_t(expected_bytes / 2);
@@ -1676,7 +1779,7 @@ DecodeResult Decode(const Calibration& c, const DeviceCalibration& dev, const ui
              "record decodes to " << decoded << " bytes, the caller expects " << expected_bytes);
   rows.resize(std::max<size_t>(1, 2 * half));
   DecodeResult out;
-  out.header = DecodeToDevice(c, dev, record, size, expected_bytes, rows.ptr, rows.ptr + half);
+  out.header = DecodeToDevice(c, dev, record, size, expected_bytes, rows.ptr, rows.ptr + half, projection);
   out.keys.resize(half);
   out.values.resize(half);
   KVTC_CUDA_CALL(cudaMemcpy(out.keys.data(), rows.ptr, half, cudaMemcpyDeviceToHost));
@@ -1717,7 +1820,7 @@ std::vector<float> DequantizeOnDevice(const uint8_t* payload, int64_t tokens, co
 
 BenchFigures Bench(const Calibration& c, const DeviceCalibration& dev, const uint16_t* host_keys,
                    const uint16_t* host_values, uint32_t tokens, uint32_t batch, uint16_t plan_id, int reps, bool paged,
-                   size_t chunk_bytes) {
+                   size_t chunk_bytes, Projection projection) {
   KVTC_CUDA_CALL(cudaSetDevice(dev.device));
   Context& ctx = ThreadContext();
   const uint32_t p = c.feature_dim();
@@ -1770,6 +1873,8 @@ BenchFigures Bench(const Calibration& c, const DeviceCalibration& dev, const uin
   job.tokens = tokens;
   job.plan_id = plan_id;
   job.chunk_bytes = chunk_bytes;  // indexed chunks: entry points every chunk_bytes / 32
+  job.projection = projection;
+  const bool fp8 = projection == Projection::kFp8;
   BenchFigures fig;
   std::vector<HostBytes> records(batch);
   auto now = [] { return std::chrono::steady_clock::now(); };
@@ -1798,7 +1903,7 @@ BenchFigures Bench(const Calibration& c, const DeviceCalibration& dev, const uin
       // Each restore returns once its reconstruction is queued; the next one's staging overlaps it.
       for (uint32_t b = 0; b < batch; ++b)
         DecodeIntoPaged(c, dev, records[b].data.get(), records[b].size, KvDtype::kBfloat16, spans[b], 0, tokens, tokens,
-                        done);
+                        done, projection);
       KVTC_CUDA_CALL(cudaEventSynchronize(done));
     } else {
       std::vector<DeviceDecodeJob> decodes(batch);
@@ -1806,7 +1911,7 @@ BenchFigures Bench(const Calibration& c, const DeviceCalibration& dev, const uin
         decodes[b] = {records[b].data.get(), records[b].size, 2 * bytes, restored.ptr + 2 * b * bytes,
                       restored.ptr + (2 * b + 1) * bytes};
       }
-      DecodeManyToDevice(c, dev, decodes);
+      DecodeManyToDevice(c, dev, decodes, projection);
     }
     auto t2 = now();
     // Every repetition encodes the same KV, so it must write the same record.
@@ -1858,7 +1963,7 @@ BenchFigures Bench(const Calibration& c, const DeviceCalibration& dev, const uin
   const PlanPair& plan = c.plans[plan_id];
   const uint32_t m = fig.coded_tokens;
   DeviceBuffer<__nv_bfloat16> a(size_t(std::max<uint32_t>(m, 1)) * p);
-  DeviceBuffer<float> out(size_t(std::max<uint32_t>(m, 1)) * p);
+  DeviceBuffer<float> out(size_t(std::max<uint32_t>(PadFp8(m), 1)) * p);  // fp8: rows padded to 16
   KVTC_CUDA_CALL(cudaMemcpy(a.ptr, kv.ptr, std::min(a.count * 2, kv.count), cudaMemcpyDeviceToDevice));
   cudaEvent_t e0, e1;
   KVTC_CUDA_CALL(cudaEventCreate(&e0));
@@ -1892,8 +1997,43 @@ BenchFigures Bench(const Calibration& c, const DeviceCalibration& dev, const uin
     }
     return median(ts);
   };
-  fig.gemm_encode_s = time_gemm(true) * batch;
-  fig.gemm_decode_s = time_gemm(false) * batch;
+  fig.gemm_bf16_encode_s = time_gemm(true) * batch;
+  fig.gemm_bf16_decode_s = time_gemm(false) * batch;
+  fig.gemm_encode_s = fig.gemm_bf16_encode_s;
+  fig.gemm_decode_s = fig.gemm_bf16_decode_s;
+  if (fp8) {
+    // The fp8 pipeline's own GEMMs: e4m3 operands of the same shapes (the operand conversions and
+    // scalings are the pipeline's, not the GEMM's). Contents do not matter to the timing.
+    const uint32_t n = PadFp8(m);
+    DeviceBuffer<__nv_fp8_e4m3> a8(size_t(std::max<uint32_t>(n, 1)) * p);
+    KVTC_CUDA_CALL(cudaMemsetAsync(a8.ptr, 0, a8.count, ctx.stream));
+    auto time_fp8 = [&](bool encode_dir) {
+      std::vector<double> ts;
+      for (int r = 0; r < reps + 1; ++r) {
+        KVTC_CUDA_CALL(cudaEventRecord(e0, ctx.stream));
+        for (int k = 0; k < 2; ++k) {
+          const uint32_t rank = k == 0 ? plan.keys.rank : plan.values.rank;
+          if (rank == 0 || m == 0) continue;
+          const Fp8Basis& b8 = const_cast<DeviceCalibration&>(dev).Fp8(k == 0, rank, p, ctx.stream);
+          if (encode_dir) {
+            Fp8Gemm(ctx.lt, ctx.stream, int(b8.ld), int(n), int(p), b8.project.ptr, int(p), a8.ptr, int(p), out.ptr,
+                    int(b8.ld));
+          } else {
+            Fp8Gemm(ctx.lt, ctx.stream, int(p), int(n), int(b8.ld), b8.reconstruct.ptr, int(b8.ld), a8.ptr, int(b8.ld),
+                    out.ptr, int(p));
+          }
+        }
+        KVTC_CUDA_CALL(cudaEventRecord(e1, ctx.stream));
+        KVTC_CUDA_CALL(cudaEventSynchronize(e1));
+        float ms = 0;
+        KVTC_CUDA_CALL(cudaEventElapsedTime(&ms, e0, e1));
+        if (r > 0) ts.push_back(ms / 1e3);
+      }
+      return median(ts);
+    };
+    fig.gemm_encode_s = time_fp8(true) * batch;
+    fig.gemm_decode_s = time_fp8(false) * batch;
+  }
   PinnedBuffer host;
   host.resize(2 * bytes * batch);
   std::vector<double> copies;

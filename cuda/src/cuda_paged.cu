@@ -324,7 +324,7 @@ HostBytes EncodePaged(const Calibration& c, const DeviceCalibration& dev, KvRegi
 }
 
 RecordHeader DecodePaged(const Calibration& c, const DeviceCalibration& dev, KvRegion& region, const PagedSpan& span,
-                         const uint8_t* record, size_t size) {
+                         const uint8_t* record, size_t size, Projection projection) {
   const PagedGeometry& g = region.geometry;
   CheckSpan(g, span);
   std::lock_guard<std::mutex> lock(region.mu);
@@ -340,7 +340,7 @@ RecordHeader DecodePaged(const Calibration& c, const DeviceCalibration& dev, KvR
   // Every check (structure, CRCs, chunk tables, inflate statuses, dtype) passes before a block is
   // written; the reconstruction then writes the span's tokens straight into their blocks.
   return DecodeIntoPaged(c, dev, record, size, g.dtype, rows, span.record_offset, uint32_t(record_tokens), span.tokens,
-                         region.done_event);
+                         region.done_event, projection);
 }
 
 std::string DeviceUuid(int device) {

@@ -75,6 +75,6 @@ HostBytes EncodeFromPaged(const Calibration& calibration, const DeviceCalibratio
                           const PagedRows& paged);
 RecordHeader DecodeIntoPaged(const Calibration& calibration, const DeviceCalibration& dev, const uint8_t* record,
                              size_t size, KvDtype cache_dtype, const PagedRows& paged, uint32_t record_offset,
-                             uint32_t record_tokens, uint32_t tokens, cudaEvent_t done);
+                             uint32_t record_tokens, uint32_t tokens, cudaEvent_t done, Projection projection);
 
 }  // namespace kvtc::cuda

@@ -25,6 +25,11 @@ export async function runServe(flags: Partial<ServeConfig> & { config?: string }
       { blas: build.blas },
       `backend auto: cpu (${build.cuda ? 'no CUDA device is usable' : 'addon built without CUDA'})`,
     );
+  if (config.projection === 'fp8' && backend !== 'cuda')
+    throw new KvtcError(
+      'ERR_KVTC_INVALID_ARGUMENT',
+      `projection fp8 runs on the CUDA backend; this sidecar's backend is ${backend}`,
+    );
   const calibration = await loadCalibration(config.calibration);
   const sidecar = await Sidecar.start({
     endpoint: config.endpoint,
@@ -37,6 +42,7 @@ export async function runServe(flags: Partial<ServeConfig> & { config?: string }
     windowTokens: config.windowTokens,
     sinkTokens: config.sinkTokens,
     backend,
+    projection: config.projection,
     ...(config.metricsPort !== undefined ? { metricsPort: config.metricsPort } : {}),
   });
   // Machine-readable readiness line for supervisors and tests.

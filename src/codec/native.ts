@@ -71,7 +71,7 @@ export interface NativeEncodeJob {
   /** 0 or absent: libdeflate chunks (CPU); else indexed chunks with this entry stride */
   entryStride?: number;
   backend?: 'cpu' | 'cuda';
-  /** CPU: the projection's operand precision (default fp32); CUDA: bf16 only */
+  /** the projection's operand precision: CPU fp32 (default), bf16 or fp8 (simulated); CUDA bf16 (default) or fp8 */
   projection?: Projection;
 }
 
@@ -182,12 +182,16 @@ export interface NativeAddon {
       reps: number;
       paged?: boolean;
       chunkBytes: number;
+      projection?: Projection;
     },
   ): {
     encodeS: number;
     decodeS: number;
+    /** the pipeline's own GEMMs (fp8 ones with projection 'fp8') */
     gemmEncodeS: number;
     gemmDecodeS: number;
+    gemmBf16EncodeS: number;
+    gemmBf16DecodeS: number;
     d2hCopyS: number;
     recordBytes: number;
     codedBytes: number;
@@ -213,6 +217,7 @@ export interface NativeAddon {
     region: number,
     record: Uint8Array,
     span: NativePagedSpan,
+    projection?: Projection,
   ): Promise<NativeHeader>;
   cudaDevices?(): { index: number; name: string; uuid: string }[];
   stages: {

@@ -126,8 +126,12 @@ export function cudaDevices(): { index: number; name: string; uuid: string }[] {
   return pagedAvailable() ? paged().cudaDevices() : [];
 }
 
+/** The CUDA backend's GEMM precision (EncodeOptions.projection): bf16 (default) or fp8. */
+export type GpuProjection = 'bf16' | 'fp8';
+
 export interface PagedEncodeOptions {
   planId: number;
+  projection?: GpuProjection;
   tokenStart: number;
   sinkTokens?: number;
   windowTokens?: number;
@@ -152,6 +156,7 @@ export async function encodePaged(
         windowTokens: o.windowTokens ?? ENCODE_DEFAULTS.windowTokens,
         deflateLevel: ENCODE_DEFAULTS.deflateLevel,
         chunkBytes: ENCODE_DEFAULTS.cudaChunkBytes,
+        ...(o.projection ? { projection: o.projection } : {}),
       },
       span,
     ),
@@ -164,7 +169,8 @@ export async function decodePaged(
   region: Region,
   span: PagedSpan,
   record: Uint8Array,
+  projection?: GpuProjection,
 ): Promise<RecordInfo> {
   const n = paged();
-  return toInfo(await awaitNative(() => n.decodePaged(calibration.native, region.id, record, span)));
+  return toInfo(await awaitNative(() => n.decodePaged(calibration.native, region.id, record, span, projection)));
 }

@@ -11,6 +11,8 @@ export interface ServeConfig {
   calibration: string;
   stores: string[];
   backend: 'auto' | 'cuda' | 'cpu';
+  /** the CUDA backend's GEMM precision: bf16, or fp8 (e4m3; its quality cost in docs/quality.md) */
+  projection: 'bf16' | 'fp8';
   metricsPort: number | undefined;
   logLevel: 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal' | 'silent';
   maxInFlight: number;
@@ -24,6 +26,7 @@ export const SERVE_DEFAULTS: Readonly<Omit<ServeConfig, 'calibration'>> = Object
   endpoint: 'ipc:///tmp/kvtc-sidecar.sock',
   stores: ['mem://?max=4GiB', 'file://.cache/kvtc-store?max=32GiB'],
   backend: 'auto',
+  projection: 'bf16',
   metricsPort: undefined,
   logLevel: 'info',
   maxInFlight: 64,
@@ -38,6 +41,7 @@ const ENV: Record<string, keyof ServeConfig> = {
   KVTC_CALIBRATION: 'calibration',
   KVTC_STORE: 'stores',
   KVTC_BACKEND: 'backend',
+  KVTC_PROJECTION: 'projection',
   KVTC_METRICS_PORT: 'metricsPort',
   KVTC_LOG_LEVEL: 'logLevel',
   KVTC_MAX_IN_FLIGHT: 'maxInFlight',
@@ -97,6 +101,8 @@ export function loadServeConfig(
     );
   if (!['auto', 'cuda', 'cpu'].includes(c.backend))
     throw new KvtcError('ERR_KVTC_INVALID_ARGUMENT', `backend must be auto, cuda or cpu, received '${c.backend}'`);
+  if (!['bf16', 'fp8'].includes(c.projection))
+    throw new KvtcError('ERR_KVTC_INVALID_ARGUMENT', `projection must be bf16 or fp8, received '${c.projection}'`);
   if (!/^(ipc|tcp):\/\//.test(c.endpoint))
     throw new KvtcError(
       'ERR_KVTC_INVALID_ARGUMENT',

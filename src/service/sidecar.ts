@@ -8,7 +8,14 @@ import type { Server as HttpServer } from 'node:http';
 
 import { canonicalJson, type Calibration } from '../codec/calibration.js';
 import { decode, dtypeBytes, encode, verifyRecord, type Backend, type KvDtype } from '../codec/codec.js';
-import { cudaDevices, decodePaged, encodePaged, registerKv, type PagedSpan } from '../codec/paged.js';
+import {
+  cudaDevices,
+  decodePaged,
+  encodePaged,
+  registerKv,
+  type GpuProjection,
+  type PagedSpan,
+} from '../codec/paged.js';
 import { KvtcError } from '../core/errors.js';
 import type { Logger } from '../core/log.js';
 import {
@@ -43,6 +50,8 @@ export interface SidecarOptions {
   metricsPort?: number;
   /** Codec backend of save/load/encode/decode; register_kv and the block ops need 'cuda'. */
   backend?: Backend;
+  /** The CUDA backend's GEMM precision (default bf16); records are the same either way. */
+  projection?: GpuProjection;
 }
 
 export class Sidecar {
@@ -84,6 +93,7 @@ export class Sidecar {
         ratios: cal.plans.map((p) => p.ratio),
         stores: options.stores,
         backend: options.backend ?? 'cpu',
+        ...(options.backend === 'cuda' ? { projection: options.projection ?? 'bf16' } : {}),
         metrics: s.metricsAddress,
       },
       'sidecar serving',
@@ -102,6 +112,12 @@ export class Sidecar {
 
   get #backend(): Backend {
     return this.options.backend ?? 'cpu';
+  }
+
+  /** The codec options of save/load/encode/decode: the backend, and on CUDA its GEMM precision. */
+  get #codec(): { backend: Backend; projection?: GpuProjection } {
+    const projection = this.#backend === 'cuda' ? this.options.projection : undefined;
+    return projection ? { backend: this.#backend, projection } : { backend: this.#backend };
   }
 
   /** Registered GPU caches; created on first use (CPU sidecars never need one). */
@@ -249,7 +265,7 @@ export class Sidecar {
         const record = await encode(
           cal,
           { keys: k, values: v, dtype: dt, tokens, tokenStart: uint(h, 'token_start') },
-          { ...this.#coding(h), backend: this.#backend },
+          { ...this.#coding(h), ...this.#codec },
         );
         return { header: { handle: await this.#store(key, record, k.length + v.length, t0) } };
       }
@@ -260,7 +276,7 @@ export class Sidecar {
         const dt = dtype(h);
         return this.#readRecord(key, async (record, tier) => {
           const t0 = performance.now();
-          const out = await decode(cal, record, { tokens, dtype: dt, backend: this.#backend });
+          const out = await decode(cal, record, { tokens, dtype: dt, ...this.#codec });
           this.#countLoad(out.keys.length + out.values.length, t0);
           return {
             header: { token_start: out.tokenStart, tokens: out.tokens, tier },
@@ -282,7 +298,7 @@ export class Sidecar {
         const record = await encode(
           cal,
           { keys: k, values: v, dtype: dt, tokens, tokenStart: uint(h, 'token_start') },
-          { ...this.#coding(h), backend: this.#backend },
+          { ...this.#coding(h), ...this.#codec },
         );
         return { header: { record_bytes: record.length }, frames: [record] };
       }
@@ -294,7 +310,7 @@ export class Sidecar {
         const out = await decode(cal, record, {
           tokens: uint(h, 'tokens', 1 << 24),
           dtype: dtype(h),
-          backend: this.#backend,
+          ...this.#codec,
         });
         return { header: { token_start: out.tokenStart, tokens: out.tokens }, frames: [out.keys, out.values] };
       }
@@ -364,6 +380,7 @@ export class Sidecar {
           ...coding,
           planId: cal.planId(ratio),
           tokenStart: uint(h, 'token_start'),
+          ...(this.options.projection ? { projection: this.options.projection } : {}),
         });
         const raw = 2 * tokens * cal.featureDim * dtypeBytes(reg.layout.dtype);
         return { header: { handle: await this.#store(key, record, raw, t0) } };
@@ -380,7 +397,7 @@ export class Sidecar {
         };
         return this.#readRecord(key, async (record, tier) => {
           const t0 = performance.now();
-          const info = await decodePaged(cal, reg.region, span, record);
+          const info = await decodePaged(cal, reg.region, span, record, this.options.projection);
           this.#countLoad(2 * tokens * cal.featureDim * dtypeBytes(reg.layout.dtype), t0);
           // The blocks are written when the region's event fires: the client waits on it.
           return { header: { token_start: info.tokenStart, tokens: info.tokens, tier } };

@@ -209,6 +209,24 @@ for (const name of ['flash_attn', 'flashinfer', 'hnd']) {
         const f32 = (b: Buffer) => new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.length));
         assert.deepEqual(gotMixed.keys, f32(refMixed.keys), 'mixed record restored in place (keys)');
         assert.deepEqual(gotMixed.values, f32(refMixed.values), 'mixed record restored in place (values)');
+
+        // 4. The fp8 projection keeps both identities: paged and contiguous write the same record,
+        // and a paged restore equals the contiguous restore of it.
+        writeKv(region, new Uint8Array(filled.buffer));
+        const fp8Options = { planId: 0, tokenStart: 40, sinkTokens: 0, windowTokens: 0, projection: 'fp8' as const };
+        const coded8 = await encodePaged(cal, region, span, fp8Options);
+        const contiguous8 = await encode(
+          cal,
+          { keys: rows.keys, values: rows.values, dtype: 'float32', tokens, tokenStart: 40 },
+          { sinkTokens: 0, windowTokens: 0, backend: 'cuda', projection: 'fp8' },
+        );
+        assert.equal(Buffer.compare(coded8, contiguous8), 0, 'fp8: paged and contiguous records are identical');
+        writeKv(region, new Uint8Array(total * 4));
+        await decodePaged(cal, region, span, coded8, 'fp8');
+        const got8 = gatherHost(l, new Float32Array(readKv(region).buffer.slice(0)), blockIds, firstSlot, tokens);
+        const ref8 = await decode(cal, contiguous8, { tokens, dtype: 'float32', backend: 'cuda', projection: 'fp8' });
+        assert.deepEqual(got8.keys, f32(ref8.keys), 'fp8 record restored in place (keys)');
+        assert.deepEqual(got8.values, f32(ref8.values), 'fp8 record restored in place (values)');
       } finally {
         releaseKv(region);
       }

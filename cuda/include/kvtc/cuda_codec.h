@@ -39,10 +39,15 @@ HostBytes Encode(const Calibration& calibration, const DeviceCalibration& dev, c
 std::vector<HostBytes> EncodeMany(const Calibration& calibration, const DeviceCalibration& dev,
                                   const std::vector<EncodeJob>& jobs, bool device_input);
 
+// The projection's precision on this backend: Projection::kFp8 runs both GEMMs on e4m3 operands
+// (cuda_fp8.cuh; sm_89 or newer), any other value bf16. An encode takes it from
+// EncodeJob::projection, a decode as an argument; it never changes what a record holds.
+
 // Decodes into device memory: keys_out / values_out hold tokens x feature_dim elements of the
 // record's dtype (the record's structure and CRCs are checked before any device work).
 RecordHeader DecodeToDevice(const Calibration& calibration, const DeviceCalibration& dev, const uint8_t* record,
-                            size_t size, uint64_t expected_bytes, void* keys_out, void* values_out);
+                            size_t size, uint64_t expected_bytes, void* keys_out, void* values_out,
+                            Projection projection = Projection::kBf16);
 
 // Several records into device memory, sequence b staged and inflated while b - 1 is reconstructed.
 struct DeviceDecodeJob {
@@ -53,11 +58,12 @@ struct DeviceDecodeJob {
   void* values_out = nullptr;
 };
 std::vector<RecordHeader> DecodeManyToDevice(const Calibration& calibration, const DeviceCalibration& dev,
-                                             const std::vector<DeviceDecodeJob>& jobs);
+                                             const std::vector<DeviceDecodeJob>& jobs,
+                                             Projection projection = Projection::kBf16);
 
 // Decodes into host vectors (DecodeResult) after the same checks as the CPU decoder.
 DecodeResult Decode(const Calibration& calibration, const DeviceCalibration& dev, const uint8_t* record, size_t size,
-                    uint64_t expected_bytes);
+                    uint64_t expected_bytes, Projection projection = Projection::kBf16);
 
 // Stage parity: quantize host coefficients on the GPU (payload bytes comparable with Quantize).
 std::vector<uint8_t> QuantizeOnDevice(const float* d, int64_t tokens, const Plan& plan);
@@ -65,7 +71,8 @@ std::vector<float> DequantizeOnDevice(const uint8_t* payload, int64_t tokens, co
 
 struct BenchFigures {
   double encode_s = 0, decode_s = 0;   // median per job, device-resident KV to host record and back
-  double gemm_encode_s = 0, gemm_decode_s = 0;  // cuBLAS GEMMs of the same shapes (keys + values)
+  double gemm_encode_s = 0, gemm_decode_s = 0;  // the pipeline's own GEMMs, same shapes (keys + values)
+  double gemm_bf16_encode_s = 0, gemm_bf16_decode_s = 0;  // the bf16 cuBLAS GEMMs (= the above unless fp8)
   double d2h_copy_s = 0;               // raw KV device-to-host copy (pinned)
   size_t record_bytes = 0, coded_bytes = 0;
   uint32_t coded_tokens = 0;
@@ -77,6 +84,6 @@ struct BenchFigures {
 // of chunk_bytes DEFLATE chunks.
 BenchFigures Bench(const Calibration& calibration, const DeviceCalibration& dev, const uint16_t* host_keys,
                    const uint16_t* host_values, uint32_t tokens, uint32_t batch, uint16_t plan_id, int reps,
-                   bool paged, size_t chunk_bytes);
+                   bool paged, size_t chunk_bytes, Projection projection = Projection::kBf16);
 
 }  // namespace kvtc::cuda

@@ -81,7 +81,8 @@ HostBytes EncodePaged(const Calibration& calibration, const DeviceCalibration& d
 // Decodes the record and scatters it into the span's slots; records the region's event. The
 // record's structure, CRCs and size are checked before any block is written.
 RecordHeader DecodePaged(const Calibration& calibration, const DeviceCalibration& dev, KvRegion& region,
-                         const PagedSpan& span, const uint8_t* record, size_t size);
+                         const PagedSpan& span, const uint8_t* record, size_t size,
+                         Projection projection = Projection::kBf16);
 
 // 32 lowercase hex digits of the device's UUID, and the device with a given UUID (-1: none).
 std::string DeviceUuid(int device);
