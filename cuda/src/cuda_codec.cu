@@ -55,6 +55,7 @@ __global__ void RopeTableKernel(const double* inv_freq, int half, int64_t pos0, 
 // doing the same feature of kRowsPerThread tokens (one index computation, one mean load; no 64-bit
 // division per element, which made the one-thread-per-element version 5x slower than memory).
 constexpr int kRowsPerThread = 4;
+constexpr int kThreads = 256;  // threads per block of the row kernels
 
 // Feature f's place in its head and its RoPE pair: its frequency, its partner's feature within the
 // head and whether f is the pair's first element (rotate: RoPE applies to f at all).
@@ -81,33 +82,52 @@ struct RopeFeature {
 
 // Encode prologue. in: token rows of [heads, head_dim] (heads = layers x kv_heads), contiguous or
 // in a paged cache (cuda_rows.cuh); out bf16 [tokens, p], centred, RoPE removed when `table` is
-// set. Each thread reads its pair partner.
+// set. Each thread reads its pair partner. With `amax` (the fp8 projection; zeroed before), also
+// each token's absolute maximum of what it wrote, one atomicMax per block and token, so that the
+// e4m3 rows can be written in one more pass instead of two (cuda_fp8.cuh ScaledRowsKernel).
 template <typename T, typename Rows>
 __global__ void PrepareKernel(Rows in, int64_t tokens, int heads, int head_dim, int rotary_dim, bool neox,
                               const float2* __restrict__ table, const float* __restrict__ mean,
-                              __nv_bfloat16* __restrict__ out) {
+                              __nv_bfloat16* __restrict__ out, float* __restrict__ amax) {
   const int p = heads * head_dim;
   const int f = blockIdx.y * blockDim.x + threadIdx.x;
-  if (f >= p) return;
-  const RopeFeature r(f, head_dim, rotary_dim, neox, table != nullptr);
-  const float m = mean[f];
-  const T* x_at = in.FeatureBase(f);
-  const T* y_at = in.FeatureBase(f - r.j + r.partner);
-  const int half = rotary_dim / 2;
   const int64_t t0 = int64_t(blockIdx.x) * kRowsPerThread;
+  float row_max[kRowsPerThread] = {};
+  if (f < p) {
+    const RopeFeature r(f, head_dim, rotary_dim, neox, table != nullptr);
+    const float m = mean[f];
+    const T* x_at = in.FeatureBase(f);
+    const T* y_at = in.FeatureBase(f - r.j + r.partner);
+    const int half = rotary_dim / 2;
+#pragma unroll
+    for (int k = 0; k < kRowsPerThread; ++k) {
+      const int64_t t = t0 + k;
+      if (t >= tokens) break;
+      const int64_t off = in.TokenOffset(t);
+      float x = LoadAsFloat(x_at, off);
+      if (r.rotate) {
+        const float2 cs = table[t * half + r.freq];
+        const float y = LoadAsFloat(y_at, off);
+        // inverse rotation: a = a' c + b' s ; b = b' c - a' s
+        x = r.first ? x * cs.x + y * cs.y : x * cs.x - y * cs.y;
+      }
+      const __nv_bfloat16 v = __float2bfloat16_rn(x - m);
+      out[size_t(t) * p + f] = v;
+      row_max[k] = fabsf(__bfloat162float(v));
+    }
+  }
+  if (!amax) return;
+  __shared__ float warp_max[kThreads / 32][kRowsPerThread];
 #pragma unroll
   for (int k = 0; k < kRowsPerThread; ++k) {
-    const int64_t t = t0 + k;
-    if (t >= tokens) break;
-    const int64_t off = in.TokenOffset(t);
-    float x = LoadAsFloat(x_at, off);
-    if (r.rotate) {
-      const float2 cs = table[t * half + r.freq];
-      const float y = LoadAsFloat(y_at, off);
-      // inverse rotation: a = a' c + b' s ; b = b' c - a' s
-      x = r.first ? x * cs.x + y * cs.y : x * cs.x - y * cs.y;
-    }
-    out[size_t(t) * p + f] = __float2bfloat16_rn(x - m);
+    const float w = fp8::WarpMax(row_max[k]);
+    if ((threadIdx.x & 31) == 0) warp_max[threadIdx.x >> 5][k] = w;
+  }
+  __syncthreads();
+  if (threadIdx.x < kRowsPerThread && t0 + threadIdx.x < tokens) {
+    float w = 0.0f;
+    for (int i = 0; i < kThreads / 32; ++i) w = fmaxf(w, warp_max[i][threadIdx.x]);
+    atomicMax(reinterpret_cast<int*>(amax) + t0 + threadIdx.x, __float_as_int(w));
   }
 }
 
@@ -490,7 +510,6 @@ EntropyCoder Coder(bool encode) {
   return encode ? kDefaultEncodeCoder : kDefaultDecodeCoder;
 }
 
-constexpr int kThreads = 256;
 inline unsigned Blocks(int64_t n) { return unsigned((n + kThreads - 1) / kThreads); }
 
 // Grid of PrepareKernel / FinishKernel: x over token groups of kRowsPerThread (x has room for
@@ -814,27 +833,35 @@ LaunchedStream LaunchStream(Context& ctx, StreamScratch& s, const Calibration& c
   const float2* table = keys ? const_cast<DeviceCalibration&>(dev).RopeTable(pos0 + tokens, ctx.stream) + pos0 * (c.rope.rotary_dim / 2) : nullptr;
   const float* mean = keys ? dev.mean_keys.ptr : dev.mean_values.ptr;
   const bool neox = c.rope.layout == RopeLayout::kNeox;
+  const uint32_t r = plan.rank;
+  const bool fp8_gemm = fp8 && r > 0;
+  const uint32_t n_gemm = fp8 ? PadFp8(tokens) : tokens;  // fp8: token rows padded with zeros
+  if (fp8_gemm) {
+    // The rows' absolute maxima, gathered by the prologue (padding rows stay 0: scale 1).
+    s.x_scale.resize(n_gemm);
+    KVTC_CUDA_CALL(cudaMemsetAsync(s.x_scale.ptr, 0, n_gemm * sizeof(float), ctx.stream));
+  }
   DispatchDtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     WithRows<T>(rows, p, [&](auto in) {
       PrepareKernel<T><<<RowGrid(tokens, p), kThreads, 0, ctx.stream>>>(in, tokens, heads, int(c.head_dim),
-                                                                        c.rope.rotary_dim, neox, table, mean, s.x.ptr);
+                                                                        c.rope.rotary_dim, neox, table, mean, s.x.ptr,
+                                                                        fp8_gemm ? s.x_scale.ptr : nullptr);
     });
   });
   KVTC_CUDA_CALL(cudaGetLastError());
   prof.mark(keys ? "k.prepare" : "v.prepare");
-  const uint32_t r = plan.rank;
   const uint32_t basis_ld = keys ? dev.ld_keys : dev.ld_values;
   // D rows padded too: ldc must keep 16-byte alignment (the fp8 GEMM's M, 16 elements).
   const uint32_t d_ld = fp8 ? PadFp8(r) : PadLd(r);
-  const uint32_t n_gemm = fp8 ? PadFp8(tokens) : tokens;  // fp8: token rows padded with zeros
   s.d.resize(std::max<size_t>(1, size_t(n_gemm) * d_ld));
-  if (r > 0 && fp8) {
+  if (fp8_gemm) {
     const Fp8Basis& b8 = const_cast<DeviceCalibration&>(dev).Fp8(keys, r, p, ctx.stream);
     s.x8.resize(size_t(n_gemm) * p);
-    s.x_scale.resize(n_gemm);
-    fp8::RowsKernel<__nv_bfloat16><<<n_gemm, fp8::kRowThreads, 0, ctx.stream>>>(s.x.ptr, tokens, int(p), p, s.x8.ptr,
-                                                                                  p, s.x_scale.ptr);
+    fp8::AmaxToScaleKernel<<<(n_gemm + 255) / 256, 256, 0, ctx.stream>>>(s.x_scale.ptr, int(n_gemm));
+    const int64_t vectors = int64_t(n_gemm) * p / 8;
+    fp8::ScaledRowsKernel<<<unsigned((vectors + 255) / 256), 256, 0, ctx.stream>>>(s.x.ptr, tokens, n_gemm, p,
+                                                                                   s.x_scale.ptr, s.x8.ptr);
     KVTC_CUDA_CALL(cudaGetLastError());
     prof.mark(keys ? "k.fp8" : "v.fp8");
     // Column-major D^T [d_ld, T] = (B8 [p, d_ld] column-major)^T X8^T.
@@ -1308,31 +1335,38 @@ HostBytes FinishEncode(Context& ctx, const Calibration& c, EncodeFlight& f) {
   EncodeSlot& buf = EncodeSlotBuffers(f.slot);
   const EncodeJob& job = *f.job;
   std::vector<EncodePart>& parts = f.parts;
-  // Two rounds: the parts up to the coded keys once the keys are coded, then the rest once the
-  // values are. Each round lays its parts out, gathers their device bytes into one device image
-  // of the record on the copy stream, reads it back with one copy, and copies it into the record
-  // with the CRCs taken on the way; the first round overlaps the values' coding.
+  // Two rounds: every part but the coded values once the keys are coded, then the coded values
+  // once they are (so the record's bytes hold the coded values last, whatever the section table's
+  // order: the format places sections by offset). Each round lays its parts out, gathers their
+  // device bytes into one device image of the record on the copy stream, reads it back with one
+  // copy, and copies it into the record with the CRCs taken on the way; the first round, raw
+  // window included, overlaps the values' coding.
   uint64_t offset = f.header_bytes;
   uint64_t raw_at = 0;  // next free byte of buf.raw_rows
-  size_t next = 0;
+  std::vector<bool> laid_out(parts.size(), false);
+  std::vector<size_t> batch;  // the parts of this round, in byte order
   auto round = [&](cudaEvent_t ready, bool last) {
     KVTC_CUDA_CALL(cudaEventSynchronize(ready));  // chunk sizes are in pinned memory
-    const size_t first = next;
+    prof.lap(last ? "v.coded" : "k.coded");
+    batch.clear();
     const uint64_t start = offset;
-    for (; next < parts.size(); ++next) {
-      EncodePart& part = parts[next];
+    for (size_t i = 0; i < parts.size(); ++i) {
+      EncodePart& part = parts[i];
+      if (laid_out[i]) continue;
       if (part.coded) {
-        if (part.coded == &f.coded[1] && !last) break;  // the values' sizes are not known yet
+        if (part.coded == &f.coded[1] && !last) continue;  // the values' sizes are not known yet
         LayoutChunks(*part.coded);
         part.section.stored_bytes = part.coded->size();
       }
       part.section.offset = offset;
       offset += part.section.stored_bytes;
+      laid_out[i] = true;
+      batch.push_back(i);
     }
     if (offset == start) return;
     KVTC_CUDA_CALL(cudaStreamWaitEvent(ctx.copy, ready, 0));
     bool any_device = false;
-    for (size_t i = first; i < next; ++i) {
+    for (size_t i : batch) {
       EncodePart& part = parts[i];
       uint8_t* at = buf.body.ptr + part.section.offset;
       if (part.coded) {
@@ -1359,7 +1393,8 @@ HostBytes FinishEncode(Context& ctx, const Calibration& c, EncodeFlight& f) {
       KVTC_CUDA_CALL(cudaEventRecord(ctx.read_back, ctx.copy));
       KVTC_CUDA_CALL(cudaEventSynchronize(ctx.read_back));
     }
-    for (size_t i = first; i < next; ++i) {
+    prof.lap(last ? "v.read back" : "k.read back");
+    for (size_t i : batch) {
       EncodePart& part = parts[i];
       uint8_t* at = f.record.data.get() + part.section.offset;
       const uint8_t* staged = buf.body_host.ptr + part.section.offset;
@@ -1374,10 +1409,11 @@ HostBytes FinishEncode(Context& ctx, const Calibration& c, EncodeFlight& f) {
     }
   };
   round(ctx.keys_coded[f.slot], false);
-  prof.lap("keys");
+  prof.lap("k.copy+crc");
   round(ctx.values_coded[f.slot], true);
-  prof.lap("values");
-  KVTC_CHECK(next == parts.size(), kInternal, "encode left a section unwritten");
+  prof.lap("v.copy+crc");
+  KVTC_CHECK(std::find(laid_out.begin(), laid_out.end(), false) == laid_out.end(), kInternal,
+             "encode left a section unwritten");
 
   RecordHeader h;
   h.calibration_id = c.id;

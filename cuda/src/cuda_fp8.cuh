@@ -65,6 +65,28 @@ __global__ void RowsKernel(const T* __restrict__ in, int64_t rows, int cols, int
   if (threadIdx.x == 0) scales[row] = scale;
 }
 
+// out = e4m3(in / scale[row]) over a row-major bf16 [rows, cols] matrix whose scales are known
+// (cols a multiple of 8), rows in [rows, rows_padded) zero: 8 elements per thread, one 16-byte
+// load and one 8-byte store.
+__global__ void ScaledRowsKernel(const __nv_bfloat16* __restrict__ in, int64_t rows, int64_t rows_padded, int64_t cols,
+                                 const float* __restrict__ scale, __nv_fp8_e4m3* __restrict__ out) {
+  const int64_t i = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * 8;  // first element
+  if (i >= rows_padded * cols) return;
+  const int64_t row = i / cols;
+  __align__(8) __nv_fp8_e4m3 q[8];
+  if (row < rows) {
+    const uint4 raw = *reinterpret_cast<const uint4*>(in + i);
+    const __nv_bfloat16* v = reinterpret_cast<const __nv_bfloat16*>(&raw);
+    const float sc = scale[row];
+#pragma unroll
+    for (int k = 0; k < 8; ++k) q[k] = __nv_fp8_e4m3(__bfloat162float(v[k]) / sc);
+  } else {
+#pragma unroll
+    for (int k = 0; k < 8; ++k) q[k] = __nv_fp8_e4m3(0.0f);
+  }
+  *reinterpret_cast<uint2*>(out + i) = *reinterpret_cast<const uint2*>(q);
+}
+
 // Absolute maximum of each column of a row-major bf16 [rows, cols] matrix (ld), into amax (zeroed
 // before): a thread per column over 1024 rows, combined with atomicMax on the float's bits (which
 // order like the values for non-negative floats).
