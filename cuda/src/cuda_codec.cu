@@ -2010,27 +2010,12 @@ BenchFigures Bench(const Calibration& c, const DeviceCalibration& dev, const uin
   cudaEvent_t e0, e1;
   KVTC_CUDA_CALL(cudaEventCreate(&e0));
   KVTC_CUDA_CALL(cudaEventCreate(&e1));
-  auto time_gemm = [&](bool encode_dir) {
+  // Median seconds of `work` on the job stream over `reps` timed runs after a warm-up.
+  auto timed = [&](auto&& work) {
     std::vector<double> ts;
     for (int r = 0; r < reps + 1; ++r) {
       KVTC_CUDA_CALL(cudaEventRecord(e0, ctx.stream));
-      for (int k = 0; k < 2; ++k) {
-        const uint32_t rank = k == 0 ? plan.keys.rank : plan.values.rank;
-        const __nv_bfloat16* basis = k == 0 ? dev.basis_keys.ptr : dev.basis_values.ptr;
-        const int ldb = int(k == 0 ? dev.ld_keys : dev.ld_values);
-        if (rank == 0 || m == 0) continue;
-        const float one = 1.0f, zero = 0.0f;
-        const int padded = std::min(int(PadLd(rank)), ldb);  // the pipeline's own GEMM dimensions
-        if (encode_dir) {
-          KVTC_CUBLAS_CALL(cublasGemmEx(ctx.cublas, CUBLAS_OP_N, CUBLAS_OP_N, padded, int(m), int(p), &one, basis,
-                                        CUDA_R_16BF, ldb, a.ptr, CUDA_R_16BF, int(p), &zero, out.ptr, CUDA_R_32F,
-                                        int(PadLd(rank)), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-        } else {
-          KVTC_CUBLAS_CALL(cublasGemmEx(ctx.cublas, CUBLAS_OP_T, CUBLAS_OP_N, int(p), int(m), padded, &one, basis,
-                                        CUDA_R_16BF, ldb, a.ptr, CUDA_R_16BF, int(PadLd(rank)), &zero, out.ptr, CUDA_R_32F,
-                                        int(p), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-        }
-      }
+      work();
       KVTC_CUDA_CALL(cudaEventRecord(e1, ctx.stream));
       KVTC_CUDA_CALL(cudaEventSynchronize(e1));
       float ms = 0;
@@ -2039,8 +2024,28 @@ BenchFigures Bench(const Calibration& c, const DeviceCalibration& dev, const uin
     }
     return median(ts);
   };
-  fig.gemm_bf16_encode_s = time_gemm(true) * batch;
-  fig.gemm_bf16_decode_s = time_gemm(false) * batch;
+  // The bf16 GEMMs of both streams, in the pipeline's own dimensions.
+  auto bf16_gemms = [&](bool encode_dir) {
+    for (int k = 0; k < 2; ++k) {
+      const uint32_t rank = k == 0 ? plan.keys.rank : plan.values.rank;
+      const __nv_bfloat16* basis = k == 0 ? dev.basis_keys.ptr : dev.basis_values.ptr;
+      const int ldb = int(k == 0 ? dev.ld_keys : dev.ld_values);
+      if (rank == 0 || m == 0) continue;
+      const float one = 1.0f, zero = 0.0f;
+      const int padded = std::min(int(PadLd(rank)), ldb);
+      if (encode_dir) {
+        KVTC_CUBLAS_CALL(cublasGemmEx(ctx.cublas, CUBLAS_OP_N, CUBLAS_OP_N, padded, int(m), int(p), &one, basis,
+                                      CUDA_R_16BF, ldb, a.ptr, CUDA_R_16BF, int(p), &zero, out.ptr, CUDA_R_32F,
+                                      int(PadLd(rank)), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+      } else {
+        KVTC_CUBLAS_CALL(cublasGemmEx(ctx.cublas, CUBLAS_OP_T, CUBLAS_OP_N, int(p), int(m), padded, &one, basis,
+                                      CUDA_R_16BF, ldb, a.ptr, CUDA_R_16BF, int(PadLd(rank)), &zero, out.ptr, CUDA_R_32F,
+                                      int(p), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+      }
+    }
+  };
+  fig.gemm_bf16_encode_s = timed([&] { bf16_gemms(true); }) * batch;
+  fig.gemm_bf16_decode_s = timed([&] { bf16_gemms(false); }) * batch;
   fig.gemm_encode_s = fig.gemm_bf16_encode_s;
   fig.gemm_decode_s = fig.gemm_bf16_decode_s;
   if (fp8) {
@@ -2049,48 +2054,30 @@ BenchFigures Bench(const Calibration& c, const DeviceCalibration& dev, const uin
     const uint32_t n = PadFp8(m);
     DeviceBuffer<__nv_fp8_e4m3> a8(size_t(std::max<uint32_t>(n, 1)) * p);
     KVTC_CUDA_CALL(cudaMemsetAsync(a8.ptr, 0, a8.count, ctx.stream));
-    auto time_fp8 = [&](bool encode_dir) {
-      std::vector<double> ts;
-      for (int r = 0; r < reps + 1; ++r) {
-        KVTC_CUDA_CALL(cudaEventRecord(e0, ctx.stream));
-        for (int k = 0; k < 2; ++k) {
-          const uint32_t rank = k == 0 ? plan.keys.rank : plan.values.rank;
-          if (rank == 0 || m == 0) continue;
-          const Fp8Basis& b8 = const_cast<DeviceCalibration&>(dev).Fp8(k == 0, rank, p, ctx.stream);
-          if (encode_dir) {
-            Fp8Gemm(ctx.lt, ctx.stream, int(b8.ld), int(n), int(p), b8.project.ptr, int(p), a8.ptr, int(p), out.ptr,
-                    int(b8.ld));
-          } else {
-            Fp8Gemm(ctx.lt, ctx.stream, int(p), int(n), int(b8.ld), b8.reconstruct.ptr, int(b8.ld), a8.ptr, int(b8.ld),
-                    out.ptr, int(p));
-          }
+    auto fp8_gemms = [&](bool encode_dir) {
+      for (int k = 0; k < 2; ++k) {
+        const uint32_t rank = k == 0 ? plan.keys.rank : plan.values.rank;
+        if (rank == 0 || m == 0) continue;
+        const Fp8Basis& b8 = const_cast<DeviceCalibration&>(dev).Fp8(k == 0, rank, p, ctx.stream);
+        if (encode_dir) {
+          Fp8Gemm(ctx.lt, ctx.stream, int(b8.ld), int(n), int(p), b8.project.ptr, int(p), a8.ptr, int(p), out.ptr,
+                  int(b8.ld));
+        } else {
+          Fp8Gemm(ctx.lt, ctx.stream, int(p), int(n), int(b8.ld), b8.reconstruct.ptr, int(b8.ld), a8.ptr, int(b8.ld),
+                  out.ptr, int(p));
         }
-        KVTC_CUDA_CALL(cudaEventRecord(e1, ctx.stream));
-        KVTC_CUDA_CALL(cudaEventSynchronize(e1));
-        float ms = 0;
-        KVTC_CUDA_CALL(cudaEventElapsedTime(&ms, e0, e1));
-        if (r > 0) ts.push_back(ms / 1e3);
       }
-      return median(ts);
     };
-    fig.gemm_encode_s = time_fp8(true) * batch;
-    fig.gemm_decode_s = time_fp8(false) * batch;
+    fig.gemm_encode_s = timed([&] { fp8_gemms(true); }) * batch;
+    fig.gemm_decode_s = timed([&] { fp8_gemms(false); }) * batch;
   }
   PinnedBuffer host;
   host.resize(2 * bytes * batch);
-  std::vector<double> copies;
-  for (int r = 0; r < reps + 1; ++r) {
-    KVTC_CUDA_CALL(cudaEventRecord(e0, ctx.stream));
-    // The raw KV of the batch: the cache itself when paged (same bytes, block order aside).
+  // The raw KV of the batch: the cache itself when paged (same bytes, block order aside).
+  fig.d2h_copy_s = timed([&] {
     KVTC_CUDA_CALL(cudaMemcpyAsync(host.ptr, paged ? cache.ptr : kv.ptr, 2 * bytes * batch, cudaMemcpyDeviceToHost,
                                    ctx.stream));
-    KVTC_CUDA_CALL(cudaEventRecord(e1, ctx.stream));
-    KVTC_CUDA_CALL(cudaEventSynchronize(e1));
-    float ms = 0;
-    KVTC_CUDA_CALL(cudaEventElapsedTime(&ms, e0, e1));
-    if (r > 0) copies.push_back(ms / 1e3);
-  }
-  fig.d2h_copy_s = median(copies);
+  });
   cudaEventDestroy(e0);
   cudaEventDestroy(e1);
   return fig;

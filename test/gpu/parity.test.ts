@@ -64,34 +64,42 @@ const SHAPES = [
   ['stories260k', 5, 4, 8],
   ['smollm2', 30, 3, 64],
 ] as const;
-for (const [name, layers, heads, dim] of process.env['KVTC_GPU_TEST_SMALL'] ? SHAPES.slice(0, 1) : SHAPES) {
-  test(`cross-decode matrix, ${name} shape`, { skip }, async () => {
-    const p = layers * heads * dim;
-    const model: ModelInfo = {
-      name,
-      fingerprint: '0123456789abcdef0123456789abcdef',
-      layers,
-      kv_heads: heads,
-      head_dim: dim,
-      rope: { theta: 10000, rotary_dim: dim, layout: 'neox', scaling: { type: 'default' } },
-    };
-    const n = Math.min(2 * p, 4096);
-    const s = syntheticKv(n, p, 1);
-    const cal = await fitCalibration({
-      model,
-      keys: s.keys,
-      values: s.values,
-      n,
-      ratios: [8],
-      rankCap: Math.min(p, 1024),
-      powerIters: 2,
-      oversample: 8,
-      seed: 1,
-      dpSamples: 256,
-      sinkTokens: 4,
-      windowTokens: 128,
-      source: 'gpu parity',
-    });
+const TEST_SHAPES = process.env['KVTC_GPU_TEST_SMALL'] ? SHAPES.slice(0, 1) : SHAPES;
+
+// A model of the shape and a calibration fitted on its synthetic KV (seed `seed`) with one plan.
+async function shapeCalibration([name, layers, heads, dim]: (typeof SHAPES)[number], ratio: number, seed: number) {
+  const p = layers * heads * dim;
+  const model: ModelInfo = {
+    name,
+    fingerprint: '0123456789abcdef0123456789abcdef',
+    layers,
+    kv_heads: heads,
+    head_dim: dim,
+    rope: { theta: 10000, rotary_dim: dim, layout: 'neox', scaling: { type: 'default' } },
+  };
+  const n = Math.min(2 * p, 4096);
+  const s = syntheticKv(n, p, seed);
+  const cal = await fitCalibration({
+    model,
+    keys: s.keys,
+    values: s.values,
+    n,
+    ratios: [ratio],
+    rankCap: Math.min(p, 1024),
+    powerIters: 2,
+    oversample: 8,
+    seed: 1,
+    dpSamples: 256,
+    sinkTokens: 4,
+    windowTokens: 128,
+    source: 'gpu parity',
+  });
+  return { name, p, model, cal };
+}
+
+for (const shape of TEST_SHAPES) {
+  test(`cross-decode matrix, ${shape[0]} shape`, { skip }, async () => {
+    const { name, p, model, cal } = await shapeCalibration(shape, 8, 1);
     for (const tokens of [1, 7, 19, 989]) {
       const kv = syntheticKv(tokens, p, tokens + 7);
       const keys = applyRope(kv.keys, tokens, 100, model);
@@ -149,33 +157,7 @@ for (const [name, layers, heads, dim] of process.env['KVTC_GPU_TEST_SMALL'] ? SH
 // two differ by the CUDA prologue's bf16 rows (rounded again to e4m3) and by summation order, so
 // they agree in error, not in bits; raw sections stay exact.
 test('fp8 projection: CUDA against the CPU simulation, both ways, odd sizes', { skip }, async () => {
-  const [name, layers, heads, dim] = SHAPES[process.env['KVTC_GPU_TEST_SMALL'] ? 0 : 1];
-  const p = layers * heads * dim;
-  const model: ModelInfo = {
-    name,
-    fingerprint: '0123456789abcdef0123456789abcdef',
-    layers,
-    kv_heads: heads,
-    head_dim: dim,
-    rope: { theta: 10000, rotary_dim: dim, layout: 'neox', scaling: { type: 'default' } },
-  };
-  const n = Math.min(2 * p, 4096);
-  const s = syntheticKv(n, p, 2);
-  const cal = await fitCalibration({
-    model,
-    keys: s.keys,
-    values: s.values,
-    n,
-    ratios: [16],
-    rankCap: Math.min(p, 1024),
-    powerIters: 2,
-    oversample: 8,
-    seed: 1,
-    dpSamples: 256,
-    sinkTokens: 4,
-    windowTokens: 128,
-    source: 'gpu parity fp8',
-  });
+  const { p, model, cal } = await shapeCalibration(TEST_SHAPES[TEST_SHAPES.length - 1]!, 16, 2);
   const f32 = (b: Buffer) => new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.length));
   for (const tokens of [1, 7, 19, 989]) {
     const kv = syntheticKv(tokens, p, tokens + 11);
