@@ -167,6 +167,207 @@ __global__ void FinishKernel(const float* __restrict__ in, int64_t lo, int64_t h
   }
 }
 
+// ---- vector row kernels (KVTC_ROW_KERNELS=vector; compile-checked, to be measured) ----------
+// The prologue and epilogue above move one 2-byte element per thread and load: on an H200 they
+// run at 1.5-2 TB/s (run g profiles), under half the memory's bandwidth. These variants give a
+// thread kVec adjacent features of one head (16-byte loads and stores of bf16/fp16), with the
+// same arithmetic in the same order (-fmad=false), so they write the same bits. Used only where
+// every row access is aligned (VecRowsOk) and the RoPE pairs fall inside or beside a vector.
+constexpr int kVec = 8;
+
+template <typename T>
+__device__ __forceinline__ void Load8(const T* p, float (&v)[kVec]);
+template <>
+__device__ __forceinline__ void Load8<float>(const float* p, float (&v)[kVec]) {
+  const float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
+  v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+}
+template <>
+__device__ __forceinline__ void Load8<__nv_bfloat16>(const __nv_bfloat16* p, float (&v)[kVec]) {
+  const uint4 raw = *reinterpret_cast<const uint4*>(p);
+  const auto* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 f = __bfloat1622float2(h[i]);
+    v[2 * i] = f.x, v[2 * i + 1] = f.y;
+  }
+}
+template <>
+__device__ __forceinline__ void Load8<__half>(const __half* p, float (&v)[kVec]) {
+  const uint4 raw = *reinterpret_cast<const uint4*>(p);
+  const auto* h = reinterpret_cast<const __half2*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 f = __half22float2(h[i]);
+    v[2 * i] = f.x, v[2 * i + 1] = f.y;
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ void Store8(T* p, const float (&v)[kVec]);
+template <>
+__device__ __forceinline__ void Store8<float>(float* p, const float (&v)[kVec]) {
+  reinterpret_cast<float4*>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
+  reinterpret_cast<float4*>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
+}
+template <>
+__device__ __forceinline__ void Store8<__nv_bfloat16>(__nv_bfloat16* p, const float (&v)[kVec]) {
+  uint4 raw;
+  auto* h = reinterpret_cast<__nv_bfloat16*>(&raw);
+#pragma unroll
+  for (int i = 0; i < kVec; ++i) h[i] = __float2bfloat16_rn(v[i]);
+  *reinterpret_cast<uint4*>(p) = raw;
+}
+template <>
+__device__ __forceinline__ void Store8<__half>(__half* p, const float (&v)[kVec]) {
+  uint4 raw;
+  auto* h = reinterpret_cast<__half*>(&raw);
+#pragma unroll
+  for (int i = 0; i < kVec; ++i) h[i] = __float2half_rn(v[i]);
+  *reinterpret_cast<uint4*>(p) = raw;
+}
+
+// Features [f0, f0 + kVec) of a head: whether RoPE applies, the partner vector's first feature
+// (neox: half a rotation away; interleaved: the pairs are inside the vector) and the first
+// frequency. The launch guarantees that a vector is wholly inside or outside the rotary part.
+struct RopeVector {
+  bool rotate = false, first = true;
+  int partner0 = 0, freq0 = 0;
+  __device__ __forceinline__ RopeVector(int f0, int head_dim, int rotary_dim, bool neox, bool has_table) {
+    const int j0 = f0 % head_dim;
+    rotate = has_table && j0 < rotary_dim;
+    partner0 = f0;
+    if (!rotate) return;
+    const int half = rotary_dim / 2;
+    if (neox) {
+      first = j0 < half;
+      freq0 = first ? j0 : j0 - half;
+      partner0 = f0 + (first ? half : -half);
+    } else {
+      freq0 = j0 >> 1;
+    }
+  }
+};
+
+// PrepareKernel, kVec features per thread (grid: RowGrid(tokens, p / kVec)).
+template <typename T, typename Rows>
+__global__ void PrepareVecKernel(Rows in, int64_t tokens, int heads, int head_dim, int rotary_dim, bool neox,
+                                 const float2* __restrict__ table, const float* __restrict__ mean,
+                                 __nv_bfloat16* __restrict__ out, float* __restrict__ amax) {
+  const int p = heads * head_dim;
+  const int f0 = (blockIdx.y * blockDim.x + threadIdx.x) * kVec;
+  const int64_t t0 = int64_t(blockIdx.x) * kRowsPerThread;
+  float row_max[kRowsPerThread] = {};
+  if (f0 < p) {
+    const RopeVector r(f0, head_dim, rotary_dim, neox, table != nullptr);
+    float m[kVec];
+    Load8(mean + f0, m);
+    const T* x_at = in.FeatureBase(f0);
+    const T* y_at = in.FeatureBase(r.partner0);
+    const int half = rotary_dim / 2;
+#pragma unroll
+    for (int k = 0; k < kRowsPerThread; ++k) {
+      const int64_t t = t0 + k;
+      if (t >= tokens) break;
+      const int64_t off = in.TokenOffset(t);
+      float x[kVec];
+      Load8(x_at + off, x);
+      if (r.rotate && neox) {
+        float y[kVec];
+        Load8(y_at + off, y);
+#pragma unroll
+        for (int i = 0; i < kVec; ++i) {
+          const float2 cs = table[t * half + r.freq0 + i];
+          // inverse rotation: a = a' c + b' s ; b = b' c - a' s
+          x[i] = r.first ? x[i] * cs.x + y[i] * cs.y : x[i] * cs.x - y[i] * cs.y;
+        }
+      } else if (r.rotate) {
+#pragma unroll
+        for (int i = 0; i < kVec / 2; ++i) {
+          const float2 cs = table[t * half + r.freq0 + i];
+          const float a = x[2 * i], b = x[2 * i + 1];
+          x[2 * i] = a * cs.x + b * cs.y;
+          x[2 * i + 1] = b * cs.x - a * cs.y;
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) {
+        x[i] = __bfloat162float(__float2bfloat16_rn(x[i] - m[i]));
+        row_max[k] = fmaxf(row_max[k], fabsf(x[i]));
+      }
+      Store8(out + size_t(t) * p + f0, x);
+    }
+  }
+  if (!amax) return;
+  __shared__ float warp_max[kThreads / 32][kRowsPerThread];
+#pragma unroll
+  for (int k = 0; k < kRowsPerThread; ++k) {
+    const float w = fp8::WarpMax(row_max[k]);
+    if ((threadIdx.x & 31) == 0) warp_max[threadIdx.x >> 5][k] = w;
+  }
+  __syncthreads();
+  if (threadIdx.x < kRowsPerThread && t0 + threadIdx.x < tokens) {
+    float w = 0.0f;
+    for (int i = 0; i < kThreads / 32; ++i) w = fmaxf(w, warp_max[i][threadIdx.x]);
+    atomicMax(reinterpret_cast<int*>(amax) + t0 + threadIdx.x, __float_as_int(w));
+  }
+}
+
+// FinishKernel, kVec features per thread (grid: RowGrid(hi - lo, p / kVec)).
+template <typename T, typename Rows>
+__global__ void FinishVecKernel(const float* __restrict__ in, int64_t lo, int64_t hi, int heads, int head_dim,
+                                int rotary_dim, bool neox, const float2* __restrict__ table,
+                                const float* __restrict__ mean, const float* __restrict__ row_scale,
+                                const float* __restrict__ col_scale, Rows out) {
+  const int p = heads * head_dim;
+  const int f0 = (blockIdx.y * blockDim.x + threadIdx.x) * kVec;
+  if (f0 >= p) return;
+  const RopeVector r(f0, head_dim, rotary_dim, neox, table != nullptr);
+  const bool pair_vector = r.rotate && neox;  // the partners are another vector
+  float m[kVec], mp[kVec], c[kVec], cp[kVec];
+  Load8(mean + f0, m);
+  if (pair_vector) Load8(mean + r.partner0, mp);
+#pragma unroll
+  for (int i = 0; i < kVec; ++i) c[i] = cp[i] = 1.0f;
+  if (col_scale) {
+    Load8(col_scale + f0, c);
+    if (pair_vector) Load8(col_scale + r.partner0, cp);
+  }
+  T* at = out.FeatureBase(f0);
+  const int half = rotary_dim / 2;
+  const int64_t t0 = lo + int64_t(blockIdx.x) * kRowsPerThread;
+#pragma unroll
+  for (int k = 0; k < kRowsPerThread; ++k) {
+    const int64_t t = t0 + k;
+    if (t >= hi) break;
+    const float s = row_scale ? row_scale[t] : 1.0f;
+    float x[kVec];
+    Load8(in + size_t(t) * p + f0, x);
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) x[i] = x[i] * (s * c[i]) + m[i];
+    if (pair_vector) {
+      float y[kVec];
+      Load8(in + size_t(t) * p + r.partner0, y);
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) {
+        const float2 cs = table[t * half + r.freq0 + i];
+        const float yi = y[i] * (s * cp[i]) + mp[i];
+        // apply: a' = a c - b s ; b' = b c + a s
+        x[i] = r.first ? x[i] * cs.x - yi * cs.y : x[i] * cs.x + yi * cs.y;
+      }
+    } else if (r.rotate) {
+#pragma unroll
+      for (int i = 0; i < kVec / 2; ++i) {
+        const float2 cs = table[t * half + r.freq0 + i];
+        const float a = x[2 * i], b = x[2 * i + 1];
+        x[2 * i] = a * cs.x - b * cs.y;
+        x[2 * i + 1] = b * cs.x + a * cs.y;
+      }
+    }
+    Store8(at + out.TokenOffset(t), x);
+  }
+}
+
 struct GroupDesc {
   uint32_t start;       // first component
   uint32_t size;        // components
@@ -783,6 +984,36 @@ void WithRows(const StreamRows& r, int64_t features, F&& f) {
   }
 }
 
+// KVTC_ROW_KERNELS=vector: the encode prologue and decode epilogue in kVec-feature vectors
+// (PrepareVecKernel, FinishVecKernel) wherever the rows allow; scalar (the default until measured
+// on a GPU) otherwise.
+bool RowKernelsVector() {
+  static const int mode = [] {
+    const char* v = std::getenv("KVTC_ROW_KERNELS");
+    if (!v || !*v || std::strcmp(v, "scalar") == 0) return 0;
+    return std::strcmp(v, "vector") == 0 ? 1 : -1;
+  }();
+  KVTC_CHECK(mode >= 0, kInvalidArgument, "KVTC_ROW_KERNELS must be scalar or vector");
+  return mode == 1;
+}
+
+// Whether the vector row kernels may address these rows: every vector of kVec elements of a head
+// starts 16-byte aligned (contiguous rows from an aligned base; a paged cache whose dim stride is
+// 1 and whose other strides and layer bases keep the alignment), and RoPE pairs fall inside a
+// vector (interleaved) or between two whole vectors (neox).
+bool VecRowsOk(const StreamRows& r, const Calibration& c) {
+  if (!RowKernelsVector() || c.head_dim % kVec != 0) return false;
+  const int rotary = c.rope.rotary_dim;
+  if ((c.rope.layout == RopeLayout::kNeox ? rotary / 2 : rotary) % kVec != 0) return false;
+  auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  if (!r.paged) return aligned(r.rows);
+  const Strides& st = r.paged->st;
+  if (st.dim != 1 || st.head % kVec || st.slot % kVec || st.block % kVec || r.kv_offset % kVec) return false;
+  for (uint32_t l = 0; l < c.layers; ++l)
+    if (!aligned(r.paged->bases.base[l])) return false;
+  return true;
+}
+
 void LaunchQuantize(Context& ctx, StreamScratch& s, const Plan& plan, uint32_t tokens, uint32_t ld) {
   std::vector<GroupDesc> groups = PlanDescs(plan, tokens, /*kept_only=*/true);
   const size_t small = SmallGroupsFirst(groups);
@@ -847,12 +1078,18 @@ LaunchedStream LaunchStream(Context& ctx, StreamScratch& s, const Calibration& c
     s.x_scale.resize(n_gemm);
     KVTC_CUDA_CALL(cudaMemsetAsync(s.x_scale.ptr, 0, n_gemm * sizeof(float), ctx.stream));
   }
+  const bool vec = VecRowsOk(rows, c);
   DispatchDtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     WithRows<T>(rows, p, [&](auto in) {
-      PrepareKernel<T><<<RowGrid(tokens, p), kThreads, 0, ctx.stream>>>(in, tokens, heads, int(c.head_dim),
-                                                                        c.rope.rotary_dim, neox, table, mean, s.x.ptr,
-                                                                        fp8_gemm ? s.x_scale.ptr : nullptr);
+      float* amax = fp8_gemm ? s.x_scale.ptr : nullptr;
+      if (vec) {
+        PrepareVecKernel<T><<<RowGrid(tokens, p / kVec), kThreads, 0, ctx.stream>>>(
+            in, tokens, heads, int(c.head_dim), c.rope.rotary_dim, neox, table, mean, s.x.ptr, amax);
+      } else {
+        PrepareKernel<T><<<RowGrid(tokens, p), kThreads, 0, ctx.stream>>>(
+            in, tokens, heads, int(c.head_dim), c.rope.rotary_dim, neox, table, mean, s.x.ptr, amax);
+      }
     });
   });
   KVTC_CUDA_CALL(cudaGetLastError());
@@ -1195,12 +1432,20 @@ void FinishStream(Context& ctx, const Calibration& c, const DeviceCalibration& d
   const float2* table = keys ? const_cast<DeviceCalibration&>(dev).RopeTable(pos0 + tokens, ctx.stream) + pos0 * half : nullptr;
   const float* mean = keys ? dev.mean_keys.ptr : dev.mean_values.ptr;
   const bool neox = c.rope.layout == RopeLayout::kNeox;
+  const bool vec = VecRowsOk(out, c);
+  const int heads = int(c.layers * c.kv_heads);
   DispatchDtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     WithRows<T>(out, p, [&](auto rows) {
-      FinishKernel<T><<<RowGrid(hi - lo, p), kThreads, 0, ctx.stream>>>(
-          s.xf.ptr, lo, hi, int(c.layers * c.kv_heads), int(c.head_dim), c.rope.rotary_dim, neox, table, mean,
-          s.xf_row_scale, s.xf_col_scale, rows);
+      if (vec) {
+        FinishVecKernel<T><<<RowGrid(hi - lo, p / kVec), kThreads, 0, ctx.stream>>>(
+            s.xf.ptr, lo, hi, heads, int(c.head_dim), c.rope.rotary_dim, neox, table, mean, s.xf_row_scale,
+            s.xf_col_scale, rows);
+      } else {
+        FinishKernel<T><<<RowGrid(hi - lo, p), kThreads, 0, ctx.stream>>>(
+            s.xf.ptr, lo, hi, heads, int(c.head_dim), c.rope.rotary_dim, neox, table, mean, s.xf_row_scale,
+            s.xf_col_scale, rows);
+      }
     });
   });
   KVTC_CUDA_CALL(cudaGetLastError());

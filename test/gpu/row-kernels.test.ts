@@ -1,0 +1,102 @@
+// The vector row kernels (KVTC_ROW_KERNELS=vector: the encode prologue and decode epilogue in
+// 8-feature vectors) against the scalar ones: same arithmetic in the same order, so the same
+// records and the same restored bits. The mode is read once per process, so this file runs itself
+// again as a child in the other mode and compares what both wrote: float32 and bf16 rows, neox
+// RoPE, bf16 and fp8 projections. node:test, like the other GPU tests.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+
+import { decode, encode, type KvDtype, type Projection } from '../../src/codec/codec.js';
+import { loadNative } from '../../src/codec/native.js';
+import { applyRope, syntheticKv } from '../../src/calibrate/synthetic.js';
+import { fitCalibration } from '../../src/calibrate/fit.js';
+import type { ModelInfo } from '../../src/codec/calibration.js';
+
+const CHILD = 'KVTC_ROW_KERNELS_CHILD';
+
+// 2 layers x 2 heads x 64: every vector of 8 features lies in one half of a neox rotation.
+const model: ModelInfo = {
+  name: 'row-kernels',
+  fingerprint: 'cd'.repeat(16),
+  layers: 2,
+  kv_heads: 2,
+  head_dim: 64,
+  rope: { theta: 10000, rotary_dim: 64, layout: 'neox', scaling: { type: 'default' } },
+};
+const P = model.layers * model.kv_heads * model.head_dim;
+
+function toBf16(x: Float32Array): Uint8Array {
+  const u32 = new Uint32Array(x.buffer, x.byteOffset, x.length);
+  const out = new Uint16Array(x.length);
+  for (let i = 0; i < x.length; i++) out[i] = (u32[i]! + 0x7fff + ((u32[i]! >>> 16) & 1)) >>> 16;
+  return new Uint8Array(out.buffer);
+}
+
+/** Every record and restore of the cases, hex-encoded, in this process's row-kernel mode. */
+async function outputs(): Promise<string[]> {
+  const n = 600;
+  const s = syntheticKv(n, P, 5);
+  const cal = await fitCalibration({
+    model,
+    keys: s.keys,
+    values: s.values,
+    n,
+    ratios: [8],
+    rankCap: P,
+    powerIters: 2,
+    oversample: 8,
+    seed: 1,
+    dpSamples: 256,
+    sinkTokens: 4,
+    windowTokens: 0,
+    source: 'row kernels test',
+  });
+  const out: string[] = [];
+  for (const tokens of [19, 333]) {
+    const kv = syntheticKv(tokens, P, tokens);
+    const keys = applyRope(kv.keys, tokens, 70, model);
+    for (const dtype of ['float32', 'bfloat16'] as KvDtype[]) {
+      const k = dtype === 'float32' ? new Uint8Array(keys.buffer) : toBf16(keys);
+      const v = dtype === 'float32' ? new Uint8Array(kv.values.buffer) : toBf16(kv.values);
+      for (const projection of ['bf16', 'fp8'] as Projection[]) {
+        const chunk = { keys: k, values: v, dtype, tokens, tokenStart: 70 };
+        const record = await encode(cal, chunk, { windowTokens: 3, backend: 'cuda', projection });
+        const back = await decode(cal, record, { tokens, dtype, backend: 'cuda', projection });
+        out.push(
+          record.toString('hex'),
+          Buffer.from(back.keys).toString('hex'),
+          Buffer.from(back.values).toString('hex'),
+        );
+      }
+    }
+  }
+  return out;
+}
+
+const info = loadNative().buildInfo();
+const skip = !info.cuda
+  ? 'addon built without CUDA (KVTC_WITH_CUDA=OFF): GPU tests run on the GPU machine via scripts/gpu-run.sh'
+  : !info.cudaDevice
+    ? 'no CUDA device'
+    : false;
+
+if (process.env[CHILD]) {
+  process.stdout.write(JSON.stringify(await outputs()));
+} else {
+  test('vector row kernels write the bits the scalar ones write', { skip }, async () => {
+    const mine = process.env['KVTC_ROW_KERNELS'] === 'vector' ? 'vector' : 'scalar';
+    const other = mine === 'vector' ? 'scalar' : 'vector';
+    const child = spawnSync(process.execPath, [fileURLToPath(import.meta.url)], {
+      env: { ...process.env, [CHILD]: '1', KVTC_ROW_KERNELS: other },
+      encoding: 'utf8',
+      maxBuffer: 1 << 30,
+    });
+    assert.equal(child.status, 0, `child (${other}) failed: ${child.stderr}`);
+    const theirs = JSON.parse(child.stdout) as string[];
+    const ours = await outputs();
+    assert.equal(theirs.length, ours.length);
+    for (let i = 0; i < ours.length; i++) assert.ok(theirs[i] === ours[i], `output ${i}: ${mine} and ${other} differ`);
+  });
+}
