@@ -69,7 +69,7 @@ export interface BenchOptions {
   entryStride?: number;
 }
 
-function toBf16(x: Float32Array): Uint16Array {
+export function toBf16(x: Float32Array): Uint16Array {
   const u32 = new Uint32Array(x.buffer, x.byteOffset, x.length);
   const out = new Uint16Array(x.length);
   for (let i = 0; i < x.length; i++) {

@@ -80,6 +80,26 @@ struct RopeFeature {
   }
 };
 
+// The encode prologues' per-token absolute maxima (the fp8 rows' scales): each thread's maxima of
+// tokens [t0, t0 + kRowsPerThread), reduced over the block, one atomicMax per block and token on
+// the float's bits (which order like the values for non-negative floats). Every thread of the
+// block calls it.
+__device__ __forceinline__ void GatherRowMax(const float (&row_max)[kRowsPerThread], int64_t t0, int64_t tokens,
+                                             float* amax) {
+  __shared__ float warp_max[kThreads / 32][kRowsPerThread];
+#pragma unroll
+  for (int k = 0; k < kRowsPerThread; ++k) {
+    const float w = fp8::WarpMax(row_max[k]);
+    if ((threadIdx.x & 31) == 0) warp_max[threadIdx.x >> 5][k] = w;
+  }
+  __syncthreads();
+  if (threadIdx.x < kRowsPerThread && t0 + threadIdx.x < tokens) {
+    float w = 0.0f;
+    for (int i = 0; i < kThreads / 32; ++i) w = fmaxf(w, warp_max[i][threadIdx.x]);
+    atomicMax(reinterpret_cast<int*>(amax) + t0 + threadIdx.x, __float_as_int(w));
+  }
+}
+
 // Encode prologue. in: token rows of [heads, head_dim] (heads = layers x kv_heads), contiguous or
 // in a paged cache (cuda_rows.cuh); out bf16 [tokens, p], centred, RoPE removed when `table` is
 // set. Each thread reads its pair partner. With `amax` (the fp8 projection; zeroed before), also
@@ -116,19 +136,7 @@ __global__ void PrepareKernel(Rows in, int64_t tokens, int heads, int head_dim, 
       row_max[k] = fabsf(__bfloat162float(v));
     }
   }
-  if (!amax) return;
-  __shared__ float warp_max[kThreads / 32][kRowsPerThread];
-#pragma unroll
-  for (int k = 0; k < kRowsPerThread; ++k) {
-    const float w = fp8::WarpMax(row_max[k]);
-    if ((threadIdx.x & 31) == 0) warp_max[threadIdx.x >> 5][k] = w;
-  }
-  __syncthreads();
-  if (threadIdx.x < kRowsPerThread && t0 + threadIdx.x < tokens) {
-    float w = 0.0f;
-    for (int i = 0; i < kThreads / 32; ++i) w = fmaxf(w, warp_max[i][threadIdx.x]);
-    atomicMax(reinterpret_cast<int*>(amax) + t0 + threadIdx.x, __float_as_int(w));
-  }
+  if (amax) GatherRowMax(row_max, t0, tokens, amax);
 }
 
 // Decode epilogue. in: fp32 reconstruction [tokens, p] without the mean; out: + mean, RoPE
@@ -175,56 +183,25 @@ __global__ void FinishKernel(const float* __restrict__ in, int64_t lo, int64_t h
 // every row access is aligned (VecRowsOk) and the RoPE pairs fall inside or beside a vector.
 constexpr int kVec = 8;
 
+// kVec elements of T (16-byte aligned) as floats and back, through one or two 16-byte accesses
+// and the scalar conversions every kernel uses (LoadAsFloat, StoreFromFloat).
 template <typename T>
-__device__ __forceinline__ void Load8(const T* p, float (&v)[kVec]);
-template <>
-__device__ __forceinline__ void Load8<float>(const float* p, float (&v)[kVec]) {
-  const float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
-  v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
-}
-template <>
-__device__ __forceinline__ void Load8<__nv_bfloat16>(const __nv_bfloat16* p, float (&v)[kVec]) {
-  const uint4 raw = *reinterpret_cast<const uint4*>(p);
-  const auto* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
+__device__ __forceinline__ void Load8(const T* p, float (&v)[kVec]) {
+  constexpr int kWords = int(sizeof(T)) * kVec / 16;
+  uint4 raw[kWords];
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 f = __bfloat1622float2(h[i]);
-    v[2 * i] = f.x, v[2 * i + 1] = f.y;
-  }
-}
-template <>
-__device__ __forceinline__ void Load8<__half>(const __half* p, float (&v)[kVec]) {
-  const uint4 raw = *reinterpret_cast<const uint4*>(p);
-  const auto* h = reinterpret_cast<const __half2*>(&raw);
+  for (int w = 0; w < kWords; ++w) raw[w] = reinterpret_cast<const uint4*>(p)[w];
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 f = __half22float2(h[i]);
-    v[2 * i] = f.x, v[2 * i + 1] = f.y;
-  }
+  for (int i = 0; i < kVec; ++i) v[i] = LoadAsFloat(reinterpret_cast<const T*>(raw), size_t(i));
 }
-
 template <typename T>
-__device__ __forceinline__ void Store8(T* p, const float (&v)[kVec]);
-template <>
-__device__ __forceinline__ void Store8<float>(float* p, const float (&v)[kVec]) {
-  reinterpret_cast<float4*>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
-  reinterpret_cast<float4*>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
-}
-template <>
-__device__ __forceinline__ void Store8<__nv_bfloat16>(__nv_bfloat16* p, const float (&v)[kVec]) {
-  uint4 raw;
-  auto* h = reinterpret_cast<__nv_bfloat16*>(&raw);
+__device__ __forceinline__ void Store8(T* p, const float (&v)[kVec]) {
+  constexpr int kWords = int(sizeof(T)) * kVec / 16;
+  uint4 raw[kWords];
 #pragma unroll
-  for (int i = 0; i < kVec; ++i) h[i] = __float2bfloat16_rn(v[i]);
-  *reinterpret_cast<uint4*>(p) = raw;
-}
-template <>
-__device__ __forceinline__ void Store8<__half>(__half* p, const float (&v)[kVec]) {
-  uint4 raw;
-  auto* h = reinterpret_cast<__half*>(&raw);
+  for (int i = 0; i < kVec; ++i) StoreFromFloat(reinterpret_cast<T*>(raw), size_t(i), v[i]);
 #pragma unroll
-  for (int i = 0; i < kVec; ++i) h[i] = __float2half_rn(v[i]);
-  *reinterpret_cast<uint4*>(p) = raw;
+  for (int w = 0; w < kWords; ++w) reinterpret_cast<uint4*>(p)[w] = raw[w];
 }
 
 // Features [f0, f0 + kVec) of a head: whether RoPE applies, the partner vector's first feature
@@ -298,19 +275,7 @@ __global__ void PrepareVecKernel(Rows in, int64_t tokens, int heads, int head_di
       Store8(out + size_t(t) * p + f0, x);
     }
   }
-  if (!amax) return;
-  __shared__ float warp_max[kThreads / 32][kRowsPerThread];
-#pragma unroll
-  for (int k = 0; k < kRowsPerThread; ++k) {
-    const float w = fp8::WarpMax(row_max[k]);
-    if ((threadIdx.x & 31) == 0) warp_max[threadIdx.x >> 5][k] = w;
-  }
-  __syncthreads();
-  if (threadIdx.x < kRowsPerThread && t0 + threadIdx.x < tokens) {
-    float w = 0.0f;
-    for (int i = 0; i < kThreads / 32; ++i) w = fmaxf(w, warp_max[i][threadIdx.x]);
-    atomicMax(reinterpret_cast<int*>(amax) + t0 + threadIdx.x, __float_as_int(w));
-  }
+  if (amax) GatherRowMax(row_max, t0, tokens, amax);
 }
 
 // FinishKernel, kVec features per thread (grid: RowGrid(hi - lo, p / kVec)).

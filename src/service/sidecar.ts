@@ -380,7 +380,7 @@ export class Sidecar {
           ...coding,
           planId: cal.planId(ratio),
           tokenStart: uint(h, 'token_start'),
-          ...(this.options.projection ? { projection: this.options.projection } : {}),
+          ...(this.#codec.projection ? { projection: this.#codec.projection } : {}),
         });
         const raw = 2 * tokens * cal.featureDim * dtypeBytes(reg.layout.dtype);
         return { header: { handle: await this.#store(key, record, raw, t0) } };
@@ -397,7 +397,7 @@ export class Sidecar {
         };
         return this.#readRecord(key, async (record, tier) => {
           const t0 = performance.now();
-          const info = await decodePaged(cal, reg.region, span, record, this.options.projection);
+          const info = await decodePaged(cal, reg.region, span, record, this.#codec.projection);
           this.#countLoad(2 * tokens * cal.featureDim * dtypeBytes(reg.layout.dtype), t0);
           // The blocks are written when the region's event fires: the client waits on it.
           return { header: { token_start: info.tokenStart, tokens: info.tokens, tier } };

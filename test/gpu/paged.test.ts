@@ -6,7 +6,6 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
 import { decode, encode } from '../../src/codec/codec.js';
-import { loadNative } from '../../src/codec/native.js';
 import {
   allocateKv,
   decodePaged,
@@ -19,13 +18,9 @@ import {
 import { syntheticKv } from '../../src/calibrate/synthetic.js';
 import { fitCalibration } from '../../src/calibrate/fit.js';
 import type { ModelInfo } from '../../src/codec/calibration.js';
+import { gpuSkip } from '../helpers/gpu.js';
 
-const info = loadNative().buildInfo();
-const skip = !info.cuda
-  ? 'addon built without CUDA (KVTC_WITH_CUDA=OFF): GPU tests run on the GPU machine via scripts/gpu-run.sh'
-  : !info.cudaDevice
-    ? 'no CUDA device'
-    : false;
+const skip = gpuSkip;
 
 const model: ModelInfo = {
   name: 'paged-test',

@@ -9,15 +9,11 @@ import { decode, encode, type Backend } from '../../src/codec/codec.js';
 import { loadNative, type NativePlan } from '../../src/codec/native.js';
 import { applyRope, gaussian, mulberry32, syntheticKv } from '../../src/calibrate/synthetic.js';
 import { fitCalibration } from '../../src/calibrate/fit.js';
-import type { ModelInfo } from '../../src/codec/calibration.js';
+import { modelInfo } from '../helpers/calibration.js';
+import { gpuSkip } from '../helpers/gpu.js';
 
 const native = loadNative();
-const info = native.buildInfo();
-const skip = !info.cuda
-  ? 'addon built without CUDA (KVTC_WITH_CUDA=OFF): GPU tests run on the GPU machine via scripts/gpu-run.sh'
-  : !info.cudaDevice
-    ? 'no CUDA device'
-    : false;
+const skip = gpuSkip;
 
 function relErr(a: Float32Array, b: Float32Array): number {
   let n = 0,
@@ -67,16 +63,11 @@ const SHAPES = [
 const TEST_SHAPES = process.env['KVTC_GPU_TEST_SMALL'] ? SHAPES.slice(0, 1) : SHAPES;
 
 // A model of the shape and a calibration fitted on its synthetic KV (seed `seed`) with one plan.
+// (The fit's settings are the ones the GPU runs set these tests' bounds on, not
+// syntheticCalibration's.)
 async function shapeCalibration([name, layers, heads, dim]: (typeof SHAPES)[number], ratio: number, seed: number) {
   const p = layers * heads * dim;
-  const model: ModelInfo = {
-    name,
-    fingerprint: '0123456789abcdef0123456789abcdef',
-    layers,
-    kv_heads: heads,
-    head_dim: dim,
-    rope: { theta: 10000, rotary_dim: dim, layout: 'neox', scaling: { type: 'default' } },
-  };
+  const model = modelInfo(layers, heads, dim);
   const n = Math.min(2 * p, 4096);
   const s = syntheticKv(n, p, seed);
   const cal = await fitCalibration({
@@ -166,16 +157,17 @@ test('fp8 projection: CUDA against the CPU simulation, both ways, odd sizes', { 
     const gpu8 = await encode(cal, chunk, { windowTokens: 3, backend: 'cuda', projection: 'fp8' });
     const cpu8 = await encode(cal, chunk, { windowTokens: 3, backend: 'cpu', projection: 'fp8' });
     const gpu16 = await encode(cal, chunk, { windowTokens: 3, backend: 'cuda' });
-    const mid = tokens - (await decode(cal, gpu8, { tokens, dtype: 'float32' })).info.windowTokens;
+    // The restore's keys and values, its rows before the raw window (mid), and their errors.
     const errors = async (record: Buffer, backend: Backend, projection: 'fp32' | 'bf16' | 'fp8') => {
       const out = await decode(cal, record, { tokens, dtype: 'float32', backend, projection });
       const k = f32(out.keys),
         v = f32(out.values);
-      const win = out.info.windowTokens;
-      assert.deepEqual(k.subarray((tokens - win) * p), keys.subarray((tokens - win) * p), `${backend}: window exact`);
+      const mid = tokens - out.info.windowTokens;
+      assert.deepEqual(k.subarray(mid * p), keys.subarray(mid * p), `${backend}: window exact`);
       return {
         k,
         v,
+        mid,
         ek: mid > 0 ? relErr(k.subarray(0, mid * p), keys.subarray(0, mid * p)) ** 2 : 0,
         ev: mid > 0 ? relErr(v.subarray(0, mid * p), kv.values.subarray(0, mid * p)) ** 2 : 0,
       };
@@ -195,23 +187,16 @@ test('fp8 projection: CUDA against the CPU simulation, both ways, odd sizes', { 
     const cd = await errors(gpu16, 'cpu', 'fp8');
     assert.ok(gd.ek <= 1.25 * cd.ek + 1e-4, `${tokens}: fp8 decode keys ${gd.ek} vs CPU simulation ${cd.ek}`);
     assert.ok(gd.ev <= 1.25 * cd.ev + 1e-4, `${tokens}: fp8 decode values ${gd.ev} vs CPU simulation ${cd.ev}`);
-    if (mid > 0) {
-      const dk = relErr(gd.k.subarray(0, mid * p), cd.k.subarray(0, mid * p));
-      const dv = relErr(gd.v.subarray(0, mid * p), cd.v.subarray(0, mid * p));
+    if (gd.mid > 0) {
+      const dk = relErr(gd.k.subarray(0, gd.mid * p), cd.k.subarray(0, gd.mid * p));
+      const dv = relErr(gd.v.subarray(0, gd.mid * p), cd.v.subarray(0, gd.mid * p));
       assert.ok(dk <= 0.05 && dv <= 0.05, `${tokens}: fp8 decode GPU vs CPU differ by ${dk} (keys) ${dv} (values)`);
     }
   }
 });
 
 test("CUDA decoder refuses bad records with the CPU decoder's codes", { skip }, async () => {
-  const model: ModelInfo = {
-    name: 'x',
-    fingerprint: '0123456789abcdef0123456789abcdef',
-    layers: 2,
-    kv_heads: 2,
-    head_dim: 8,
-    rope: { theta: 10000, rotary_dim: 8, layout: 'neox', scaling: { type: 'default' } },
-  };
+  const model = modelInfo(2, 2, 8);
   const s = syntheticKv(256, 32, 1);
   const cal = await fitCalibration({
     model,

@@ -8,58 +8,29 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 
+import { toBf16 } from '../../bench/codec.js';
 import { decode, encode, type KvDtype, type Projection } from '../../src/codec/codec.js';
-import { loadNative } from '../../src/codec/native.js';
 import { applyRope, syntheticKv } from '../../src/calibrate/synthetic.js';
-import { fitCalibration } from '../../src/calibrate/fit.js';
-import type { ModelInfo } from '../../src/codec/calibration.js';
+import { modelInfo, syntheticCalibration } from '../helpers/calibration.js';
+import { gpuSkip } from '../helpers/gpu.js';
 
 const CHILD = 'KVTC_ROW_KERNELS_CHILD';
 
-// 2 layers x 2 heads x 64: every vector of 8 features lies in one half of a neox rotation.
-const model: ModelInfo = {
-  name: 'row-kernels',
-  fingerprint: 'cd'.repeat(16),
-  layers: 2,
-  kv_heads: 2,
-  head_dim: 64,
-  rope: { theta: 10000, rotary_dim: 64, layout: 'neox', scaling: { type: 'default' } },
-};
+// 2 layers x 2 heads x 64, neox: every vector of 8 features lies in one half of a rotation.
+const model = modelInfo(2, 2, 64);
 const P = model.layers * model.kv_heads * model.head_dim;
-
-function toBf16(x: Float32Array): Uint8Array {
-  const u32 = new Uint32Array(x.buffer, x.byteOffset, x.length);
-  const out = new Uint16Array(x.length);
-  for (let i = 0; i < x.length; i++) out[i] = (u32[i]! + 0x7fff + ((u32[i]! >>> 16) & 1)) >>> 16;
-  return new Uint8Array(out.buffer);
-}
+const bytes = (a: Float32Array | Uint16Array) => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
 
 /** Every record and restore of the cases, hex-encoded, in this process's row-kernel mode. */
 async function outputs(): Promise<string[]> {
-  const n = 600;
-  const s = syntheticKv(n, P, 5);
-  const cal = await fitCalibration({
-    model,
-    keys: s.keys,
-    values: s.values,
-    n,
-    ratios: [8],
-    rankCap: P,
-    powerIters: 2,
-    oversample: 8,
-    seed: 1,
-    dpSamples: 256,
-    sinkTokens: 4,
-    windowTokens: 0,
-    source: 'row kernels test',
-  });
+  const cal = await syntheticCalibration(model, { samples: 600, ratios: [8], seed: 5 });
   const out: string[] = [];
   for (const tokens of [19, 333]) {
     const kv = syntheticKv(tokens, P, tokens);
     const keys = applyRope(kv.keys, tokens, 70, model);
     for (const dtype of ['float32', 'bfloat16'] as KvDtype[]) {
-      const k = dtype === 'float32' ? new Uint8Array(keys.buffer) : toBf16(keys);
-      const v = dtype === 'float32' ? new Uint8Array(kv.values.buffer) : toBf16(kv.values);
+      const k = bytes(dtype === 'float32' ? keys : toBf16(keys));
+      const v = bytes(dtype === 'float32' ? kv.values : toBf16(kv.values));
       for (const projection of ['bf16', 'fp8'] as Projection[]) {
         const chunk = { keys: k, values: v, dtype, tokens, tokenStart: 70 };
         const record = await encode(cal, chunk, { windowTokens: 3, backend: 'cuda', projection });
@@ -75,12 +46,7 @@ async function outputs(): Promise<string[]> {
   return out;
 }
 
-const info = loadNative().buildInfo();
-const skip = !info.cuda
-  ? 'addon built without CUDA (KVTC_WITH_CUDA=OFF): GPU tests run on the GPU machine via scripts/gpu-run.sh'
-  : !info.cudaDevice
-    ? 'no CUDA device'
-    : false;
+const skip = gpuSkip;
 
 if (process.env[CHILD]) {
   process.stdout.write(JSON.stringify(await outputs()));
