@@ -175,7 +175,7 @@ __global__ void FinishKernel(const float* __restrict__ in, int64_t lo, int64_t h
   }
 }
 
-// ---- vector row kernels (KVTC_ROW_KERNELS=vector; compile-checked, to be measured) ----------
+// ---- vector row kernels (the default; KVTC_ROW_KERNELS=scalar forces the kernels above) -------
 // The prologue and epilogue above move one 2-byte element per thread and load: on an H200 they
 // run at 1.5-2 TB/s (run g profiles), under half the memory's bandwidth. These variants give a
 // thread kVec adjacent features of one head (16-byte loads and stores of bf16/fp16), with the
@@ -949,14 +949,16 @@ void WithRows(const StreamRows& r, int64_t features, F&& f) {
   }
 }
 
-// KVTC_ROW_KERNELS=vector: the encode prologue and decode epilogue in kVec-feature vectors
-// (PrepareVecKernel, FinishVecKernel) wherever the rows allow; scalar (the default until measured
-// on a GPU) otherwise.
+// The encode prologue and decode epilogue run in kVec-feature vectors (PrepareVecKernel,
+// FinishVecKernel) wherever the rows allow, the scalar kernels otherwise. On an H200 (run h,
+// 2026-11-30) the vector ones took the 8B shape at 8K from 145.9 / 162.7 to 166.0 / 188.5 GB/s
+// encode (batch 1 / 8). KVTC_ROW_KERNELS=scalar forces the scalar kernels everywhere: the
+// bit-identity test (test/gpu/row-kernels.test.ts) and A/B runs use it.
 bool RowKernelsVector() {
   static const int mode = [] {
     const char* v = std::getenv("KVTC_ROW_KERNELS");
-    if (!v || !*v || std::strcmp(v, "scalar") == 0) return 0;
-    return std::strcmp(v, "vector") == 0 ? 1 : -1;
+    if (!v || !*v || std::strcmp(v, "vector") == 0) return 1;
+    return std::strcmp(v, "scalar") == 0 ? 0 : -1;
   }();
   KVTC_CHECK(mode >= 0, kInvalidArgument, "KVTC_ROW_KERNELS must be scalar or vector");
   return mode == 1;

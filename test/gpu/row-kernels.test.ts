@@ -1,6 +1,6 @@
-// The vector row kernels (KVTC_ROW_KERNELS=vector: the encode prologue and decode epilogue in
-// 8-feature vectors) against the scalar ones: same arithmetic in the same order, so the same
-// records and the same restored bits. The mode is read once per process, so this file runs itself
+// The vector row kernels (the default: the encode prologue and decode epilogue in 8-feature
+// vectors) against the scalar ones (KVTC_ROW_KERNELS=scalar): same arithmetic in the same order,
+// so the same records and the same restored bits. The mode is read once per process, so this file runs itself
 // again as a child in the other mode and compares what both wrote: float32 and bf16 rows, neox
 // RoPE, bf16 and fp8 projections. node:test, like the other GPU tests.
 import { test } from 'node:test';
@@ -52,7 +52,7 @@ if (process.env[CHILD]) {
   process.stdout.write(JSON.stringify(await outputs()));
 } else {
   test('vector row kernels write the bits the scalar ones write', { skip }, async () => {
-    const mine = process.env['KVTC_ROW_KERNELS'] === 'vector' ? 'vector' : 'scalar';
+    const mine = process.env['KVTC_ROW_KERNELS'] === 'scalar' ? 'scalar' : 'vector';
     const other = mine === 'vector' ? 'scalar' : 'vector';
     const child = spawnSync(process.execPath, [fileURLToPath(import.meta.url)], {
       env: { ...process.env, [CHILD]: '1', KVTC_ROW_KERNELS: other },
