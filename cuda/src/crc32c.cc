@@ -26,56 +26,7 @@ struct Tables {
   }
 };
 
-uint32_t Crc32cTable(const uint8_t* p, size_t n, uint32_t crc) {
-  static const Tables tables;
-  const auto& t = tables.t;
-  while (n >= 8) {
-    uint64_t word;
-    std::memcpy(&word, p, 8);
-    word ^= crc;
-    crc = t[7][word & 0xff] ^ t[6][(word >> 8) & 0xff] ^ t[5][(word >> 16) & 0xff] ^
-          t[4][(word >> 24) & 0xff] ^ t[3][(word >> 32) & 0xff] ^ t[2][(word >> 40) & 0xff] ^
-          t[1][(word >> 48) & 0xff] ^ t[0][word >> 56];
-    p += 8;
-    n -= 8;
-  }
-  while (n--) crc = (crc >> 8) ^ t[0][(crc ^ *p++) & 0xffu];
-  return crc;
-}
-
-#if defined(__x86_64__)
-__attribute__((target("sse4.2"))) uint32_t Crc32cHw(const uint8_t* p, size_t n, uint32_t crc) {
-  uint64_t c = crc;
-  while (n >= 8) {
-    uint64_t word;
-    std::memcpy(&word, p, 8);
-    c = _mm_crc32_u64(c, word);
-    p += 8;
-    n -= 8;
-  }
-  uint32_t c32 = static_cast<uint32_t>(c);
-  while (n--) c32 = _mm_crc32_u8(c32, *p++);
-  return c32;
-}
-#endif
-
-}  // namespace
-
-uint32_t Crc32c(const void* data, size_t size, uint32_t crc) {
-  const auto* p = static_cast<const uint8_t*>(data);
-  crc = ~crc;
-#if defined(__x86_64__)
-  static const bool hw = __builtin_cpu_supports("sse4.2");
-  crc = hw ? Crc32cHw(p, size, crc) : Crc32cTable(p, size, crc);
-#else
-  crc = Crc32cTable(p, size, crc);
-#endif
-  return ~crc;
-}
-
 // x^(2^k) mod P, and products mod P, in the reflected bit order (zlib's multmodp / x2nmodp).
-namespace {
-
 uint32_t MultModP(uint32_t a, uint32_t b) {
   uint32_t m = 1u << 31, p = 0;
   for (;;) {
@@ -109,7 +60,76 @@ uint32_t X2nModP(size_t n, unsigned k) {
   return p;
 }
 
+uint32_t Crc32cTable(const uint8_t* p, size_t n, uint32_t crc) {
+  static const Tables tables;
+  const auto& t = tables.t;
+  while (n >= 8) {
+    uint64_t word;
+    std::memcpy(&word, p, 8);
+    word ^= crc;
+    crc = t[7][word & 0xff] ^ t[6][(word >> 8) & 0xff] ^ t[5][(word >> 16) & 0xff] ^
+          t[4][(word >> 24) & 0xff] ^ t[3][(word >> 32) & 0xff] ^ t[2][(word >> 40) & 0xff] ^
+          t[1][(word >> 48) & 0xff] ^ t[0][word >> 56];
+    p += 8;
+    n -= 8;
+  }
+  while (n--) crc = (crc >> 8) ^ t[0][(crc ^ *p++) & 0xffu];
+  return crc;
+}
+
+#if defined(__x86_64__)
+__attribute__((target("sse4.2"))) uint32_t Crc32cHw1(const uint8_t* p, size_t n, uint64_t c) {
+  while (n >= 8) {
+    uint64_t word;
+    std::memcpy(&word, p, 8);
+    c = _mm_crc32_u64(c, word);
+    p += 8;
+    n -= 8;
+  }
+  uint32_t c32 = static_cast<uint32_t>(c);
+  while (n--) c32 = _mm_crc32_u8(c32, *p++);
+  return c32;
+}
+
+// crc32 has a latency of 3 cycles and a throughput of 1 per cycle: one dependency chain runs at a
+// third of the instruction's speed. Blocks of 3 lanes are checksummed as three independent chains
+// in one loop, then joined: crc(a || b) = a's register times x^(8 |b|) mod P, xor crc(0, b).
+__attribute__((target("sse4.2"))) uint32_t Crc32cHw(const uint8_t* p, size_t n, uint32_t crc) {
+  constexpr size_t kLane = 8192;
+  static const uint32_t shift = X2nModP(kLane, 3);
+  uint64_t c = crc;
+  while (n >= 3 * kLane) {
+    uint64_t c1 = 0, c2 = 0;
+    for (size_t i = 0; i < kLane; i += 8) {
+      uint64_t w0, w1, w2;
+      std::memcpy(&w0, p + i, 8);
+      std::memcpy(&w1, p + kLane + i, 8);
+      std::memcpy(&w2, p + 2 * kLane + i, 8);
+      c = _mm_crc32_u64(c, w0);
+      c1 = _mm_crc32_u64(c1, w1);
+      c2 = _mm_crc32_u64(c2, w2);
+    }
+    c = MultModP(shift, MultModP(shift, uint32_t(c)) ^ uint32_t(c1)) ^ uint32_t(c2);
+    p += 3 * kLane;
+    n -= 3 * kLane;
+  }
+  return Crc32cHw1(p, n, c);
+}
+#endif
+
 }  // namespace
+
+uint32_t Crc32c(const void* data, size_t size, uint32_t crc) {
+  const auto* p = static_cast<const uint8_t*>(data);
+  crc = ~crc;
+#if defined(__x86_64__)
+  static const bool hw = __builtin_cpu_supports("sse4.2");
+  crc = hw ? Crc32cHw(p, size, crc) : Crc32cTable(p, size, crc);
+#else
+  crc = Crc32cTable(p, size, crc);
+#endif
+  return ~crc;
+}
 
 uint32_t Crc32cCombine(uint32_t crc_a, uint32_t crc_b, size_t size_b) {
   return MultModP(X2nModP(size_b, 3), crc_a) ^ crc_b;

@@ -8,10 +8,18 @@
 #include "kvtc/error.h"
 
 namespace kvtc {
+namespace {
+
+// Pieces of 256 KiB (a thread's copy and checksum of one stay in its L2), spread over the threads
+// from 512 KiB on: a record's raw windows (1-2 MiB each for the smaller shapes) were copied by one
+// thread under the former 2 MiB cut, 0.4-0.5 ms each on an H200 host (run h, SmolLM2 8K).
+constexpr size_t kPiece = size_t(256) << 10;
+constexpr size_t kParallelCut = size_t(512) << 10;
+
+}  // namespace
 
 void ParallelCopy(void* dst, const void* src, size_t size) {
-  constexpr size_t kPiece = size_t(1) << 20;
-  if (size < 2 * kPiece) {
+  if (size < kParallelCut) {
     if (size) std::memcpy(dst, src, size);
     return;
   }
@@ -26,8 +34,7 @@ void ParallelCopy(void* dst, const void* src, size_t size) {
 }
 
 uint32_t ParallelCopyCrc(void* dst, const void* src, size_t size) {
-  constexpr size_t kPiece = size_t(1) << 20;
-  if (size < 2 * kPiece) {
+  if (size < kParallelCut) {
     if (size) std::memcpy(dst, src, size);
     return Crc32c(dst, size);
   }
@@ -51,7 +58,7 @@ void ParallelCopyChunks(uint8_t* dst, const size_t* dst_off, const uint8_t* src,
   // (a coded section: thousands of ~16 KiB chunks), or pieces of a large one (a raw window:
   // megabytes), so every thread has work either way. (Pieces of 1 MiB handed out 16 at a time
   // left a record's 8 MiB raw window to one thread: 1.9 ms of an 8B-shape restore, H200 host.)
-  constexpr size_t kItem = size_t(256) << 10;
+  constexpr size_t kItem = kPiece;
   struct Piece {
     size_t chunk, at, bytes;
   };
@@ -72,7 +79,7 @@ void ParallelCopyChunks(uint8_t* dst, const size_t* dst_off, const uint8_t* src,
   }
   if (item_bytes > 0) items.push_back(pieces.size());
   const auto count = static_cast<int64_t>(items.size() - 1);
-#pragma omp parallel for schedule(dynamic, 1) if (total >= (size_t(2) << 20))
+#pragma omp parallel for schedule(dynamic, 1) if (total >= kParallelCut)
   for (int64_t k = 0; k < count; ++k) {
     for (size_t j = items[size_t(k)]; j < items[size_t(k) + 1]; ++j) {
       const Piece& p = pieces[j];
@@ -90,10 +97,10 @@ uint32_t ParallelCopyChunksCrc(uint8_t* dst, const size_t* dst_off, const uint8_
   if (total == 0) return 0;
   // Fixed blocks of the source span (a block spans chunk boundaries), so that one shift constant
   // combines all their CRCs.
-  constexpr size_t kBlock = size_t(256) << 10;
+  constexpr size_t kBlock = kPiece;
   const auto blocks = static_cast<int64_t>((total + kBlock - 1) / kBlock);
   std::vector<uint32_t> crcs(static_cast<size_t>(blocks));
-#pragma omp parallel for schedule(dynamic, 1) if (total >= (size_t(2) << 20))
+#pragma omp parallel for schedule(dynamic, 1) if (total >= kParallelCut)
   for (int64_t k = 0; k < blocks; ++k) {
     const size_t lo = begin + size_t(k) * kBlock, hi = std::min(lo + kBlock, begin + total);
     // The last chunk starting at or before lo, then every chunk starting before hi.

@@ -141,7 +141,9 @@ t.test('CRC32C test vectors', async (t) => {
   };
   const big = Buffer.alloc(5 * 2 ** 20 + 12345);
   for (let i = 0; i < big.length; i++) big[i] = (i * 2654435761) >>> 24;
-  for (const n of [4 * 2 ** 20, 4 * 2 ** 20 + 1, big.length]) {
+  // Below that, one thread in blocks of 3 x 8 KiB checksummed as three interleaved chains and
+  // joined, then a tail: sizes around a block's edge and a few blocks with a ragged tail.
+  for (const n of [24575, 24576, 24577, 3 * 24576 + 13, 4 * 2 ** 20, 4 * 2 ** 20 + 1, big.length]) {
     t.equal(native.stages.crc32c(big.subarray(0, n)), ref(big.subarray(0, n)), `parallel CRC of ${n} bytes`);
   }
   // The chunk gather that stages records for the GPU: many small chunks and one of several MiB
@@ -164,8 +166,8 @@ t.test('CRC32C test vectors', async (t) => {
   // The staging-and-verify pass of a restore: chunks back to back in the source (a section's
   // chunk data), copied to aligned offsets, with the CRC32C of their span. Sizes cross the
   // 256 KiB blocks its threads checksum, include empty chunks, and sit below and above the
-  // 2 MiB parallel cut.
-  for (const sizes2 of [[], [0], [5], [300000, 0, 17, 2 ** 18, 3 * 2 ** 20 + 5, 1, 65536], [5 * 2 ** 20]]) {
+  // 512 KiB parallel cut.
+  for (const sizes2 of [[], [0], [5], [300000], [300000, 250000], [300000, 0, 17, 2 ** 18, 3 * 2 ** 20 + 5, 1, 65536], [5 * 2 ** 20]]) {
     const start = 4099;
     const srcOffsets2: number[] = [],
       dstOffsets2: number[] = [];
@@ -195,8 +197,8 @@ t.test('CRC32C test vectors', async (t) => {
     { code: 'ERR_KVTC_INTERNAL' },
     'chunks with a gap between them in the source are refused',
   );
-  // The fused copy + CRC pass (CUDA record assembly) at sizes below, at and past its 2 MiB cut.
-  for (const n of [0, 1, 2 * 2 ** 20 - 1, 2 * 2 ** 20, 3 * 2 ** 20 + 7, big.length]) {
+  // The fused copy + CRC pass (CUDA record assembly) at sizes below, at and past its 512 KiB cut.
+  for (const n of [0, 1, 2 ** 19 - 1, 2 ** 19, 2 ** 19 + 2 ** 18 + 3, 3 * 2 ** 20 + 7, big.length]) {
     const { copy, crc } = native.stages.copyCrc32c(big.subarray(0, n));
     t.ok(copy.equals(big.subarray(0, n)), `copy of ${n} bytes is exact`);
     t.equal(crc, ref(big.subarray(0, n)), `CRC of the ${n}-byte copy`);

@@ -7,10 +7,10 @@
 
 namespace kvtc {
 
-// memcpy, in 1 MiB pieces over the OpenMP threads (serial below 2 MiB).
+// memcpy, in 256 KiB pieces over the OpenMP threads (serial below 512 KiB).
 void ParallelCopy(void* dst, const void* src, size_t size);
 
-// ParallelCopy that also returns the CRC32C of the bytes, each 1 MiB piece checksummed right
+// ParallelCopy that also returns the CRC32C of the bytes, each 256 KiB piece checksummed right
 // after its copy while it is still in cache (one pass over memory instead of two).
 uint32_t ParallelCopyCrc(void* dst, const void* src, size_t size);
 
