@@ -2,7 +2,8 @@
 # carried; the scripts that ran are committed as bench/results/gpu-DATE/N-call.sh). One shared
 # deadline over the call's stages, so that what finished comes back even when a stage runs long:
 #   stage "what"            prints the elapsed seconds and a label
-#   left                    seconds left before DEADLINE (default 540), for `timeout "$(left)" ...`
+#   left                    seconds left before DEADLINE (default 540, at least 1), for
+#                           `timeout "$(left)" ...`
 #   bench TAG ARGS...       the 8B shape (BENCH_SHAPES to change) through scripts/gpu-run.sh bench,
 #                           REPS=3, results as $OUT/gpu-bench-TAG.json
 # On exit the bench JSONs and a tarball of the logs are copied to the device tool's $OUT.
@@ -12,7 +13,13 @@ export OUT=/tmp/o
 mkdir -p "$OUT"
 t0=$(date +%s)
 DEADLINE=${DEADLINE:-540}
-left() { echo $((DEADLINE - ($(date +%s) - t0))); }
+# At least 1: `timeout 0` means no limit, and a stage that starts the second the one before it was
+# killed at the deadline would then run unbounded (run h, call 13: the device call's own limit
+# killed everything, and nothing came back).
+left() {
+  local l=$((DEADLINE - ($(date +%s) - t0)))
+  echo $((l < 1 ? 1 : l))
+}
 stage() { echo "== [$(($(date +%s) - t0))s] $*"; }
 finish() {
   stage done
