@@ -9,6 +9,8 @@
 #   sys.tar.xz         OpenBLAS, libgfortran, libquadmath, libdeflate (.so and headers) from this machine
 #   wheels/            pyzmq and pytest for the machine's Python 3.12 (the IPC end-to-end test)
 #   stories260K/       the tiny trained Llama (../shared/models/stories260K/hf) and its calibration
+#   stories-eval/      three held-out stories260K KV captures (test/.cache/stories-eval, written by
+#                      the CPU test test/codec/real-kv.test.ts): the GPU real-KV cross-decode test
 # Usage: bash scripts/gpu-bundle.sh   (then carry .gpu in the device run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -58,4 +60,7 @@ mkdir -p "$OUTD/stories260K"
 cp ../shared/models/stories260K/hf/* "$OUTD/stories260K/"
 [ -f "$OUTD/stories260K.kvtc.safetensors" ] || node dist/src/main.js calibrate --kv test/.cache/stories-calib \
   --out "$OUTD/stories260K.kvtc.safetensors" --ratios 4,8,16
+[ -d test/.cache/stories-eval ] || { echo "test/.cache/stories-eval is missing: run npx tap test/codec/real-kv.test.ts first" >&2; exit 1; }
+mkdir -p "$OUTD/stories-eval"
+ls test/.cache/stories-eval/seq-*.safetensors | sort | head -n 3 | xargs -I{} cp {} "$OUTD/stories-eval/"
 du -ch "$OUTD"/* | tail -n 1

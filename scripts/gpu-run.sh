@@ -33,6 +33,8 @@ node -e "const a=require(process.env.KVTC_ADDON_PATH); console.log(JSON.stringif
 
 if [ "$what" = test ] || [ "$what" = all ]; then
   echo "== GPU tests"
+  # The real-KV cross-decode test's calibration and captures (scripts/gpu-bundle.sh).
+  export KVTC_GPU_CALIBRATION="$PWD/.gpu/stories260K.kvtc.safetensors" KVTC_GPU_CAPTURES="$PWD/.gpu/stories-eval"
   node --test --test-reporter=tap dist/test/gpu/ 2>&1 | tee "$OUT/gpu-tests.tap" | grep -E "^(not ok|ok|# (pass|fail|skip))" || true
   grep -q "^# fail 0" "$OUT/gpu-tests.tap" || { echo "GPU tests FAILED"; tail -n 40 "$OUT/gpu-tests.tap"; }
   for tool in ${SANITIZERS-memcheck racecheck}; do

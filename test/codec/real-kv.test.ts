@@ -9,6 +9,7 @@ import { fitCalibration } from '../../src/calibrate/fit.js';
 import { decode, encode } from '../../src/codec/codec.js';
 import { captureStories, python } from '../helpers/python.js';
 import { unropedKeys } from '../../src/calibrate/captures.js';
+import { realKvCrossDecode } from '../helpers/real-kv.js';
 
 if (!python()) {
   t.fail(
@@ -126,4 +127,14 @@ if (!python()) {
       );
     });
   }
+
+  // The cross-decode matrix's CPU half (test/gpu/real-kv.test.ts adds the CUDA backend on the GPU
+  // machine): plain and indexed CPU records of three held-out stories, sinks and window exact,
+  // the same bytes back from both, the middle within the calibration's error.
+  t.test('cross-decode on real KV: plain and indexed CPU records', async (t) => {
+    const three = files.slice(0, 3).map((f) => join(evalDir, f));
+    const m = await realKvCrossDecode(cal, three, 8, ['cpu', 'cpu-indexed'], ['cpu']);
+    t.same(Object.keys(m.errors).sort(), ['cpu->cpu', 'cpu-indexed->cpu']);
+    t.equal(m.errors['cpu->cpu']!.keys, m.errors['cpu-indexed->cpu']!.keys, 'same payload, same error');
+  });
 }
