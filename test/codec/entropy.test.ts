@@ -167,7 +167,15 @@ t.test('CRC32C test vectors', async (t) => {
   // chunk data), copied to aligned offsets, with the CRC32C of their span. Sizes cross the
   // 256 KiB blocks its threads checksum, include empty chunks, and sit below and above the
   // 512 KiB parallel cut.
-  for (const sizes2 of [[], [0], [5], [300000], [300000, 250000], [300000, 0, 17, 2 ** 18, 3 * 2 ** 20 + 5, 1, 65536], [5 * 2 ** 20]]) {
+  for (const sizes2 of [
+    [],
+    [0],
+    [5],
+    [300000],
+    [300000, 250000],
+    [300000, 0, 17, 2 ** 18, 3 * 2 ** 20 + 5, 1, 65536],
+    [5 * 2 ** 20],
+  ]) {
     const start = 4099;
     const srcOffsets2: number[] = [],
       dstOffsets2: number[] = [];
