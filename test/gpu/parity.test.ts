@@ -11,19 +11,10 @@ import { applyRope, gaussian, mulberry32, syntheticKv } from '../../src/calibrat
 import { fitCalibration } from '../../src/calibrate/fit.js';
 import { modelInfo } from '../helpers/calibration.js';
 import { gpuSkip } from '../helpers/gpu.js';
+import { relError } from '../helpers/reference.js';
 
 const native = loadNative();
 const skip = gpuSkip;
-
-function relErr(a: Float32Array, b: Float32Array): number {
-  let n = 0,
-    d = 0;
-  for (let i = 0; i < a.length; i++) {
-    n += (a[i]! - b[i]!) ** 2;
-    d += b[i]! ** 2;
-  }
-  return Math.sqrt(n / Math.max(d, 1e-30));
-}
 
 const MIXED: [number, number, number][] = [
   [0, 1, 3],
@@ -125,8 +116,8 @@ for (const shape of TEST_SHAPES) {
           );
           const mid = tokens - w;
           if (mid > 0) {
-            const ek = relErr(k.subarray(0, mid * p), keys.subarray(0, mid * p)) ** 2;
-            const ev = relErr(v.subarray(0, mid * p), kv.values.subarray(0, mid * p)) ** 2;
+            const ek = relError(k.subarray(0, mid * p), keys.subarray(0, mid * p)) ** 2;
+            const ev = relError(v.subarray(0, mid * p), kv.values.subarray(0, mid * p)) ** 2;
             // bf16 GEMM operands on the GPU add ~1e-5 relative squared error to the plan's.
             assert.ok(
               ek <= 3 * plan.keys.expected_error + 2e-3,
@@ -168,8 +159,8 @@ test('fp8 projection: CUDA against the CPU simulation, both ways, odd sizes', { 
         k,
         v,
         mid,
-        ek: mid > 0 ? relErr(k.subarray(0, mid * p), keys.subarray(0, mid * p)) ** 2 : 0,
-        ev: mid > 0 ? relErr(v.subarray(0, mid * p), kv.values.subarray(0, mid * p)) ** 2 : 0,
+        ek: mid > 0 ? relError(k.subarray(0, mid * p), keys.subarray(0, mid * p)) ** 2 : 0,
+        ev: mid > 0 ? relError(v.subarray(0, mid * p), kv.values.subarray(0, mid * p)) ** 2 : 0,
       };
     };
     // Encode: the GPU's fp8 record costs what the CPU's simulated one does (both decoded in fp32).
@@ -188,8 +179,8 @@ test('fp8 projection: CUDA against the CPU simulation, both ways, odd sizes', { 
     assert.ok(gd.ek <= 1.25 * cd.ek + 1e-4, `${tokens}: fp8 decode keys ${gd.ek} vs CPU simulation ${cd.ek}`);
     assert.ok(gd.ev <= 1.25 * cd.ev + 1e-4, `${tokens}: fp8 decode values ${gd.ev} vs CPU simulation ${cd.ev}`);
     if (gd.mid > 0) {
-      const dk = relErr(gd.k.subarray(0, gd.mid * p), cd.k.subarray(0, gd.mid * p));
-      const dv = relErr(gd.v.subarray(0, gd.mid * p), cd.v.subarray(0, gd.mid * p));
+      const dk = relError(gd.k.subarray(0, gd.mid * p), cd.k.subarray(0, gd.mid * p));
+      const dv = relError(gd.v.subarray(0, gd.mid * p), cd.v.subarray(0, gd.mid * p));
       assert.ok(dk <= 0.05 && dv <= 0.05, `${tokens}: fp8 decode GPU vs CPU differ by ${dk} (keys) ${dv} (values)`);
     }
   }

@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { readCapture, unropedKeys } from '../../src/calibrate/captures.js';
 import type { Calibration } from '../../src/codec/calibration.js';
 import { decode, encode, type Backend } from '../../src/codec/codec.js';
+import { relError } from './reference.js';
 
 /** cpu-indexed: the CPU writing indexed chunks (entry points for the GPU's inflate lanes). */
 export type Encoder = Backend | 'cpu-indexed';
@@ -22,16 +23,6 @@ const WINDOW = 32;
 
 function f32(b: Uint8Array): Float32Array {
   return new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4);
-}
-
-function relDiff(a: Float32Array, b: Float32Array): number {
-  let n = 0,
-    d = 0;
-  for (let i = 0; i < a.length; i++) {
-    n += (a[i]! - b[i]!) ** 2;
-    d += b[i]! ** 2;
-  }
-  return Math.sqrt(n / Math.max(d, 1e-30));
 }
 
 /**
@@ -87,7 +78,7 @@ export async function realKvCrossDecode(
       for (let d = 1; d < restored.length; d++)
         for (const s of [0, 1]) {
           const [x, y] = [restored[d]![s]!, restored[0]![s]!];
-          decoderSpread = Math.max(decoderSpread, relDiff(x.subarray(from * p, to * p), y.subarray(from * p, to * p)));
+          decoderSpread = Math.max(decoderSpread, relError(x.subarray(from * p, to * p), y.subarray(from * p, to * p)));
         }
     }
     if (records.cpu && records['cpu-indexed']) {
