@@ -1,8 +1,8 @@
 // The vector row kernels (the default: the encode prologue and decode epilogue in 8-feature
 // vectors) against the scalar ones (KVTC_ROW_KERNELS=scalar): same arithmetic in the same order,
-// so the same records and the same restored bits. The mode is read once per process, so this file runs itself
-// again as a child in the other mode and compares what both wrote: float32 and bf16 rows, neox
-// RoPE, bf16 and fp8 projections. node:test, like the other GPU tests.
+// so the same records and the same restored bits. The mode is read once per process, so this
+// file runs itself again as a child in the other mode and compares what both wrote: float32 and
+// bf16 rows, neox RoPE, bf16 and fp8 projections. node:test, like the other GPU tests.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
