@@ -211,6 +211,25 @@ bench
   });
 
 bench
+  .command('host')
+  .description("the CUDA backend's host passes (CRC32C, fused copy + CRC32C) beside memcpy in the same process")
+  .option('--sizes <list>', 'bytes per pass, comma-separated', '262144,1048576,8388608,67108864')
+  .option('--reps <n>', 'timed passes per figure (best is reported)', int('reps', 1), 20)
+  .option('--json', 'print one JSON object')
+  .action(async (o) => {
+    const { benchHost, hostTable } = await import('../bench/host.js');
+    const sizes = String(o.sizes)
+      .split(',')
+      .map((x) => Number(x));
+    if (sizes.some((x) => !Number.isInteger(x) || x <= 0))
+      throw new InvalidArgumentError(`--sizes must be positive integers, received '${o.sizes}'`);
+    const progress = createProgress();
+    const r = benchHost({ sizes, reps: o.reps, progress: progress.update });
+    progress.stop();
+    process.stdout.write((o.json ? JSON.stringify(r) : hostTable(r)) + '\n');
+  });
+
+bench
   .command('load')
   .description('concurrent clients saving and loading against one sidecar process')
   .requiredOption('--calibration <file>', 'calibration file')

@@ -16,11 +16,28 @@ namespace {
 constexpr size_t kPiece = size_t(256) << 10;
 constexpr size_t kParallelCut = size_t(512) << 10;
 
+// memcpy, in calls of at most 2 KiB where the destination lies 1 to 63 bytes past the source
+// modulo 4 KiB. glibc copies larger blocks with `rep movsb`, which on the development VM's AMD
+// EPYC ran at 3 GB/s there (dst - src = 8 or 16 mod 4096) against 43-45 GB/s at any other offset
+// (256 KiB, one thread: 0, 32, 64 ... 4088 measured); calls under its threshold (2112 bytes with
+// FSRM) take the vector loop instead: 16.5 GB/s. One copy in ~65 lands there by chance (a restore
+// stages chunks from any offset of a record), and then costs 14x its time.
+void CopyBytes(uint8_t* dst, const uint8_t* src, size_t n) {
+  const uintptr_t skew = (reinterpret_cast<uintptr_t>(dst) - reinterpret_cast<uintptr_t>(src)) & 4095;
+  if (skew == 0 || skew >= 64) {
+    std::memcpy(dst, src, n);
+    return;
+  }
+  constexpr size_t kStep = 2048;
+  for (; n > kStep; n -= kStep, dst += kStep, src += kStep) std::memcpy(dst, src, kStep);
+  std::memcpy(dst, src, n);
+}
+
 }  // namespace
 
 void ParallelCopy(void* dst, const void* src, size_t size) {
   if (size < kParallelCut) {
-    if (size) std::memcpy(dst, src, size);
+    if (size) CopyBytes(static_cast<uint8_t*>(dst), static_cast<const uint8_t*>(src), size);
     return;
   }
   const auto pieces = static_cast<int64_t>((size + kPiece - 1) / kPiece);
@@ -29,13 +46,13 @@ void ParallelCopy(void* dst, const void* src, size_t size) {
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < pieces; ++i) {
     const size_t at = size_t(i) * kPiece;
-    std::memcpy(d + at, s + at, at + kPiece <= size ? kPiece : size - at);
+    CopyBytes(d + at, s + at, at + kPiece <= size ? kPiece : size - at);
   }
 }
 
 uint32_t ParallelCopyCrc(void* dst, const void* src, size_t size) {
   if (size < kParallelCut) {
-    if (size) std::memcpy(dst, src, size);
+    if (size) CopyBytes(static_cast<uint8_t*>(dst), static_cast<const uint8_t*>(src), size);
     return Crc32c(dst, size);
   }
   const auto pieces = static_cast<int64_t>((size + kPiece - 1) / kPiece);
@@ -46,7 +63,7 @@ uint32_t ParallelCopyCrc(void* dst, const void* src, size_t size) {
   for (int64_t i = 0; i < pieces; ++i) {
     const size_t at = size_t(i) * kPiece;
     const size_t n = at + kPiece <= size ? kPiece : size - at;
-    std::memcpy(d + at, s + at, n);
+    CopyBytes(d + at, s + at, n);
     crcs[size_t(i)] = Crc32c(d + at, n);
   }
   return Crc32cConcat(crcs.data(), crcs.size(), kPiece, size - size_t(pieces - 1) * kPiece);
@@ -83,7 +100,7 @@ void ParallelCopyChunks(uint8_t* dst, const size_t* dst_off, const uint8_t* src,
   for (int64_t k = 0; k < count; ++k) {
     for (size_t j = items[size_t(k)]; j < items[size_t(k) + 1]; ++j) {
       const Piece& p = pieces[j];
-      std::memcpy(dst + dst_off[p.chunk] + p.at, src + src_off[p.chunk] + p.at, p.bytes);
+      CopyBytes(dst + dst_off[p.chunk] + p.at, src + src_off[p.chunk] + p.at, p.bytes);
     }
   }
 }
@@ -107,7 +124,7 @@ uint32_t ParallelCopyChunksCrc(uint8_t* dst, const size_t* dst_off, const uint8_
     size_t i = size_t(std::upper_bound(src_off, src_off + n, lo) - src_off) - 1;
     for (; i < n && src_off[i] < hi; ++i) {
       const size_t a = std::max(lo, src_off[i]), b = std::min(hi, src_off[i] + size[i]);
-      if (b > a) std::memcpy(dst + dst_off[i] + (a - src_off[i]), src + a, b - a);
+      if (b > a) CopyBytes(dst + dst_off[i] + (a - src_off[i]), src + a, b - a);
     }
     crcs[size_t(k)] = Crc32c(src + lo, hi - lo);
   }

@@ -239,7 +239,8 @@ export interface NativeAddon {
         | { inflate: true; expectedBytes: number; indexed?: boolean },
     ): Buffer;
     crc32c(data: Uint8Array): number;
-    copyCrc32c(data: Uint8Array): { copy: Buffer; crc: number };
+    /** `into`: write the copy there (and return it as `copy`) instead of a new Buffer. */
+    copyCrc32c(data: Uint8Array, into?: Buffer): { copy: Buffer; crc: number };
     recordPoolRun(sizes: number[], rounds: number): { hits: number; misses: number; idleBytes: number };
     copyChunks(
       data: Uint8Array,

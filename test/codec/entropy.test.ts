@@ -211,4 +211,20 @@ t.test('CRC32C test vectors', async (t) => {
     t.ok(copy.equals(big.subarray(0, n)), `copy of ${n} bytes is exact`);
     t.equal(crc, ref(big.subarray(0, n)), `CRC of the ${n}-byte copy`);
   }
+  // Into a given destination: whole pages after the source, and 16 bytes further (the placement
+  // host_copy.cc copies in 2 KiB calls), each past the 2 KiB step with a ragged end.
+  const n = 2 ** 20 + 12345;
+  const pitch = 2 ** 21;
+  const space = Buffer.alloc(3 * pitch + 64);
+  big.copy(space, 0, 0, n);
+  for (const at of [pitch, 2 * pitch + 16, 2 * pitch + 16 + 4096 * 3]) {
+    const into = space.subarray(at, at + n);
+    const { copy, crc } = native.stages.copyCrc32c(space.subarray(0, n), into);
+    t.equal(copy, into, 'the copy is the destination given');
+    t.ok(into.equals(big.subarray(0, n)), `copy into offset ${at} is exact`);
+    t.equal(crc, ref(big.subarray(0, n)), `CRC of the copy into offset ${at}`);
+  }
+  t.throws(() => native.stages.copyCrc32c(big.subarray(0, 100), Buffer.alloc(99)), {
+    code: 'ERR_KVTC_INVALID_ARGUMENT',
+  });
 });
