@@ -49,7 +49,7 @@ export function benchHost(o: HostBenchOptions): { cores: number; results: HostBe
     o.progress?.(`host ${bytes} B`, i / o.sizes.length);
     // One allocation, so that the distances between source and destinations are known: a
     // destination a whole number of pages after the source, and one 16 bytes further (1-63 bytes
-    // past the source modulo 4 KiB: where glibc's `rep movsb` was measured 14x slower on AMD;
+    // past the source modulo 4 KiB: where glibc's `rep movsb` runs several times slower on AMD;
     // host_copy.cc CopyBytes).
     const pitch = Math.ceil(bytes / 4096) * 4096 + 4096;
     const space = Buffer.alloc(3 * pitch + 64, 1);

@@ -17,11 +17,11 @@ constexpr size_t kPiece = size_t(256) << 10;
 constexpr size_t kParallelCut = size_t(512) << 10;
 
 // memcpy, in calls of at most 2 KiB where the destination lies 1 to 63 bytes past the source
-// modulo 4 KiB. glibc copies larger blocks with `rep movsb`, which on the development VM's AMD
-// EPYC ran at 3 GB/s there (dst - src = 8 or 16 mod 4096) against 43-45 GB/s at any other offset
-// (256 KiB, one thread: 0, 32, 64 ... 4088 measured); calls under its threshold (2112 bytes with
-// FSRM) take the vector loop instead: 16.5 GB/s. One copy in ~65 lands there by chance (a restore
-// stages chunks from any offset of a record), and then costs 14x its time.
+// modulo 4 KiB. glibc copies larger blocks with `rep movsb`, which the development VM's AMD EPYC
+// runs several times slower there (`bench host`: copy + CRC32C 2.6-5.0 GB/s 16 bytes past, 13-21
+// at whole pages); calls under its threshold (2112 bytes with FSRM) take the vector loop
+// (8.9-16.4). One copy in ~65 lands there by chance: a restore stages chunks from any offset of a
+// record.
 void CopyBytes(uint8_t* dst, const uint8_t* src, size_t n) {
   const uintptr_t skew = (reinterpret_cast<uintptr_t>(dst) - reinterpret_cast<uintptr_t>(src)) & 4095;
   if (skew == 0 || skew >= 64) {
