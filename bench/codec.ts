@@ -14,6 +14,7 @@ import { applyRope, syntheticAxesCalibration, syntheticKv, type SyntheticKv } fr
 import { parseCalibration, type Calibration } from '../src/codec/calibration.js';
 import { decode, encode, ENCODE_DEFAULTS } from '../src/codec/codec.js';
 import { loadNative } from '../src/codec/native.js';
+import type { GpuProjection } from '../src/codec/paged.js';
 
 export interface BenchShape {
   name: string;
@@ -207,7 +208,7 @@ export interface CudaBenchResult extends BenchResult {
   /** KV read from and restored into a paged cache in place (vLLM's FlashAttention layout) */
   paged: boolean;
   /** the GEMMs' precision: bf16, or fp8 (then gemm_ratio_* are against the fp8 GEMMs) */
-  projection: 'bf16' | 'fp8';
+  projection: GpuProjection;
   /** pipeline time over the bf16 cuBLAS GEMMs of the same shapes (= gemm_ratio_* for bf16) */
   bf16_gemm_ratio_encode: number;
   bf16_gemm_ratio_decode: number;
@@ -228,7 +229,7 @@ export const CUDA_SHAPES: BenchShape[] = [
  */
 export async function benchShapeCuda(
   shape: BenchShape,
-  o: BenchOptions & { tokenCounts: number[]; batches: number[]; paged?: boolean; projection?: 'bf16' | 'fp8' },
+  o: BenchOptions & { tokenCounts: number[]; batches: number[]; paged?: boolean; projection?: GpuProjection },
 ): Promise<CudaBenchResult[]> {
   const native = loadNative();
   if (!native.benchCuda)
@@ -240,6 +241,9 @@ export async function benchShapeCuda(
   const block = 4096;
   const base = cachedSyntheticKv(block, p, 42, o.cacheDir);
   const results: CudaBenchResult[] = [];
+  const paged = o.paged ?? false;
+  const projection = o.projection ?? 'bf16';
+  const chunkBytes = o.chunkBytes ?? ENCODE_DEFAULTS.cudaChunkBytes;
   for (const T of o.tokenCounts) {
     const keys = new Uint16Array(T * p),
       values = new Uint16Array(T * p);
@@ -251,9 +255,6 @@ export async function benchShapeCuda(
     }
     for (const batch of o.batches) {
       o.progress?.(`${shape.name}: ${T} tokens x ${batch}`, 0);
-      const paged = o.paged ?? false;
-      const projection = o.projection ?? 'bf16';
-      const chunkBytes = o.chunkBytes ?? ENCODE_DEFAULTS.cudaChunkBytes;
       const f = native.benchCuda(cal.native, {
         keys,
         values,

@@ -5,6 +5,7 @@ import { readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
 
 import { inspectRecord } from './codec/codec.js';
+import type { GpuProjection } from './codec/paged.js';
 import { isKvtcError } from './core/errors.js';
 import { runCalibrate } from './cli/calibrate.js';
 import { runRoundtrip } from './cli/roundtrip.js';
@@ -58,7 +59,7 @@ program
   .option('--backend <name>', 'auto | cuda | cpu (env KVTC_BACKEND)')
   .option(
     '--projection <precision>',
-    "the CUDA backend's GEMM precision: bf16 | fp8 (e4m3, about half the GEMM time; quality cost in docs/quality.md) (env KVTC_PROJECTION; default bf16)",
+    "the CUDA backend's GEMM precision: bf16 | fp8 (e4m3, GEMMs about 1.7x faster on an H200; quality cost in docs/quality.md) (env KVTC_PROJECTION; default bf16)",
   )
   .option(
     '--metrics-port <n>',
@@ -180,7 +181,7 @@ bench
             tokenCounts: o.tokens ? [o.tokens] : [8192, 32768],
             batches: o.batch ? [o.batch] : [1, 8],
             paged: o.paged === true,
-            ...(o.projection ? { projection: o.projection as 'bf16' | 'fp8' } : {}),
+            ...(o.projection ? { projection: o.projection as GpuProjection } : {}),
             chunkBytes,
           })),
         );

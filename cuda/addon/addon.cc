@@ -570,21 +570,22 @@ Napi::Value Crc32cJs(const Napi::CallbackInfo& info) {
 Napi::Value CopyCrc32cJs(const Napi::CallbackInfo& info) {
   return Guard(info, [&]() -> Napi::Value {
     Bytes in = ViewBytes(info[0], "data");
-    Napi::Object out = Napi::Object::New(info.Env());
-    if (info.Length() > 1 && !info[1].IsUndefined()) {
+    const bool given = info.Length() > 1 && !info[1].IsUndefined();
+    std::vector<uint8_t> own;
+    uint8_t* dst = nullptr;
+    if (given) {
       Bytes into = ViewBytes(info[1], "into");
       KVTC_CHECK(into.size >= in.size, kInvalidArgument,
                  "Expected into to hold at least " << in.size << " bytes but it has " << into.size);
-      // A JS-owned, writable view (ViewBytes only types it const).
-      const uint32_t crc = ParallelCopyCrc(const_cast<uint8_t*>(into.data), in.data, in.size);
-      out.Set("crc", Napi::Number::New(info.Env(), crc));
-      out.Set("copy", info[1]);
-      return out;
+      dst = const_cast<uint8_t*>(into.data);  // a JS-owned, writable view (ViewBytes types it const)
+    } else {
+      own.resize(in.size);
+      dst = own.data();
     }
-    std::vector<uint8_t> copy(in.size);
-    const uint32_t crc = ParallelCopyCrc(copy.data(), in.data, in.size);
+    const uint32_t crc = ParallelCopyCrc(dst, in.data, in.size);
+    Napi::Object out = Napi::Object::New(info.Env());
     out.Set("crc", Napi::Number::New(info.Env(), crc));
-    out.Set("copy", NewBuffer(info.Env(), std::move(copy)));
+    out.Set("copy", given ? info[1] : NewBuffer(info.Env(), std::move(own)));
     return out;
   });
 }

@@ -35,21 +35,6 @@ void CopyBytes(uint8_t* dst, const uint8_t* src, size_t n) {
 
 }  // namespace
 
-void ParallelCopy(void* dst, const void* src, size_t size) {
-  if (size < kParallelCut) {
-    if (size) CopyBytes(static_cast<uint8_t*>(dst), static_cast<const uint8_t*>(src), size);
-    return;
-  }
-  const auto pieces = static_cast<int64_t>((size + kPiece - 1) / kPiece);
-  auto* d = static_cast<uint8_t*>(dst);
-  const auto* s = static_cast<const uint8_t*>(src);
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < pieces; ++i) {
-    const size_t at = size_t(i) * kPiece;
-    CopyBytes(d + at, s + at, at + kPiece <= size ? kPiece : size - at);
-  }
-}
-
 uint32_t ParallelCopyCrc(void* dst, const void* src, size_t size) {
   if (size < kParallelCut) {
     if (size) CopyBytes(static_cast<uint8_t*>(dst), static_cast<const uint8_t*>(src), size);

@@ -7,11 +7,9 @@
 
 namespace kvtc {
 
-// memcpy, in 256 KiB pieces over the OpenMP threads (serial below 512 KiB).
-void ParallelCopy(void* dst, const void* src, size_t size);
-
-// ParallelCopy that also returns the CRC32C of the bytes, each 256 KiB piece checksummed right
-// after its copy while it is still in cache (one pass over memory instead of two).
+// memcpy in 256 KiB pieces over the OpenMP threads (serial below 512 KiB) that also returns the
+// CRC32C of the bytes, each piece checksummed right after its copy while it is still in cache (one
+// pass over memory instead of two).
 uint32_t ParallelCopyCrc(void* dst, const void* src, size_t size);
 
 // n independent copies (dst + dst_off[i] <- src + src_off[i], size[i] bytes), over the threads.
