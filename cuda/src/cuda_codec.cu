@@ -21,6 +21,7 @@
 
 #include "cuda_common.cuh"
 #include "cuda_fp8.cuh"
+#include "cuda_gemm.cuh"
 #include "cuda_rows.cuh"
 #include "kvtc/crc32c.h"
 #include "kvtc/cuda_huffman.h"
@@ -564,7 +565,7 @@ struct Context {
   // (slot_free).
   cudaEvent_t staged[2] = {}, reconstructed[2] = {}, slot_free[2] = {};
   cublasHandle_t cublas = nullptr;
-  LtHandle lt;  // the fp8 projection's GEMMs (cuBLASLt), set up on first use
+  LtHandle lt;  // the projection's GEMMs (cuBLASLt), set up on first use
   Context() {
     KVTC_CUDA_CALL(cudaGetDevice(&device));
     KVTC_CUDA_CALL(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
@@ -688,6 +689,23 @@ inline unsigned Blocks(int64_t n) { return unsigned((n + kThreads - 1) / kThread
 // 2^31 blocks), y over the features of a row in kThreads-wide blocks.
 inline dim3 RowGrid(int64_t tokens, int64_t features) {
   return dim3(unsigned((tokens + kRowsPerThread - 1) / kRowsPerThread), Blocks(features));
+}
+
+// The bf16 projection's GEMMs: D (fp32) = op_a(basis) X, through cuBLASLt with the plan cached
+// per shape (cuda_gemm.cuh). KVTC_BF16_GEMM=gemmex sends them through cublasGemmEx instead (the
+// path before cuBLASLt, kept for A/B runs; the bench's GEMM baseline always uses it).
+void ProjectionGemm(Context& ctx, cublasOperation_t op_a, int m, int n, int k, const __nv_bfloat16* basis, int lda,
+                    const __nv_bfloat16* x, int ldb, float* d, int ldd) {
+  static const int mode = [] {
+    const char* v = std::getenv("KVTC_BF16_GEMM");
+    if (!v || !*v || std::strcmp(v, "lt") == 0) return 0;
+    return std::strcmp(v, "gemmex") == 0 ? 1 : -1;
+  }();
+  KVTC_CHECK(mode >= 0, kInvalidArgument, "KVTC_BF16_GEMM must be lt or gemmex");
+  if (mode == 0) return Bf16Gemm(ctx.lt, ctx.stream, op_a, m, n, k, basis, lda, x, ldb, d, ldd);
+  const float one = 1.0f, zero = 0.0f;
+  KVTC_CUBLAS_CALL(cublasGemmEx(ctx.cublas, op_a, CUBLAS_OP_N, m, n, k, &one, basis, CUDA_R_16BF, lda, x, CUDA_R_16BF,
+                                ldb, &zero, d, CUDA_R_32F, ldd, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
 }  // namespace
@@ -1081,14 +1099,11 @@ LaunchedStream LaunchStream(Context& ctx, StreamScratch& s, const Calibration& c
         s.d.ptr, tokens, int(r), d_ld, s.x_scale.ptr, b8.project_scale.ptr);
     KVTC_CUDA_CALL(cudaGetLastError());
   } else if (r > 0) {
-    const float one = 1.0f, zero = 0.0f;
     // Row-major D[T, r] = X[T, p] V[p, :r]  <=>  column-major D^T = V^T X^T.
     // M = d_ld, not r: the padding columns of the basis are zero, and an M that is not a multiple
     // of 8 measured 6x slower (4.6 ms vs 0.74 ms, SmolLM2 shape, 32K tokens, rank 1447 vs 1448).
-    KVTC_CUBLAS_CALL(cublasGemmEx(ctx.cublas, CUBLAS_OP_N, CUBLAS_OP_N, int(std::min(d_ld, basis_ld)), int(tokens),
-                                  int(p), &one, keys ? dev.basis_keys.ptr : dev.basis_values.ptr, CUDA_R_16BF, int(basis_ld),
-                                  s.x.ptr, CUDA_R_16BF, int(p), &zero, s.d.ptr, CUDA_R_32F, int(d_ld),
-                                  CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    ProjectionGemm(ctx, CUBLAS_OP_N, int(std::min(d_ld, basis_ld)), int(tokens), int(p),
+                   keys ? dev.basis_keys.ptr : dev.basis_values.ptr, int(basis_ld), s.x.ptr, int(p), s.d.ptr, int(d_ld));
   }
   prof.mark(keys ? "k.gemm" : "v.gemm");
   const size_t payload_bytes = PayloadBytes(plan, tokens);
@@ -1376,13 +1391,10 @@ void ReconstructStream(Context& ctx, const Calibration& c, const DeviceCalibrati
   prof.mark(keys ? "k.dequantize" : "v.dequantize");
   s.xf.resize(size_t(tokens) * p);
   if (r > 0) {
-    const float one = 1.0f, zero = 0.0f;
     // Row-major X[T, p] = D[T, r] V[:, :r]^T  <=>  column-major X^T = V[:, :r] D^T, where the
     // stored row-major V[p, R] is column-major V^T (R x p): op T selects its first r rows.
-    KVTC_CUBLAS_CALL(cublasGemmEx(ctx.cublas, CUBLAS_OP_T, CUBLAS_OP_N, int(p), int(tokens), int(k_dim), &one,
-                                  keys ? dev.basis_keys.ptr : dev.basis_values.ptr, CUDA_R_16BF,
-                                  int(keys ? dev.ld_keys : dev.ld_values), s.dq.ptr, CUDA_R_16BF, int(dq_ld), &zero,
-                                  s.xf.ptr, CUDA_R_32F, int(p), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    ProjectionGemm(ctx, CUBLAS_OP_T, int(p), int(tokens), int(k_dim), keys ? dev.basis_keys.ptr : dev.basis_values.ptr,
+                   int(keys ? dev.ld_keys : dev.ld_values), s.dq.ptr, int(dq_ld), s.xf.ptr, int(p));
   } else {
     KVTC_CUDA_CALL(cudaMemsetAsync(s.xf.ptr, 0, size_t(tokens) * p * 4, ctx.stream));
   }

@@ -7,7 +7,6 @@
 // Internal to cuda_codec.cu.
 #pragma once
 
-#include <cublasLt.h>
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
@@ -137,62 +136,5 @@ __global__ void ScaleOuterKernel(float* __restrict__ d, int64_t rows, int cols, 
 }
 
 }  // namespace fp8
-
-// cuBLASLt resources of one host thread's context: the handle and a workspace.
-struct LtHandle {
-  cublasLtHandle_t handle = nullptr;
-  DeviceBuffer<uint8_t> workspace;
-  static constexpr size_t kWorkspace = size_t(32) << 20;
-  LtHandle() = default;
-  LtHandle(const LtHandle&) = delete;
-  LtHandle& operator=(const LtHandle&) = delete;
-  ~LtHandle() {
-    if (handle) cublasLtDestroy(handle);
-  }
-  void Init() {
-    if (handle) return;
-    KVTC_CUBLAS_CALL(cublasLtCreate(&handle));
-    workspace.resize(kWorkspace);
-  }
-};
-
-// D[m, n] (column-major fp32, ldd) = A^T B with A e4m3 [k, m] (column-major, lda) and B e4m3
-// [k, n] (ldb): the "TN" form Hopper's fp8 tensor cores take; unit scales, fp32 accumulation.
-inline void Fp8Gemm(LtHandle& lt, cudaStream_t stream, int m, int n, int k, const __nv_fp8_e4m3* a, int lda,
-                    const __nv_fp8_e4m3* b, int ldb, float* d, int ldd) {
-  lt.Init();
-  // Descriptors of this call, destroyed on every way out.
-  struct Descs {
-    cublasLtMatmulDesc_t op = nullptr;
-    cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
-    cublasLtMatmulPreference_t pref = nullptr;
-    ~Descs() {
-      if (pref) cublasLtMatmulPreferenceDestroy(pref);
-      if (d) cublasLtMatrixLayoutDestroy(d);
-      if (b) cublasLtMatrixLayoutDestroy(b);
-      if (a) cublasLtMatrixLayoutDestroy(a);
-      if (op) cublasLtMatmulDescDestroy(op);
-    }
-  } x;
-  KVTC_CUBLAS_CALL(cublasLtMatmulDescCreate(&x.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-  const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
-  KVTC_CUBLAS_CALL(cublasLtMatmulDescSetAttribute(x.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
-  KVTC_CUBLAS_CALL(cublasLtMatmulDescSetAttribute(x.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
-  KVTC_CUBLAS_CALL(cublasLtMatrixLayoutCreate(&x.a, CUDA_R_8F_E4M3, uint64_t(k), uint64_t(m), lda));
-  KVTC_CUBLAS_CALL(cublasLtMatrixLayoutCreate(&x.b, CUDA_R_8F_E4M3, uint64_t(k), uint64_t(n), ldb));
-  KVTC_CUBLAS_CALL(cublasLtMatrixLayoutCreate(&x.d, CUDA_R_32F, uint64_t(m), uint64_t(n), ldd));
-  KVTC_CUBLAS_CALL(cublasLtMatmulPreferenceCreate(&x.pref));
-  const size_t ws = LtHandle::kWorkspace;
-  KVTC_CUBLAS_CALL(cublasLtMatmulPreferenceSetAttribute(x.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
-                                                        sizeof(ws)));
-  cublasLtMatmulHeuristicResult_t best{};
-  int found = 0;
-  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(lt.handle, x.op, x.a, x.b, x.d, x.d, x.pref, 1, &best, &found);
-  KVTC_CHECK(st == CUBLAS_STATUS_SUCCESS && found > 0, kBackendUnavailable,
-             "cuBLASLt has no fp8 GEMM for m=" << m << " n=" << n << " k=" << k << " on this device (needs sm_89 or newer)");
-  const float one = 1.0f, zero = 0.0f;
-  KVTC_CUBLAS_CALL(cublasLtMatmul(lt.handle, x.op, &one, a, x.a, b, x.b, &zero, d, x.d, d, x.d, &best.algo,
-                                  lt.workspace.ptr, ws, stream));
-}
 
 }  // namespace kvtc::cuda
