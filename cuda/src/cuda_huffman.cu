@@ -1,8 +1,10 @@
 // kvtc's own GPU DEFLATE coder: the kernels around include/kvtc/cuda_huffman.h.
 //
 // Encode: one 256-thread block per chunk. Per-warp shared-memory byte histograms; symbols
-// ranked by (frequency, symbol) in parallel; one thread builds the length-limited code and the
-// block header (PlanBlock, the same function the host reference runs); then the literals in
+// ranked by (frequency, symbol) in parallel; the length-limited code and the block header as
+// PlanBlock (the host reference) makes them, its serial steps in one thread and the others (the
+// tree's depths, the lengths, the canonical codes, the counts) over the block (BlockPlan);
+// then the literals in
 // tiles of 4096 bytes: each thread codes 16 bytes, a block-wide exclusive scan gives its bit
 // offset, bits go into a shared staging buffer with atomicOr, full 32-bit words are copied to
 // the chunk's slot coalesced and the partial word carries over to the next tile.
@@ -29,8 +31,112 @@ struct EncodeShared {
   EncodePlan plan;
   uint32_t stage[kStageWords];
   cub::BlockScan<uint32_t, kEncThreads>::TempStorage scan;
+  uint32_t len_count[kMaxBits + 1];  // codes per length
+  uint32_t next_code[kMaxBits + 1];  // first canonical code per length
+  unsigned long long literal_bits;
+  int m, maxdepth, top, nr;
   int stored;
 };
+
+// TreeDepths with the block's threads: pointer jumping (each node's distance to an ancestor
+// 2^k levels up, doubled per round, ~10 rounds), then the leaves per depth counted with shared
+// atomics (in tree.weight, free once the tree is built) and copied into tree.count. Returns the
+// largest leaf depth to every thread.
+__device__ int BlockTreeDepths(int m, TreeScratch& tree, EncodeShared& sh) {
+  const int t = threadIdx.x;
+  const int nodes = 2 * m - 1, root = nodes - 1;
+  uint16_t* up = tree.count;  // each node's current ancestor; count is rebuilt below
+  for (int i = t; i < nodes; i += kEncThreads) {
+    tree.depth[i] = i == root ? 0 : 1;
+    up[i] = uint16_t(i == root ? root : tree.parent[i]);
+  }
+  if (t == 0) sh.maxdepth = 0;
+  __syncthreads();
+  constexpr int kPerThread = (2 * kLitSyms - 1 + kEncThreads - 1) / kEncThreads;
+  for (int span = 1; span < nodes; span <<= 1) {
+    uint16_t depth[kPerThread], next[kPerThread];
+#pragma unroll
+    for (int j = 0; j < kPerThread; ++j) {
+      const int i = t + j * kEncThreads;
+      if (i < nodes) {
+        const int a = up[i];
+        depth[j] = uint16_t(tree.depth[i] + tree.depth[a]);
+        next[j] = up[a];
+      }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int j = 0; j < kPerThread; ++j) {
+      const int i = t + j * kEncThreads;
+      if (i < nodes) {
+        tree.depth[i] = depth[j];
+        up[i] = next[j];
+      }
+    }
+    __syncthreads();
+  }
+  uint32_t* leaves = tree.weight;
+  for (int i = t; i < 2 * 288; i += kEncThreads) leaves[i] = 0;
+  __syncthreads();
+  for (int i = t; i < m; i += kEncThreads) {
+    atomicAdd(&leaves[tree.depth[i]], 1u);
+    atomicMax(&sh.maxdepth, int(tree.depth[i]));
+  }
+  __syncthreads();
+  for (int i = t; i < 2 * 288; i += kEncThreads) tree.count[i] = uint16_t(leaves[i]);
+  __syncthreads();
+  return sh.maxdepth;
+}
+
+// PlanBlock (cuda_huffman.h) with the block's threads where the steps allow: the same lengths,
+// codes and header, bit for bit (huffman_gpu_check compares every chunk with the host reference).
+// One thread runs only the steps that are serial by nature (the two-queue tree, the depth limit,
+// the run-length codes, the header's bits). `used` symbols are ranked in s.order.
+__device__ void BlockPlan(EncodeShared& sh, int used) {
+  const int t = threadIdx.x;
+  EncodeScratch& s = sh.scratch;
+  if (t == 0) sh.m = PadOrder(s.order, used, kLitSyms);
+  for (int i = t; i < kLitSyms; i += kEncThreads) s.lens[i] = 0;
+  __syncthreads();
+  const int m = sh.m;
+  if (t == 0) BuildTree(s.freq, s.order, m, s.tree);
+  __syncthreads();
+  const int maxdepth = BlockTreeDepths(m, s.tree, sh);
+  if (t == 0) sh.top = LimitDepths(maxdepth, kMaxBits, s.tree);
+  if (t <= kMaxBits) sh.len_count[t] = 0;
+  if (t < 19) s.pre_freq[t] = 0;
+  __syncthreads();
+  for (int k = t; k < m; k += kEncThreads) s.lens[s.order[k]] = uint8_t(LengthOfRank(k, sh.top, s.tree));
+  __syncthreads();
+  // Canonical codes: a symbol's code is its length's first code plus its rank among the symbols
+  // of that length (CanonicalCodes hands them out in symbol order).
+  for (int sym = t; sym < kLitSyms; sym += kEncThreads)
+    if (s.lens[sym]) atomicAdd(&sh.len_count[s.lens[sym]], 1u);
+  __syncthreads();
+  if (t == 0) {
+    uint32_t code = 0;
+    for (int b = 1; b <= kMaxBits; ++b) {
+      code = (code + (b > 1 ? sh.len_count[b - 1] : 0u)) << 1;
+      sh.next_code[b] = code;
+    }
+    sh.literal_bits = 0;
+  }
+  __syncthreads();
+  for (int sym = t; sym < kLitSyms; sym += kEncThreads) {
+    const int l = s.lens[sym];
+    uint32_t rank = 0;
+    for (int u = 0; u < sym; ++u) rank += s.lens[u] == l;
+    s.codes[sym] = l ? uint16_t(ReverseBits(sh.next_code[l] + rank, l)) : 0;
+    sh.plan.sym[sym] = uint32_t(s.codes[sym]) | (uint32_t(l) << 16);
+    atomicAdd(&sh.literal_bits, (unsigned long long)s.freq[sym] * l);
+  }
+  __syncthreads();
+  if (t == 0) sh.nr = RunLengths(s);
+  __syncthreads();
+  for (int i = t; i < sh.nr; i += kEncThreads) atomicAdd(&s.pre_freq[s.rle_sym[i]], 1u);
+  __syncthreads();
+  if (t == 0) WriteHeader(s, sh.nr, sh.literal_bits, sh.stage, sh.plan);
+}
 
 // 16 bytes at in[at, at + 16) clipped to n, as four little-endian words (bytes past n are
 // reported through `valid`).
@@ -98,8 +204,8 @@ __global__ void __launch_bounds__(kEncThreads) EncodeKernel(const uint8_t* __res
     s.order[rank] = uint16_t(sym);
   }
   __syncthreads();
+  BlockPlan(sh, used);
   if (t == 0) {
-    PlanBlock(s, used, sh.stage, sh.plan);
     const uint64_t bytes = (sh.plan.total_bits + 7) / 8;
     sh.stored = bytes >= n;
     sizes[c] = sh.stored ? n : size_t(bytes);

@@ -65,29 +65,43 @@ struct TreeScratch {
   uint16_t count[2 * 288];  // leaves per depth
 };
 
-// Length-limited Huffman code lengths. `order` lists the m >= 2 used symbols by ascending
-// (freq, symbol); `freq` is indexed by symbol; writes lens[order[i]] (the caller zeroes the
-// unused symbols' lengths). Builds the Huffman tree with the two-queue method, then limits the
-// depth to `maxbits` with the JPEG (Annex K.3) adjustment, which keeps the code complete, and
-// hands the longest lengths to the rarest symbols. Needs m <= 288 and m <= 2^maxbits.
-KVTC_HD inline void LengthsFromSorted(const uint32_t* freq, const uint16_t* order, int m, int maxbits, uint8_t* lens,
-                                      TreeScratch& t) {
+// Length-limited Huffman code lengths, in three steps the GPU encoder runs with the block's
+// threads where it can (cuda_huffman.cu) and LengthsFromSorted runs in one thread. `order` lists
+// the m >= 2 used symbols by ascending (freq, symbol); `freq` is indexed by symbol.
+//
+// 1. BuildTree: the Huffman tree by the two-queue method (leaves 0..m-1 in `order`'s order,
+//    inner nodes m..2m-2 in the order they are made), parent links in t.parent. The queue heads
+//    stay in registers: one load per step where a shared-memory walk would chain four.
+KVTC_HD inline void BuildTree(const uint32_t* freq, const uint16_t* order, int m, TreeScratch& t) {
   for (int i = 0; i < m; ++i) t.weight[i] = freq[order[i]];
   int leaf = 0, inner = m, next = m;
   const int nodes = 2 * m - 1;
+  uint32_t leaf_w = t.weight[0], inner_w = 0;  // weight[leaf]; weight[inner] while inner < next
   while (next < nodes) {
-    int pick[2];
+    uint32_t sum = 0;
     for (int k = 0; k < 2; ++k) {
-      if (leaf < m && (inner >= next || t.weight[leaf] <= t.weight[inner])) {
-        pick[k] = leaf++;
+      int pick;
+      if (leaf < m && (inner >= next || leaf_w <= inner_w)) {
+        pick = leaf++;
+        sum += leaf_w;
+        leaf_w = leaf < m ? t.weight[leaf] : 0;
       } else {
-        pick[k] = inner++;
+        pick = inner++;
+        sum += inner_w;
+        inner_w = inner < next ? t.weight[inner] : 0;
       }
+      t.parent[pick] = uint16_t(next);
     }
-    t.weight[next] = t.weight[pick[0]] + t.weight[pick[1]];
-    t.parent[pick[0]] = t.parent[pick[1]] = uint16_t(next);
+    t.weight[next] = sum;
+    if (inner == next) inner_w = sum;
     ++next;
   }
+}
+
+// 2. The depth of every node (t.depth) and the leaves per depth (t.count); returns the largest
+//    leaf depth. Parents come after their children, so one pass from the root down.
+KVTC_HD inline int TreeDepths(int m, TreeScratch& t) {
+  const int nodes = 2 * m - 1;
   t.depth[nodes - 1] = 0;
   int maxdepth = 0;
   for (int i = 0; i < 2 * 288; ++i) t.count[i] = 0;
@@ -98,6 +112,12 @@ KVTC_HD inline void LengthsFromSorted(const uint32_t* freq, const uint16_t* orde
       if (t.depth[i] > maxdepth) maxdepth = t.depth[i];
     }
   }
+  return maxdepth;
+}
+
+// 3a. Limits the depth to `maxbits` with the JPEG (Annex K.3) adjustment of t.count, which keeps
+//     the code complete. Returns the longest length left.
+KVTC_HD inline int LimitDepths(int maxdepth, int maxbits, TreeScratch& t) {
   for (int i = maxdepth; i > maxbits; --i) {
     while (t.count[i] > 0) {
       int j = i - 2;
@@ -108,8 +128,25 @@ KVTC_HD inline void LengthsFromSorted(const uint32_t* freq, const uint16_t* orde
       t.count[j] -= 1;
     }
   }
+  return maxbits < maxdepth ? maxbits : maxdepth;
+}
+
+// 3b. The length of the k-th symbol of `order` (k < m): the longest lengths go to the rarest
+//     symbols, t.count[top] of them first.
+KVTC_HD_INLINE int LengthOfRank(int k, int top, const TreeScratch& t) {
+  int bits = top;
+  for (int below = t.count[bits]; k >= below && bits > 1;) below += t.count[--bits];
+  return bits;
+}
+
+// Writes lens[order[i]] for the m used symbols (the caller zeroes the unused symbols' lengths).
+// Needs m <= 288 and m <= 2^maxbits.
+KVTC_HD inline void LengthsFromSorted(const uint32_t* freq, const uint16_t* order, int m, int maxbits, uint8_t* lens,
+                                      TreeScratch& t) {
+  BuildTree(freq, order, m, t);
+  const int top = LimitDepths(TreeDepths(m, t), maxbits, t);
   int k = 0;
-  for (int bits = maxbits < maxdepth ? maxbits : maxdepth; bits >= 1; --bits) {
+  for (int bits = top; bits >= 1; --bits) {
     for (int c = 0; c < t.count[bits]; ++c) lens[order[k++]] = uint8_t(bits);
   }
 }
@@ -196,23 +233,25 @@ struct EncodeScratch {
   uint16_t pre_codes[19];
 };
 
-// From the histogram (s.freq, end-of-block included) and its sorted used symbols (s.order, m of
-// them): code lengths, codes and the block header written into `header` (zeroed, kHeaderWords
-// words). Fills `plan`. One thread.
-KVTC_HD inline void PlanBlock(EncodeScratch& s, int m, uint32_t* header, EncodePlan& plan) {
-  m = PadOrder(s.order, m, kLitSyms);
-  for (int i = 0; i < kLitSyms; ++i) s.lens[i] = 0;
-  LengthsFromSorted(s.freq, s.order, m, kMaxBits, s.lens, s.tree);
-  CanonicalCodes(s.lens, kLitSyms, s.codes);
+// The block plan in steps, so that the GPU encoder can run the long ones with all its threads
+// (cuda_huffman.cu) and PlanBlock below runs them in one thread, as the host reference.
+
+// The code of every literal and the end-of-block, from the lengths: plan.sym[i] = reversed code |
+// length << 16. Returns the literals' bits (freq[256] is 1: the end-of-block).
+KVTC_HD inline uint64_t PlanSymbols(const EncodeScratch& s, EncodePlan& plan) {
   uint64_t total = 0;
   for (int i = 0; i < kLitSyms; ++i) {
     plan.sym[i] = uint32_t(s.codes[i]) | (uint32_t(s.lens[i]) << 16);
-    total += uint64_t(s.freq[i]) * s.lens[i];  // freq[256] is 1: the end-of-block
+    total += uint64_t(s.freq[i]) * s.lens[i];
   }
-  // Run-length coded code lengths: the 257 litlen lengths, then the single distance length
-  // (kept as a separate run so no repeat crosses from litlen into distance lengths).
+  return total;
+}
+
+// Run-length coded code lengths (s.rle_sym, s.rle_extra): the 257 litlen lengths, then the single
+// distance length (kept as a separate run so no repeat crosses from litlen into distance
+// lengths). Returns their count.
+KVTC_HD inline int RunLengths(EncodeScratch& s) {
   int nr = 0;
-  for (int i = 0; i < 19; ++i) s.pre_freq[i] = 0;
   for (int i = 0; i < kLitSyms;) {
     const uint8_t v = s.lens[i];
     int run = 1;
@@ -248,7 +287,33 @@ KVTC_HD inline void PlanBlock(EncodeScratch& s, int m, uint32_t* header, EncodeP
   }
   s.rle_sym[nr] = 1;  // the one distance code, of length 1
   s.rle_extra[nr++] = 0;
-  for (int i = 0; i < nr; ++i) s.pre_freq[s.rle_sym[i]]++;
+  return nr;
+}
+
+// Bit writer that keeps the partial word in a register and stores whole words: the same words
+// as BitWriter into zeroed memory, without a read-modify-write of memory per call (on the GPU a
+// shared-memory round trip each). Flush() stores the partial last word.
+struct WordWriter {
+  uint32_t* words;
+  uint32_t bits = 0;
+  uint64_t acc = 0;
+  KVTC_HD_INLINE void Put(uint32_t value, int n) {  // n <= 32
+    acc |= uint64_t(value) << (bits & 31);
+    bits += n;
+    if ((bits & 31) < uint32_t(n) || n == 32) {  // crossed into a new word
+      words[(bits >> 5) - 1] = uint32_t(acc);
+      acc >>= 32;
+    }
+  }
+  KVTC_HD_INLINE void Flush() {
+    if (bits & 31) words[bits >> 5] = uint32_t(acc);
+  }
+};
+
+// The code-length code (from s.pre_freq, the counts of s.rle_sym) and the block header into
+// `header` (zeroed, kHeaderWords words); plan.header_bits, and plan.total_bits = literal_bits +
+// header.
+KVTC_HD inline void WriteHeader(EncodeScratch& s, int nr, uint64_t literal_bits, uint32_t* header, EncodePlan& plan) {
   int pm = SortUsed(s.pre_freq, 19, s.pre_order);
   pm = PadOrder(s.pre_order, pm, 19);
   for (int i = 0; i < 19; ++i) s.pre_lens[i] = 0;
@@ -257,7 +322,7 @@ KVTC_HD inline void PlanBlock(EncodeScratch& s, int m, uint32_t* header, EncodeP
   const uint8_t kPermutation[19] = {16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1, 15};
   int hclen = 19;
   while (hclen > 4 && s.pre_lens[kPermutation[hclen - 1]] == 0) --hclen;
-  BitWriter w{header};
+  WordWriter w{header};
   w.Put(1, 1);  // BFINAL
   w.Put(2, 2);  // BTYPE = dynamic Huffman
   w.Put(kLitSyms - 257, 5);
@@ -271,8 +336,24 @@ KVTC_HD inline void PlanBlock(EncodeScratch& s, int m, uint32_t* header, EncodeP
     if (sym == 17) w.Put(s.rle_extra[i], 3);
     if (sym == 18) w.Put(s.rle_extra[i], 7);
   }
+  w.Flush();
   plan.header_bits = w.bits;
-  plan.total_bits = total + w.bits;
+  plan.total_bits = literal_bits + w.bits;
+}
+
+// From the histogram (s.freq, end-of-block included) and its sorted used symbols (s.order, m of
+// them): code lengths, codes and the block header written into `header` (zeroed, kHeaderWords
+// words). Fills `plan`. One thread: the reference the GPU encoder's steps reproduce.
+KVTC_HD inline void PlanBlock(EncodeScratch& s, int m, uint32_t* header, EncodePlan& plan) {
+  m = PadOrder(s.order, m, kLitSyms);
+  for (int i = 0; i < kLitSyms; ++i) s.lens[i] = 0;
+  LengthsFromSorted(s.freq, s.order, m, kMaxBits, s.lens, s.tree);
+  CanonicalCodes(s.lens, kLitSyms, s.codes);
+  const uint64_t literal_bits = PlanSymbols(s, plan);
+  const int nr = RunLengths(s);
+  for (int i = 0; i < 19; ++i) s.pre_freq[i] = 0;
+  for (int i = 0; i < nr; ++i) s.pre_freq[s.rle_sym[i]]++;
+  WriteHeader(s, nr, literal_bits, header, plan);
 }
 
 // Entry points of an indexed chunk of n bytes: one per run of entry_stride literals but the first.
@@ -346,11 +427,11 @@ using PreTable = DecodeTable<kPreTableBits, 19>;
 
 // The serial part of building a table: counts, validity (over-subscribed codes are rejected;
 // incomplete codes only when empty or a single codeword of length 1, as libdeflate does),
-// canonical order. Returns false on a bad code.
+// canonical order. Returns false on a bad code. In three steps, which WarpPrepareTable runs with
+// a warp's lanes where it can.
+// From t.count (count[0] ignored): validity, first code and first index per length.
 template <int kBits, int kSyms>
-KVTC_HD inline bool PrepareTable(const uint8_t* lens, int n, DecodeTable<kBits, kSyms>& t) {
-  for (int b = 0; b <= kMaxBits; ++b) t.count[b] = 0;
-  for (int s = 0; s < n; ++s) t.count[lens[s]]++;
+KVTC_HD inline bool FinishCounts(DecodeTable<kBits, kSyms>& t) {
   t.count[0] = 0;
   int left = 1, total = 0;
   for (int b = 1; b <= kMaxBits; ++b) {
@@ -368,13 +449,65 @@ KVTC_HD inline bool PrepareTable(const uint8_t* lens, int n, DecodeTable<kBits, 
     idx += t.count[b];
     code = (code + t.count[b]) << 1;
   }
+  t.ncodes = uint16_t(total);
+  return true;
+}
+
+template <int kBits, int kSyms>
+KVTC_HD inline bool PrepareTable(const uint8_t* lens, int n, DecodeTable<kBits, kSyms>& t) {
+  for (int b = 0; b <= kMaxBits; ++b) t.count[b] = 0;
+  for (int s = 0; s < n; ++s) t.count[lens[s]]++;
+  if (!FinishCounts(t)) return false;
   uint16_t at[kMaxBits + 1];
   for (int b = 1; b <= kMaxBits; ++b) at[b] = t.offs[b];
   for (int s = 0; s < n; ++s) {
     if (lens[s]) t.sym[at[lens[s]]++] = uint16_t(s);
   }
-  t.ncodes = uint16_t(total);
   return true;
+}
+
+// PrepareTable by lanes [0, nlanes) of a warp (nlanes 1: PrepareTable itself): lengths counted
+// and symbols placed 32 at a time with warp votes, where one lane would walk the 288 lengths
+// twice through shared memory. Same table, same verdict, in every lane.
+template <int kBits, int kSyms>
+KVTC_HD inline bool WarpPrepareTable(const uint8_t* lens, int n, DecodeTable<kBits, kSyms>& t, int lane, int nlanes) {
+#if defined(__CUDA_ARCH__)
+  if (nlanes == 32) {
+    constexpr unsigned kAll = 0xffffffffu;
+    uint32_t mine = 0;  // lane b (1..kMaxBits): codes of length b
+    for (int base = 0; base < n; base += 32) {
+      const int l = base + lane < n ? lens[base + lane] : 0;
+      for (int b = 1; b <= kMaxBits; ++b) {
+        const uint32_t votes = __popc(__ballot_sync(kAll, l == b));
+        if (lane == b) mine += votes;
+      }
+    }
+    if (lane <= kMaxBits) t.count[lane] = uint16_t(mine);
+    __syncwarp();
+    int ok = 0;
+    if (lane == 0) ok = FinishCounts(t);
+    ok = __shfl_sync(kAll, ok, 0);
+    __syncwarp();
+    if (!ok) return false;
+    uint32_t next = lane <= kMaxBits ? t.offs[lane] : 0;  // lane b: next index of length b
+    for (int base = 0; base < n; base += 32) {
+      const int s = base + lane;
+      const int l = s < n ? lens[s] : 0;
+      const uint32_t same = __match_any_sync(kAll, l);
+      const uint32_t at = __shfl_sync(kAll, next, l) + __popc(same & ((1u << lane) - 1));
+      if (l) t.sym[at] = uint16_t(s);
+      for (int b = 1; b <= kMaxBits; ++b) {
+        const uint32_t votes = __popc(__ballot_sync(kAll, l == b));
+        if (lane == b) next += votes;
+      }
+    }
+    __syncwarp();
+    return true;
+  }
+#endif
+  (void)lane;
+  (void)nlanes;
+  return PrepareTable(lens, n, t);
 }
 
 // The parallel part: fills the direct table; lanes [0, nlanes) of a warp (one lane on the host)
@@ -493,19 +626,21 @@ KVTC_HD_INLINE int DecodeSym(BitReader& br, const DecodeTable<kBits, kSyms>& t) 
     br.Drop(e >> 9);
     return e & 511;
   }
-  // Canonical decoding, one bit at a time (codes longer than kBits, or no codeword).
-  uint32_t code = 0, first = 0, index = 0;
+  // Canonical decoding of a code longer than kBits (or of no codeword): the direct table holds
+  // every codeword of up to kBits bits, so only the longer lengths can match. Each length is
+  // tested on its own (first code and index per length come from PrepareTable), without the
+  // chain of a bit-at-a-time walk: on the GPU a warp waits for its slowest lane, and with ~10 %
+  // long codes in a quantized payload some lane takes this path at nearly every step.
   const uint32_t bits = uint32_t(br.buf);
-  for (int len = 1; len <= kMaxBits; ++len) {
-    code |= (bits >> (len - 1)) & 1;
-    const uint32_t count = t.count[len];
-    if (code - first < count) {
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+  for (int len = kBits + 1; len <= kMaxBits; ++len) {
+    const uint32_t d = ReverseBits(bits & ((1u << len) - 1), len) - t.first[len];
+    if (d < t.count[len]) {
       br.Drop(len);
-      return t.sym[index + (code - first)];
+      return t.sym[t.offs[len] + d];
     }
-    index += count;
-    first = (first + count) << 1;
-    code <<= 1;
   }
   return -1;
 }
@@ -552,8 +687,9 @@ KVTC_HD_INLINE void Fail(InflateState& st, int32_t status) {
 }
 
 // Lane 0: reads the next block header. Stored blocks are copied here; Huffman blocks leave their
-// code lengths in st.lens and st.lit / st.dist prepared, phase 1, for the warp to fill tables.
-KVTC_HD inline void ReadBlockHeader(InflateState& st, uint8_t* out, uint32_t out_size) {
+// code lengths in st.lens and st.lit / st.dist prepared (unless `tables` is false: then the
+// caller prepares them, WarpPrepareTable), phase 1, for the warp to fill tables.
+KVTC_HD inline void ReadBlockHeader(InflateState& st, uint8_t* out, uint32_t out_size, bool tables = true) {
   BitReader& br = st.br;
   if (!br.Need(3)) return Fail(st, kInflateTruncated);
   st.final_block = int8_t(br.Take(1));
@@ -622,7 +758,7 @@ KVTC_HD inline void ReadBlockHeader(InflateState& st, uint8_t* out, uint32_t out
     for (int i = st.nlit; i < 288; ++i) st.lens[i] = 0;
     if (st.lens[256] == 0) return Fail(st, kInflateBadData);  // no end-of-block code
   }
-  if (!PrepareTable(st.lens, 288, st.lit) || !PrepareTable(st.lens + 288, 32, st.dist)) {
+  if (tables && (!PrepareTable(st.lens, 288, st.lit) || !PrepareTable(st.lens + 288, 32, st.dist))) {
     return Fail(st, kInflateBadData);
   }
   st.phase = 1;
@@ -802,19 +938,27 @@ KVTC_HD inline int32_t DecodeLiteralRun(const uint8_t* in, uint32_t in_size, uin
 
 // Inflates one chunk of an indexed section (kDeflateIndexed, entropy.h): a single final Huffman
 // block of literals only, literal k * stride starting at bit entries[k - 1], k = 1..entry_count.
-// Lane 0 reads the block header, the lanes fill the tables, then each lane decodes runs of
-// `stride` literals from their entry points. Every run must end exactly where the next begins and
+// Lane 0 reads the block header, the lanes prepare and fill the tables, then each lane decodes
+// runs of `stride` literals from their entry points. Every run must end exactly where the next begins and
 // the last one at the end-of-block, so the output is what a serial inflater gives, or an error
 // status. Same lanes and contract as InflateChunk.
 KVTC_HD inline int32_t InflateChunkIndexed(const uint8_t* in, uint32_t in_size, uint8_t* out, uint32_t out_size,
                                            const uint32_t* entries, uint32_t entry_count, uint32_t stride,
                                            InflateState& st, int lane, int nlanes) {
+#if defined(__CUDA_ARCH__)
+  // The chunk into L2 and its first KiB (the header, then the first run) into L1, from all lanes
+  // at once: lane 0's bit reader would otherwise wait on memory for each word of the header in
+  // turn. Prefetches do not fault and nothing waits for them.
+  for (uint32_t at = uint32_t(lane) * 128; at < in_size; at += uint32_t(nlanes) * 128)
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(in + at));
+  if (uint32_t(lane) * 32 < in_size) asm volatile("prefetch.global.L1 [%0];" ::"l"(in + lane * 32));
+#endif
   if (lane == 0) {
     st.Begin(in, in_size);
     if (stride == 0 || uint64_t(entry_count) * stride >= out_size || uint64_t(entry_count + 1) * stride < out_size) {
       detail::Fail(st, kInflateBadData);  // the index does not cover the output in runs of `stride`
     } else {
-      detail::ReadBlockHeader(st, out, out_size);
+      detail::ReadBlockHeader(st, out, out_size, false);
       // A stored block, or a block that is not the last: not an indexed stream.
       if (st.status == kInflateOk && (st.phase != 1 || !st.final_block)) detail::Fail(st, kInflateBadData);
     }
@@ -823,6 +967,10 @@ KVTC_HD inline int32_t InflateChunkIndexed(const uint8_t* in, uint32_t in_size, 
   const int32_t header_status = st.status;
   KVTC_SYNCWARP();
   if (header_status != kInflateOk) return header_status;
+  if (!WarpPrepareTable(st.lens, 288, st.lit, lane, nlanes) ||
+      !WarpPrepareTable(st.lens + 288, 32, st.dist, lane, nlanes)) {
+    return kInflateBadData;
+  }
   FillTable(st.lens, st.lit, lane, nlanes);
   FillLiteralPairs(st.lit, st.lit_pairs, lane, nlanes);
   const uint64_t first = uint64_t(st.br.pos) * 8 - st.br.count;
