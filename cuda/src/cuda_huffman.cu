@@ -3,11 +3,10 @@
 // Encode: one 256-thread block per chunk. Per-warp shared-memory byte histograms; symbols
 // ranked by (frequency, symbol) in parallel; the length-limited code and the block header as
 // PlanBlock (the host reference) makes them, its serial steps in one thread and the others (the
-// tree's depths, the lengths, the canonical codes, the counts) over the block (BlockPlan);
-// then the literals in
-// tiles of 4096 bytes: each thread codes 16 bytes, a block-wide exclusive scan gives its bit
-// offset, bits go into a shared staging buffer with atomicOr, full 32-bit words are copied to
-// the chunk's slot coalesced and the partial word carries over to the next tile.
+// tree's depths, the lengths, the canonical codes, the counts) over the block (BlockPlan); then
+// the literals in tiles of 4096 bytes: each thread codes 16 bytes, a block-wide exclusive scan
+// gives its bit offset, bits go into a shared staging buffer with atomicOr, full 32-bit words are
+// copied to the chunk's slot coalesced and the partial word carries over to the next tile.
 // Inflate: one warp per chunk; the warp fills the decoding tables, then lane 0 decodes a plain
 // chunk, or every lane decodes runs of an indexed chunk from its entry points.
 // The index: the encoder's block scan already gives each thread's bit offset, so the entry points

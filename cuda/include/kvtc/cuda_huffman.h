@@ -10,7 +10,10 @@
 // everything: corrupt input gives an error status, never an out-of-bounds access or a hang.
 //
 // Every per-chunk step is a __host__ __device__ function, so the host test
-// (tools/huffman_check.cc, plain g++ with -fsanitize=address) runs the very code the kernels run.
+// (tools/huffman_check.cc, plain g++ with -fsanitize=address) runs the very code the kernels run,
+// except where the GPU spreads a serial step over its threads (the encoder's BlockPlan in
+// src/cuda_huffman.cu, WarpPrepareTable below): those must give the serial step's result, which
+// tools/huffman_gpu_check.cu checks on the GPU chunk by chunk.
 // The kernels themselves (src/cuda_huffman.cu) are declared at the end, for CUDA translation units.
 #pragma once
 
