@@ -334,6 +334,129 @@ __global__ void FinishVecKernel(const float* __restrict__ in, int64_t lo, int64_
   }
 }
 
+// ---- paired row kernels (neox RoPE over the whole head) -----------------------------------------
+// In the vector kernels above every vector of a rotated head loads its partner vector and the
+// cos/sin of its 8 frequencies, which the partner's thread loads again: on an H200 the keys'
+// prologue ran L1-bound (76 % of L1 throughput, 431 us against 301 us for the values' at 8B 8K;
+// the keys' epilogue 597 us against 421, run i call 16). When the rotation covers the whole head
+// with the neox layout (Llama, Qwen, SmolLM2), one thread takes a vector of the head's first half
+// and its partner half a head away: each row, both vectors and their shared cos/sin are read once
+// for both outputs. Same arithmetic in the same order as the vector kernels, so the same bits.
+
+// The cos/sin of kVec consecutive frequencies, 16-byte aligned (PairRowsOk), in 16-byte loads.
+__device__ __forceinline__ void LoadRope8(const float2* __restrict__ p, float2 (&cs)[kVec]) {
+#pragma unroll
+  for (int w = 0; w < kVec / 2; ++w) {
+    const float4 v = reinterpret_cast<const float4*>(p)[w];
+    cs[2 * w] = make_float2(v.x, v.y);
+    cs[2 * w + 1] = make_float2(v.z, v.w);
+  }
+}
+
+// Thread v of the grid: head v / (head_dim / 2 / kVec), features f0 (first half) and f0 + half.
+struct PairVector {
+  int f0 = 0, f1 = 0, j0 = 0;
+  __device__ __forceinline__ PairVector(int v, int head_dim) {
+    const int half = head_dim / 2, per_head = half / kVec;
+    j0 = (v % per_head) * kVec;
+    f0 = (v / per_head) * head_dim + j0;
+    f1 = f0 + half;
+  }
+};
+
+// PrepareVecKernel for keys under PairRowsOk (grid: RowGrid(tokens, p / (2 * kVec))).
+template <typename T, typename Rows>
+// At most 80 registers (3 blocks of 256 per SM): unbounded, the compiler took 80-96.
+__global__ void __launch_bounds__(kThreads, 3)
+    PreparePairKernel(Rows in, int64_t tokens, int heads, int head_dim, const float2* __restrict__ table,
+                      const float* __restrict__ mean, __nv_bfloat16* __restrict__ out, float* __restrict__ amax) {
+  const int p = heads * head_dim, half = head_dim / 2;
+  const int v = blockIdx.y * blockDim.x + threadIdx.x;
+  const int64_t t0 = int64_t(blockIdx.x) * kRowsPerThread;
+  float row_max[kRowsPerThread] = {};
+  if (v < p / (2 * kVec)) {
+    const PairVector r(v, head_dim);
+    float m0[kVec], m1[kVec];
+    Load8(mean + r.f0, m0);
+    Load8(mean + r.f1, m1);
+    const T* a_at = in.FeatureBase(r.f0);
+    const T* b_at = in.FeatureBase(r.f1);
+#pragma unroll
+    for (int k = 0; k < kRowsPerThread; ++k) {
+      const int64_t t = t0 + k;
+      if (t >= tokens) break;
+      const int64_t off = in.TokenOffset(t);
+      float a[kVec], b[kVec];
+      float2 cs[kVec];
+      Load8(a_at + off, a);
+      Load8(b_at + off, b);
+      LoadRope8(table + t * half + r.j0, cs);
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) {
+        // inverse rotation: a = a' c + b' s ; b = b' c - a' s
+        const float na = a[i] * cs[i].x + b[i] * cs[i].y;
+        const float nb = b[i] * cs[i].x - a[i] * cs[i].y;
+        a[i] = __bfloat162float(__float2bfloat16_rn(na - m0[i]));
+        b[i] = __bfloat162float(__float2bfloat16_rn(nb - m1[i]));
+        row_max[k] = fmaxf(row_max[k], fmaxf(fabsf(a[i]), fabsf(b[i])));
+      }
+      Store8(out + size_t(t) * p + r.f0, a);
+      Store8(out + size_t(t) * p + r.f1, b);
+    }
+  }
+  if (amax) GatherRowMax(row_max, t0, tokens, amax);
+}
+
+// FinishVecKernel for keys under PairRowsOk (grid: RowGrid(hi - lo, p / (2 * kVec))).
+template <typename T, typename Rows>
+__global__ void __launch_bounds__(kThreads, 3)
+    FinishPairKernel(const float* __restrict__ in, int64_t lo, int64_t hi, int heads, int head_dim,
+                     const float2* __restrict__ table, const float* __restrict__ mean,
+                     const float* __restrict__ row_scale, const float* __restrict__ col_scale, Rows out) {
+  const int p = heads * head_dim, half = head_dim / 2;
+  const int v = blockIdx.y * blockDim.x + threadIdx.x;
+  if (v >= p / (2 * kVec)) return;
+  const PairVector r(v, head_dim);
+  float m0[kVec], m1[kVec], c0[kVec], c1[kVec];
+  Load8(mean + r.f0, m0);
+  Load8(mean + r.f1, m1);
+#pragma unroll
+  for (int i = 0; i < kVec; ++i) c0[i] = c1[i] = 1.0f;
+  if (col_scale) {
+    Load8(col_scale + r.f0, c0);
+    Load8(col_scale + r.f1, c1);
+  }
+  T* a_at = out.FeatureBase(r.f0);
+  T* b_at = out.FeatureBase(r.f1);
+  const int64_t t0 = lo + int64_t(blockIdx.x) * kRowsPerThread;
+#pragma unroll
+  for (int k = 0; k < kRowsPerThread; ++k) {
+    const int64_t t = t0 + k;
+    if (t >= hi) break;
+    const float s = row_scale ? row_scale[t] : 1.0f;
+    float a[kVec], b[kVec];
+    float2 cs[kVec];
+    Load8(in + size_t(t) * p + r.f0, a);
+    Load8(in + size_t(t) * p + r.f1, b);
+    LoadRope8(table + t * half + r.j0, cs);
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) {
+      a[i] = a[i] * (s * c0[i]) + m0[i];
+      b[i] = b[i] * (s * c1[i]) + m1[i];
+    }
+    float na[kVec], nb[kVec];
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) {
+      // apply: a' = a c - b s ; b' = b c + a s
+      na[i] = a[i] * cs[i].x - b[i] * cs[i].y;
+      nb[i] = b[i] * cs[i].x + a[i] * cs[i].y;
+    }
+    const int64_t off = out.TokenOffset(t);
+    Store8(a_at + off, na);
+    Store8(b_at + off, nb);
+  }
+}
+
 struct GroupDesc {
   uint32_t start;       // first component
   uint32_t size;        // components
@@ -968,18 +1091,22 @@ void WithRows(const StreamRows& r, int64_t features, F&& f) {
 }
 
 // The encode prologue and decode epilogue run in kVec-feature vectors (PrepareVecKernel,
-// FinishVecKernel) wherever the rows allow, the scalar kernels otherwise. On an H200 (run h,
-// 2026-11-30) the vector ones took the 8B shape at 8K from 145.9 / 162.7 to 166.0 / 188.5 GB/s
-// encode (batch 1 / 8). KVTC_ROW_KERNELS=scalar forces the scalar kernels everywhere: the
-// bit-identity test (test/gpu/row-kernels.test.ts) and A/B runs use it.
-bool RowKernelsVector() {
+// FinishVecKernel) wherever the rows allow (VecRowsOk), the scalar kernels otherwise; the keys'
+// in vector pairs (PreparePairKernel, FinishPairKernel) where the RoPE is neox over the whole head
+// (PairRowsOk). On an H200 (run h, 2026-11-30) the vector ones took the 8B shape at 8K from 145.9
+// / 162.7 to 166.0 / 188.5 GB/s encode (batch 1 / 8); the paired ones are not measured yet.
+// KVTC_ROW_KERNELS=paired (default), vector or scalar caps the choice: the bit-identity test
+// (test/gpu/row-kernels.test.ts) and A/B runs use it. All write the same bits.
+enum class RowKernels { kScalar, kVector, kPaired };
+RowKernels RowKernelMode() {
   static const int mode = [] {
     const char* v = std::getenv("KVTC_ROW_KERNELS");
-    if (!v || !*v || std::strcmp(v, "vector") == 0) return 1;
-    return std::strcmp(v, "scalar") == 0 ? 0 : -1;
+    if (!v || !*v || std::strcmp(v, "paired") == 0) return int(RowKernels::kPaired);
+    if (std::strcmp(v, "vector") == 0) return int(RowKernels::kVector);
+    return std::strcmp(v, "scalar") == 0 ? int(RowKernels::kScalar) : -1;
   }();
-  KVTC_CHECK(mode >= 0, kInvalidArgument, "KVTC_ROW_KERNELS must be scalar or vector");
-  return mode == 1;
+  KVTC_CHECK(mode >= 0, kInvalidArgument, "KVTC_ROW_KERNELS must be paired, vector or scalar");
+  return RowKernels(mode);
 }
 
 // Whether the vector row kernels may address these rows: every vector of kVec elements of a head
@@ -987,7 +1114,7 @@ bool RowKernelsVector() {
 // 1 and whose other strides and layer bases keep the alignment), and RoPE pairs fall inside a
 // vector (interleaved) or between two whole vectors (neox).
 bool VecRowsOk(const StreamRows& r, const Calibration& c) {
-  if (!RowKernelsVector() || c.head_dim % kVec != 0) return false;
+  if (RowKernelMode() == RowKernels::kScalar || c.head_dim % kVec != 0) return false;
   const int rotary = c.rope.rotary_dim;
   if ((c.rope.layout == RopeLayout::kNeox ? rotary / 2 : rotary) % kVec != 0) return false;
   auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
@@ -997,6 +1124,13 @@ bool VecRowsOk(const StreamRows& r, const Calibration& c) {
   for (uint32_t l = 0; l < c.layers; ++l)
     if (!aligned(r.paged->bases.base[l])) return false;
   return true;
+}
+
+// Whether the keys' rows may go through the paired row kernels: the vector kernels may address
+// them (`vec`, VecRowsOk), and the rotation is neox over the whole head.
+bool PairRowsOk(bool vec, const Calibration& c, const float2* table) {
+  return RowKernelMode() == RowKernels::kPaired && vec && table && c.rope.layout == RopeLayout::kNeox &&
+         c.rope.rotary_dim == int(c.head_dim) && reinterpret_cast<uintptr_t>(table) % 16 == 0;
 }
 
 void LaunchQuantize(Context& ctx, StreamScratch& s, const Plan& plan, uint32_t tokens, uint32_t ld) {
@@ -1068,7 +1202,10 @@ LaunchedStream LaunchStream(Context& ctx, StreamScratch& s, const Calibration& c
     using T = decltype(tag);
     WithRows<T>(rows, p, [&](auto in) {
       float* amax = fp8_gemm ? s.x_scale.ptr : nullptr;
-      if (vec) {
+      if (PairRowsOk(vec, c, table)) {
+        PreparePairKernel<T><<<RowGrid(tokens, p / (2 * kVec)), kThreads, 0, ctx.stream>>>(
+            in, tokens, heads, int(c.head_dim), table, mean, s.x.ptr, amax);
+      } else if (vec) {
         PrepareVecKernel<T><<<RowGrid(tokens, p / kVec), kThreads, 0, ctx.stream>>>(
             in, tokens, heads, int(c.head_dim), c.rope.rotary_dim, neox, table, mean, s.x.ptr, amax);
       } else {
@@ -1416,7 +1553,10 @@ void FinishStream(Context& ctx, const Calibration& c, const DeviceCalibration& d
   DispatchDtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     WithRows<T>(out, p, [&](auto rows) {
-      if (vec) {
+      if (PairRowsOk(vec, c, table)) {
+        FinishPairKernel<T><<<RowGrid(hi - lo, p / (2 * kVec)), kThreads, 0, ctx.stream>>>(
+            s.xf.ptr, lo, hi, heads, int(c.head_dim), table, mean, s.xf_row_scale, s.xf_col_scale, rows);
+      } else if (vec) {
         FinishVecKernel<T><<<RowGrid(hi - lo, p / kVec), kThreads, 0, ctx.stream>>>(
             s.xf.ptr, lo, hi, heads, int(c.head_dim), c.rope.rotary_dim, neox, table, mean, s.xf_row_scale,
             s.xf_col_scale, rows);

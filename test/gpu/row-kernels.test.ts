@@ -1,8 +1,10 @@
-// The vector row kernels (the default: the encode prologue and decode epilogue in 8-feature
-// vectors) against the scalar ones (KVTC_ROW_KERNELS=scalar): same arithmetic in the same order,
-// so the same records and the same restored bits. The mode is read once per process, so this
-// file runs itself again as a child in the other mode and compares what both wrote: float32 and
-// bf16 rows, neox RoPE, bf16 and fp8 projections. node:test, like the other GPU tests.
+// The row kernels (the encode prologue and decode epilogue) in their three modes write the same
+// bits: paired (the default: the keys' vectors with their RoPE partners, where the rotation is
+// neox over the whole head), vector (8-feature vectors) and scalar (KVTC_ROW_KERNELS): same
+// arithmetic in the same order, so the same records and the same restored bits. The mode is read
+// once per process, so this file runs itself again as a child in each other mode and compares
+// what all wrote: float32 and bf16 rows, neox RoPE over the whole head (the paired kernels), bf16
+// and fp8 projections. node:test, like the other GPU tests.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -51,18 +53,20 @@ const skip = gpuSkip;
 if (process.env[CHILD]) {
   process.stdout.write(JSON.stringify(await outputs()));
 } else {
-  test('vector row kernels write the bits the scalar ones write', { skip }, async () => {
-    const mine = process.env['KVTC_ROW_KERNELS'] === 'scalar' ? 'scalar' : 'vector';
-    const other = mine === 'vector' ? 'scalar' : 'vector';
-    const child = spawnSync(process.execPath, [fileURLToPath(import.meta.url)], {
-      env: { ...process.env, [CHILD]: '1', KVTC_ROW_KERNELS: other },
-      encoding: 'utf8',
-      maxBuffer: 1 << 30,
-    });
-    assert.equal(child.status, 0, `child (${other}) failed: ${child.stderr}`);
-    const theirs = JSON.parse(child.stdout) as string[];
+  test('paired, vector and scalar row kernels write the same bits', { skip }, async () => {
+    const modes = ['paired', 'vector', 'scalar'];
+    const mine = process.env['KVTC_ROW_KERNELS'] || 'paired';
     const ours = await outputs();
-    assert.equal(theirs.length, ours.length);
-    for (let i = 0; i < ours.length; i++) assert.ok(theirs[i] === ours[i], `output ${i}: ${mine} and ${other} differ`);
+    for (const other of modes.filter((m) => m !== mine)) {
+      const child = spawnSync(process.execPath, [fileURLToPath(import.meta.url)], {
+        env: { ...process.env, [CHILD]: '1', KVTC_ROW_KERNELS: other },
+        encoding: 'utf8',
+        maxBuffer: 1 << 30,
+      });
+      assert.equal(child.status, 0, `child (${other}) failed: ${child.stderr}`);
+      const theirs = JSON.parse(child.stdout) as string[];
+      assert.equal(theirs.length, ours.length);
+      for (let i = 0; i < ours.length; i++) assert.ok(theirs[i] === ours[i], `output ${i}: ${mine} and ${other} differ`);
+    }
   });
 }
