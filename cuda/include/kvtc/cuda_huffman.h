@@ -148,10 +148,7 @@ KVTC_HD inline void LengthsFromSorted(const uint32_t* freq, const uint16_t* orde
                                       TreeScratch& t) {
   BuildTree(freq, order, m, t);
   const int top = LimitDepths(TreeDepths(m, t), maxbits, t);
-  int k = 0;
-  for (int bits = top; bits >= 1; --bits) {
-    for (int c = 0; c < t.count[bits]; ++c) lens[order[k++]] = uint8_t(bits);
-  }
+  for (int k = 0; k < m; ++k) lens[order[k]] = uint8_t(LengthOfRank(k, top, t));
 }
 
 // Canonical codes (bit-reversed, ready to emit LSB first) from lengths.
@@ -301,10 +298,11 @@ struct WordWriter {
   uint32_t bits = 0;
   uint64_t acc = 0;
   KVTC_HD_INLINE void Put(uint32_t value, int n) {  // n <= 32
+    const uint32_t word = bits >> 5;
     acc |= uint64_t(value) << (bits & 31);
     bits += n;
-    if ((bits & 31) < uint32_t(n) || n == 32) {  // crossed into a new word
-      words[(bits >> 5) - 1] = uint32_t(acc);
+    if ((bits >> 5) != word) {  // the word is full
+      words[word] = uint32_t(acc);
       acc >>= 32;
     }
   }
@@ -428,11 +426,9 @@ using LitTable = DecodeTable<kLitTableBits, 288>;
 using DistTable = DecodeTable<kDistTableBits, 32>;
 using PreTable = DecodeTable<kPreTableBits, 19>;
 
-// The serial part of building a table: counts, validity (over-subscribed codes are rejected;
-// incomplete codes only when empty or a single codeword of length 1, as libdeflate does),
-// canonical order. Returns false on a bad code. In three steps, which WarpPrepareTable runs with
-// a warp's lanes where it can.
-// From t.count (count[0] ignored): validity, first code and first index per length.
+// From t.count (count[0] ignored): validity (over-subscribed codes are rejected; incomplete codes
+// only when empty or a single codeword of length 1, as libdeflate does), first code and first
+// index per length, the number of codes. Returns false on a bad code.
 template <int kBits, int kSyms>
 KVTC_HD inline bool FinishCounts(DecodeTable<kBits, kSyms>& t) {
   t.count[0] = 0;
@@ -456,6 +452,8 @@ KVTC_HD inline bool FinishCounts(DecodeTable<kBits, kSyms>& t) {
   return true;
 }
 
+// The serial part of building a table: counts, FinishCounts, the symbols in canonical order.
+// Returns false on a bad code. WarpPrepareTable runs the same steps with a warp's lanes.
 template <int kBits, int kSyms>
 KVTC_HD inline bool PrepareTable(const uint8_t* lens, int n, DecodeTable<kBits, kSyms>& t) {
   for (int b = 0; b <= kMaxBits; ++b) t.count[b] = 0;
@@ -942,9 +940,9 @@ KVTC_HD inline int32_t DecodeLiteralRun(const uint8_t* in, uint32_t in_size, uin
 // Inflates one chunk of an indexed section (kDeflateIndexed, entropy.h): a single final Huffman
 // block of literals only, literal k * stride starting at bit entries[k - 1], k = 1..entry_count.
 // Lane 0 reads the block header, the lanes prepare and fill the tables, then each lane decodes
-// runs of `stride` literals from their entry points. Every run must end exactly where the next begins and
-// the last one at the end-of-block, so the output is what a serial inflater gives, or an error
-// status. Same lanes and contract as InflateChunk.
+// runs of `stride` literals from their entry points. Every run must end exactly where the next
+// begins and the last one at the end-of-block, so the output is what a serial inflater gives, or
+// an error status. Same lanes and contract as InflateChunk.
 KVTC_HD inline int32_t InflateChunkIndexed(const uint8_t* in, uint32_t in_size, uint8_t* out, uint32_t out_size,
                                            const uint32_t* entries, uint32_t entry_count, uint32_t stride,
                                            InflateState& st, int lane, int nlanes) {
