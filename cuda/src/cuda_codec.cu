@@ -334,6 +334,129 @@ __global__ void FinishVecKernel(const float* __restrict__ in, int64_t lo, int64_
   }
 }
 
+// ---- paired row kernels (neox RoPE over the whole head) -----------------------------------------
+// In the vector kernels above every vector of a rotated head loads its partner vector and the
+// cos/sin of its 8 frequencies, which the partner's thread loads again: on an H200 the keys'
+// prologue ran L1-bound (76 % of L1 throughput, 431 us against 301 us for the values' at 8B 8K;
+// the keys' epilogue 597 us against 421, run i call 16). When the rotation covers the whole head
+// with the neox layout (Llama, Qwen, SmolLM2), one thread takes a vector of the head's first half
+// and its partner half a head away: each row, both vectors and their shared cos/sin are read once
+// for both outputs. Same arithmetic in the same order as the vector kernels, so the same bits.
+
+// The cos/sin of kVec consecutive frequencies, 16-byte aligned (PairRowsOk), in 16-byte loads.
+__device__ __forceinline__ void LoadRope8(const float2* __restrict__ p, float2 (&cs)[kVec]) {
+#pragma unroll
+  for (int w = 0; w < kVec / 2; ++w) {
+    const float4 v = reinterpret_cast<const float4*>(p)[w];
+    cs[2 * w] = make_float2(v.x, v.y);
+    cs[2 * w + 1] = make_float2(v.z, v.w);
+  }
+}
+
+// Thread v of the grid: head v / (head_dim / 2 / kVec), features f0 (first half) and f0 + half.
+struct PairVector {
+  int f0 = 0, f1 = 0, j0 = 0;
+  __device__ __forceinline__ PairVector(int v, int head_dim) {
+    const int half = head_dim / 2, per_head = half / kVec;
+    j0 = (v % per_head) * kVec;
+    f0 = (v / per_head) * head_dim + j0;
+    f1 = f0 + half;
+  }
+};
+
+// PrepareVecKernel for keys under PairRowsOk (grid: RowGrid(tokens, p / (2 * kVec))).
+template <typename T, typename Rows>
+// At most 80 registers (3 blocks of 256 per SM): unbounded, the compiler took 80-96.
+__global__ void __launch_bounds__(kThreads, 3)
+    PreparePairKernel(Rows in, int64_t tokens, int heads, int head_dim, const float2* __restrict__ table,
+                      const float* __restrict__ mean, __nv_bfloat16* __restrict__ out, float* __restrict__ amax) {
+  const int p = heads * head_dim, half = head_dim / 2;
+  const int v = blockIdx.y * blockDim.x + threadIdx.x;
+  const int64_t t0 = int64_t(blockIdx.x) * kRowsPerThread;
+  float row_max[kRowsPerThread] = {};
+  if (v < p / (2 * kVec)) {
+    const PairVector r(v, head_dim);
+    float m0[kVec], m1[kVec];
+    Load8(mean + r.f0, m0);
+    Load8(mean + r.f1, m1);
+    const T* a_at = in.FeatureBase(r.f0);
+    const T* b_at = in.FeatureBase(r.f1);
+#pragma unroll
+    for (int k = 0; k < kRowsPerThread; ++k) {
+      const int64_t t = t0 + k;
+      if (t >= tokens) break;
+      const int64_t off = in.TokenOffset(t);
+      float a[kVec], b[kVec];
+      float2 cs[kVec];
+      Load8(a_at + off, a);
+      Load8(b_at + off, b);
+      LoadRope8(table + t * half + r.j0, cs);
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) {
+        // inverse rotation: a = a' c + b' s ; b = b' c - a' s
+        const float na = a[i] * cs[i].x + b[i] * cs[i].y;
+        const float nb = b[i] * cs[i].x - a[i] * cs[i].y;
+        a[i] = __bfloat162float(__float2bfloat16_rn(na - m0[i]));
+        b[i] = __bfloat162float(__float2bfloat16_rn(nb - m1[i]));
+        row_max[k] = fmaxf(row_max[k], fmaxf(fabsf(a[i]), fabsf(b[i])));
+      }
+      Store8(out + size_t(t) * p + r.f0, a);
+      Store8(out + size_t(t) * p + r.f1, b);
+    }
+  }
+  if (amax) GatherRowMax(row_max, t0, tokens, amax);
+}
+
+// FinishVecKernel for keys under PairRowsOk (grid: RowGrid(hi - lo, p / (2 * kVec))).
+template <typename T, typename Rows>
+__global__ void __launch_bounds__(kThreads, 3)
+    FinishPairKernel(const float* __restrict__ in, int64_t lo, int64_t hi, int heads, int head_dim,
+                     const float2* __restrict__ table, const float* __restrict__ mean,
+                     const float* __restrict__ row_scale, const float* __restrict__ col_scale, Rows out) {
+  const int p = heads * head_dim, half = head_dim / 2;
+  const int v = blockIdx.y * blockDim.x + threadIdx.x;
+  if (v >= p / (2 * kVec)) return;
+  const PairVector r(v, head_dim);
+  float m0[kVec], m1[kVec], c0[kVec], c1[kVec];
+  Load8(mean + r.f0, m0);
+  Load8(mean + r.f1, m1);
+#pragma unroll
+  for (int i = 0; i < kVec; ++i) c0[i] = c1[i] = 1.0f;
+  if (col_scale) {
+    Load8(col_scale + r.f0, c0);
+    Load8(col_scale + r.f1, c1);
+  }
+  T* a_at = out.FeatureBase(r.f0);
+  T* b_at = out.FeatureBase(r.f1);
+  const int64_t t0 = lo + int64_t(blockIdx.x) * kRowsPerThread;
+#pragma unroll
+  for (int k = 0; k < kRowsPerThread; ++k) {
+    const int64_t t = t0 + k;
+    if (t >= hi) break;
+    const float s = row_scale ? row_scale[t] : 1.0f;
+    float a[kVec], b[kVec];
+    float2 cs[kVec];
+    Load8(in + size_t(t) * p + r.f0, a);
+    Load8(in + size_t(t) * p + r.f1, b);
+    LoadRope8(table + t * half + r.j0, cs);
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) {
+      a[i] = a[i] * (s * c0[i]) + m0[i];
+      b[i] = b[i] * (s * c1[i]) + m1[i];
+    }
+    float na[kVec], nb[kVec];
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) {
+      // apply: a' = a c - b s ; b' = b c + a s
+      na[i] = a[i] * cs[i].x - b[i] * cs[i].y;
+      nb[i] = b[i] * cs[i].x + a[i] * cs[i].y;
+    }
+    const int64_t off = out.TokenOffset(t);
+    Store8(a_at + off, na);
+    Store8(b_at + off, nb);
+  }
+}
+
 struct GroupDesc {
   uint32_t start;       // first component
   uint32_t size;        // components
@@ -432,14 +555,11 @@ __global__ void QuantizeKernel(const float* __restrict__ d, int64_t ld, int64_t 
   // payload already holds. Tokens sharing a byte never race.
 }
 
-// Groups of 1 or 16 components: one thread per token, elements in a loop. Size 16 fills whole
-// bytes for every width; size 1 with 2 or 4 bits has only zero codes (scale 0, see above).
-__global__ void QuantizeSmallKernel(const float* __restrict__ d, int64_t ld, int64_t tokens,
-                                    const GroupDesc* __restrict__ groups, uint8_t* __restrict__ payload) {
-  const int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (t >= tokens) return;
-  const GroupDesc gd = groups[blockIdx.y];
-  const float* x = d + t * ld + gd.start;
+// One token's quantization of one small group (1 or 16 components) from its components x[0,
+// size): shift, scale and codes into the group's plane. Size 16 fills whole bytes for every width;
+// size 1 with 2 or 4 bits has only zero codes (scale 0, see above).
+__device__ __forceinline__ void QuantizeSmallOne(const float* x, int64_t t, int64_t tokens, const GroupDesc& gd,
+                                                 uint8_t* __restrict__ payload) {
   const bool fp8 = gd.fp8 != 0;
   float lo = x[0], hi = x[0];
   for (uint32_t j = 1; j < gd.size; ++j) {
@@ -460,6 +580,16 @@ __global__ void QuantizeSmallKernel(const float* __restrict__ d, int64_t ld, int
     for (int k = 0; k < per_byte; ++k) v |= uint8_t(EncodeOne(x[b * per_byte + k], shift, scale, fp8, max_code) << (k * gd.bits));
     codes[b] = v;
   }
+}
+
+// Groups of 1 or 16 components: one thread per token, elements in a loop
+// (KVTC_SMALL_GROUPS=threads; QuantizeTileKernel below is the default).
+__global__ void QuantizeSmallKernel(const float* __restrict__ d, int64_t ld, int64_t tokens,
+                                    const GroupDesc* __restrict__ groups, uint8_t* __restrict__ payload) {
+  const int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= tokens) return;
+  const GroupDesc gd = groups[blockIdx.y];
+  QuantizeSmallOne(d + t * ld + gd.start, t, tokens, gd, payload);
 }
 
 // Token t's fp16 shift or scale from a group's plane (byte loads: planes start at any offset).
@@ -494,17 +624,9 @@ __global__ void DequantizeKernel(const uint8_t* __restrict__ payload, int64_t to
   for (uint32_t j = lane; j < gd.size; j += 32) x[j] = __float2bfloat16_rn(DecodeAt(gd, plane + 4 * tokens, t, j, shift, scale));
 }
 
-// Groups of fewer than 32 components (the DP's single-component groups, by the hundreds: 526 of
-// 614 in the 8B shape's rank-2048 plan at 16x): one thread per (token, group), elements in a
-// loop, as QuantizeSmallKernel encodes them. The warp kernel above would idle 31 lanes of 32 on
-// each; here a warp reads 32 tokens' shifts and scales in two coalesced loads.
-__global__ void DequantizeSmallKernel(const uint8_t* __restrict__ payload, int64_t tokens,
-                                      const GroupDesc* __restrict__ groups, __nv_bfloat16* __restrict__ out,
-                                      int64_t ld) {
-  const int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (t >= tokens) return;
-  const GroupDesc gd = groups[blockIdx.y];
-  __nv_bfloat16* x = out + t * ld + gd.start;
+// One token's components of one small group (zeros for a dropped group) into x[0, size).
+__device__ __forceinline__ void DequantizeSmallOne(const uint8_t* __restrict__ payload, int64_t tokens,
+                                                   const GroupDesc& gd, int64_t t, __nv_bfloat16* x) {
   if (gd.bits == 0) {
     for (uint32_t j = 0; j < gd.size; ++j) x[j] = __float2bfloat16_rn(0.0f);
     return;
@@ -512,6 +634,106 @@ __global__ void DequantizeSmallKernel(const uint8_t* __restrict__ payload, int64
   const uint8_t* plane = payload + gd.plane;
   const float shift = PlaneHalf(plane, t), scale = PlaneHalf(plane + 2 * tokens, t);
   for (uint32_t j = 0; j < gd.size; ++j) x[j] = __float2bfloat16_rn(DecodeAt(gd, plane + 4 * tokens, t, j, shift, scale));
+}
+
+// Groups of fewer than 32 components (the DP's single-component groups, by the hundreds: 526 of
+// 614 in the 8B shape's rank-2048 plan at 16x): one thread per (token, group), elements in a
+// loop, as QuantizeSmallKernel encodes them. The warp kernel above would idle 31 lanes of 32 on
+// each; here a warp reads 32 tokens' shifts and scales in two coalesced loads
+// (KVTC_SMALL_GROUPS=threads; DequantizeTileKernel below is the default).
+__global__ void DequantizeSmallKernel(const uint8_t* __restrict__ payload, int64_t tokens,
+                                      const GroupDesc* __restrict__ groups, __nv_bfloat16* __restrict__ out,
+                                      int64_t ld) {
+  const int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= tokens) return;
+  const GroupDesc gd = groups[blockIdx.y];
+  DequantizeSmallOne(payload, tokens, gd, t, out + t * ld + gd.start);
+}
+
+// ---- small groups in tiles -----------------------------------------------------------------------
+// The kernels above give each thread one token of one small group, so a warp touches 32 rows of
+// the coefficient matrix a row apart: 2-byte writes (dequantize) or 4-byte reads (quantize) each
+// in a sector of its own. On an H200 the small-group dequantize of an 8B 8K stream took 183 us at
+// 86 % of L2 throughput, the quantize 125 us (run i call 16). The small groups of a plan lie
+// side by side (the 8B rank-2048 plan: 600 of them over components 0-1439), so a block takes
+// kTileTokens tokens of a segment of adjacent small groups (at most kTileComps components) and
+// moves the coefficients through shared memory in whole rows, a warp per group and a lane per
+// token in between (the shifts, scales and codes of consecutive tokens lie together in a plane).
+// Same per-token arithmetic (QuantizeSmallOne, DequantizeSmallOne), so the same bits.
+constexpr int kTileTokens = 32;
+constexpr int kTileComps = 64;
+
+struct SmallSegment {
+  uint32_t first;   // its first group (index into the group table)
+  uint32_t count;   // groups
+  uint32_t start;   // first component
+  uint32_t comps;   // components, <= kTileComps
+};
+
+// Grid: ((tokens + kTileTokens - 1) / kTileTokens, segments), 256 threads.
+__global__ void DequantizeTileKernel(const uint8_t* __restrict__ payload, int64_t tokens,
+                                     const GroupDesc* __restrict__ groups, const SmallSegment* __restrict__ segments,
+                                     __nv_bfloat16* __restrict__ out, int64_t ld) {
+  __shared__ __nv_bfloat16 tile[kTileTokens][kTileComps + 2];  // rows 33 words apart: no bank conflicts
+  const SmallSegment sg = segments[blockIdx.y];
+  const int64_t t0 = int64_t(blockIdx.x) * kTileTokens;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  if (t0 + lane < tokens) {
+    for (uint32_t g = warp; g < sg.count; g += warps) {
+      const GroupDesc gd = groups[sg.first + g];
+      DequantizeSmallOne(payload, tokens, gd, t0 + lane, &tile[lane][gd.start - sg.start]);
+    }
+  }
+  __syncthreads();
+  for (uint32_t i = threadIdx.x; i < kTileTokens * sg.comps; i += blockDim.x) {
+    const uint32_t r = i / sg.comps, c = i % sg.comps;
+    if (t0 + r < tokens) out[(t0 + r) * ld + sg.start + c] = tile[r][c];
+  }
+}
+
+// Grid: ((tokens + kTileTokens - 1) / kTileTokens, segments), 256 threads.
+__global__ void QuantizeTileKernel(const float* __restrict__ d, int64_t ld, int64_t tokens,
+                                   const GroupDesc* __restrict__ groups, const SmallSegment* __restrict__ segments,
+                                   uint8_t* __restrict__ payload) {
+  __shared__ float tile[kTileTokens][kTileComps + 1];  // rows 65 words apart: no bank conflicts
+  const SmallSegment sg = segments[blockIdx.y];
+  const int64_t t0 = int64_t(blockIdx.x) * kTileTokens;
+  for (uint32_t i = threadIdx.x; i < kTileTokens * sg.comps; i += blockDim.x) {
+    const uint32_t r = i / sg.comps, c = i % sg.comps;
+    if (t0 + r < tokens) tile[r][c] = d[(t0 + r) * ld + sg.start + c];
+  }
+  __syncthreads();
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  if (t0 + lane >= tokens) return;
+  for (uint32_t g = warp; g < sg.count; g += warps) {
+    const GroupDesc gd = groups[sg.first + g];
+    QuantizeSmallOne(&tile[lane][gd.start - sg.start], t0 + lane, tokens, gd, payload);
+  }
+}
+
+// KVTC_SMALL_GROUPS=tiles (default) or threads: which small-group kernels run (A/B runs).
+bool SmallGroupTiles() {
+  static const int mode = [] {
+    const char* v = std::getenv("KVTC_SMALL_GROUPS");
+    if (!v || !*v || std::strcmp(v, "tiles") == 0) return 1;
+    return std::strcmp(v, "threads") == 0 ? 0 : -1;
+  }();
+  KVTC_CHECK(mode >= 0, kInvalidArgument, "KVTC_SMALL_GROUPS must be tiles or threads");
+  return mode == 1;
+}
+
+// The segments of groups[0, small) (small groups in component order): runs of adjacent groups cut
+// at kTileComps components.
+std::vector<SmallSegment> SmallSegments(const std::vector<GroupDesc>& groups, size_t small) {
+  std::vector<SmallSegment> out;
+  for (size_t i = 0; i < small; ++i) {
+    const GroupDesc& g = groups[i];
+    if (out.empty() || out.back().start + out.back().comps != g.start || out.back().comps + g.size > kTileComps)
+      out.push_back({uint32_t(i), 0, g.start, 0});
+    out.back().count++;
+    out.back().comps += g.size;
+  }
+  return out;
 }
 
 // Copies chunk c's sizes[c] bytes from srcs[c] to dsts[c]: compaction of DEFLATE slots into a
@@ -882,6 +1104,7 @@ struct StreamScratch {
   DeviceBuffer<float> d;
   DeviceBuffer<uint8_t> payload;
   DeviceBuffer<GroupDesc> groups;
+  DeviceBuffer<SmallSegment> segments;  // of the small groups (SmallGroupTiles)
   DeviceBuffer<uint8_t> slots;
   DeviceBuffer<uint8_t> temp;
   DeviceBuffer<void*> in_ptrs, out_ptrs;
@@ -922,7 +1145,12 @@ void LaunchDequantize(const Plan& plan, const uint8_t* payload, int64_t tokens, 
   if (groups.empty() || tokens == 0) return;
   const size_t small = SmallGroupsFirst(groups);
   UploadAsync(s.groups, groups.data(), groups.size(), stream);
-  if (small > 0) {
+  if (small > 0 && SmallGroupTiles()) {
+    const std::vector<SmallSegment> segments = SmallSegments(groups, small);
+    UploadAsync(s.segments, segments.data(), segments.size(), stream);
+    DequantizeTileKernel<<<dim3(unsigned((tokens + kTileTokens - 1) / kTileTokens), unsigned(segments.size())), 256, 0,
+                           stream>>>(payload, tokens, s.groups.ptr, s.segments.ptr, out, ld);
+  } else if (small > 0) {
     DequantizeSmallKernel<<<dim3(unsigned((tokens + 255) / 256), unsigned(small)), 256, 0, stream>>>(
         payload, tokens, s.groups.ptr, out, ld);
   }
@@ -968,18 +1196,22 @@ void WithRows(const StreamRows& r, int64_t features, F&& f) {
 }
 
 // The encode prologue and decode epilogue run in kVec-feature vectors (PrepareVecKernel,
-// FinishVecKernel) wherever the rows allow, the scalar kernels otherwise. On an H200 (run h,
-// 2026-11-30) the vector ones took the 8B shape at 8K from 145.9 / 162.7 to 166.0 / 188.5 GB/s
-// encode (batch 1 / 8). KVTC_ROW_KERNELS=scalar forces the scalar kernels everywhere: the
-// bit-identity test (test/gpu/row-kernels.test.ts) and A/B runs use it.
-bool RowKernelsVector() {
+// FinishVecKernel) wherever the rows allow (VecRowsOk), the scalar kernels otherwise; the keys'
+// in vector pairs (PreparePairKernel, FinishPairKernel) where the RoPE is neox over the whole head
+// (PairRowsOk). On an H200 (run h, 2026-11-30) the vector ones took the 8B shape at 8K from 145.9
+// / 162.7 to 166.0 / 188.5 GB/s encode (batch 1 / 8); the paired ones are not measured yet.
+// KVTC_ROW_KERNELS=paired (default), vector or scalar caps the choice: the bit-identity test
+// (test/gpu/row-kernels.test.ts) and A/B runs use it. All write the same bits.
+enum class RowKernels { kScalar, kVector, kPaired };
+RowKernels RowKernelMode() {
   static const int mode = [] {
     const char* v = std::getenv("KVTC_ROW_KERNELS");
-    if (!v || !*v || std::strcmp(v, "vector") == 0) return 1;
-    return std::strcmp(v, "scalar") == 0 ? 0 : -1;
+    if (!v || !*v || std::strcmp(v, "paired") == 0) return int(RowKernels::kPaired);
+    if (std::strcmp(v, "vector") == 0) return int(RowKernels::kVector);
+    return std::strcmp(v, "scalar") == 0 ? int(RowKernels::kScalar) : -1;
   }();
-  KVTC_CHECK(mode >= 0, kInvalidArgument, "KVTC_ROW_KERNELS must be scalar or vector");
-  return mode == 1;
+  KVTC_CHECK(mode >= 0, kInvalidArgument, "KVTC_ROW_KERNELS must be paired, vector or scalar");
+  return RowKernels(mode);
 }
 
 // Whether the vector row kernels may address these rows: every vector of kVec elements of a head
@@ -987,7 +1219,7 @@ bool RowKernelsVector() {
 // 1 and whose other strides and layer bases keep the alignment), and RoPE pairs fall inside a
 // vector (interleaved) or between two whole vectors (neox).
 bool VecRowsOk(const StreamRows& r, const Calibration& c) {
-  if (!RowKernelsVector() || c.head_dim % kVec != 0) return false;
+  if (RowKernelMode() == RowKernels::kScalar || c.head_dim % kVec != 0) return false;
   const int rotary = c.rope.rotary_dim;
   if ((c.rope.layout == RopeLayout::kNeox ? rotary / 2 : rotary) % kVec != 0) return false;
   auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
@@ -999,12 +1231,24 @@ bool VecRowsOk(const StreamRows& r, const Calibration& c) {
   return true;
 }
 
+// Whether the keys' rows may go through the paired row kernels: the vector kernels may address
+// them (`vec`, VecRowsOk), and the rotation is neox over the whole head.
+bool PairRowsOk(bool vec, const Calibration& c, const float2* table) {
+  return RowKernelMode() == RowKernels::kPaired && vec && table && c.rope.layout == RopeLayout::kNeox &&
+         c.rope.rotary_dim == int(c.head_dim) && reinterpret_cast<uintptr_t>(table) % 16 == 0;
+}
+
 void LaunchQuantize(Context& ctx, StreamScratch& s, const Plan& plan, uint32_t tokens, uint32_t ld) {
   std::vector<GroupDesc> groups = PlanDescs(plan, tokens, /*kept_only=*/true);
   const size_t small = SmallGroupsFirst(groups);
   if (groups.empty()) return;
   UploadAsync(s.groups, groups.data(), groups.size(), ctx.stream);
-  if (small > 0) {
+  if (small > 0 && SmallGroupTiles()) {
+    const std::vector<SmallSegment> segments = SmallSegments(groups, small);
+    UploadAsync(s.segments, segments.data(), segments.size(), ctx.stream);
+    QuantizeTileKernel<<<dim3(unsigned((tokens + kTileTokens - 1) / kTileTokens), unsigned(segments.size())), 256, 0,
+                         ctx.stream>>>(s.d.ptr, ld, tokens, s.groups.ptr, s.segments.ptr, s.payload.ptr);
+  } else if (small > 0) {
     QuantizeSmallKernel<<<dim3(unsigned((tokens + 255) / 256), unsigned(small)), 256, 0, ctx.stream>>>(
         s.d.ptr, ld, tokens, s.groups.ptr, s.payload.ptr);
   }
@@ -1068,7 +1312,10 @@ LaunchedStream LaunchStream(Context& ctx, StreamScratch& s, const Calibration& c
     using T = decltype(tag);
     WithRows<T>(rows, p, [&](auto in) {
       float* amax = fp8_gemm ? s.x_scale.ptr : nullptr;
-      if (vec) {
+      if (PairRowsOk(vec, c, table)) {
+        PreparePairKernel<T><<<RowGrid(tokens, p / (2 * kVec)), kThreads, 0, ctx.stream>>>(
+            in, tokens, heads, int(c.head_dim), table, mean, s.x.ptr, amax);
+      } else if (vec) {
         PrepareVecKernel<T><<<RowGrid(tokens, p / kVec), kThreads, 0, ctx.stream>>>(
             in, tokens, heads, int(c.head_dim), c.rope.rotary_dim, neox, table, mean, s.x.ptr, amax);
       } else {
@@ -1416,7 +1663,10 @@ void FinishStream(Context& ctx, const Calibration& c, const DeviceCalibration& d
   DispatchDtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     WithRows<T>(out, p, [&](auto rows) {
-      if (vec) {
+      if (PairRowsOk(vec, c, table)) {
+        FinishPairKernel<T><<<RowGrid(hi - lo, p / (2 * kVec)), kThreads, 0, ctx.stream>>>(
+            s.xf.ptr, lo, hi, heads, int(c.head_dim), table, mean, s.xf_row_scale, s.xf_col_scale, rows);
+      } else if (vec) {
         FinishVecKernel<T><<<RowGrid(hi - lo, p / kVec), kThreads, 0, ctx.stream>>>(
             s.xf.ptr, lo, hi, heads, int(c.head_dim), c.rope.rotary_dim, neox, table, mean, s.xf_row_scale,
             s.xf_col_scale, rows);

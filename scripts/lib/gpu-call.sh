@@ -6,9 +6,10 @@
 #                           `timeout "$(left)" ...`
 #   bench TAG ARGS...       the 8B shape (BENCH_SHAPES to change) through scripts/gpu-run.sh bench,
 #                           REPS=3, results as $OUT/gpu-bench-TAG.json
-#   ncu_kernels SHAPE       Nsight Compute per kernel over one warm-up and one timed encode + decode
-#                           (8K tokens, batch 1) of SHAPE, as $R/ncu-SHAPE.csv (after a stage that
-#                           built the addon; table: python3 scripts/ncu-table.py FILE)
+#   ncu_kernels SHAPE [TAG] Nsight Compute per kernel over one warm-up and one timed encode + decode
+#                           (8K tokens, batch 1) of SHAPE, as ncu-SHAPE[-TAG].csv inside logs.tgz
+#                           (the device tool returns few files; after a stage that built the addon;
+#                           table: python3 scripts/ncu-table.py FILE)
 # On exit the bench JSONs and a tarball of the logs are copied to the device tool's $OUT.
 set -uo pipefail
 R=$OUT
@@ -38,13 +39,13 @@ bench() {
     timeout "$(left)" bash scripts/gpu-run.sh bench | grep -v "^==\|^{\|ninja\|^NVIDIA"
 }
 ncu_kernels() {
-  local shape=$1
-  stage "ncu $shape"
+  local shape=$1 name=ncu-$1${2:+-$2}
+  stage "ncu $shape ${2:-}"
   PATH=/tmp/kvtc-gpu/bin:/usr/local/cuda/bin:$PATH LD_LIBRARY_PATH=/tmp/kvtc-gpu/sys/lib:/tmp/kvtc-gpu/nvcomp/lib64 \
     KVTC_ADDON_PATH=$(find "$PWD/build-gpu" -name kvtc.node | head -n 1) \
     timeout "$(left)" ncu --clock-control none --csv --print-units base \
     --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,launch__grid_size,launch__block_size,launch__registers_per_thread,sm__throughput.avg.pct_of_peak_sustained_elapsed,l1tex__throughput.avg.pct_of_peak_sustained_elapsed,lts__throughput.avg.pct_of_peak_sustained_elapsed,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__warps_active.avg.pct_of_peak_sustained_active \
     node dist/src/main.js bench codec --backend cuda --json --reps 1 --shape "$shape" --tokens 8192 --batch 1 \
-    > "$R/ncu-$shape.csv" 2> "$OUT/ncu-$shape.err"
-  echo "rc $? $(wc -l < "$R/ncu-$shape.csv") lines"
+    > "$OUT/$name.csv" 2> "$OUT/$name.err"
+  echo "rc $? $(wc -l < "$OUT/$name.csv") lines"
 }

@@ -1,8 +1,11 @@
-// The vector row kernels (the default: the encode prologue and decode epilogue in 8-feature
-// vectors) against the scalar ones (KVTC_ROW_KERNELS=scalar): same arithmetic in the same order,
-// so the same records and the same restored bits. The mode is read once per process, so this
-// file runs itself again as a child in the other mode and compares what both wrote: float32 and
-// bf16 rows, neox RoPE, bf16 and fp8 projections. node:test, like the other GPU tests.
+// The row kernels (the encode prologue and decode epilogue) in their three modes write the same
+// bits: paired (the default: the keys' vectors with their RoPE partners, where the rotation is
+// neox over the whole head), vector (8-feature vectors) and scalar (KVTC_ROW_KERNELS): same
+// arithmetic in the same order, so the same records and the same restored bits. The mode is read
+// once per process, so this file runs itself again as a child in each other mode and compares
+// what all wrote: float32 and bf16 rows, neox RoPE over the whole head (the paired kernels), bf16
+// and fp8 projections. The small-group kernels (KVTC_SMALL_GROUPS) the same way. node:test, like
+// the other GPU tests.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -51,18 +54,35 @@ const skip = gpuSkip;
 if (process.env[CHILD]) {
   process.stdout.write(JSON.stringify(await outputs()));
 } else {
-  test('vector row kernels write the bits the scalar ones write', { skip }, async () => {
-    const mine = process.env['KVTC_ROW_KERNELS'] === 'scalar' ? 'scalar' : 'vector';
-    const other = mine === 'vector' ? 'scalar' : 'vector';
-    const child = spawnSync(process.execPath, [fileURLToPath(import.meta.url)], {
-      env: { ...process.env, [CHILD]: '1', KVTC_ROW_KERNELS: other },
-      encoding: 'utf8',
-      maxBuffer: 1 << 30,
-    });
-    assert.equal(child.status, 0, `child (${other}) failed: ${child.stderr}`);
-    const theirs = JSON.parse(child.stdout) as string[];
+  test('paired, vector and scalar row kernels write the same bits', { skip }, async () => {
+    const mine = process.env['KVTC_ROW_KERNELS'] || 'paired';
+    const ours = await outputs();
+    for (const other of ['paired', 'vector', 'scalar'].filter((m) => m !== mine)) {
+      const theirs = child({ KVTC_ROW_KERNELS: other });
+      assert.equal(theirs.length, ours.length);
+      for (let i = 0; i < ours.length; i++) assert.ok(theirs[i] === ours[i], `output ${i}: ${mine} and ${other} differ`);
+    }
+  });
+
+  // The plan's small groups in tiles through shared memory (the default) and one thread per token
+  // (KVTC_SMALL_GROUPS=threads).
+  test('small-group tiles write the bits the per-token kernels write', { skip }, async () => {
+    const mine = process.env['KVTC_SMALL_GROUPS'] === 'threads' ? 'threads' : 'tiles';
+    const other = mine === 'tiles' ? 'threads' : 'tiles';
+    const theirs = child({ KVTC_SMALL_GROUPS: other });
     const ours = await outputs();
     assert.equal(theirs.length, ours.length);
     for (let i = 0; i < ours.length; i++) assert.ok(theirs[i] === ours[i], `output ${i}: ${mine} and ${other} differ`);
   });
+}
+
+/** This file's outputs from a child process with `env` set. */
+function child(env: Record<string, string>): string[] {
+  const run = spawnSync(process.execPath, [fileURLToPath(import.meta.url)], {
+    env: { ...process.env, [CHILD]: '1', ...env },
+    encoding: 'utf8',
+    maxBuffer: 1 << 30,
+  });
+  assert.equal(run.status, 0, `child (${JSON.stringify(env)}) failed: ${run.stderr}`);
+  return JSON.parse(run.stdout) as string[];
 }
