@@ -140,12 +140,12 @@ __global__ void PrepareKernel(Rows in, int64_t tokens, int heads, int head_dim, 
   if (amax) GatherRowMax(row_max, t0, tokens, amax);
 }
 
-// Decode epilogue. in: fp32 reconstruction [tokens, p] without the mean; out: + mean, RoPE
-// re-applied, for rows [lo, hi) only (a restore that skips a record's leading tokens).
+// Decode epilogue. in: reconstruction [tokens, p] without the mean (fp32, or bf16 for a bf16 cache:
+// ReconstructStream); out: + mean, RoPE re-applied, for rows [lo, hi) only (a restore that skips a record's leading tokens).
 // With the fp8 projection, in[t, f] is still to be multiplied by row_scale[t] * col_scale[f]
 // (cuda_fp8.cuh); both null otherwise.
-template <typename T, typename Rows>
-__global__ void FinishKernel(const float* __restrict__ in, int64_t lo, int64_t hi, int heads, int head_dim,
+template <typename T, typename In, typename Rows>
+__global__ void FinishKernel(const In* __restrict__ in, int64_t lo, int64_t hi, int heads, int head_dim,
                              int rotary_dim, bool neox, const float2* __restrict__ table, const float* __restrict__ mean,
                              const float* __restrict__ row_scale, const float* __restrict__ col_scale, Rows out) {
   const int p = heads * head_dim;
@@ -165,10 +165,10 @@ __global__ void FinishKernel(const float* __restrict__ in, int64_t lo, int64_t h
     if (t >= hi) break;
     const size_t i = size_t(t) * p + f;
     const float s = row_scale ? row_scale[t] : 1.0f;
-    float x = in[i] * (s * c) + m;
+    float x = LoadAsFloat(in, i) * (s * c) + m;
     if (r.rotate) {
       const float2 cs = table[t * half + r.freq];
-      const float y = in[i - r.j + r.partner] * (s * c_partner) + m_partner;
+      const float y = LoadAsFloat(in, i - r.j + r.partner) * (s * c_partner) + m_partner;
       // apply: a' = a c - b s ; b' = b c + a s
       x = r.first ? x * cs.x - y * cs.y : x * cs.x + y * cs.y;
     }
@@ -280,8 +280,8 @@ __global__ void PrepareVecKernel(Rows in, int64_t tokens, int heads, int head_di
 }
 
 // FinishKernel, kVec features per thread (grid: RowGrid(hi - lo, p / kVec)).
-template <typename T, typename Rows>
-__global__ void FinishVecKernel(const float* __restrict__ in, int64_t lo, int64_t hi, int heads, int head_dim,
+template <typename T, typename In, typename Rows>
+__global__ void FinishVecKernel(const In* __restrict__ in, int64_t lo, int64_t hi, int heads, int head_dim,
                                 int rotary_dim, bool neox, const float2* __restrict__ table,
                                 const float* __restrict__ mean, const float* __restrict__ row_scale,
                                 const float* __restrict__ col_scale, Rows out) {
@@ -408,9 +408,9 @@ __global__ void __launch_bounds__(kThreads, 3)
 }
 
 // FinishVecKernel for keys under PairRowsOk (grid: RowGrid(hi - lo, p / (2 * kVec))).
-template <typename T, typename Rows>
+template <typename T, typename In, typename Rows>
 __global__ void __launch_bounds__(kThreads, 3)
-    FinishPairKernel(const float* __restrict__ in, int64_t lo, int64_t hi, int heads, int head_dim,
+    FinishPairKernel(const In* __restrict__ in, int64_t lo, int64_t hi, int heads, int head_dim,
                      const float2* __restrict__ table, const float* __restrict__ mean,
                      const float* __restrict__ row_scale, const float* __restrict__ col_scale, Rows out) {
   const int p = heads * head_dim, half = head_dim / 2;
@@ -913,21 +913,36 @@ inline dim3 RowGrid(int64_t tokens, int64_t features) {
   return dim3(unsigned((tokens + kRowsPerThread - 1) / kRowsPerThread), Blocks(features));
 }
 
-// The bf16 projection's GEMMs: D (fp32) = op_a(basis) X, through cuBLASLt with the plan cached
-// per shape (cuda_gemm.cuh). KVTC_BF16_GEMM=gemmex sends them through cublasGemmEx instead (the
-// path before cuBLASLt, kept for A/B runs; the bench's GEMM baseline always uses it).
+// The bf16 projection's GEMMs: D (fp32, or bf16 as d_type) = op_a(basis) X, through cuBLASLt with
+// the plan cached per shape (cuda_gemm.cuh). KVTC_BF16_GEMM=gemmex sends them through cublasGemmEx
+// instead (the path before cuBLASLt, kept for A/B runs; the bench's GEMM baseline always uses it).
 void ProjectionGemm(Context& ctx, cublasOperation_t op_a, int m, int n, int k, const __nv_bfloat16* basis, int lda,
-                    const __nv_bfloat16* x, int ldb, float* d, int ldd) {
+                    const __nv_bfloat16* x, int ldb, void* d, int ldd, cudaDataType_t d_type = CUDA_R_32F) {
   static const int mode = [] {
     const char* v = std::getenv("KVTC_BF16_GEMM");
     if (!v || !*v || std::strcmp(v, "lt") == 0) return 0;
     return std::strcmp(v, "gemmex") == 0 ? 1 : -1;
   }();
   KVTC_CHECK(mode >= 0, kInvalidArgument, "KVTC_BF16_GEMM must be lt or gemmex");
-  if (mode == 0) return Bf16Gemm(ctx.lt, ctx.stream, op_a, m, n, k, basis, lda, x, ldb, d, ldd);
+  if (mode == 0) return Bf16Gemm(ctx.lt, ctx.stream, op_a, m, n, k, basis, lda, x, ldb, d, ldd, d_type);
   const float one = 1.0f, zero = 0.0f;
   KVTC_CUBLAS_CALL(cublasGemmEx(ctx.cublas, op_a, CUBLAS_OP_N, m, n, k, &one, basis, CUDA_R_16BF, lda, x, CUDA_R_16BF,
-                                ldb, &zero, d, CUDA_R_32F, ldd, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+                                ldb, &zero, d, d_type, ldd, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+// Whether a bf16 cache's reconstruction may come out of the bf16 decode GEMM in bf16 rather than
+// fp32 (KVTC_RECONSTRUCTION=bf16, the default, or fp32): half the bytes for the GEMM to write and
+// the epilogue to read (call 20: the 8B 8K epilogues read 1.1 GB of fp32 per stream). It adds one
+// bf16 rounding before the mean and (keys) the RoPE: about 2^-9 of each element, against a codec
+// error in the percent. fp32 and fp16 caches keep the fp32 reconstruction.
+bool Bf16Reconstruction(KvDtype cache_dtype) {
+  static const int mode = [] {
+    const char* v = std::getenv("KVTC_RECONSTRUCTION");
+    if (!v || !*v || std::strcmp(v, "bf16") == 0) return 1;
+    return std::strcmp(v, "fp32") == 0 ? 0 : -1;
+  }();
+  KVTC_CHECK(mode >= 0, kInvalidArgument, "KVTC_RECONSTRUCTION must be bf16 or fp32");
+  return mode == 1 && cache_dtype == KvDtype::kBfloat16;
 }
 
 }  // namespace
@@ -1111,6 +1126,8 @@ struct StreamScratch {
   DeviceBuffer<size_t> in_sizes, out_sizes;
   DeviceBuffer<nvcompStatus_t> statuses;
   DeviceBuffer<float> xf;
+  DeviceBuffer<__nv_bfloat16> xb;  // the reconstruction in bf16 instead of xf (Bf16Reconstruction)
+  bool reconstruction_bf16 = false;
   DeviceBuffer<__nv_bfloat16> dq;
   // The fp8 projection's operands (cuda_fp8.cuh): the prologue's rows (encode) or the dequantized
   // coefficients (decode) in e4m3, and their per-token scales. xf_row_scale / xf_col_scale: the
@@ -1598,15 +1615,18 @@ void CheckInflate(const StreamScratch& s, const std::vector<InflateTarget>& targ
   }
 }
 
-// payload (device) -> the stream's reconstruction X[T, p] = D V^T (fp32) in s.xf, on the job
-// stream: scratch only, so it may run before the record's inflation is checked.
+// payload (device) -> the stream's reconstruction X[T, p] = D V^T in s.xf (fp32), or in s.xb (bf16)
+// where `bf16` allows it (Bf16Reconstruction; bf16 projection only), on the job stream: scratch
+// only, so it may run before the record's inflation is checked.
 void ReconstructStream(Context& ctx, const Calibration& c, const DeviceCalibration& dev, const Plan& plan, bool keys,
-                       const uint8_t* payload, uint32_t tokens, bool fp8, StreamScratch& s, Profiler& prof) {
+                       const uint8_t* payload, uint32_t tokens, bool fp8, bool bf16, StreamScratch& s,
+                       Profiler& prof) {
   const int64_t p = c.feature_dim();
   const uint32_t r = plan.rank;
   const uint32_t dq_ld = PadLd(r);
   s.dq.resize(std::max<size_t>(1, size_t(tokens) * dq_ld));
   s.xf_row_scale = s.xf_col_scale = nullptr;
+  s.reconstruction_bf16 = false;
   const uint32_t basis_ld = keys ? dev.ld_keys : dev.ld_values;
   const uint32_t k_dim = std::min(dq_ld, basis_ld);  // padded like M on encode (zero columns)
   if (fp8 && r > 0) {
@@ -1636,19 +1656,29 @@ void ReconstructStream(Context& ctx, const Calibration& c, const DeviceCalibrati
   }
   LaunchDequantize(plan, payload, tokens, s.dq.ptr, dq_ld, s, ctx.stream);
   prof.mark(keys ? "k.dequantize" : "v.dequantize");
-  s.xf.resize(size_t(tokens) * p);
   if (r > 0) {
     // Row-major X[T, p] = D[T, r] V[:, :r]^T  <=>  column-major X^T = V[:, :r] D^T, where the
     // stored row-major V[p, R] is column-major V^T (R x p): op T selects its first r rows.
+    s.reconstruction_bf16 = bf16;
+    void* out;
+    if (bf16) {
+      s.xb.resize(size_t(tokens) * p);
+      out = s.xb.ptr;
+    } else {
+      s.xf.resize(size_t(tokens) * p);
+      out = s.xf.ptr;
+    }
     ProjectionGemm(ctx, CUBLAS_OP_T, int(p), int(tokens), int(k_dim), keys ? dev.basis_keys.ptr : dev.basis_values.ptr,
-                   int(keys ? dev.ld_keys : dev.ld_values), s.dq.ptr, int(dq_ld), s.xf.ptr, int(p));
+                   int(keys ? dev.ld_keys : dev.ld_values), s.dq.ptr, int(dq_ld), out, int(p),
+                   bf16 ? CUDA_R_16BF : CUDA_R_32F);
   } else {
+    s.xf.resize(size_t(tokens) * p);
     KVTC_CUDA_CALL(cudaMemsetAsync(s.xf.ptr, 0, size_t(tokens) * p * 4, ctx.stream));
   }
   prof.mark(keys ? "k.gemm" : "v.gemm");
 }
 
-// s.xf (ReconstructStream's) -> rows [lo, hi) of dtype, mean added and (keys) RoPE re-applied,
+// s.xf or s.xb (ReconstructStream's) -> rows [lo, hi) of dtype, mean added and (keys) RoPE re-applied,
 // written into `out` (contiguous or paged).
 void FinishStream(Context& ctx, const Calibration& c, const DeviceCalibration& dev, bool keys, uint32_t tokens,
                   int64_t pos0, KvDtype dtype, const StreamRows& out, int64_t lo, int64_t hi, StreamScratch& s,
@@ -1663,17 +1693,24 @@ void FinishStream(Context& ctx, const Calibration& c, const DeviceCalibration& d
   DispatchDtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     WithRows<T>(out, p, [&](auto rows) {
-      if (PairRowsOk(vec, c, table)) {
-        FinishPairKernel<T><<<RowGrid(hi - lo, p / (2 * kVec)), kThreads, 0, ctx.stream>>>(
-            s.xf.ptr, lo, hi, heads, int(c.head_dim), table, mean, s.xf_row_scale, s.xf_col_scale, rows);
-      } else if (vec) {
-        FinishVecKernel<T><<<RowGrid(hi - lo, p / kVec), kThreads, 0, ctx.stream>>>(
-            s.xf.ptr, lo, hi, heads, int(c.head_dim), c.rope.rotary_dim, neox, table, mean, s.xf_row_scale,
-            s.xf_col_scale, rows);
+      auto finish = [&](const auto* in) {
+        if (PairRowsOk(vec, c, table)) {
+          FinishPairKernel<T><<<RowGrid(hi - lo, p / (2 * kVec)), kThreads, 0, ctx.stream>>>(
+              in, lo, hi, heads, int(c.head_dim), table, mean, s.xf_row_scale, s.xf_col_scale, rows);
+        } else if (vec) {
+          FinishVecKernel<T><<<RowGrid(hi - lo, p / kVec), kThreads, 0, ctx.stream>>>(
+              in, lo, hi, heads, int(c.head_dim), c.rope.rotary_dim, neox, table, mean, s.xf_row_scale,
+              s.xf_col_scale, rows);
+        } else {
+          FinishKernel<T><<<RowGrid(hi - lo, p), kThreads, 0, ctx.stream>>>(
+              in, lo, hi, heads, int(c.head_dim), c.rope.rotary_dim, neox, table, mean, s.xf_row_scale,
+              s.xf_col_scale, rows);
+        }
+      };
+      if (s.reconstruction_bf16) {
+        finish(static_cast<const __nv_bfloat16*>(s.xb.ptr));
       } else {
-        FinishKernel<T><<<RowGrid(hi - lo, p), kThreads, 0, ctx.stream>>>(
-            s.xf.ptr, lo, hi, heads, int(c.head_dim), c.rope.rotary_dim, neox, table, mean, s.xf_row_scale,
-            s.xf_col_scale, rows);
+        finish(static_cast<const float*>(s.xf.ptr));
       }
     });
   });
@@ -2113,7 +2150,8 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
     StreamRows out;
     if (SectionTarget(f, sec, lo, hi, out)) {
       ReconstructStream(ctx, c, dev, keys ? plan.keys : plan.values, keys, f.targets[i].payload, sec.token_count,
-                        f.projection == Projection::kFp8, Scratch(slot, keys ? 0 : 1), prof);
+                        f.projection == Projection::kFp8, Bf16Reconstruction(f.h.kv_dtype), Scratch(slot, keys ? 0 : 1),
+                        prof);
     }
   }
   KVTC_CUDA_CALL(cudaEventRecord(ctx.staged[slot], ctx.copy));
@@ -2498,7 +2536,9 @@ BenchFigures Bench(const Calibration& c, const DeviceCalibration& dev, const uin
     }
     return median(ts);
   };
-  // The bf16 GEMMs of both streams, in the pipeline's own dimensions.
+  // The bf16 GEMMs of both streams, in the pipeline's own dimensions and output types (the decode's
+  // bf16 when it reconstructs in bf16: Bf16Reconstruction).
+  const cudaDataType_t decode_out = Bf16Reconstruction(KvDtype::kBfloat16) ? CUDA_R_16BF : CUDA_R_32F;
   auto bf16_gemms = [&](bool encode_dir) {
     for (int k = 0; k < 2; ++k) {
       const uint32_t rank = k == 0 ? plan.keys.rank : plan.values.rank;
@@ -2513,7 +2553,7 @@ BenchFigures Bench(const Calibration& c, const DeviceCalibration& dev, const uin
                                       int(PadLd(rank)), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
       } else {
         KVTC_CUBLAS_CALL(cublasGemmEx(ctx.cublas, CUBLAS_OP_T, CUBLAS_OP_N, int(p), int(m), padded, &one, basis,
-                                      CUDA_R_16BF, ldb, a.ptr, CUDA_R_16BF, int(PadLd(rank)), &zero, out.ptr, CUDA_R_32F,
+                                      CUDA_R_16BF, ldb, a.ptr, CUDA_R_16BF, int(PadLd(rank)), &zero, out.ptr, decode_out,
                                       int(p), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
       }
     }

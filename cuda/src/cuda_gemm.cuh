@@ -1,5 +1,5 @@
-// The projection's GEMMs through cuBLASLt: D (fp32, column-major) = op(A) op(B), fp32 accumulation,
-// bf16 or e4m3 operands. Each shape's descriptors and the algorithm cuBLASLt's heuristic picks for
+// The projection's GEMMs through cuBLASLt: D (column-major, fp32 or bf16) = op(A) op(B), fp32
+// accumulation, bf16 or e4m3 operands. Each shape's descriptors and the algorithm cuBLASLt's heuristic picks for
 // it are built once per host thread's context and reused: a sidecar encodes and restores the same
 // few shapes again and again, and the heuristic query costs host time on every launch otherwise.
 // Internal to cuda_codec.cu.
@@ -23,7 +23,8 @@ struct GemmShape {
   cublasOperation_t op_a = CUBLAS_OP_N, op_b = CUBLAS_OP_N;
   int m = 0, n = 0, k = 0, lda = 0, ldb = 0, ldd = 0;
   cudaDataType_t operands = CUDA_R_16BF;  // CUDA_R_16BF or CUDA_R_8F_E4M3
-  auto Key() const { return std::tuple(int(op_a), int(op_b), m, n, k, lda, ldb, ldd, int(operands)); }
+  cudaDataType_t out = CUDA_R_32F;        // D: CUDA_R_32F, or CUDA_R_16BF (bf16 operands)
+  auto Key() const { return std::tuple(int(op_a), int(op_b), m, n, k, lda, ldb, ldd, int(operands), int(out)); }
   bool operator<(const GemmShape& o) const { return Key() < o.Key(); }
 };
 
@@ -40,7 +41,7 @@ class LtHandle {
     if (handle_) cublasLtDestroy(handle_);
   }
 
-  void Gemm(cudaStream_t stream, const GemmShape& shape, const void* a, const void* b, float* d) {
+  void Gemm(cudaStream_t stream, const GemmShape& shape, const void* a, const void* b, void* d) {
     const Plan& plan = PlanFor(shape);
     const float one = 1.0f, zero = 0.0f;
     KVTC_CUBLAS_CALL(cublasLtMatmul(handle_, plan.op, &one, a, plan.a, b, plan.b, &zero, d, plan.d, d, plan.d,
@@ -96,7 +97,7 @@ class LtHandle {
                                                 s.lda));
     KVTC_CUBLAS_CALL(cublasLtMatrixLayoutCreate(&plan.b, s.operands, uint64_t(tb ? s.n : s.k), uint64_t(tb ? s.k : s.n),
                                                 s.ldb));
-    KVTC_CUBLAS_CALL(cublasLtMatrixLayoutCreate(&plan.d, CUDA_R_32F, uint64_t(s.m), uint64_t(s.n), s.ldd));
+    KVTC_CUBLAS_CALL(cublasLtMatrixLayoutCreate(&plan.d, s.out, uint64_t(s.m), uint64_t(s.n), s.ldd));
     KVTC_CUBLAS_CALL(cublasLtMatmulPreferenceCreate(&pref));
     const size_t ws = kWorkspace;
     KVTC_CUBLAS_CALL(
@@ -125,10 +126,12 @@ inline void Fp8Gemm(LtHandle& lt, cudaStream_t stream, int m, int n, int k, cons
   lt.Gemm(stream, {CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, lda, ldb, ldd, CUDA_R_8F_E4M3}, a, b, d);
 }
 
-// D[m, n] (column-major fp32, ldd) = op_a(A) B with bf16 A and B (column-major; B is k x n).
+// D[m, n] (column-major, ldd, fp32 or bf16 as d_type) = op_a(A) B with bf16 A and B (column-major;
+// B is k x n).
 inline void Bf16Gemm(LtHandle& lt, cudaStream_t stream, cublasOperation_t op_a, int m, int n, int k,
-                     const __nv_bfloat16* a, int lda, const __nv_bfloat16* b, int ldb, float* d, int ldd) {
-  lt.Gemm(stream, {op_a, CUBLAS_OP_N, m, n, k, lda, ldb, ldd, CUDA_R_16BF}, a, b, d);
+                     const __nv_bfloat16* a, int lda, const __nv_bfloat16* b, int ldb, void* d, int ldd,
+                     cudaDataType_t d_type) {
+  lt.Gemm(stream, {op_a, CUBLAS_OP_N, m, n, k, lda, ldb, ldd, CUDA_R_16BF, d_type}, a, b, d);
 }
 
 }  // namespace kvtc::cuda

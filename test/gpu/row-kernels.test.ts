@@ -4,8 +4,8 @@
 // arithmetic in the same order, so the same records and the same restored bits. The mode is read
 // once per process, so this file runs itself again as a child in each other mode and compares
 // what all wrote: float32 and bf16 rows, neox RoPE over the whole head (the paired kernels), bf16
-// and fp8 projections. The small-group kernels (KVTC_SMALL_GROUPS) the same way. node:test, like
-// the other GPU tests.
+// and fp8 projections. The small-group kernels (KVTC_SMALL_GROUPS) the same way, and the bf16
+// reconstruction (KVTC_RECONSTRUCTION) within its rounding. node:test, like the other GPU tests.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -74,6 +74,53 @@ if (process.env[CHILD]) {
     assert.equal(theirs.length, ours.length);
     for (let i = 0; i < ours.length; i++) assert.ok(theirs[i] === ours[i], `output ${i}: ${mine} and ${other} differ`);
   });
+
+  // A bf16 cache's reconstruction comes out of the decode GEMM in bf16 (the default) or fp32
+  // (KVTC_RECONSTRUCTION=fp32): the records are the same, and so is every restore but the bf16
+  // projection's into bf16 rows, which may differ by the one extra bf16 rounding before the mean and
+  // the RoPE (about 2^-9 of a RoPE pair's norm, then the output's own rounding): bounded here by
+  // 2^-7 of the token row's largest element.
+  test('bf16 reconstruction stays within a bf16 rounding of the fp32 one', { skip }, async () => {
+    const mine = process.env['KVTC_RECONSTRUCTION'] === 'fp32' ? 'fp32' : 'bf16';
+    const other = mine === 'bf16' ? 'fp32' : 'bf16';
+    const theirs = child({ KVTC_RECONSTRUCTION: other });
+    const ours = await outputs();
+    assert.equal(theirs.length, ours.length);
+    let compared = 0;
+    for (let c = 0; c < ours.length / 3; c++) {
+      // outputs(): per token count, dtype (float32, bfloat16), projection (bf16, fp8): 3 strings.
+      const bf16Rows = Math.floor(c / 2) % 2 === 1 && c % 2 === 0;
+      assert.ok(theirs[3 * c] === ours[3 * c], `case ${c}: ${mine} and ${other} wrote different records`);
+      for (const i of [3 * c + 1, 3 * c + 2]) {
+        if (!bf16Rows) {
+          assert.ok(theirs[i] === ours[i], `output ${i}: ${mine} and ${other} differ`);
+          continue;
+        }
+        const a = fromBf16Hex(ours[i]!);
+        const b = fromBf16Hex(theirs[i]!);
+        assert.equal(a.length, b.length);
+        for (let t = 0; t < a.length / P; t++) {
+          let rowMax = 0;
+          for (let f = 0; f < P; f++) rowMax = Math.max(rowMax, Math.abs(b[t * P + f]!));
+          for (let f = 0; f < P; f++) {
+            const d = Math.abs(a[t * P + f]! - b[t * P + f]!);
+            assert.ok(d <= rowMax / 128, `output ${i} token ${t} feature ${f}: ${a[t * P + f]} vs ${b[t * P + f]}`);
+          }
+        }
+        compared++;
+      }
+    }
+    assert.equal(compared, 4, 'both token counts, keys and values, in bf16 rows with the bf16 projection');
+  });
+}
+
+/** bf16 elements (hex of their little-endian bytes) as floats. */
+function fromBf16Hex(hex: string): Float32Array {
+  const raw = Buffer.from(hex, 'hex');
+  const out = new Float32Array(raw.length / 2);
+  const word = new Uint32Array(out.buffer);
+  for (let i = 0; i < out.length; i++) word[i] = raw.readUInt16LE(2 * i) << 16;
+  return out;
 }
 
 /** This file's outputs from a child process with `env` set. */
