@@ -5,7 +5,9 @@
 #   left                    seconds left before DEADLINE (default 540, at least 1), for
 #                           `timeout "$(left)" ...`
 #   bench TAG ARGS...       the 8B shape (BENCH_SHAPES to change) through scripts/gpu-run.sh bench,
-#                           REPS=3, results as $OUT/gpu-bench-TAG.json
+#                           REPS=9 (a 2 ms job's median of 3 can show a host stall: run j, call
+#                           22; repetitions are cheap next to a process's setup), results as
+#                           $OUT/gpu-bench-TAG.json
 #   ncu_kernels SHAPE [TAG] Nsight Compute per kernel over one warm-up and one timed encode + decode
 #                           (8K tokens, batch 1) of SHAPE, as ncu-SHAPE[-TAG].csv inside logs.tgz
 #                           (the device tool returns few files; after a stage that built the addon;
@@ -35,7 +37,7 @@ bench() {
   local tag=$1
   shift
   stage "bench $tag: $* (shapes ${BENCH_SHAPES:-8b})"
-  REPS=${REPS:-3} BENCH_SHAPES="${BENCH_SHAPES:-8b}" BENCH_TAG="-$tag" BENCH_ARGS="$*" \
+  REPS=${REPS:-9} BENCH_SHAPES="${BENCH_SHAPES:-8b}" BENCH_TAG="-$tag" BENCH_ARGS="$*" \
     timeout "$(left)" bash scripts/gpu-run.sh bench | grep -v "^==\|^{\|ninja\|^NVIDIA"
 }
 ncu_kernels() {
