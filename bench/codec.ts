@@ -298,6 +298,18 @@ export async function benchShapeCuda(
   return results;
 }
 
+/**
+ * The environment settings that change what a bench times: the codec's knobs (KVTC_*, README's
+ * list) and OpenMP's (OMP_*, GOMP_*), by name, so that an A/B run's JSON says which side it is.
+ */
+export function benchSettings(env: NodeJS.ProcessEnv = process.env): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const name of Object.keys(env).sort()) {
+    if (/^(KVTC_|OMP_|GOMP_)/.test(name) && env[name] !== undefined) out[name] = env[name]!;
+  }
+  return out;
+}
+
 export function markdownTable(results: BenchResult[]): string {
   const rows = results.map(
     (r) =>

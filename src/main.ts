@@ -153,7 +153,8 @@ bench
   .option('--json', 'print one JSON object')
   .option('--cache <dir>', 'where synthetic calibrations are cached', 'bench/.cache')
   .action(async (o) => {
-    const { SHAPES, CUDA_SHAPES, benchShape, benchShapeCuda, markdownTable } = await import('../bench/codec.js');
+    const { SHAPES, CUDA_SHAPES, benchSettings, benchShape, benchShapeCuda, markdownTable } =
+      await import('../bench/codec.js');
     if (o.backend !== 'cpu' && o.backend !== 'cuda')
       throw new InvalidArgumentError(`backend must be cpu or cuda, received '${o.backend}'`);
     if (o.backend !== 'cuda' && o.projection !== undefined)
@@ -188,7 +189,13 @@ bench
       }
       progress.stop();
       const first = results[0];
-      const out = { backend: 'cuda', gpu: first?.gpu ?? 'unknown', date: first?.date ?? '', results };
+      const out = {
+        backend: 'cuda',
+        gpu: first?.gpu ?? 'unknown',
+        date: first?.date ?? '',
+        settings: benchSettings(),
+        results,
+      };
       process.stdout.write((o.json ? JSON.stringify(out) : markdownTable(results)) + '\n');
       return;
     }
@@ -207,7 +214,7 @@ bench
       );
     }
     progress.stop();
-    if (o.json) process.stdout.write(JSON.stringify({ backend: 'cpu', results }) + '\n');
+    if (o.json) process.stdout.write(JSON.stringify({ backend: 'cpu', settings: benchSettings(), results }) + '\n');
     else process.stdout.write(markdownTable(results) + '\n');
   });
 

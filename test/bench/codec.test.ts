@@ -6,7 +6,7 @@ import { spawnSync } from 'node:child_process';
 import { statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 
-import { benchShape, SHAPES } from '../../bench/codec.js';
+import { benchSettings, benchShape, SHAPES } from '../../bench/codec.js';
 import { tempDir } from '../helpers/tmp.js';
 
 const shape = SHAPES.find((s) => s.name === 'stories260k')!;
@@ -43,4 +43,16 @@ t.test('the CLI refuses --entry-stride for the CUDA backend', async (t) => {
   });
   t.not(r.status, 0);
   t.match(r.stderr, /--entry-stride is cpu only/);
+});
+
+t.test("the bench JSON's settings: the codec's and OpenMP's environment knobs, nothing else", async (t) => {
+  const env = {
+    KVTC_ROW_KERNELS: 'vector',
+    PATH: '/bin',
+    OMP_WAIT_POLICY: 'passive',
+    HOME: '/root',
+    GOMP_SPINCOUNT: '0',
+  };
+  t.same(benchSettings(env), { GOMP_SPINCOUNT: '0', KVTC_ROW_KERNELS: 'vector', OMP_WAIT_POLICY: 'passive' });
+  t.same(benchSettings({ PATH: '/bin' }), {});
 });
