@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -38,6 +39,27 @@ namespace kvtc::cuda {
   } while (0)
 
 namespace {
+
+// The A/B switches (KVTC_ROW_KERNELS and the like): the index in `choices` of environment variable
+// `name`'s value, or -1 when it is unset or empty; any other value is kInvalidArgument.
+int EnvChoice(const char* name, std::initializer_list<const char*> choices) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return -1;
+  int i = 0;
+  for (const char* c : choices) {
+    if (std::strcmp(v, c) == 0) return i;
+    ++i;
+  }
+  std::string list;
+  i = 0;
+  for (const char* c : choices) {
+    list += i == 0 ? "" : i + 1 == int(choices.size()) ? " or " : ", ";
+    list += c;
+    ++i;
+  }
+  KVTC_CHECK(false, kInvalidArgument, name << " must be " << list);
+  return -1;
+}
 
 // ---- kernels -------------------------------------------------------------------------------
 
@@ -140,8 +162,9 @@ __global__ void PrepareKernel(Rows in, int64_t tokens, int heads, int head_dim, 
   if (amax) GatherRowMax(row_max, t0, tokens, amax);
 }
 
-// Decode epilogue. in: reconstruction [tokens, p] without the mean (fp32, or bf16 for a bf16 cache:
-// ReconstructStream); out: + mean, RoPE re-applied, for rows [lo, hi) only (a restore that skips a record's leading tokens).
+// Decode epilogue. in: reconstruction [tokens, p] without the mean (fp32, or bf16 for a bf16
+// cache: ReconstructStream); out: + mean, RoPE re-applied, for rows [lo, hi) only (a restore that
+// skips a record's leading tokens).
 // With the fp8 projection, in[t, f] is still to be multiplied by row_scale[t] * col_scale[f]
 // (cuda_fp8.cuh); both null otherwise.
 template <typename T, typename In, typename Rows>
@@ -713,13 +736,8 @@ __global__ void QuantizeTileKernel(const float* __restrict__ d, int64_t ld, int6
 
 // KVTC_SMALL_GROUPS=tiles (default) or threads: which small-group kernels run (A/B runs).
 bool SmallGroupTiles() {
-  static const int mode = [] {
-    const char* v = std::getenv("KVTC_SMALL_GROUPS");
-    if (!v || !*v || std::strcmp(v, "tiles") == 0) return 1;
-    return std::strcmp(v, "threads") == 0 ? 0 : -1;
-  }();
-  KVTC_CHECK(mode >= 0, kInvalidArgument, "KVTC_SMALL_GROUPS must be tiles or threads");
-  return mode == 1;
+  static const bool tiles = EnvChoice("KVTC_SMALL_GROUPS", {"tiles", "threads"}) != 1;
+  return tiles;
 }
 
 // The segments of groups[0, small) (small groups in component order): runs of adjacent groups cut
@@ -893,14 +911,7 @@ enum class EntropyCoder { kKvtc, kNvcomp };
 constexpr EntropyCoder kDefaultEncodeCoder = EntropyCoder::kKvtc;
 constexpr EntropyCoder kDefaultDecodeCoder = EntropyCoder::kNvcomp;
 EntropyCoder Coder(bool encode) {
-  static const int forced = [] {
-    const char* v = std::getenv("KVTC_CUDA_ENTROPY");
-    if (!v || !*v) return -1;
-    if (std::strcmp(v, "kvtc") == 0) return int(EntropyCoder::kKvtc);
-    if (std::strcmp(v, "nvcomp") == 0) return int(EntropyCoder::kNvcomp);
-    return -2;
-  }();
-  KVTC_CHECK(forced != -2, kInvalidArgument, "KVTC_CUDA_ENTROPY must be kvtc or nvcomp");
+  static const int forced = EnvChoice("KVTC_CUDA_ENTROPY", {"kvtc", "nvcomp"});  // EntropyCoder's order
   if (forced >= 0) return EntropyCoder(forced);
   return encode ? kDefaultEncodeCoder : kDefaultDecodeCoder;
 }
@@ -918,13 +929,8 @@ inline dim3 RowGrid(int64_t tokens, int64_t features) {
 // instead (the path before cuBLASLt, kept for A/B runs; the bench's GEMM baseline always uses it).
 void ProjectionGemm(Context& ctx, cublasOperation_t op_a, int m, int n, int k, const __nv_bfloat16* basis, int lda,
                     const __nv_bfloat16* x, int ldb, void* d, int ldd, cudaDataType_t d_type = CUDA_R_32F) {
-  static const int mode = [] {
-    const char* v = std::getenv("KVTC_BF16_GEMM");
-    if (!v || !*v || std::strcmp(v, "lt") == 0) return 0;
-    return std::strcmp(v, "gemmex") == 0 ? 1 : -1;
-  }();
-  KVTC_CHECK(mode >= 0, kInvalidArgument, "KVTC_BF16_GEMM must be lt or gemmex");
-  if (mode == 0) return Bf16Gemm(ctx.lt, ctx.stream, op_a, m, n, k, basis, lda, x, ldb, d, ldd, d_type);
+  static const bool gemmex = EnvChoice("KVTC_BF16_GEMM", {"lt", "gemmex"}) == 1;
+  if (!gemmex) return Bf16Gemm(ctx.lt, ctx.stream, op_a, m, n, k, basis, lda, x, ldb, d, ldd, d_type);
   const float one = 1.0f, zero = 0.0f;
   KVTC_CUBLAS_CALL(cublasGemmEx(ctx.cublas, op_a, CUBLAS_OP_N, m, n, k, &one, basis, CUDA_R_16BF, lda, x, CUDA_R_16BF,
                                 ldb, &zero, d, d_type, ldd, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
@@ -936,13 +942,8 @@ void ProjectionGemm(Context& ctx, cublasOperation_t op_a, int m, int n, int k, c
 // bf16 rounding before the mean and (keys) the RoPE: about 2^-9 of each element, against a codec
 // error in the percent. fp32 and fp16 caches keep the fp32 reconstruction.
 bool Bf16Reconstruction(KvDtype cache_dtype) {
-  static const int mode = [] {
-    const char* v = std::getenv("KVTC_RECONSTRUCTION");
-    if (!v || !*v || std::strcmp(v, "bf16") == 0) return 1;
-    return std::strcmp(v, "fp32") == 0 ? 0 : -1;
-  }();
-  KVTC_CHECK(mode >= 0, kInvalidArgument, "KVTC_RECONSTRUCTION must be bf16 or fp32");
-  return mode == 1 && cache_dtype == KvDtype::kBfloat16;
+  static const bool allowed = EnvChoice("KVTC_RECONSTRUCTION", {"bf16", "fp32"}) != 1;
+  return allowed && cache_dtype == KvDtype::kBfloat16;
 }
 
 }  // namespace
@@ -1221,14 +1222,12 @@ void WithRows(const StreamRows& r, int64_t features, F&& f) {
 // (test/gpu/row-kernels.test.ts) and A/B runs use it. All write the same bits.
 enum class RowKernels { kScalar, kVector, kPaired };
 RowKernels RowKernelMode() {
-  static const int mode = [] {
-    const char* v = std::getenv("KVTC_ROW_KERNELS");
-    if (!v || !*v || std::strcmp(v, "paired") == 0) return int(RowKernels::kPaired);
-    if (std::strcmp(v, "vector") == 0) return int(RowKernels::kVector);
-    return std::strcmp(v, "scalar") == 0 ? int(RowKernels::kScalar) : -1;
+  static const RowKernels mode = [] {
+    const RowKernels by_choice[] = {RowKernels::kPaired, RowKernels::kVector, RowKernels::kScalar};
+    const int i = EnvChoice("KVTC_ROW_KERNELS", {"paired", "vector", "scalar"});
+    return by_choice[i < 0 ? 0 : i];
   }();
-  KVTC_CHECK(mode >= 0, kInvalidArgument, "KVTC_ROW_KERNELS must be paired, vector or scalar");
-  return RowKernels(mode);
+  return mode;
 }
 
 // Whether the vector row kernels may address these rows: every vector of kVec elements of a head
@@ -1678,8 +1677,8 @@ void ReconstructStream(Context& ctx, const Calibration& c, const DeviceCalibrati
   prof.mark(keys ? "k.gemm" : "v.gemm");
 }
 
-// s.xf or s.xb (ReconstructStream's) -> rows [lo, hi) of dtype, mean added and (keys) RoPE re-applied,
-// written into `out` (contiguous or paged).
+// s.xf or s.xb (ReconstructStream's) -> rows [lo, hi) of dtype, mean added and (keys) RoPE
+// re-applied, written into `out` (contiguous or paged).
 void FinishStream(Context& ctx, const Calibration& c, const DeviceCalibration& dev, bool keys, uint32_t tokens,
                   int64_t pos0, KvDtype dtype, const StreamRows& out, int64_t lo, int64_t hi, StreamScratch& s,
                   Profiler& prof) {
@@ -2538,7 +2537,7 @@ BenchFigures Bench(const Calibration& c, const DeviceCalibration& dev, const uin
   };
   // The bf16 GEMMs of both streams, in the pipeline's own dimensions and output types (the decode's
   // bf16 when it reconstructs in bf16: Bf16Reconstruction).
-  const cudaDataType_t decode_out = Bf16Reconstruction(KvDtype::kBfloat16) ? CUDA_R_16BF : CUDA_R_32F;
+  const cudaDataType_t decode_out = Bf16Reconstruction(job.dtype) ? CUDA_R_16BF : CUDA_R_32F;
   auto bf16_gemms = [&](bool encode_dir) {
     for (int k = 0; k < 2; ++k) {
       const uint32_t rank = k == 0 ? plan.keys.rank : plan.values.rank;

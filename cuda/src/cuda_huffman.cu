@@ -113,11 +113,7 @@ __device__ void BlockPlan(EncodeShared& sh, int used) {
     if (s.lens[sym]) atomicAdd(&sh.len_count[s.lens[sym]], 1u);
   __syncthreads();
   if (t == 0) {
-    uint32_t code = 0;
-    for (int b = 1; b <= kMaxBits; ++b) {
-      code = (code + (b > 1 ? sh.len_count[b - 1] : 0u)) << 1;
-      sh.next_code[b] = code;
-    }
+    FirstCodes(sh.len_count, sh.next_code);
     sh.literal_bits = 0;
   }
   __syncthreads();

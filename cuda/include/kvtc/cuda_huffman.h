@@ -151,17 +151,23 @@ KVTC_HD inline void LengthsFromSorted(const uint32_t* freq, const uint16_t* orde
   for (int k = 0; k < m; ++k) lens[order[k]] = uint8_t(LengthOfRank(k, top, t));
 }
 
+// The first canonical code of each length b = 1..kMaxBits into first[b], from count[b] codes of
+// length b (count[0], the unused symbols, is ignored).
+template <typename Count>
+KVTC_HD_INLINE void FirstCodes(const Count* count, uint32_t* first) {
+  uint32_t code = 0;
+  for (int b = 1; b <= kMaxBits; ++b) {
+    code = (code + (b > 1 ? uint32_t(count[b - 1]) : 0u)) << 1;
+    first[b] = code;
+  }
+}
+
 // Canonical codes (bit-reversed, ready to emit LSB first) from lengths.
 KVTC_HD inline void CanonicalCodes(const uint8_t* lens, int n, uint16_t* codes) {
   uint16_t count[kMaxBits + 2] = {0};
-  uint16_t next[kMaxBits + 2] = {0};
+  uint32_t next[kMaxBits + 2] = {0};
   for (int s = 0; s < n; ++s) count[lens[s]]++;
-  count[0] = 0;
-  uint32_t code = 0;
-  for (int b = 1; b <= kMaxBits; ++b) {
-    code = (code + count[b - 1]) << 1;
-    next[b] = uint16_t(code);
-  }
+  FirstCodes(count, next);
   for (int s = 0; s < n; ++s) {
     const int l = lens[s];
     codes[s] = l ? uint16_t(ReverseBits(next[l]++, l)) : 0;
