@@ -117,14 +117,19 @@ __device__ void BlockPlan(EncodeShared& sh, int used) {
     sh.literal_bits = 0;
   }
   __syncthreads();
+  unsigned long long bits = 0;
   for (int sym = t; sym < kLitSyms; sym += kEncThreads) {
     const int l = s.lens[sym];
     uint32_t rank = 0;
     for (int u = 0; u < sym; ++u) rank += s.lens[u] == l;
     s.codes[sym] = l ? uint16_t(ReverseBits(sh.next_code[l] + rank, l)) : 0;
     sh.plan.sym[sym] = uint32_t(s.codes[sym]) | (uint32_t(l) << 16);
-    atomicAdd(&sh.literal_bits, (unsigned long long)s.freq[sym] * l);
+    bits += (unsigned long long)s.freq[sym] * l;
   }
+  // One shared atomic per warp: a 64-bit shared atomicAdd is a compare-and-swap loop, and one
+  // per symbol made the block wait on it (run j, call 24).
+  for (int o = 16; o > 0; o >>= 1) bits += __shfl_xor_sync(0xffffffffu, bits, o);
+  if ((t & 31) == 0) atomicAdd(&sh.literal_bits, bits);
   __syncthreads();
   if (t == 0) sh.nr = RunLengths(s);
   __syncthreads();

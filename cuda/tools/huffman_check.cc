@@ -19,6 +19,7 @@
 
 namespace {
 
+using kvtc::huff::BitReader;
 using kvtc::huff::EncodeChunkSerial;
 using kvtc::huff::EncodeScratch;
 using kvtc::huff::InflateChunk;
@@ -232,6 +233,29 @@ void CheckDecoder(const std::string& kind, size_t n, int level, libdeflate_compr
 
 }  // namespace
 
+// The GPU bit reader's word stream (aligned words, one shift, loads two refills ahead) gives
+// Load32's bytes at every alignment of the input, start and size, zeros past the end included.
+// The buffer has 8 bytes of slack on both sides, so reading whole aligned words stays inside it.
+static size_t CheckWordStream() {
+  size_t steps = 0;
+  std::vector<uint8_t> buf(8 + 300 + 8);
+  for (int trial = 0; trial < 20000; ++trial) {
+    for (auto& b : buf) b = uint8_t(rng());
+    BitReader br{};
+    br.in = buf.data() + 8 + rng() % 4;
+    br.size = uint32_t(rng() % 300);
+    uint32_t p = uint32_t(rng() % (br.size + 24));
+    br.StartWords(p);
+    for (int k = 0; k < 16; ++k, p += 4, ++steps) {
+      br.pos = p;
+      const uint32_t want = br.Load32(p), got = br.NextFromWords();
+      CHECK(got == want, "word stream: size %u skew %u at %u: %08x, Load32 %08x", br.size,
+            unsigned(reinterpret_cast<uintptr_t>(br.in) & 3), p, got, want);
+    }
+  }
+  return steps;
+}
+
 int main() {
   libdeflate_decompressor* d = libdeflate_alloc_decompressor();
   libdeflate_compressor* c6 = libdeflate_alloc_compressor(6);
@@ -282,6 +306,7 @@ int main() {
   }
   std::printf("indexed: %zu streams inflated from their entry points (libdeflate agrees), bad indexes rejected\n",
               indexed);
+  std::printf("bit reader: %zu refills from aligned words equal the unaligned loads\n", CheckWordStream());
   libdeflate_free_compressor(c6);
   libdeflate_free_decompressor(d);
   if (failures) {

@@ -411,7 +411,11 @@ enum InflateStatus : int32_t {
   kInflateShort = 4,       // ended before the expected output size
 };
 
-constexpr int kLitTableBits = 10;
+// 12 bits (8 KiB, filled by the warp): a quantized payload's byte codes are long, and with 10
+// bits the 32 lanes of an inflate warp took DecodeSym's slow path at ~40 % of their steps, one
+// lane at a time, while the two-literal table (removed) rarely found two codes in 10 bits (run j,
+// call 24: per-instruction samples of the 1B 8K InflateKernel).
+constexpr int kLitTableBits = 12;
 constexpr int kDistTableBits = 8;
 constexpr int kPreTableBits = 7;
 
@@ -536,77 +540,51 @@ KVTC_HD inline void FillTable(const uint8_t* lens, DecodeTable<kBits, kSyms>& t,
   if (nlanes > 1) KVTC_SYNCWARP();
 }
 
-// Two literals per lookup: for each kLitTableBits-bit pattern whose first codeword is a literal
-// and whose remaining bits hold a whole second literal codeword, both literals and their total
-// length (entry = lit1 | lit2 << 8 | bits << 16, 0 when the pattern does not start with two short
-// literals). Built from the filled direct table by lanes [0, nlanes), warp barrier after.
-KVTC_HD inline void FillLiteralPairs(const DecodeTable<kLitTableBits, 288>& t, uint32_t* pairs, int lane, int nlanes) {
-  for (int i = lane; i < (1 << kLitTableBits); i += nlanes) {
-    uint32_t entry = 0;
-    const uint16_t e1 = t.direct[i];
-    const int s1 = e1 & 511, l1 = e1 >> 9;
-    if (e1 && s1 < 256) {
-      const uint16_t e2 = t.direct[uint32_t(i) >> l1];  // the unknown high bits read as zeros
-      const int s2 = e2 & 511, l2 = e2 >> 9;
-      if (e2 && s2 < 256 && l1 + l2 <= kLitTableBits) entry = uint32_t(s1) | uint32_t(s2) << 8 | uint32_t(l1 + l2) << 16;
-    }
-    pairs[i] = entry;
-  }
-  if (nlanes > 1) KVTC_SYNCWARP();
-}
-
 // Bit reader over [in, in + size): loads past the end read zeros; the decoder errors once more
 // than 16 such bytes were loaded, and checks at the end that no loaded zero was consumed.
+// A refill appends the 4 bytes at `pos`. The host loads them unaligned (Load32), one refill
+// ahead. The GPU keeps the input's aligned words: since pos moves 4 bytes per refill, every
+// refill cuts its word from two aligned words with the same shift, and loads the word it will
+// need two refills later, so the shift never waits on a load (run j, call 24: 27 % of the inflate
+// loop's stalls were a funnel shift waiting on the load issued at the same refill).
 struct BitReader {
   const uint8_t* in;
   uint32_t size;
   uint32_t pos;  // bytes loaded into buf (may pass size)
   uint32_t count;
   uint64_t buf;
-  uint32_t ahead0, ahead1;  // the words at pos and pos + 4, loaded one refill ahead of use
+  uint32_t ahead0, ahead1;  // host: the words at pos and pos + 4
+  // GPU: the aligned words around [in, in + size) (the first and last may hold bytes outside it,
+  // never past a 4-byte boundary, so never in another page; masked at use); raw0..raw2 = words
+  // wi .. wi + 2; the next refill is the 4 bytes at bit `shift` of raw1:raw0.
+  const uint32_t* words;
+  uint32_t nwords, wi, shift;
+  uint32_t raw0, raw1, raw2;
 
   KVTC_HD_INLINE void Start(uint32_t p) {
     pos = p;
     count = 0;
     buf = 0;
+#if defined(__CUDA_ARCH__)
+    StartWords(p);
+#else
     ahead0 = Load32(p);
     ahead1 = Load32(p + 4);
-  }
-
-  KVTC_HD_INLINE uint32_t Load32(uint32_t p) const {
-    if (p >= size) return 0;
-#if defined(__CUDA_ARCH__)
-    {
-      // Aligned words: at most two loads and a funnel shift instead of four byte loads, at any
-      // alignment of `in` (chunks copied straight from a record sit at any offset). The words
-      // holding the first and last bytes may extend past [in, in + size), never past a 4-byte
-      // boundary, so never into another page.
-      const uint32_t skew = uint32_t(reinterpret_cast<uintptr_t>(in) & 3);
-      const uint32_t* w = reinterpret_cast<const uint32_t*>(in - skew);
-      const uint32_t q = p + skew, i = q >> 2, nw = (size + skew + 3) >> 2;
-      const uint32_t lo = w[i], hi = i + 1 < nw ? w[i + 1] : 0u;
-      uint32_t v = __funnelshift_r(lo, hi, (q & 3) * 8);
-      if (p + 4 > size) v &= 0xffffffffu >> (8 * (p + 4 - size));
-      return v;
-    }
 #endif
-    uint32_t v = 0;
-    if (size - p >= 4) {
-      std::memcpy(&v, in + p, 4);  // one unaligned load on the host (little-endian, as DEFLATE)
-      return v;
-    }
-    for (uint32_t k = 0; k < 4 && p + k < size; ++k) v |= uint32_t(in[p + k]) << (8 * k);
-    return v;
   }
   // Ensures n <= 32 bits in buf; false once the input is overrun by more than 16 bytes.
   KVTC_HD_INLINE bool Need(int n) {
     if (count < uint32_t(n)) {
       if (pos > size + 16) return false;
+#if defined(__CUDA_ARCH__)
+      buf |= uint64_t(NextFromWords()) << count;
+#else
       buf |= uint64_t(ahead0) << count;
+      ahead0 = ahead1;
+      ahead1 = Load32(pos + 8);
+#endif
       pos += 4;
       count += 32;
-      ahead0 = ahead1;
-      ahead1 = Load32(pos + 4);
     }
     return true;
   }
@@ -622,6 +600,44 @@ struct BitReader {
   }
   // Bits consumed so far beyond the real input?
   KVTC_HD_INLINE bool Overrun() const { return uint64_t(pos) * 8 - count > uint64_t(size) * 8; }
+
+  // The 4 bytes at p, zeros past size (little-endian, as DEFLATE).
+  KVTC_HD_INLINE uint32_t Load32(uint32_t p) const {
+    if (p >= size) return 0;
+    uint32_t v = 0;
+    if (size - p >= 4) {
+      std::memcpy(&v, in + p, 4);
+      return v;
+    }
+    for (uint32_t k = 0; k < 4 && p + k < size; ++k) v |= uint32_t(in[p + k]) << (8 * k);
+    return v;
+  }
+  // The GPU's word stream (host-callable so that huffman_check compares it with Load32's).
+  KVTC_HD_INLINE void StartWords(uint32_t p) {
+    const uint32_t skew = uint32_t(reinterpret_cast<uintptr_t>(in) & 3);
+    words = reinterpret_cast<const uint32_t*>(in - skew);
+    nwords = (size + skew + 3) >> 2;
+    wi = (p + skew) >> 2;
+    shift = ((p + skew) & 3) * 8;
+    raw0 = Word(wi);
+    raw1 = Word(wi + 1);
+    raw2 = Word(wi + 2);
+  }
+  KVTC_HD_INLINE uint32_t Word(uint32_t i) const { return i < nwords ? words[i] : 0u; }
+  // Load32(pos) from the words already loaded; then the window moves one word.
+  KVTC_HD_INLINE uint32_t NextFromWords() {
+#if defined(__CUDA_ARCH__)
+    uint32_t v = __funnelshift_r(raw0, raw1, shift);
+#else
+    uint32_t v = uint32_t(((uint64_t(raw1) << 32) | raw0) >> shift);
+#endif
+    if (pos + 4 > size) v = pos >= size ? 0u : v & (0xffffffffu >> (8 * (pos + 4 - size)));
+    raw0 = raw1;
+    raw1 = raw2;
+    raw2 = Word(wi + 3);
+    ++wi;
+    return v;
+  }
 };
 
 // Decodes one symbol; needs >= kMaxBits bits in the reader. Returns -1 for a bit pattern that is
@@ -655,7 +671,6 @@ KVTC_HD_INLINE int DecodeSym(BitReader& br, const DecodeTable<kBits, kSyms>& t) 
 // Decoder state of one chunk (in shared memory on the GPU, one per warp).
 struct InflateState {
   LitTable lit;
-  uint32_t lit_pairs[1 << kLitTableBits];  // FillLiteralPairs
   DistTable dist;
   PreTable pre;
   uint8_t lens[288 + 32];
@@ -781,16 +796,6 @@ KVTC_HD inline void DecodeBlock(InflateState& st, uint8_t* __restrict__ out, uin
       status = kInflateTruncated;
       break;
     }
-    // Fast path: two literals at once (same bits, same output, same errors as two single steps;
-    // near the end of the output the single path reports an overflow exactly as before).
-    const uint32_t pair = st.lit_pairs[br.Peek(kLitTableBits)];
-    if (pair && out_size - op >= 2) {
-      out[op] = uint8_t(pair);
-      out[op + 1] = uint8_t(pair >> 8);
-      op += 2;
-      br.Drop(int(pair >> 16));
-      continue;
-    }
     int sym = DecodeSym(br, st.lit);
     if (sym < 256) {
       if (sym < 0) {
@@ -869,7 +874,6 @@ KVTC_HD inline int32_t InflateChunk(const uint8_t* in, uint32_t in_size, uint8_t
     if (phase == 1) {
       FillTable(st.lens, st.lit, lane, nlanes);
       FillTable(st.lens + 288, st.dist, lane, nlanes);
-      FillLiteralPairs(st.lit, st.lit_pairs, lane, nlanes);
       if (lane == 0) detail::DecodeBlock(st, out, out_size);
       KVTC_SYNCWARP();
     }
@@ -897,39 +901,29 @@ KVTC_HD inline int32_t DecodeLiteralRun(const uint8_t* in, uint32_t in_size, uin
   // Whole 32-bit words go out when `out` is word-aligned: a quarter of the stores, and the lanes of
   // a warp write 32 different places at once.
   const bool words = (reinterpret_cast<uintptr_t>(out) & 3) == 0;
-  uint64_t acc = 0;
+  uint32_t acc = 0;
   int pending = 0;
   uint32_t op = 0;
-  auto emit = [&](uint32_t v, int n) {
+  auto emit = [&](uint32_t v) {
     if (words) {
-      acc |= uint64_t(v) << (8 * pending);
-      pending += n;
-      if (pending >= 4) {
-        *reinterpret_cast<uint32_t*>(out + op) = uint32_t(acc);
-        acc >>= 32;
-        pending -= 4;
+      acc |= v << (8 * pending);
+      if (++pending == 4) {
+        *reinterpret_cast<uint32_t*>(out + op) = acc;
+        acc = 0;
+        pending = 0;
         op += 4;
       }
     } else {
       out[op++] = uint8_t(v);
-      if (n == 2) out[op++] = uint8_t(v >> 8);
     }
   };
-  for (uint32_t left = count; left > 0;) {
+  // One lookup per literal, no other branch than the rare long code (DecodeSym's slow path): the
+  // lanes of a warp decode different runs and wait for each other at every divergence.
+  for (uint32_t left = count; left > 0; --left) {
     if (!br.Need(kMaxBits)) return kInflateTruncated;
-    if (left >= 2) {
-      const uint32_t pair = st.lit_pairs[br.Peek(kLitTableBits)];
-      if (pair) {
-        emit(pair & 0xffffu, 2);
-        br.Drop(int(pair >> 16));
-        left -= 2;
-        continue;
-      }
-    }
     const int sym = DecodeSym(br, st.lit);
     if (sym < 0 || sym >= 256) return kInflateBadData;
-    emit(uint32_t(sym), 1);
-    --left;
+    emit(uint32_t(sym));
   }
   for (int k = 0; k < pending; ++k) out[op + k] = uint8_t(acc >> (8 * k));
   if (eob) {
@@ -979,7 +973,6 @@ KVTC_HD inline int32_t InflateChunkIndexed(const uint8_t* in, uint32_t in_size, 
     return kInflateBadData;
   }
   FillTable(st.lens, st.lit, lane, nlanes);
-  FillLiteralPairs(st.lit, st.lit_pairs, lane, nlanes);
   const uint64_t first = uint64_t(st.br.pos) * 8 - st.br.count;
   int32_t status = kInflateOk;
   for (uint32_t r = uint32_t(lane); r <= entry_count; r += uint32_t(nlanes)) {
