@@ -1959,6 +1959,10 @@ struct DecodeFlight {
   std::vector<CodedChunks> coded;       // per section (coded ones filled)
   std::vector<InflateTarget> targets;   // per section: where a coded one inflates
   std::vector<InflateLaunch> inflated;  // per section: what its inflater was given
+  // One inflate launch for all the record's coded sections (RecordInflate) instead of one per
+  // section: its statuses sit in slot scratch 0 and `whole` says what it was given.
+  bool one_inflate = false;
+  InflateLaunch whole;
   std::vector<size_t> payload_at;       // per section: its payload's offset in the slot's payload buffer
   size_t row_bytes = 0;
   std::vector<size_t> image_at;  // per section: where its bytes start in the slot's device image
@@ -2013,9 +2017,34 @@ uint32_t StagedSectionCrc(uint8_t* staging, const uint8_t* record, const std::ve
 }
 
 // `f` names the target (keys_out/values_out, or paged and its span) before the call.
+// Coded section i of the record in flight, inflated into its payload: its reconstruction into the
+// slot's scratch, where the caller wants its rows (SectionTarget).
+void ReconstructSection(Context& ctx, const Calibration& c, const DeviceCalibration& dev, const DecodeFlight& f,
+                        size_t i, Profiler& prof) {
+  const Section& sec = f.h.sections[i];
+  const bool keys = IsKeys(sec);
+  int64_t lo, hi;
+  StreamRows out;
+  if (!SectionTarget(f, sec, lo, hi, out)) return;
+  const PlanPair& plan = c.plans[f.h.plan_id];
+  ReconstructStream(ctx, c, dev, keys ? plan.keys : plan.values, keys, f.targets[i].payload, sec.token_count,
+                    f.projection == Projection::kFp8, Bf16Reconstruction(f.h.kv_dtype), Scratch(f.slot, keys ? 0 : 1),
+                    prof);
+}
+
+// KVTC_DECODE_INFLATE=section (default) inflates each coded section as soon as it is on the
+// device, so the keys' inflation and reconstruction overlap the values' host-to-device copy;
+// =record waits for the whole record and inflates keys and values in one launch, twice the chunks
+// in flight for a latency-bound inflater (run j, call 24: one warp per scheduler on the 1B shape).
+bool RecordInflate() {
+  static const bool record = EnvChoice("KVTC_DECODE_INFLATE", {"section", "record"}) == 1;
+  return record;
+}
+
 void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& dev, const uint8_t* record, size_t size,
                   uint64_t expected_bytes, int slot, DecodeFlight& f) {
   f.slot = slot;
+  f.one_inflate = RecordInflate();
   KVTC_CUDA_CALL(cudaSetDevice(dev.device));
   f.prof = std::make_unique<Profiler>(ctx.stream);
   Profiler& prof = *f.prof;
@@ -2138,23 +2167,27 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
     }
     prof.lap(IsKeys(sec) ? "k.stage" : "v.stage");
     if (!IsCoded(sec.encoding)) continue;
+    f.targets[i] = {&f.coded[i], s0.payload.ptr + f.payload_at[i]};
+    if (f.one_inflate) continue;  // after the loop
     const bool keys = IsKeys(sec);
     KVTC_CUDA_CALL(cudaEventRecord(ctx.staged[slot], ctx.copy));
     KVTC_CUDA_CALL(cudaStreamWaitEvent(ctx.stream, ctx.staged[slot], 0));
-    f.targets[i] = {&f.coded[i], s0.payload.ptr + f.payload_at[i]};
     f.inflated[i] = LaunchInflate(ctx, Scratch(slot, keys ? 0 : 1), {f.targets[i]}, buf.image.ptr, s0.payload.ptr);
     prof.mark(keys ? "k.inflate" : "v.inflate");
     prof.lap(keys ? "k.launch" : "v.launch");
-    int64_t lo, hi;
-    StreamRows out;
-    if (SectionTarget(f, sec, lo, hi, out)) {
-      ReconstructStream(ctx, c, dev, keys ? plan.keys : plan.values, keys, f.targets[i].payload, sec.token_count,
-                        f.projection == Projection::kFp8, Bf16Reconstruction(f.h.kv_dtype), Scratch(slot, keys ? 0 : 1),
-                        prof);
-    }
+    ReconstructSection(ctx, c, dev, f, i, prof);
   }
   KVTC_CUDA_CALL(cudaEventRecord(ctx.staged[slot], ctx.copy));
   KVTC_CUDA_CALL(cudaStreamWaitEvent(ctx.stream, ctx.staged[slot], 0));
+  if (f.one_inflate) {
+    std::vector<InflateTarget> coded;
+    for (size_t i = 0; i < h.sections.size(); ++i)
+      if (IsCoded(h.sections[i].encoding)) coded.push_back(f.targets[i]);
+    f.whole = LaunchInflate(ctx, Scratch(slot, 0), coded, buf.image.ptr, s0.payload.ptr);
+    prof.mark("inflate");
+    for (size_t i = 0; i < h.sections.size(); ++i)
+      if (IsCoded(h.sections[i].encoding)) ReconstructSection(ctx, c, dev, f, i, prof);
+  }
   KVTC_CUDA_CALL(cudaEventRecord(ctx.reconstructed[slot], ctx.stream));
   prof.lap("launch");
 }
@@ -2164,10 +2197,16 @@ void FinishDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
   const RecordHeader& h = f.h;
   KVTC_CUDA_CALL(cudaEventSynchronize(ctx.reconstructed[f.slot]));
   prof.lap("inflate+reconstruct");
+  std::vector<InflateTarget> coded;
   for (size_t i = 0; i < h.sections.size(); ++i) {
-    if (IsCoded(h.sections[i].encoding))
+    if (!IsCoded(h.sections[i].encoding)) continue;
+    if (f.one_inflate) {
+      coded.push_back(f.targets[i]);
+    } else {
       CheckInflate(Scratch(f.slot, IsKeys(h.sections[i]) ? 0 : 1), {f.targets[i]}, f.inflated[i]);
+    }
   }
+  if (f.one_inflate) CheckInflate(Scratch(f.slot, 0), coded, f.whole);
   // Every check has passed: only now is a target row written.
   DecodeSlot& buf = DecodeSlotBuffers(f.slot);
   for (size_t i = 0; i < h.sections.size(); ++i) {

@@ -917,13 +917,19 @@ KVTC_HD inline int32_t DecodeLiteralRun(const uint8_t* in, uint32_t in_size, uin
       out[op++] = uint8_t(v);
     }
   };
-  // One lookup per literal, no other branch than the rare long code (DecodeSym's slow path): the
-  // lanes of a warp decode different runs and wait for each other at every divergence.
-  for (uint32_t left = count; left > 0; --left) {
-    if (!br.Need(kMaxBits)) return kInflateTruncated;
-    const int sym = DecodeSym(br, st.lit);
-    if (sym < 0 || sym >= 256) return kInflateBadData;
-    emit(uint32_t(sym));
+  // One lookup per literal, two literals per refill check, no other branch than the rare long
+  // code (DecodeSym's slow path): the lanes of a warp decode different runs and wait for each
+  // other at every divergence.
+  for (uint32_t left = count; left > 0;) {
+    if (!br.Need(2 * kMaxBits)) return kInflateTruncated;
+    const int first = DecodeSym(br, st.lit);
+    if (first < 0 || first >= 256) return kInflateBadData;
+    emit(uint32_t(first));
+    if (--left == 0) break;
+    const int second = DecodeSym(br, st.lit);
+    if (second < 0 || second >= 256) return kInflateBadData;
+    emit(uint32_t(second));
+    --left;
   }
   for (int k = 0; k < pending; ++k) out[op + k] = uint8_t(acc >> (8 * k));
   if (eob) {
