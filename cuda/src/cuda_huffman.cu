@@ -3,7 +3,8 @@
 // Encode: one 256-thread block per chunk. Per-warp shared-memory byte histograms; symbols
 // ranked by (frequency, symbol) in parallel; the length-limited code and the block header as
 // PlanBlock (the host reference) makes them, its serial steps in one thread and the others (the
-// tree's depths, the lengths, the canonical codes, the counts) over the block (BlockPlan); then
+// tree's depths, the lengths, the canonical codes, the counts, the header's run-length items)
+// over the block (BlockPlan); then
 // the literals in tiles of 4096 bytes: each thread codes 16 bytes, a block-wide exclusive scan
 // gives its bit offset, bits go into a shared staging buffer with atomicOr, full 32-bit words are
 // copied to the chunk's slot coalesced and the partial word carries over to the next tile.
@@ -34,6 +35,7 @@ struct EncodeShared {
   uint32_t next_code[kMaxBits + 1];  // first canonical code per length
   unsigned long long literal_bits;
   int m, maxdepth, top, nr;
+  uint32_t prefix_bits;  // the header before its run-length items (WriteHeaderPrefix)
   int stored;
 };
 
@@ -87,10 +89,22 @@ __device__ int BlockTreeDepths(int m, TreeScratch& tree, EncodeShared& sh) {
   return sh.maxdepth;
 }
 
+// ORs the n <= 32 bits of `value` into zeroed shared words at bit `at` (other threads write the
+// bits around them).
+__device__ __forceinline__ void OrBits(uint32_t* words, uint32_t at, uint32_t value, int n) {
+  if (n == 0) return;
+  const uint32_t w = at >> 5, shift = at & 31;
+  atomicOr(&words[w], value << shift);
+  if (shift + n > 32) atomicOr(&words[w + 1], value >> (32 - shift));
+}
+
 // PlanBlock (cuda_huffman.h) with the block's threads where the steps allow: the same lengths,
 // codes and header, bit for bit (huffman_gpu_check compares every chunk with the host reference).
 // One thread runs only the steps that are serial by nature (the two-queue tree, the depth limit,
-// the run-length codes, the header's bits). `used` symbols are ranked in s.order.
+// the run-length codes, the 19-symbol code-length code and the header's fixed fields); the
+// header's run-length items are placed by a block scan (run j, call 24: the block waited at a
+// barrier for thread 0's header in 20 % of the encode's stall samples). `used` symbols are
+// ranked in s.order.
 __device__ void BlockPlan(EncodeShared& sh, int used) {
   const int t = threadIdx.x;
   EncodeScratch& s = sh.scratch;
@@ -133,9 +147,27 @@ __device__ void BlockPlan(EncodeShared& sh, int used) {
   __syncthreads();
   if (t == 0) sh.nr = RunLengths(s);
   __syncthreads();
-  for (int i = t; i < sh.nr; i += kEncThreads) atomicAdd(&s.pre_freq[s.rle_sym[i]], 1u);
+  const int nr = sh.nr;
+  for (int i = t; i < nr; i += kEncThreads) atomicAdd(&s.pre_freq[s.rle_sym[i]], 1u);
   __syncthreads();
-  if (t == 0) WriteHeader(s, sh.nr, sh.literal_bits, sh.stage, sh.plan);
+  if (t == 0) sh.prefix_bits = WriteHeaderPrefix(s, sh.stage);
+  __syncthreads();
+  // WriteHeader's run-length items (up to 2 * kEncThreads), two per thread: a block scan of their
+  // bits places each, atomicOr writes it into the zeroed stage after the prefix.
+  static_assert(sizeof(EncodeScratch::rle_sym) <= 2 * kEncThreads, "two run-length items per thread");
+  const int a = 2 * t, b = a + 1;
+  int bits_a = 0, bits_b = 0;
+  const uint32_t item_a = a < nr ? RunItem(s, a, bits_a) : 0u, item_b = b < nr ? RunItem(s, b, bits_b) : 0u;
+  uint32_t offset, items_bits;
+  cub::BlockScan<uint32_t, kEncThreads>(sh.scan).ExclusiveSum(uint32_t(bits_a + bits_b), offset, items_bits);
+  const uint32_t at = sh.prefix_bits + offset;
+  OrBits(sh.stage, at, item_a, bits_a);
+  OrBits(sh.stage, at + bits_a, item_b, bits_b);
+  if (t == 0) {
+    sh.plan.header_bits = sh.prefix_bits + items_bits;
+    sh.plan.total_bits = sh.literal_bits + sh.plan.header_bits;
+  }
+  __syncthreads();
 }
 
 // 16 bytes at in[at, at + 16) clipped to n, as four little-endian words (bytes past n are

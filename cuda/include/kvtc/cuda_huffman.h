@@ -317,10 +317,21 @@ struct WordWriter {
   }
 };
 
-// The code-length code (from s.pre_freq, the counts of s.rle_sym) and the block header into
-// `header` (zeroed, kHeaderWords words); plan.header_bits, and plan.total_bits = literal_bits +
-// header.
-KVTC_HD inline void WriteHeader(EncodeScratch& s, int nr, uint64_t literal_bits, uint32_t* header, EncodePlan& plan) {
+// Extra bits after a code-length code: 2 for 16 (repeat the last length), 3 for 17, 7 for 18
+// (runs of zeros).
+KVTC_HD_INLINE int RunExtraBits(int sym) { return sym == 16 ? 2 : sym == 17 ? 3 : sym == 18 ? 7 : 0; }
+
+// Run-length item i of the header: its precode code with the extra bits above it, and their bits.
+KVTC_HD_INLINE uint32_t RunItem(const EncodeScratch& s, int i, int& bits) {
+  const int sym = s.rle_sym[i];
+  bits = s.pre_lens[sym] + RunExtraBits(sym);
+  return uint32_t(s.pre_codes[sym]) | uint32_t(s.rle_extra[i]) << s.pre_lens[sym];
+}
+
+// The code-length code (from s.pre_freq, the counts of s.rle_sym) and the header up to the
+// run-length items (BFINAL, BTYPE, HLIT, HDIST, HCLEN, the code-length code's lengths) into
+// `header` (zeroed, kHeaderWords words). Returns its bits.
+KVTC_HD inline uint32_t WriteHeaderPrefix(EncodeScratch& s, uint32_t* header) {
   int pm = SortUsed(s.pre_freq, 19, s.pre_order);
   pm = PadOrder(s.pre_order, pm, 19);
   for (int i = 0; i < 19; ++i) s.pre_lens[i] = 0;
@@ -336,12 +347,20 @@ KVTC_HD inline void WriteHeader(EncodeScratch& s, int nr, uint64_t literal_bits,
   w.Put(1 - 1, 5);
   w.Put(uint32_t(hclen - 4), 4);
   for (int i = 0; i < hclen; ++i) w.Put(s.pre_lens[kPermutation[i]], 3);
+  w.Flush();
+  return w.bits;
+}
+
+// The whole block header: WriteHeaderPrefix, then the nr run-length items (the GPU encoder writes
+// those with its threads, BlockPlan); plan.header_bits, and plan.total_bits = literal_bits +
+// header.
+KVTC_HD inline void WriteHeader(EncodeScratch& s, int nr, uint64_t literal_bits, uint32_t* header, EncodePlan& plan) {
+  const uint32_t prefix = WriteHeaderPrefix(s, header);
+  WordWriter w{header, prefix, prefix & 31 ? header[prefix >> 5] : 0u};
   for (int i = 0; i < nr; ++i) {
-    const int sym = s.rle_sym[i];
-    w.Put(s.pre_codes[sym], s.pre_lens[sym]);
-    if (sym == 16) w.Put(s.rle_extra[i], 2);
-    if (sym == 17) w.Put(s.rle_extra[i], 3);
-    if (sym == 18) w.Put(s.rle_extra[i], 7);
+    int bits;
+    const uint32_t item = RunItem(s, i, bits);
+    w.Put(item, bits);
   }
   w.Flush();
   plan.header_bits = w.bits;
