@@ -12,6 +12,11 @@
 #                           (8K tokens, batch 1) of SHAPE, as ncu-SHAPE[-TAG].csv inside logs.tgz
 #                           (the device tool returns few files; after a stage that built the addon;
 #                           table: python3 scripts/ncu-table.py FILE)
+#   coder_ab OLD_DIR        kvtc's DEFLATE coder, old against new: huffman_gpu_check (bit checks and
+#                           its micro-benchmark) built from OLD_DIR/include and OLD_DIR/src/cuda_huffman.cu
+#                           (e.g. .gpu/old, filled with `git show REV:cuda/...`) and from the tree,
+#                           run one after the other, logs as huffman-gpu-check-{old,new}.log inside
+#                           logs.tgz (calls 17 and 26-28 spelled this out)
 # On exit the bench JSONs and a tarball of the logs are copied to the device tool's $OUT.
 set -uo pipefail
 R=$OUT
@@ -50,4 +55,23 @@ ncu_kernels() {
     node dist/src/main.js bench codec --backend cuda --json --reps 1 --shape "$shape" --tokens 8192 --batch 1 \
     > "$OUT/$name.csv" 2> "$OUT/$name.err"
   echo "rc $? $(wc -l < "$OUT/$name.csv") lines"
+}
+coder_ab() {
+  local old=$1 w=/tmp/kvtc-gpu v
+  mkdir -p "$w/nvcomp" "$w/sys"
+  [ -f "$w/nvcomp/lib64/libnvcomp.so.6" ] || tar -C "$w/nvcomp" -xJf .gpu/nvcomp.tar.xz
+  [ -f "$w/sys/lib/libdeflate.so" ] || tar -C "$w/sys" -xJf .gpu/sys.tar.xz
+  local build=(/usr/local/cuda/bin/nvcc -O3 -std=c++17 -arch=sm_90 -fmad=false --expt-relaxed-constexpr
+    -I"$w/nvcomp/include" -I"$w/sys/include" cuda/tools/huffman_gpu_check.cu -L"$w/nvcomp/lib64" -lnvcomp
+    -L"$w/sys/lib" -ldeflate)
+  stage "huffman_gpu_check: build old ($old) and new"
+  "${build[@]}" -I"$old/include" "$old/src/cuda_huffman.cu" -o "$w/check-old" &
+  "${build[@]}" -Icuda/include cuda/src/cuda_huffman.cu -o "$w/check-new"
+  wait
+  for v in old new; do
+    stage "huffman_gpu_check $v"
+    LD_LIBRARY_PATH=$w/sys/lib:$w/nvcomp/lib64 timeout "$(left)" "$w/check-$v" > "$OUT/huffman-gpu-check-$v.log" 2>&1
+    echo "rc $?"
+    grep "indexed streams\|encode:\|^bench\|checks passed\|FAIL" "$OUT/huffman-gpu-check-$v.log" | tail -n 10
+  done
 }
