@@ -2016,7 +2016,6 @@ uint32_t StagedSectionCrc(uint8_t* staging, const uint8_t* record, const std::ve
   return Crc32cCombine(Crc32c(record + sec.offset, table), chunks, sec.stored_bytes - table);
 }
 
-// `f` names the target (keys_out/values_out, or paged and its span) before the call.
 // Coded section i of the record in flight, inflated into its payload: its reconstruction into the
 // slot's scratch, where the caller wants its rows (SectionTarget).
 void ReconstructSection(Context& ctx, const Calibration& c, const DeviceCalibration& dev, const DecodeFlight& f,
@@ -2041,6 +2040,15 @@ bool RecordInflate() {
   return record;
 }
 
+// The targets of the record's coded sections, in record order.
+std::vector<InflateTarget> CodedTargets(const DecodeFlight& f) {
+  std::vector<InflateTarget> coded;
+  for (size_t i = 0; i < f.h.sections.size(); ++i)
+    if (IsCoded(f.h.sections[i].encoding)) coded.push_back(f.targets[i]);
+  return coded;
+}
+
+// `f` names the target (keys_out/values_out, or paged and its span) before the call.
 void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& dev, const uint8_t* record, size_t size,
                   uint64_t expected_bytes, int slot, DecodeFlight& f) {
   f.slot = slot;
@@ -2180,10 +2188,7 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
   KVTC_CUDA_CALL(cudaEventRecord(ctx.staged[slot], ctx.copy));
   KVTC_CUDA_CALL(cudaStreamWaitEvent(ctx.stream, ctx.staged[slot], 0));
   if (f.one_inflate) {
-    std::vector<InflateTarget> coded;
-    for (size_t i = 0; i < h.sections.size(); ++i)
-      if (IsCoded(h.sections[i].encoding)) coded.push_back(f.targets[i]);
-    f.whole = LaunchInflate(ctx, Scratch(slot, 0), coded, buf.image.ptr, s0.payload.ptr);
+    f.whole = LaunchInflate(ctx, Scratch(slot, 0), CodedTargets(f), buf.image.ptr, s0.payload.ptr);
     prof.mark("inflate");
     for (size_t i = 0; i < h.sections.size(); ++i)
       if (IsCoded(h.sections[i].encoding)) ReconstructSection(ctx, c, dev, f, i, prof);
@@ -2197,16 +2202,13 @@ void FinishDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
   const RecordHeader& h = f.h;
   KVTC_CUDA_CALL(cudaEventSynchronize(ctx.reconstructed[f.slot]));
   prof.lap("inflate+reconstruct");
-  std::vector<InflateTarget> coded;
-  for (size_t i = 0; i < h.sections.size(); ++i) {
-    if (!IsCoded(h.sections[i].encoding)) continue;
-    if (f.one_inflate) {
-      coded.push_back(f.targets[i]);
-    } else {
-      CheckInflate(Scratch(f.slot, IsKeys(h.sections[i]) ? 0 : 1), {f.targets[i]}, f.inflated[i]);
-    }
+  if (f.one_inflate) {
+    CheckInflate(Scratch(f.slot, 0), CodedTargets(f), f.whole);
+  } else {
+    for (size_t i = 0; i < h.sections.size(); ++i)
+      if (IsCoded(h.sections[i].encoding))
+        CheckInflate(Scratch(f.slot, IsKeys(h.sections[i]) ? 0 : 1), {f.targets[i]}, f.inflated[i]);
   }
-  if (f.one_inflate) CheckInflate(Scratch(f.slot, 0), coded, f.whole);
   // Every check has passed: only now is a target row written.
   DecodeSlot& buf = DecodeSlotBuffers(f.slot);
   for (size_t i = 0; i < h.sections.size(); ++i) {
