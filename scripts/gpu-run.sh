@@ -3,7 +3,7 @@
 # unpacks Node.js and the libraries, builds the addon with CUDA, runs the GPU tests (and the
 # memcheck/racecheck sanitizers on them), then the GPU benchmark. Results go to $OUT (or ./out).
 #   bash scripts/gpu-run.sh [test|e2e|bench|all]   (default all)
-# Environment: SANITIZERS (default "memcheck racecheck"; empty: none), REPS, BENCH_SHAPES (default
+# Environment: SANITIZERS (default "memcheck racecheck"; empty: none), REPS, BENCH_PROCS, BENCH_SHAPES (default
 # "8b smollm2 1b"), BENCH_ARGS (more flags of `bench codec`, e.g. "--tokens 8192 --paged" or
 # "--rank-cap 6144"),
 # BENCH_TAG (suffix of the result file), OUT.
@@ -60,25 +60,38 @@ fi
 
 if [ "$what" = bench ] || [ "$what" = all ]; then
   # One bench process per shape (BENCH_SHAPES, default all three), merged into one JSON after
-  # each, so a shape that fails or runs out of time keeps the others' results.
+  # each, so a shape that fails or runs out of time keeps the others' results. BENCH_PROCS=N
+  # (default 1) runs the shapes N times over, each time in new processes, and reports per row the
+  # median over the processes with their range (`bench merge`): some processes run up to half as
+  # fast as others on the same code (docs/benchmarks.md, run k).
   echo "== GPU bench"
   merged="$OUT/gpu-bench${BENCH_TAG:-}.json"
-  rm -f "$merged"
-  for shape in ${BENCH_SHAPES:-8b smollm2 1b}; do
-    part="$W/bench-$shape.json"
-    if node dist/src/main.js bench codec --backend cuda --json --reps "${REPS:-5}" --shape "$shape" ${BENCH_ARGS:-} > "$part" 2> "$W/bench-$shape.err"; then
-      node -e '
-        const fs = require("fs");
-        const [merged, part] = process.argv.slice(1);
-        const p = JSON.parse(fs.readFileSync(part, "utf8"));
-        const m = fs.existsSync(merged) ? JSON.parse(fs.readFileSync(merged, "utf8")) : { ...p, results: [] };
-        m.results.push(...p.results);
-        fs.writeFileSync(merged, JSON.stringify(m));
-      ' "$merged" "$part"
-    else
-      echo "bench $shape FAILED:"; tail -n 3 "$W/bench-$shape.err"
-    fi
+  rm -f "$merged" "$W"/bench-proc-*.json
+  procs=${BENCH_PROCS:-1}
+  for proc in $(seq 1 "$procs"); do
+    for shape in ${BENCH_SHAPES:-8b smollm2 1b}; do
+      part="$W/bench-$shape.json"
+      if node dist/src/main.js bench codec --backend cuda --json --reps "${REPS:-5}" --shape "$shape" ${BENCH_ARGS:-} > "$part" 2> "$W/bench-$shape.err"; then
+        node -e '
+          const fs = require("fs");
+          const [merged, part] = process.argv.slice(1);
+          const p = JSON.parse(fs.readFileSync(part, "utf8"));
+          const m = fs.existsSync(merged) ? JSON.parse(fs.readFileSync(merged, "utf8")) : { ...p, results: [] };
+          m.results.push(...p.results);
+          fs.writeFileSync(merged, JSON.stringify(m));
+        ' "$W/bench-proc-$proc.json" "$part"
+      else
+        echo "bench $shape FAILED:"; tail -n 3 "$W/bench-$shape.err"
+      fi
+    done
   done
+  procs_done=("$W"/bench-proc-*.json)
+  if [ "$procs" -gt 1 ] && [ -f "${procs_done[0]}" ]; then
+    node dist/src/main.js bench merge --json "${procs_done[@]}" > "$merged"
+    node dist/src/main.js bench merge "${procs_done[@]}"
+  elif [ -f "${procs_done[0]}" ]; then
+    cp "${procs_done[0]}" "$merged"
+  fi
   [ -f "$merged" ] && node -e '
     const r = require(process.argv[1]);
     console.log(`${r.gpu} ${r.date}`);

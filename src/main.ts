@@ -6,7 +6,7 @@ import { resolve } from 'node:path';
 
 import { inspectRecord } from './codec/codec.js';
 import type { GpuProjection } from './codec/paged.js';
-import { isKvtcError } from './core/errors.js';
+import { isKvtcError, KvtcError } from './core/errors.js';
 import { runCalibrate } from './cli/calibrate.js';
 import { runRoundtrip } from './cli/roundtrip.js';
 import { runServe } from './cli/serve.js';
@@ -235,6 +235,28 @@ bench
     const r = benchHost({ sizes, reps: o.reps, progress: progress.update });
     progress.stop();
     process.stdout.write((o.json ? JSON.stringify(r) : hostTable(r)) + '\n');
+  });
+
+bench
+  .command('merge')
+  .description(
+    'merge `bench codec --json` outputs of the same code and settings, one per process: per row the median over the processes, with their range',
+  )
+  .argument('<files...>', 'bench codec JSON files')
+  .option('--json', "print one JSON object (the first file's, rows merged, with processes and the per-process samples)")
+  .action(async (files: string[], o) => {
+    const { mergeRuns, mergedTable } = await import('../bench/merge.js');
+    const runs = await Promise.all(
+      files.map(async (f) => {
+        try {
+          return JSON.parse(await readFile(f, 'utf8'));
+        } catch (err) {
+          throw new KvtcError('ERR_KVTC_INVALID_ARGUMENT', `${f}: not a bench JSON (${(err as Error).message})`);
+        }
+      }),
+    );
+    const merged = mergeRuns(runs);
+    process.stdout.write((o.json ? JSON.stringify(merged) : mergedTable(merged.results)) + '\n');
   });
 
 bench
