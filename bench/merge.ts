@@ -64,8 +64,9 @@ function rowKey(r: BenchRow): string {
 
 /**
  * Merges runs of the same backend and settings; rows are matched by what they measure (shape,
- * tokens, batch, ...) and keep the first run's order (rows only some runs have come last, merged
- * over the runs that have them). Throws on runs that are not comparable.
+ * tokens, batch, ...) and keep the order they first appear in (rows only some runs have are
+ * merged over the runs that have them, so runs of different shapes simply add up). `processes`:
+ * the most runs any row was merged from. Throws on runs that are not comparable.
  */
 export function mergeRuns(runs: BenchRun[]): BenchRun & { processes: number; results: MergedRow[] } {
   const refuse = (message: string) => new KvtcError('ERR_KVTC_INVALID_ARGUMENT', message);
@@ -104,7 +105,7 @@ export function mergeRuns(runs: BenchRun[]): BenchRun & { processes: number; res
     }
     results.push(merged);
   }
-  return { ...first, processes: runs.length, results };
+  return { ...first, processes: Math.max(...results.map((r) => r.processes)), results };
 }
 
 /** A markdown table of merged rows: each figure is the median, with the processes' range. */

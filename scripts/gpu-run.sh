@@ -59,38 +59,30 @@ if [ "$what" = e2e ] || [ "$what" = all ]; then
 fi
 
 if [ "$what" = bench ] || [ "$what" = all ]; then
-  # One bench process per shape (BENCH_SHAPES, default all three), merged into one JSON after
-  # each, so a shape that fails or runs out of time keeps the others' results. BENCH_PROCS=N
-  # (default 1) runs the shapes N times over, each time in new processes, and reports per row the
-  # median over the processes with their range (`bench merge`): some processes run up to half as
-  # fast as others on the same code (docs/benchmarks.md, run k).
+  # One bench process per shape (BENCH_SHAPES, default all three), each kept as it finishes, so
+  # a shape that fails or runs out of time keeps the others' results; merged into one JSON by
+  # `bench merge`. BENCH_PROCS=N (default 1) runs the shapes N times over, each time in new
+  # processes, and the merge reports per row the median over the processes with their range: some
+  # processes run up to half as fast as others on the same code (docs/benchmarks.md, run k).
   echo "== GPU bench"
   merged="$OUT/gpu-bench${BENCH_TAG:-}.json"
-  rm -f "$merged" "$W"/bench-proc-*.json
+  rm -f "$merged" "$W"/bench-part-*.json
   procs=${BENCH_PROCS:-1}
+  parts=()
   for proc in $(seq 1 "$procs"); do
     for shape in ${BENCH_SHAPES:-8b smollm2 1b}; do
-      part="$W/bench-$shape.json"
-      if node dist/src/main.js bench codec --backend cuda --json --reps "${REPS:-5}" --shape "$shape" ${BENCH_ARGS:-} > "$part" 2> "$W/bench-$shape.err"; then
-        node -e '
-          const fs = require("fs");
-          const [merged, part] = process.argv.slice(1);
-          const p = JSON.parse(fs.readFileSync(part, "utf8"));
-          const m = fs.existsSync(merged) ? JSON.parse(fs.readFileSync(merged, "utf8")) : { ...p, results: [] };
-          m.results.push(...p.results);
-          fs.writeFileSync(merged, JSON.stringify(m));
-        ' "$W/bench-proc-$proc.json" "$part"
+      part="$W/bench-part-$shape-$proc.json"
+      if node dist/src/main.js bench codec --backend cuda --json --reps "${REPS:-5}" --shape "$shape" ${BENCH_ARGS:-} > "$W/bench-$shape.json" 2> "$W/bench-$shape.err"; then
+        mv "$W/bench-$shape.json" "$part"
+        parts+=("$part")
       else
         echo "bench $shape FAILED:"; tail -n 3 "$W/bench-$shape.err"
       fi
     done
   done
-  procs_done=("$W"/bench-proc-*.json)
-  if [ "$procs" -gt 1 ] && [ -f "${procs_done[0]}" ]; then
-    node dist/src/main.js bench merge --json "${procs_done[@]}" > "$merged"
-    node dist/src/main.js bench merge "${procs_done[@]}"
-  elif [ -f "${procs_done[0]}" ]; then
-    cp "${procs_done[0]}" "$merged"
+  if [ ${#parts[@]} -gt 0 ]; then
+    node dist/src/main.js bench merge --json "${parts[@]}" > "$merged"
+    if [ "$procs" -gt 1 ]; then node dist/src/main.js bench merge "${parts[@]}"; fi
   fi
   [ -f "$merged" ] && node -e '
     const r = require(process.argv[1]);

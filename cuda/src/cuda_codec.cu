@@ -302,6 +302,19 @@ __global__ void PrepareVecKernel(Rows in, int64_t tokens, int heads, int head_di
   if (amax) GatherRowMax(row_max, t0, tokens, amax);
 }
 
+// An epilogue's per-feature terms of the kVec features from f: the mean, and the fp8
+// projection's column scales (ones without them).
+__device__ __forceinline__ void LoadMeanScale8(const float* __restrict__ mean, const float* __restrict__ col_scale,
+                                               int f, float (&m)[kVec], float (&c)[kVec]) {
+  Load8(mean + f, m);
+  if (col_scale) {
+    Load8(col_scale + f, c);
+  } else {
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) c[i] = 1.0f;
+  }
+}
+
 // FinishKernel, kVec features per thread (grid: RowGrid(hi - lo, p / kVec)).
 template <typename T, typename In, typename Rows>
 __global__ void FinishVecKernel(const In* __restrict__ in, int64_t lo, int64_t hi, int heads, int head_dim,
@@ -314,14 +327,8 @@ __global__ void FinishVecKernel(const In* __restrict__ in, int64_t lo, int64_t h
   const RopeVector r(f0, head_dim, rotary_dim, neox, table != nullptr);
   const bool pair_vector = r.rotate && neox;  // the partners are another vector
   float m[kVec], mp[kVec], c[kVec], cp[kVec];
-  Load8(mean + f0, m);
-  if (pair_vector) Load8(mean + r.partner0, mp);
-#pragma unroll
-  for (int i = 0; i < kVec; ++i) c[i] = cp[i] = 1.0f;
-  if (col_scale) {
-    Load8(col_scale + f0, c);
-    if (pair_vector) Load8(col_scale + r.partner0, cp);
-  }
+  LoadMeanScale8(mean, col_scale, f0, m, c);
+  if (pair_vector) LoadMeanScale8(mean, col_scale, r.partner0, mp, cp);
   T* at = out.FeatureBase(f0);
   const int half = rotary_dim / 2;
   const int64_t t0 = lo + int64_t(blockIdx.x) * kRowsPerThread;
@@ -441,14 +448,8 @@ __global__ void __launch_bounds__(kThreads, 3)
   if (v >= p / (2 * kVec)) return;
   const PairVector r(v, head_dim);
   float m0[kVec], m1[kVec], c0[kVec], c1[kVec];
-  Load8(mean + r.f0, m0);
-  Load8(mean + r.f1, m1);
-#pragma unroll
-  for (int i = 0; i < kVec; ++i) c0[i] = c1[i] = 1.0f;
-  if (col_scale) {
-    Load8(col_scale + r.f0, c0);
-    Load8(col_scale + r.f1, c1);
-  }
+  LoadMeanScale8(mean, col_scale, r.f0, m0, c0);
+  LoadMeanScale8(mean, col_scale, r.f1, m1, c1);
   T* a_at = out.FeatureBase(r.f0);
   T* b_at = out.FeatureBase(r.f1);
   const int64_t t0 = lo + int64_t(blockIdx.x) * kRowsPerThread;
