@@ -9,6 +9,8 @@
 #include <cuda_runtime.h>
 #include <nvcomp/deflate.h>
 
+#include <cub/block/block_scan.cuh>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -755,8 +757,8 @@ std::vector<SmallSegment> SmallSegments(const std::vector<GroupDesc>& groups, si
   return out;
 }
 
-// Copies chunk c's sizes[c] bytes from srcs[c] to dsts[c]: compaction of DEFLATE slots into a
-// record (encode) and placement of stored chunks into the payload (decode), one launch for all.
+// Copies chunk c's sizes[c] bytes from srcs[c] to dsts[c]: a decode's placement of stored chunks
+// into the payload, one launch for all.
 __global__ void CopyChunksKernel(const uint8_t* const* __restrict__ srcs, uint8_t* const* __restrict__ dsts,
                                  const size_t* __restrict__ sizes) {
   const size_t c = blockIdx.x;
@@ -764,6 +766,65 @@ __global__ void CopyChunksKernel(const uint8_t* const* __restrict__ srcs, uint8_
   uint8_t* dst = dsts[c];
   const size_t n = sizes[c];
   for (size_t i = threadIdx.x; i < n; i += blockDim.x) dst[i] = src[i];
+}
+
+// Record offsets of a stream's chunks, one block: at[c] = the bytes of chunks 0..c-1 as the record
+// stores them (the DEFLATE slot, or the raw chunk when coding did not shrink it: LayoutChunks'
+// rule, which the host applies to the same sizes), at[chunks] = all of them.
+constexpr int kOffsetThreads = 1024;
+__device__ __forceinline__ size_t StoredChunkBytes(const size_t* coded, size_t c, size_t chunk_bytes,
+                                                   size_t payload_bytes) {
+  const size_t raw = min(chunk_bytes, payload_bytes - c * chunk_bytes);
+  return coded[c] >= raw ? raw : coded[c];
+}
+__global__ void __launch_bounds__(kOffsetThreads) ChunkOffsetsKernel(const size_t* __restrict__ coded, size_t chunks,
+                                                                     size_t chunk_bytes, size_t payload_bytes,
+                                                                     uint64_t* __restrict__ at) {
+  using Scan = cub::BlockScan<uint64_t, kOffsetThreads>;
+  __shared__ typename Scan::TempStorage scan;
+  const size_t per = (chunks + kOffsetThreads - 1) / kOffsetThreads;
+  const size_t lo = min(chunks, threadIdx.x * per), hi = min(chunks, lo + per);
+  uint64_t mine = 0;
+  for (size_t c = lo; c < hi; ++c) mine += StoredChunkBytes(coded, c, chunk_bytes, payload_bytes);
+  uint64_t before = 0, total = 0;
+  Scan(scan).ExclusiveSum(mine, before, total);
+  for (size_t c = lo; c < hi; ++c) {
+    at[c] = before;
+    before += StoredChunkBytes(coded, c, chunk_bytes, payload_bytes);
+  }
+  if (threadIdx.x == 0) at[chunks] = total;
+}
+
+// Packs chunk c = blockIdx.x at dst + at[c], on the job's stream right after the coder, so that
+// the host's read back is copy-engine transfers that need no SM (a compaction kernel on the copy
+// stream waited for the values' GEMM to give up the SMs: run k's 8B encode read its keys back in
+// 1.0 ms against 0.6 for the values). The destination's interior words are written whole, each
+// from two aligned source words (a slot or a raw chunk at a 4-byte aligned address; the payload's
+// and the slots' 4 padding bytes keep the last load inside them; other sources byte by byte); the
+// up to 3 bytes at each end, which share a word with the neighbouring chunk, byte by byte.
+__global__ void PackChunksKernel(const uint8_t* __restrict__ slots, size_t max_out, const uint8_t* __restrict__ payload,
+                                 size_t chunk_bytes, size_t payload_bytes, const size_t* __restrict__ coded,
+                                 const uint64_t* __restrict__ at, uint8_t* __restrict__ dst) {
+  const size_t c = blockIdx.x;
+  const size_t raw = min(chunk_bytes, payload_bytes - c * chunk_bytes);
+  const uint8_t* src = coded[c] >= raw ? payload + c * chunk_bytes : slots + c * max_out;
+  const uint64_t d0 = at[c], n = at[c + 1] - d0;
+  uint8_t* out = dst + d0;
+  if ((reinterpret_cast<uintptr_t>(src) & 3) != 0) {
+    for (uint64_t i = threadIdx.x; i < n; i += blockDim.x) out[i] = src[i];
+    return;
+  }
+  const uint32_t head = uint32_t(min(n, uint64_t((4 - (d0 & 3)) & 3)));
+  const uint64_t words = (n - head) / 4, tail = head + 4 * words;
+  if (threadIdx.x < head) out[threadIdx.x] = src[threadIdx.x];
+  if (threadIdx.x < n - tail) out[tail + threadIdx.x] = src[tail + threadIdx.x];
+  const uint32_t* s32 = reinterpret_cast<const uint32_t*>(src);
+  uint32_t* o32 = reinterpret_cast<uint32_t*>(out + head);
+  for (uint64_t w = threadIdx.x; w < words; w += blockDim.x) {
+    // Destination word w holds source bytes head + 4w .. + 3: the tail of source word w (head < 4)
+    // and the head of word w + 1.
+    o32[w] = head ? __funnelshift_r(s32[w], s32[w + 1], 8 * head) : s32[w];
+  }
 }
 
 // ---- host helpers --------------------------------------------------------------------------
@@ -792,13 +853,46 @@ size_t SmallGroupsFirst(std::vector<GroupDesc>& groups) {
 
 size_t Elem(KvDtype d) { return DtypeBytes(d); }
 
+// Environment variable `name` as a whole number of MiB from 0 to 4096, in bytes (`fallback` MiB
+// when unset or empty; anything else is kInvalidArgument).
+uint64_t EnvMiB(const char* name, long fallback) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return uint64_t(fallback) << 20;
+  char* end = nullptr;
+  const long mb = std::strtol(v, &end, 10);
+  KVTC_CHECK(*end == '\0' && mb >= 0 && mb <= 4096, kInvalidArgument,
+             name << " must be a whole number of MiB from 0 to 4096");
+  return uint64_t(mb) << 20;
+}
+
+// Host copies overlapped with the transfers they drain or feed, in slices (0, the default: whole
+// sections). An encode's read back (KVTC_READBACK_SLICE_MB) copies each slice into the record with
+// its CRC while the next is in flight, so that only the last slice's copy follows the last
+// transfer; only the job's last sequence does so (FinishEncode), the one whose read back nothing
+// else hides. A restore's staging (KVTC_STAGE_SLICE_MB) sends each slice of a section as soon as it
+// is staged. Measured on an H200 (run l, 8B 8K, medians over processes of one call): 4 MiB read-back
+// slices gave batch 1 214.3 / 214.0 GB/s against 208.3 / 209.5 whole (calls 33 / 34), but batch 8
+// 196.9 (every sequence sliced) / 206.3 (the last only) against 231.5 / 222.1 (not explained);
+// 4 MiB staging slices no gain (batch 1 decode 181.4 / 192.1 against 188.1 / 189.8, batch 8
+// about 1.5 % lower). A read-back round is cut into at most kReadSlices slices (plus one per
+// section), larger ones for a larger round.
+constexpr uint64_t kReadSlices = 32;
+uint64_t ReadBackSlice() {
+  static const uint64_t bytes = EnvMiB("KVTC_READBACK_SLICE_MB", 0);
+  return bytes;
+}
+uint64_t StageSlice() {
+  static const uint64_t bytes = EnvMiB("KVTC_STAGE_SLICE_MB", 0);
+  return bytes;
+}
+
 struct Context {
   int device = 0;
   cudaStream_t stream = nullptr;   // the job's compute
-  // An encode's read-back (compaction, device-to-host copy) of the keys runs here while the
-  // values are still being coded on `stream`; events order the two.
+  // An encode's read back (device-to-host copies, paged raw rows' gathers) of the keys runs here
+  // while the values are still being coded on `stream`; events order the two.
   cudaStream_t copy = nullptr;
-  cudaEvent_t keys_coded[2] = {}, values_coded[2] = {}, read_back = nullptr;  // per pipeline slot
+  cudaEvent_t keys_coded[2] = {}, values_coded[2] = {};  // per pipeline slot
   // A decode's host-to-device copies run on `copy` too, section by section as the host stages
   // them, while `stream` already inflates and reconstructs the keys. Per pipeline slot: the
   // sections copied so far are on the device (staged, recorded again after each), both streams
@@ -807,10 +901,20 @@ struct Context {
   cudaEvent_t staged[2] = {}, reconstructed[2] = {}, slot_free[2] = {};
   cublasHandle_t cublas = nullptr;
   LtHandle lt;  // the projection's GEMMs (cuBLASLt), set up on first use
+  // An encode round's read-back slices, one event each (created as needed; reused every round).
+  std::vector<cudaEvent_t> read_slices;
+  cudaEvent_t ReadEvent(size_t k) {
+    while (read_slices.size() <= k) {
+      cudaEvent_t e = nullptr;
+      KVTC_CUDA_CALL(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+      read_slices.push_back(e);
+    }
+    return read_slices[k];
+  }
   Context() {
     KVTC_CUDA_CALL(cudaGetDevice(&device));
     KVTC_CUDA_CALL(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-    // The copy stream's kernels (an encode's chunk compaction, raw gathers) are short and gate a
+    // The copy stream's kernels (a paged encode's raw gathers) are short and gate a
     // read back the host waits for: at the highest priority they run as soon as blocks of the
     // job stream's kernels retire, instead of after them (measured on an H200, 2026-11-30: an
     // 8B-shape encode's keys read back waited 4.1 ms behind the values' kernels).
@@ -822,7 +926,7 @@ struct Context {
     KVTC_CUBLAS_CALL(cublasSetStream(cublas, stream));
   }
   std::vector<cudaEvent_t*> Events() {
-    std::vector<cudaEvent_t*> all{&read_back};
+    std::vector<cudaEvent_t*> all;
     for (int i = 0; i < 2; ++i)
       for (cudaEvent_t* e : {&keys_coded[i], &values_coded[i], &staged[i], &reconstructed[i], &slot_free[i]})
         all.push_back(e);
@@ -832,6 +936,7 @@ struct Context {
     if (cublas) cublasDestroy(cublas);
     for (cudaEvent_t* e : Events())
       if (*e) cudaEventDestroy(*e);
+    for (cudaEvent_t e : read_slices) cudaEventDestroy(e);
     if (copy) cudaStreamDestroy(copy);
     if (stream) cudaStreamDestroy(stream);
   }
@@ -1047,9 +1152,12 @@ std::string DeviceName(int device) {
 namespace {
 
 // KVTC_PIN_RECORDS=1: records the CUDA backend writes live in page-locked memory
-// (record_memory.h), so restoring one is a DMA straight from it. Off by default: measured on an
-// H200 (2026-11-29, docs/benchmarks.md) it saved 2.5 ms of an 8B-shape 8K-token restore but cost
-// more on encode (page-locking each fresh block, and slower record writes even from the pool).
+// (record_memory.h), so restoring one is a DMA straight from it and an encode reads back straight
+// into it. Off by default: measured on an H200 (2026-11-29, docs/benchmarks.md) it saved 2.5 ms
+// of an 8B-shape 8K-token restore but cost more on encode (page-locking each fresh block); run l
+// (call 32, 8B 8K, reading back into the record): encode 228.9 / 229.1 GB/s at batch 1 against
+// 214.7 / 215.8, but 154.6 / 159.1 at batch 8 against 191.8 / 196.1 (fresh blocks pinned) and
+// decode 166.0 / 170.7 at batch 1 against 191.2 / 186.1.
 void InstallRecordPinning() {
   static std::once_flag once;
   std::call_once(once, [] {
@@ -1142,6 +1250,8 @@ struct StreamScratch {
   PinnedBuffer sizes;  // the compressed chunk sizes (then the entry points), read back at the sync
   DeviceBuffer<void*> copy_srcs, copy_dsts;
   DeviceBuffer<size_t> copy_sizes;
+  DeviceBuffer<uint64_t> chunk_at;  // encode: each chunk's offset among the packed chunks
+  DeviceBuffer<uint8_t> packed;     // ... and the chunks back to back, as the record stores them
   PinnedBuffer statuses_host;  // inflate statuses (and nvCOMP's output sizes), read at the sync
 };
 
@@ -1295,11 +1405,9 @@ struct LaunchedStream {
   StreamScratch* s = nullptr;
   size_t payload_bytes = 0, chunk_bytes = 0, chunks = 0, max_out = 0;
   uint32_t entry_stride = 0, max_entries = 0;  // indexed chunks (kvtc's coder); 0 for nvCOMP's
-  // Filled after the job's sync by LayoutChunks: the section's chunk table and, per chunk, where
-  // its bytes come from (slot or payload, for a chunk stored uncompressed) and how many.
+  // Filled after the job's sync by LayoutChunks: the section's chunk table and the bytes of its
+  // chunks (packed back to back on the device by PackChunksKernel).
   std::vector<uint8_t> table;
-  std::vector<void*> srcs;
-  std::vector<size_t> sizes;
   uint64_t chunk_total = 0;
   uint64_t size() const { return table.size() + chunk_total; }
 };
@@ -1392,7 +1500,7 @@ LaunchedStream LaunchStream(Context& ctx, StreamScratch& s, const Calibration& c
                                                              ctx.stream));
     s.temp.resize(std::max<size_t>(1, temp_bytes));
   }
-  s.slots.resize(chunks * out.max_out);
+  s.slots.resize(chunks * out.max_out + 4);  // + 4: PackChunksKernel's last aligned load
   s.out_sizes.resize(chunks);
   if (own_coder) {
     // sizes[c] = the chunk's own size when it did not shrink: the stored rule applies. The entry
@@ -1422,6 +1530,15 @@ LaunchedStream LaunchStream(Context& ctx, StreamScratch& s, const Calibration& c
                                                        ctx.stream));
   }
   prof.mark(keys ? "k.deflate" : "v.deflate");
+  s.chunk_at.resize(chunks + 1);
+  s.packed.resize(payload_bytes);  // a stored chunk is never larger than its raw bytes
+  ChunkOffsetsKernel<<<1, kOffsetThreads, 0, ctx.stream>>>(s.out_sizes.ptr, chunks, chunk_bytes, payload_bytes,
+                                                           s.chunk_at.ptr);
+  PackChunksKernel<<<unsigned(chunks), 256, 0, ctx.stream>>>(s.slots.ptr, out.max_out, s.payload.ptr, chunk_bytes,
+                                                             payload_bytes, s.out_sizes.ptr, s.chunk_at.ptr,
+                                                             s.packed.ptr);
+  KVTC_CUDA_CALL(cudaGetLastError());
+  prof.mark(keys ? "k.pack" : "v.pack");
   const size_t entry_bytes = chunks * out.max_entries * sizeof(uint32_t);
   s.sizes.resize(chunks * sizeof(size_t) + entry_bytes);
   KVTC_CUDA_CALL(cudaMemcpyAsync(s.sizes.ptr, s.out_sizes.ptr, chunks * sizeof(size_t), cudaMemcpyDeviceToHost, ctx.stream));
@@ -1433,8 +1550,8 @@ LaunchedStream LaunchStream(Context& ctx, StreamScratch& s, const Calibration& c
 }
 
 // After the sync: the chunk table (entropy.h: u32 count, [u32 entry stride], raw and stored size
-// per chunk, [entry points of each DEFLATE'd chunk]) and each chunk's source. A chunk that did not
-// shrink is stored (the CPU encoder's rule).
+// per chunk, [entry points of each DEFLATE'd chunk]). A chunk that did not shrink is stored (the
+// CPU encoder's rule, which ChunkOffsetsKernel applies on the device).
 void LayoutChunks(LaunchedStream& ls) {
   const size_t chunks = ls.chunks;
   const bool indexed = ls.entry_stride > 0;
@@ -1445,8 +1562,6 @@ void LayoutChunks(LaunchedStream& ls) {
   const uint32_t n32 = uint32_t(chunks);
   std::memcpy(ls.table.data(), &n32, 4);
   if (indexed) std::memcpy(ls.table.data() + 4, &ls.entry_stride, 4);
-  ls.srcs.resize(chunks);
-  ls.sizes.resize(chunks);
   uint64_t total = 0;
   for (size_t i = 0; i < chunks; ++i) {
     const size_t raw = std::min(ls.chunk_bytes, ls.payload_bytes - i * ls.chunk_bytes);
@@ -1459,25 +1574,9 @@ void LayoutChunks(LaunchedStream& ls) {
       const auto* e = reinterpret_cast<const uint8_t*>(entries + i * ls.max_entries);
       ls.table.insert(ls.table.end(), e, e + 4 * huff::EntryCount(raw, ls.entry_stride));
     }
-    ls.srcs[i] = stored ? ls.s->payload.ptr + i * ls.chunk_bytes : ls.s->slots.ptr + i * ls.max_out;
-    ls.sizes[i] = n;
     total += n;
   }
   ls.chunk_total = total;
-}
-
-// Packs the stream's chunks back to back at `dst` (device) with one kernel (a copy call per
-// stored chunk cost ~5 us of API time each: ~10 ms for an 8B-shape 8K-token stream).
-void CompactChunks(cudaStream_t stream, LaunchedStream& ls, uint8_t* dst) {
-  const size_t chunks = ls.chunks;
-  if (chunks == 0) return;
-  StreamScratch& s = *ls.s;
-  std::vector<void*> dsts(chunks);
-  for (size_t i = 0; i < chunks; ++i) {
-    dsts[i] = dst;
-    dst += ls.sizes[i];
-  }
-  LaunchCopyChunks(stream, s, ls.srcs.data(), dsts.data(), ls.sizes.data(), chunks);
 }
 
 // One coded section of a record being decoded: its chunk table (entropy.h's ParseChunkTable, the
@@ -1748,9 +1847,8 @@ struct EncodeFlight {
 
 struct EncodeSlot {
   DeviceBuffer<uint8_t> staged_keys, staged_values;  // host input, on the device
-  DeviceBuffer<uint8_t> body;                        // the record's device-resident bytes
-  PinnedBuffer body_host;                            // ... read back
-  DeviceBuffer<uint8_t> raw_rows;                    // paged raw sections, gathered aligned
+  PinnedBuffer body_host;      // the record's device-resident bytes, read back at their record offsets
+  DeviceBuffer<uint8_t> raw_rows;  // paged raw sections, gathered
 };
 EncodeSlot& EncodeSlotBuffers(int slot) {
   thread_local EncodeSlot s[kSlots];
@@ -1836,8 +1934,7 @@ void LaunchEncode(Context& ctx, const Calibration& c, const DeviceCalibration& d
     bound += part.coded ? 8 + (8 + 4 * part.coded->max_entries) * part.coded->chunks + part.coded->payload_bytes
                         : part.section.stored_bytes;
   f.record.data = AllocateRecordMemory(bound);
-  buf.body.resize(bound);
-  buf.body_host.resize(bound);
+  if (!f.record.data.get_deleter().pinned) buf.body_host.resize(bound);
   if (paged) {
     uint64_t raw_total = 0;
     for (const EncodePart& part : f.parts)
@@ -1847,31 +1944,46 @@ void LaunchEncode(Context& ctx, const Calibration& c, const DeviceCalibration& d
   prof.lap("alloc");
 }
 
-HostBytes FinishEncode(Context& ctx, const Calibration& c, EncodeFlight& f) {
+// `last`: no later sequence of the job is queued on the device, so this read back is the job's
+// exposed tail (it alone is sliced: ReadBackSlice).
+HostBytes FinishEncode(Context& ctx, const Calibration& c, EncodeFlight& f, bool last) {
   Profiler& prof = *f.prof;
   EncodeSlot& buf = EncodeSlotBuffers(f.slot);
   const EncodeJob& job = *f.job;
   std::vector<EncodePart>& parts = f.parts;
   // Two rounds: every part but the coded values once the keys are coded, then the coded values
   // once they are (so the record's bytes hold the coded values last, whatever the section table's
-  // order: the format places sections by offset). Each round lays its parts out, gathers their
-  // device bytes into one device image of the record on the copy stream, reads it back with one
-  // copy, and copies it into the record with the CRCs taken on the way; the first round, raw
-  // window included, overlaps the values' coding.
+  // order: the format places sections by offset). Each round lays its parts out, reads the bytes
+  // the device holds (packed chunks, gathered or device-resident raw rows) back into pinned memory
+  // in slices on the copy stream, and copies each slice into the record with its CRC as soon as it
+  // is in; the first round, raw window included, overlaps the values' coding.
+  struct Read {
+    size_t part;
+    uint64_t at;  // the bytes' offset in the record (and in the pinned image)
+    const uint8_t* src;
+    uint64_t bytes;
+  };
+  const uint64_t slice = last ? ReadBackSlice() : 0;
+  // A page-locked record (KVTC_PIN_RECORDS=1) takes the device's bytes straight into place; the
+  // host then only checksums them.
+  const bool into_record = f.record.data.get_deleter().pinned;
+  uint8_t* landing = into_record ? f.record.data.get() : buf.body_host.ptr;
   uint64_t offset = f.header_bytes;
   uint64_t raw_at = 0;  // next free byte of buf.raw_rows
   std::vector<bool> laid_out(parts.size(), false);
   std::vector<size_t> batch;  // the parts of this round, in byte order
-  auto round = [&](cudaEvent_t ready, bool last) {
+  std::vector<Read> reads;
+  std::vector<uint32_t> crc(parts.size(), 0);
+  auto round = [&](cudaEvent_t ready, bool values) {
     KVTC_CUDA_CALL(cudaEventSynchronize(ready));  // chunk sizes are in pinned memory
-    prof.lap(last ? "v.coded" : "k.coded");
+    prof.lap(values ? "v.coded" : "k.coded");
     batch.clear();
     const uint64_t start = offset;
     for (size_t i = 0; i < parts.size(); ++i) {
       EncodePart& part = parts[i];
       if (laid_out[i]) continue;
       if (part.coded) {
-        if (part.coded == &f.coded[1] && !last) continue;  // the values' sizes are not known yet
+        if (part.coded == &f.coded[1] && !values) continue;  // the values' sizes are not known yet
         LayoutChunks(*part.coded);
         part.section.stored_bytes = part.coded->size();
       }
@@ -1882,53 +1994,68 @@ HostBytes FinishEncode(Context& ctx, const Calibration& c, EncodeFlight& f) {
     }
     if (offset == start) return;
     KVTC_CUDA_CALL(cudaStreamWaitEvent(ctx.copy, ready, 0));
-    bool any_device = false;
+    reads.clear();
     for (size_t i : batch) {
       EncodePart& part = parts[i];
-      uint8_t* at = buf.body.ptr + part.section.offset;
+      const uint64_t at = part.section.offset;
       if (part.coded) {
-        CompactChunks(ctx.copy, *part.coded, at + part.coded->table.size());
-        any_device = true;
+        const uint64_t table = part.coded->table.size();
+        reads.push_back({i, at + table, part.coded->s->packed.ptr, part.coded->chunk_total});
       } else if (f.paged) {
-        // Gathered element-wise into aligned rows first: a section's offset in the record need not
-        // be a multiple of the element size.
         const bool keys = part.section.kind == SectionKind::kRawKeys;
         uint8_t* rows = buf.raw_rows.ptr + raw_at;
         raw_at += (part.section.stored_bytes + 255) / 256 * 256;
         LaunchPagedCopy(true, *f.paged, job.dtype, c.layers, part.section.token_offset, part.section.token_count,
                         keys ? rows : nullptr, keys ? nullptr : rows, ctx.copy);
-        KVTC_CUDA_CALL(cudaMemcpyAsync(at, rows, part.section.stored_bytes, cudaMemcpyDeviceToDevice, ctx.copy));
-        any_device = true;
+        reads.push_back({i, at, rows, part.section.stored_bytes});
       } else if (f.device_input) {
-        KVTC_CUDA_CALL(cudaMemcpyAsync(at, part.raw, part.section.stored_bytes, cudaMemcpyDeviceToDevice, ctx.copy));
-        any_device = true;
+        reads.push_back({i, at, part.raw, part.section.stored_bytes});
       }
     }
-    if (any_device) {
-      KVTC_CUDA_CALL(cudaMemcpyAsync(buf.body_host.ptr + start, buf.body.ptr + start, offset - start,
-                                     cudaMemcpyDeviceToHost, ctx.copy));
-      KVTC_CUDA_CALL(cudaEventRecord(ctx.read_back, ctx.copy));
-      KVTC_CUDA_CALL(cudaEventSynchronize(ctx.read_back));
-    }
-    prof.lap(last ? "v.read back" : "k.read back");
+    // Slices of at most `slice` bytes, each its own copy and event (few: a round's slices share
+    // the context's events, so their size grows with the round).
+    const uint64_t device_bytes = [&] {
+      uint64_t n = 0;
+      for (const Read& r : reads) n += r.bytes;
+      return n;
+    }();
+    const uint64_t step = slice ? std::max(slice, (device_bytes + kReadSlices - 1) / kReadSlices) : device_bytes;
+    std::vector<Read> slices;
+    for (const Read& r : reads)
+      for (uint64_t o = 0; o < r.bytes; o += step) {
+        const Read piece{r.part, r.at + o, r.src + o, std::min(step, r.bytes - o)};
+        KVTC_CUDA_CALL(cudaMemcpyAsync(landing + piece.at, piece.src, piece.bytes, cudaMemcpyDeviceToHost, ctx.copy));
+        KVTC_CUDA_CALL(cudaEventRecord(ctx.ReadEvent(slices.size()), ctx.copy));
+        slices.push_back(piece);
+      }
+    // What needs no device bytes first (chunk tables, raw rows from host memory), then each slice
+    // as it lands; a part's CRC grows piece by piece in byte order.
     for (size_t i : batch) {
       EncodePart& part = parts[i];
       uint8_t* at = f.record.data.get() + part.section.offset;
-      const uint8_t* staged = buf.body_host.ptr + part.section.offset;
       if (part.coded) {
         const std::vector<uint8_t>& table = part.coded->table;
         std::memcpy(at, table.data(), table.size());
-        const uint32_t chunks_crc = ParallelCopyCrc(at + table.size(), staged + table.size(), part.coded->chunk_total);
-        part.section.crc32c = Crc32cCombine(Crc32c(table.data(), table.size()), chunks_crc, part.coded->chunk_total);
-      } else {
-        part.section.crc32c = ParallelCopyCrc(at, f.device_input ? staged : part.raw, part.section.stored_bytes);
+        crc[i] = Crc32c(table.data(), table.size());
+      } else if (!f.paged && !f.device_input) {
+        crc[i] = ParallelCopyCrc(at, part.raw, part.section.stored_bytes);
       }
     }
+    prof.lap(values ? "v.tables" : "k.tables");
+    for (size_t k = 0; k < slices.size(); ++k) {
+      const Read& piece = slices[k];
+      KVTC_CUDA_CALL(cudaEventSynchronize(ctx.ReadEvent(k)));
+      uint8_t* at = f.record.data.get() + piece.at;
+      const uint32_t piece_crc =
+          into_record ? ParallelCrc(at, piece.bytes) : ParallelCopyCrc(at, buf.body_host.ptr + piece.at, piece.bytes);
+      crc[piece.part] = Crc32cCombine(crc[piece.part], piece_crc, piece.bytes);
+    }
+    for (size_t i : batch) parts[i].section.crc32c = crc[i];
   };
   round(ctx.keys_coded[f.slot], false);
-  prof.lap("k.copy+crc");
+  prof.lap("k.read back");
   round(ctx.values_coded[f.slot], true);
-  prof.lap("v.copy+crc");
+  prof.lap("v.read back");
   KVTC_CHECK(std::find(laid_out.begin(), laid_out.end(), false) == laid_out.end(), kInternal,
              "encode left a section unwritten");
 
@@ -2006,16 +2133,6 @@ DecodeSlot& DecodeSlotBuffers(int slot) {
   return s[slot];
 }
 
-// Stages a section's chunks (ParallelCopyChunksCrc) and returns the section's CRC32C from what
-// the copy read: a raw section is its one chunk; a coded one's chunks follow its chunk table.
-uint32_t StagedSectionCrc(uint8_t* staging, const uint8_t* record, const std::vector<size_t>& dst_off,
-                          const std::vector<size_t>& src_off, const std::vector<size_t>& sizes, const Section& sec,
-                          const CodedChunks* coded) {
-  const uint32_t chunks = ParallelCopyChunksCrc(staging, dst_off.data(), record, src_off.data(), sizes.data(),
-                                                sizes.size());
-  const size_t table = !coded ? 0 : coded->src.empty() ? sec.stored_bytes : coded->src[0];
-  return Crc32cCombine(Crc32c(record + sec.offset, table), chunks, sec.stored_bytes - table);
-}
 
 // Coded section i of the record in flight, inflated into its payload: its reconstruction into the
 // slot's scratch, where the caller wants its rows (SectionTarget).
@@ -2162,17 +2279,34 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
       KVTC_CUDA_CALL(cudaMemcpyAsync(buf.image.ptr + st.begin, record + st.src_off[0], st.sizes[0],
                                      cudaMemcpyHostToDevice, ctx.copy));
     } else {
-      // One copy per section: staging in 4 MiB pieces, each sent as soon as staged, measured
-      // slower on an H200 (2026-11-30, 8B shape 8K: 76.7 / 108.2 GB/s against 84.9 / 125.6).
-      if (StagedSectionCrc(buf.staging.ptr, record, st.dst_off, st.src_off, st.sizes, sec,
-                                  IsCoded(sec.encoding) ? &f.coded[i] : nullptr) != sec.crc32c) {
+      // Staged in slices of whole pieces (StageSlice), each sent as soon as it is staged and
+      // checksummed on the way. The section's CRC is known after its last slice: a mismatch then
+      // stops the decode before anything reaches the target (the image and scratch are the
+      // slot's own).
+      const size_t n = st.sizes.size();
+      const uint64_t slice = StageSlice() ? StageSlice() : ~uint64_t(0);
+      uint32_t chunks_crc = 0;
+      for (size_t k0 = 0; k0 < n;) {
+        size_t k1 = k0 + 1;
+        uint64_t bytes = st.sizes[k0];
+        while (k1 < n && bytes + st.sizes[k1] <= slice) bytes += st.sizes[k1++];
+        const uint32_t crc = ParallelCopyChunksCrc(buf.staging.ptr, st.dst_off.data() + k0, record,
+                                                   st.src_off.data() + k0, st.sizes.data() + k0, k1 - k0);
+        chunks_crc = Crc32cCombine(chunks_crc, crc, bytes);
+        const size_t from = st.dst_off[k0], to = k1 < n ? st.dst_off[k1] : st.end;
+        KVTC_CUDA_CALL(cudaMemcpyAsync(buf.image.ptr + from, buf.staging.ptr + from, to - from, cudaMemcpyHostToDevice,
+                                       ctx.copy));
+        k0 = k1;
+      }
+      // A coded section's chunks follow its chunk table; raw rows are one piece.
+      const CodedChunks* cc = IsCoded(sec.encoding) ? &f.coded[i] : nullptr;
+      const size_t table = !cc ? 0 : cc->src.empty() ? sec.stored_bytes : cc->src[0];
+      if (Crc32cCombine(Crc32c(record + sec.offset, table), chunks_crc, sec.stored_bytes - table) != sec.crc32c) {
         // Earlier sections' device work (scratch only) ends before the slot can be reused.
         cudaStreamSynchronize(ctx.copy);
         cudaStreamSynchronize(ctx.stream);
         KVTC_CHECK(false, kRecordCorrupt, "section " << i << " CRC32C mismatch");
       }
-      KVTC_CUDA_CALL(cudaMemcpyAsync(buf.image.ptr + st.begin, buf.staging.ptr + st.begin, st.end - st.begin,
-                                     cudaMemcpyHostToDevice, ctx.copy));
     }
     prof.lap(IsKeys(sec) ? "k.stage" : "v.stage");
     if (!IsCoded(sec.encoding)) continue;
@@ -2243,7 +2377,7 @@ HostBytes Encode(const Calibration& c, const DeviceCalibration& dev, const Encod
   Context& ctx = ThreadContext();
   EncodeFlight f;
   LaunchEncode(ctx, c, dev, job, device_input, nullptr, 0, f);
-  return FinishEncode(ctx, c, f);
+  return FinishEncode(ctx, c, f, true);
 }
 
 namespace {
@@ -2265,7 +2399,7 @@ std::vector<HostBytes> EncodePipelined(const Calibration& c, const DeviceCalibra
   for (size_t b = 0; b < jobs.size(); ++b) {
     // Sequence b + 1's device work is queued before sequence b is read back and assembled.
     if (b + 1 < jobs.size()) launch(b + 1);
-    out[b] = FinishEncode(ctx, c, flights[b % kSlots]);
+    out[b] = FinishEncode(ctx, c, flights[b % kSlots], b + 1 == jobs.size());
   }
   return out;
 }
@@ -2338,7 +2472,7 @@ HostBytes EncodeFromPaged(const Calibration& c, const DeviceCalibration& dev, co
   Context& ctx = ThreadContext();
   EncodeFlight f;
   LaunchEncode(ctx, c, dev, job, /*device_input=*/true, &paged, 0, f);
-  return FinishEncode(ctx, c, f);
+  return FinishEncode(ctx, c, f, true);
 }
 
 RecordHeader DecodeIntoPaged(const Calibration& c, const DeviceCalibration& dev, const uint8_t* record, size_t size,

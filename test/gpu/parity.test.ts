@@ -87,11 +87,14 @@ for (const shape of TEST_SHAPES) {
       const keys = applyRope(kv.keys, tokens, 100, model);
       const chunk = { keys, values: kv.values, dtype: 'float32' as const, tokens, tokenStart: 100 };
       // cpu-indexed: the CPU writing indexed chunks (small chunks and runs, so that even short
-      // payloads have entry points for the GPU's lanes); cuda writes indexed chunks always.
-      const records: Record<Backend | 'cpu-indexed', Buffer> = {
+      // payloads have entry points for the GPU's lanes); cuda writes indexed chunks always;
+      // cuda-odd: chunks of 1002 bytes, so that the GPU packs chunks at every byte alignment, from
+      // unaligned raw chunks too.
+      const records: Record<Backend | 'cpu-indexed' | 'cuda-odd', Buffer> = {
         cpu: await encode(cal, chunk, { windowTokens: 3, backend: 'cpu' }),
         'cpu-indexed': await encode(cal, chunk, { windowTokens: 3, backend: 'cpu', chunkBytes: 512, entryStride: 16 }),
         cuda: await encode(cal, chunk, { windowTokens: 3, backend: 'cuda' }),
+        'cuda-odd': await encode(cal, chunk, { windowTokens: 3, backend: 'cuda', chunkBytes: 1002, entryStride: 16 }),
       };
       const plan = cal.plans[0]!;
       for (const dec of ['cpu', 'cuda'] as Backend[]) {
@@ -101,7 +104,7 @@ for (const shape of TEST_SHAPES) {
         assert.deepEqual(Buffer.from(b.keys), Buffer.from(a.keys), `${name} ${tokens} cpu-indexed->${dec}: keys`);
         assert.deepEqual(Buffer.from(b.values), Buffer.from(a.values), `${name} ${tokens} cpu-indexed->${dec}: values`);
       }
-      for (const enc of ['cpu', 'cpu-indexed', 'cuda'] as const) {
+      for (const enc of ['cpu', 'cpu-indexed', 'cuda', 'cuda-odd'] as const) {
         for (const dec of ['cpu', 'cuda'] as Backend[]) {
           const out = await decode(cal, records[enc], { tokens, dtype: 'float32', backend: dec });
           const k = new Float32Array(out.keys.buffer.slice(out.keys.byteOffset, out.keys.byteOffset + out.keys.length));
