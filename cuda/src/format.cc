@@ -120,8 +120,21 @@ RecordHeader ReadHeader(const uint8_t* data, size_t size) {
   }
   KVTC_CHECK(keys_covered == h.token_count && values_covered == h.token_count, kRecordCorrupt,
              "record sections do not cover its " << h.token_count << " tokens exactly once");
-  // Same total per stream is not enough: the sections of each stream must tile [0, token_count).
-  for (int keys = 0; keys < 2; ++keys) {
+  // Same total per stream is not enough: each stream is laid out as the format says, a raw head of
+  // sink_tokens tokens, a coded middle and a raw tail of window_tokens tokens, each present when it
+  // has tokens. (Tiling alone let a stream hold, say, two coded sections: no encoder writes them, the
+  // CPU decoder took them and the CUDA decoder, which keeps one coded section's reconstruction per
+  // stream, did not.)
+  struct Part {
+    bool coded;
+    uint32_t first, count;
+  };
+  const uint32_t middle = h.token_count - h.sink_tokens - h.window_tokens;
+  std::vector<Part> layout;
+  if (h.sink_tokens) layout.push_back({false, 0, h.sink_tokens});
+  if (middle) layout.push_back({true, h.sink_tokens, middle});
+  if (h.window_tokens) layout.push_back({false, h.sink_tokens + middle, h.window_tokens});
+  for (int keys = 1; keys >= 0; --keys) {
     std::vector<const Section*> stream;
     for (const Section& s : h.sections) {
       const bool is_keys = s.kind == SectionKind::kRawKeys || s.kind == SectionKind::kCodedKeys;
@@ -129,11 +142,15 @@ RecordHeader ReadHeader(const uint8_t* data, size_t size) {
     }
     std::sort(stream.begin(), stream.end(),
               [](const Section* a, const Section* b) { return a->token_offset < b->token_offset; });
-    uint64_t next = 0;
-    for (const Section* s : stream) {
-      KVTC_CHECK(s->token_offset == next, kRecordCorrupt, "record sections overlap or leave a gap at token " << next);
-      next += s->token_count;
+    bool as_declared = stream.size() == layout.size();
+    for (size_t i = 0; as_declared && i < layout.size(); ++i) {
+      const bool coded = stream[i]->kind == SectionKind::kCodedKeys || stream[i]->kind == SectionKind::kCodedValues;
+      as_declared = coded == layout[i].coded && stream[i]->token_offset == layout[i].first &&
+                    stream[i]->token_count == layout[i].count;
     }
+    KVTC_CHECK(as_declared, kRecordCorrupt,
+               "record's " << (keys ? "keys" : "values") << " sections are not a raw head of " << h.sink_tokens
+                           << " tokens, a coded middle of " << middle << " and a raw tail of " << h.window_tokens);
   }
   return h;
 }

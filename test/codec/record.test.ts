@@ -255,13 +255,93 @@ t.test('bad records give stable codes', async (t) => {
   // the length check itself must catch it).
   const huge = Buffer.from(rec);
   huge.writeBigUInt64LE(1n << 50n, 64);
-  const crcLen = 92;
-  const sections = huge[55]!;
-  const crc = native.stages.crc32c(Buffer.concat([huge.subarray(0, crcLen), huge.subarray(96, 96 + 32 * sections)]));
-  huge.writeUInt32LE(crc, 92);
-  await t.rejects(decode(cal, huge, expect), { code: 'ERR_KVTC_RECORD_TRUNCATED' }, 'huge declared length');
+  await t.rejects(
+    decode(cal, resealHeader(huge), expect),
+    { code: 'ERR_KVTC_RECORD_TRUNCATED' },
+    'huge declared length',
+  );
   t.throws(() => inspectRecord(Buffer.alloc(0)), { code: 'ERR_KVTC_RECORD_EMPTY' });
   t.equal(inspectRecord(rec).calibrationId, cal.id, 'inspect reads the calibration id');
+});
+
+// Reseals a record's header CRC32C (bytes [0, 92) and the section table) after an edit.
+function resealHeader(rec: Buffer): Buffer {
+  const sections = rec[55]!;
+  rec.writeUInt32LE(
+    native.stages.crc32c(Buffer.concat([rec.subarray(0, 92), rec.subarray(96, 96 + 32 * sections)])),
+    92,
+  );
+  return rec;
+}
+
+t.test('each stream must be a raw head, one coded middle and a raw tail, as the header says', async (t) => {
+  // Two records of 100 tokens each (no sinks, no window: one coded section per stream) spliced
+  // into one of 200 tokens whose streams are two coded sections each: every section intact and
+  // tiling its stream, but not the format's layout.
+  const kv = syntheticKv(200, P, 91);
+  const half = async (first: number) =>
+    encode(
+      cal,
+      {
+        keys: kv.keys.subarray(first * P, (first + 100) * P),
+        values: kv.values.subarray(first * P, (first + 100) * P),
+        dtype: 'float32',
+        tokens: 100,
+        tokenStart: first,
+      },
+      { ratio: 16, sinkTokens: 0, windowTokens: 0 },
+    );
+  const parts = [await half(0), await half(100)];
+  const entries = parts.flatMap((rec) =>
+    [0, 1].map((i) => {
+      const e = Buffer.from(rec.subarray(96 + 32 * i, 128 + 32 * i));
+      const at = Number(e.readBigUInt64LE(16)),
+        n = Number(e.readBigUInt64LE(24));
+      return { e, body: rec.subarray(at, at + n) };
+    }),
+  );
+  t.same(
+    entries.map(({ e }) => e[0]),
+    [3, 4, 3, 4],
+    'each half holds coded keys and coded values',
+  );
+  // Keys of both halves, then values of both halves; the second half's tokens at offset 100.
+  const order = [entries[0]!, entries[2]!, entries[1]!, entries[3]!];
+  const header = Buffer.from(parts[0]!.subarray(0, 96));
+  let offset = 96 + 32 * order.length;
+  const table = order.map(({ e, body }, i) => {
+    const entry = Buffer.from(e);
+    entry.writeUInt32LE(i % 2 === 0 ? 0 : 100, 4);
+    entry.writeBigUInt64LE(BigInt(offset), 16);
+    offset += body.length;
+    return entry;
+  });
+  header.writeUInt16LE(96 + 32 * order.length, 6);
+  header.writeUInt32LE(200, 44);
+  header[55] = order.length;
+  header.writeBigUInt64LE(BigInt(offset), 64);
+  const spliced = resealHeader(Buffer.concat([header, ...table, ...order.map(({ body }) => body)]));
+  t.equal(spliced.length, offset);
+  await t.rejects(
+    decode(cal, spliced, { tokens: 200, dtype: 'float32' }),
+    { code: 'ERR_KVTC_RECORD_CORRUPT', message: /keys sections are not a raw head of 0 tokens, a coded middle of 200/ },
+    'two coded sections in a stream',
+  );
+
+  // A header whose sink count disagrees with the raw head it holds.
+  const rec = await encode(
+    cal,
+    { keys: kv.keys, values: kv.values, dtype: 'float32', tokens: 200 },
+    { ratio: 16, sinkTokens: 4, windowTokens: 16 },
+  );
+  await t.resolves(decode(cal, rec, { tokens: 200, dtype: 'float32' }), 'the intact record decodes');
+  const sinks = Buffer.from(rec);
+  sinks.writeUInt32LE(5, 56);
+  await t.rejects(
+    decode(cal, resealHeader(sinks), { tokens: 200, dtype: 'float32' }),
+    { code: 'ERR_KVTC_RECORD_CORRUPT', message: /not a raw head of 5 tokens/ },
+    'sink_tokens off by one',
+  );
 });
 
 t.test('encode refuses bad input with coded errors', async (t) => {
