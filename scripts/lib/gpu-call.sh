@@ -17,6 +17,18 @@
 #                           (e.g. .gpu/old, filled with `git show REV:cuda/...`) and from the tree,
 #                           run one after the other, logs as huffman-gpu-check-{old,new}.log inside
 #                           logs.tgz (calls 17 and 26-28 spelled this out)
+#   build_old               builds the addon from .gpu/old/cuda (filled here before the call with
+#                           `git archive REV cuda | tar -x -C .gpu/old`) into build-old, in the
+#                           background (e.g. while the GPU tests run); `wait_old` waits and sets OLD
+#                           to its kvtc.node (NEW: this tree's, after a gpu-run.sh stage built it)
+#   variant TAG ADDON [VAR=value...]
+#                           one `bench codec` process with that addon and environment: the 8B
+#                           shape at 8K tokens (VARIANT_ARGS to change), REPS=9, batch 1 and 8;
+#                           prints its rows, keeps its JSON for merge_variants. Alternate the
+#                           variants over rounds (calls 32-34: old, new, ... three times over);
+#                           BENCH_BACKEND=cpu tries the helpers on a machine without a GPU
+#   merge_variants NAME...  per NAME, `bench merge` of its processes (tags NAME-1, NAME-2, ...)
+#                           into $OUT/gpu-bench-NAME.json, and the merged table
 # On exit the bench JSONs and a tarball of the logs are copied to the device tool's $OUT.
 set -uo pipefail
 R=$OUT
@@ -73,5 +85,54 @@ coder_ab() {
     LD_LIBRARY_PATH=$w/sys/lib:$w/nvcomp/lib64 timeout "$(left)" "$w/check-$v" > "$OUT/huffman-gpu-check-$v.log" 2>&1
     echo "rc $?"
     grep "indexed streams\|encode:\|^bench\|checks passed\|FAIL" "$OUT/huffman-gpu-check-$v.log" | tail -n 10
+  done
+}
+unpack_tools() {  # Node.js, nvCOMP, the libraries and node_modules, as scripts/gpu-run.sh unpacks them
+  local w=/tmp/kvtc-gpu
+  mkdir -p "$w/bin" "$w/nvcomp" "$w/sys"
+  [ -x "$w/bin/node" ] || { xz -dc .gpu/node.xz > "$w/bin/node"; chmod +x "$w/bin/node"; }
+  [ -f "$w/nvcomp/lib64/libnvcomp.so.6" ] || tar -C "$w/nvcomp" -xJf .gpu/nvcomp.tar.xz
+  [ -f "$w/sys/lib/libopenblas.so.0" ] || tar -C "$w/sys" -xJf .gpu/sys.tar.xz
+  [ -d node_modules ] || tar -xJf .gpu/node_modules.tar.xz
+  [ -d dist ] || tar -xJf .gpu/dist.tar.xz
+  export PATH="$w/bin:/usr/local/cuda/bin:$PATH" LD_LIBRARY_PATH="$w/sys/lib:$w/nvcomp/lib64:${LD_LIBRARY_PATH:-}"
+  export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-16} OMP_NUM_THREADS=${OMP_NUM_THREADS:-16}
+}
+OLD_PID=
+build_old() {
+  local w=/tmp/kvtc-gpu
+  unpack_tools
+  stage "build the old addon (.gpu/old/cuda) in the background"
+  (cmake -S .gpu/old/cuda -B build-old -G Ninja -DCMAKE_BUILD_TYPE=Release -DKVTC_WITH_CUDA=ON \
+    -DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc -DNVCOMP_ROOT="$w/nvcomp" -DKVTC_SYS_ROOT="$w/sys" \
+    -DCMAKE_JS_INC="$(node -p "require('node-api-headers').include_dir")" > "$OUT/cmake-old.log" 2>&1 &&
+    cmake --build build-old > "$OUT/build-old.log" 2>&1
+  echo "old build rc $?" >> "$OUT/build-old.log") &
+  OLD_PID=$!
+}
+wait_old() {
+  [ -n "$OLD_PID" ] && wait "$OLD_PID"
+  tail -n 1 "$OUT/build-old.log"
+  OLD=$(find "$PWD/build-old" -name kvtc.node | head -n 1)
+  NEW=$(find "$PWD/build-gpu" -name kvtc.node | head -n 1)
+}
+variant() {
+  local tag=$1 addon=$2
+  shift 2
+  stage "bench $tag $*"
+  mkdir -p "$OUT/variants"
+  env "$@" KVTC_ADDON_PATH="$addon" timeout "$(left)" node dist/src/main.js bench codec --backend "${BENCH_BACKEND:-cuda}" \
+    --json --reps "${REPS:-9}" ${VARIANT_ARGS:---shape 8b --tokens 8192} > "$OUT/variants/$tag.json" 2> "$OUT/variants/$tag.err"
+  echo "rc $?"
+  node -e 'for (const r of JSON.parse(require("fs").readFileSync(process.argv[1])).results)
+    console.log(r.shape, r.tokens, "b" + (r.batch ?? 1), r.encode_gbps.toFixed(1), r.decode_gbps.toFixed(1))' \
+    "$OUT/variants/$tag.json"
+}
+merge_variants() {
+  local name
+  for name in "$@"; do
+    stage "merge $name"
+    node dist/src/main.js bench merge "$OUT/variants/$name"-[0-9]*.json --json > "$OUT/gpu-bench-$name.json" &&
+      node dist/src/main.js bench merge "$OUT/variants/$name"-[0-9]*.json | tail -n +3
   done
 }
