@@ -2048,7 +2048,7 @@ HostBytes FinishEncode(Context& ctx, const Calibration& c, EncodeFlight& f, bool
       KVTC_CUDA_CALL(cudaEventSynchronize(ctx.ReadEvent(k)));
       uint8_t* at = f.record.data.get() + piece.at;
       const uint32_t piece_crc =
-          into_record ? ParallelCrc(at, piece.bytes) : ParallelCopyCrc(at, buf.body_host.ptr + piece.at, piece.bytes);
+          into_record ? Crc32cParallel(at, piece.bytes) : ParallelCopyCrc(at, buf.body_host.ptr + piece.at, piece.bytes);
       crc[piece.part] = Crc32cCombine(crc[piece.part], piece_crc, piece.bytes);
     }
     for (size_t i : batch) parts[i].section.crc32c = crc[i];

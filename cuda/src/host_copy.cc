@@ -35,37 +35,23 @@ void CopyBytes(uint8_t* dst, const uint8_t* src, size_t n) {
 
 }  // namespace
 
-namespace {
-
-// The CRC32C of [0, size) from `piece(at, n)`, which handles bytes [at, at + n) and returns their
-// CRC: kPiece bytes at a time over the OpenMP threads (one call below kParallelCut).
-template <typename Piece>
-uint32_t PiecewiseCrc(size_t size, Piece piece) {
-  if (size < kParallelCut) return piece(size_t(0), size);
+uint32_t ParallelCopyCrc(void* dst, const void* src, size_t size) {
+  if (size < kParallelCut) {
+    if (size) CopyBytes(static_cast<uint8_t*>(dst), static_cast<const uint8_t*>(src), size);
+    return Crc32c(dst, size);
+  }
   const auto pieces = static_cast<int64_t>((size + kPiece - 1) / kPiece);
   std::vector<uint32_t> crcs(static_cast<size_t>(pieces));
+  auto* d = static_cast<uint8_t*>(dst);
+  const auto* s = static_cast<const uint8_t*>(src);
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < pieces; ++i) {
     const size_t at = size_t(i) * kPiece;
-    crcs[size_t(i)] = piece(at, at + kPiece <= size ? kPiece : size - at);
+    const size_t n = at + kPiece <= size ? kPiece : size - at;
+    CopyBytes(d + at, s + at, n);
+    crcs[size_t(i)] = Crc32c(d + at, n);
   }
   return Crc32cConcat(crcs.data(), crcs.size(), kPiece, size - size_t(pieces - 1) * kPiece);
-}
-
-}  // namespace
-
-uint32_t ParallelCopyCrc(void* dst, const void* src, size_t size) {
-  auto* d = static_cast<uint8_t*>(dst);
-  const auto* s = static_cast<const uint8_t*>(src);
-  return PiecewiseCrc(size, [&](size_t at, size_t n) {
-    if (n) CopyBytes(d + at, s + at, n);
-    return Crc32c(d + at, n);
-  });
-}
-
-uint32_t ParallelCrc(const void* data, size_t size) {
-  const auto* p = static_cast<const uint8_t*>(data);
-  return PiecewiseCrc(size, [&](size_t at, size_t n) { return Crc32c(p + at, n); });
 }
 
 void ParallelCopyChunks(uint8_t* dst, const size_t* dst_off, const uint8_t* src, const size_t* src_off,

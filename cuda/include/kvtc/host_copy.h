@@ -12,10 +12,6 @@ namespace kvtc {
 // pass over memory instead of two).
 uint32_t ParallelCopyCrc(void* dst, const void* src, size_t size);
 
-// The CRC32C of `size` bytes, in the same pieces over the threads (bytes that a device copy
-// already put in place: an encode's read back into a page-locked record).
-uint32_t ParallelCrc(const void* data, size_t size);
-
 // n independent copies (dst + dst_off[i] <- src + src_off[i], size[i] bytes), over the threads.
 void ParallelCopyChunks(uint8_t* dst, const size_t* dst_off, const uint8_t* src, const size_t* src_off,
                         const size_t* size, size_t n);
