@@ -13,15 +13,9 @@ what=${1:-all}
 OUT=${OUT:-$PWD/out}
 mkdir -p "$OUT"
 W=/tmp/kvtc-gpu
-mkdir -p "$W/bin" "$W/nvcomp" "$W/sys"
-[ -x "$W/bin/node" ] || { xz -dc .gpu/node.xz > "$W/bin/node"; chmod +x "$W/bin/node"; }
-[ -d node_modules ] || tar -xJf .gpu/node_modules.tar.xz
-tar -xJf .gpu/dist.tar.xz
-[ -f "$W/nvcomp/lib64/libnvcomp.so.6" ] || tar -C "$W/nvcomp" -xJf .gpu/nvcomp.tar.xz
-[ -f "$W/sys/lib/libopenblas.so.0" ] || tar -C "$W/sys" -xJf .gpu/sys.tar.xz
-export PATH="$W/bin:/usr/local/cuda/bin:$PATH"
-export LD_LIBRARY_PATH="$W/sys/lib:$W/nvcomp/lib64:${LD_LIBRARY_PATH:-}"
-export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-16} OMP_NUM_THREADS=${OMP_NUM_THREADS:-16}
+tar -xJf .gpu/dist.tar.xz  # always: the bundle's compiled TypeScript is this tree's
+source scripts/lib/gpu-tools.sh
+unpack_tools
 
 echo "== build (CUDA $(nvcc --version | tail -n 1))"
 cmake -S cuda -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DKVTC_WITH_CUDA=ON \

@@ -772,9 +772,12 @@ __global__ void CopyChunksKernel(const uint8_t* const* __restrict__ srcs, uint8_
 // stores them (the DEFLATE slot, or the raw chunk when coding did not shrink it: LayoutChunks'
 // rule, which the host applies to the same sizes), at[chunks] = all of them.
 constexpr int kOffsetThreads = 1024;
+__device__ __forceinline__ size_t RawChunkBytes(size_t c, size_t chunk_bytes, size_t payload_bytes) {
+  return min(chunk_bytes, payload_bytes - c * chunk_bytes);
+}
 __device__ __forceinline__ size_t StoredChunkBytes(const size_t* coded, size_t c, size_t chunk_bytes,
                                                    size_t payload_bytes) {
-  const size_t raw = min(chunk_bytes, payload_bytes - c * chunk_bytes);
+  const size_t raw = RawChunkBytes(c, chunk_bytes, payload_bytes);
   return coded[c] >= raw ? raw : coded[c];
 }
 __global__ void __launch_bounds__(kOffsetThreads) ChunkOffsetsKernel(const size_t* __restrict__ coded, size_t chunks,
@@ -795,7 +798,8 @@ __global__ void __launch_bounds__(kOffsetThreads) ChunkOffsetsKernel(const size_
   if (threadIdx.x == 0) at[chunks] = total;
 }
 
-// Packs chunk c = blockIdx.x at dst + at[c], on the job's stream right after the coder, so that
+// Packs chunk c = blockIdx.x at dst + at[c] (a chunk as long as its raw bytes is stored: at[]
+// applied the rule), on the job's stream right after the coder, so that
 // the host's read back is copy-engine transfers that need no SM (a compaction kernel on the copy
 // stream waited for the values' GEMM to give up the SMs: run k's 8B encode read its keys back in
 // 1.0 ms against 0.6 for the values). The destination's interior words are written whole, each
@@ -803,12 +807,12 @@ __global__ void __launch_bounds__(kOffsetThreads) ChunkOffsetsKernel(const size_
 // and the slots' 4 padding bytes keep the last load inside them; other sources byte by byte); the
 // up to 3 bytes at each end, which share a word with the neighbouring chunk, byte by byte.
 __global__ void PackChunksKernel(const uint8_t* __restrict__ slots, size_t max_out, const uint8_t* __restrict__ payload,
-                                 size_t chunk_bytes, size_t payload_bytes, const size_t* __restrict__ coded,
-                                 const uint64_t* __restrict__ at, uint8_t* __restrict__ dst) {
+                                 size_t chunk_bytes, size_t payload_bytes, const uint64_t* __restrict__ at,
+                                 uint8_t* __restrict__ dst) {
   const size_t c = blockIdx.x;
-  const size_t raw = min(chunk_bytes, payload_bytes - c * chunk_bytes);
-  const uint8_t* src = coded[c] >= raw ? payload + c * chunk_bytes : slots + c * max_out;
   const uint64_t d0 = at[c], n = at[c + 1] - d0;
+  const bool stored = n == RawChunkBytes(c, chunk_bytes, payload_bytes);
+  const uint8_t* src = stored ? payload + c * chunk_bytes : slots + c * max_out;
   uint8_t* out = dst + d0;
   if ((reinterpret_cast<uintptr_t>(src) & 3) != 0) {
     for (uint64_t i = threadIdx.x; i < n; i += blockDim.x) out[i] = src[i];
@@ -865,24 +869,17 @@ uint64_t EnvMiB(const char* name, long fallback) {
   return uint64_t(mb) << 20;
 }
 
-// Host copies overlapped with the transfers they drain or feed, in slices (0, the default: whole
-// sections). An encode's read back (KVTC_READBACK_SLICE_MB) copies each slice into the record with
-// its CRC while the next is in flight, so that only the last slice's copy follows the last
-// transfer; only the job's last sequence does so (FinishEncode), the one whose read back nothing
-// else hides. A restore's staging (KVTC_STAGE_SLICE_MB) sends each slice of a section as soon as it
-// is staged. Measured on an H200 (run l, 8B 8K, medians over processes of one call): 4 MiB read-back
-// slices gave batch 1 214.3 / 214.0 GB/s against 208.3 / 209.5 whole (calls 33 / 34), but batch 8
-// 196.9 (every sequence sliced) / 206.3 (the last only) against 231.5 / 222.1 (not explained);
-// 4 MiB staging slices no gain (batch 1 decode 181.4 / 192.1 against 188.1 / 189.8, batch 8
-// about 1.5 % lower). A read-back round is cut into at most kReadSlices slices (plus one per
-// section), larger ones for a larger round.
+// An encode's read back in slices of KVTC_READBACK_SLICE_MB MiB (0, the default: a copy per
+// section): each slice is copied into the record with its CRC while the next is in flight, so
+// that only the last slice's copy follows the last transfer; only the job's last sequence does so
+// (FinishEncode), the one whose read back nothing else hides. Measured on an H200 (run l, 8B 8K,
+// medians over processes of one call): 4 MiB slices gave batch 1 214.3 / 214.0 GB/s against
+// 208.3 / 209.5 whole (calls 33 / 34), but batch 8 196.9 (every sequence sliced) / 206.3 (the last
+// only) against 231.5 / 222.1 (not explained). A read-back round is cut into at most kReadSlices
+// slices (plus one per section), larger ones for a larger round.
 constexpr uint64_t kReadSlices = 32;
 uint64_t ReadBackSlice() {
   static const uint64_t bytes = EnvMiB("KVTC_READBACK_SLICE_MB", 0);
-  return bytes;
-}
-uint64_t StageSlice() {
-  static const uint64_t bytes = EnvMiB("KVTC_STAGE_SLICE_MB", 0);
   return bytes;
 }
 
@@ -1535,8 +1532,7 @@ LaunchedStream LaunchStream(Context& ctx, StreamScratch& s, const Calibration& c
   ChunkOffsetsKernel<<<1, kOffsetThreads, 0, ctx.stream>>>(s.out_sizes.ptr, chunks, chunk_bytes, payload_bytes,
                                                            s.chunk_at.ptr);
   PackChunksKernel<<<unsigned(chunks), 256, 0, ctx.stream>>>(s.slots.ptr, out.max_out, s.payload.ptr, chunk_bytes,
-                                                             payload_bytes, s.out_sizes.ptr, s.chunk_at.ptr,
-                                                             s.packed.ptr);
+                                                             payload_bytes, s.chunk_at.ptr, s.packed.ptr);
   KVTC_CUDA_CALL(cudaGetLastError());
   prof.mark(keys ? "k.pack" : "v.pack");
   const size_t entry_bytes = chunks * out.max_entries * sizeof(uint32_t);
@@ -2134,6 +2130,16 @@ DecodeSlot& DecodeSlotBuffers(int slot) {
   return s[slot];
 }
 
+// Stages a section's chunks (ParallelCopyChunksCrc) and returns the section's CRC32C from what
+// the copy read: a raw section is its one chunk; a coded one's chunks follow its chunk table.
+uint32_t StagedSectionCrc(uint8_t* staging, const uint8_t* record, const std::vector<size_t>& dst_off,
+                          const std::vector<size_t>& src_off, const std::vector<size_t>& sizes, const Section& sec,
+                          const CodedChunks* coded) {
+  const uint32_t chunks = ParallelCopyChunksCrc(staging, dst_off.data(), record, src_off.data(), sizes.data(),
+                                                sizes.size());
+  const size_t table = !coded ? 0 : coded->src.empty() ? sec.stored_bytes : coded->src[0];
+  return Crc32cCombine(Crc32c(record + sec.offset, table), chunks, sec.stored_bytes - table);
+}
 
 // Coded section i of the record in flight, inflated into its payload: its reconstruction into the
 // slot's scratch, where the caller wants its rows (SectionTarget).
@@ -2280,34 +2286,18 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
       KVTC_CUDA_CALL(cudaMemcpyAsync(buf.image.ptr + st.begin, record + st.src_off[0], st.sizes[0],
                                      cudaMemcpyHostToDevice, ctx.copy));
     } else {
-      // Staged in slices of whole pieces (StageSlice), each sent as soon as it is staged and
-      // checksummed on the way. The section's CRC is known after its last slice: a mismatch then
-      // stops the decode before anything reaches the target (the image and scratch are the
-      // slot's own).
-      const size_t n = st.sizes.size();
-      const uint64_t slice = StageSlice() ? StageSlice() : ~uint64_t(0);
-      uint32_t chunks_crc = 0;
-      for (size_t k0 = 0; k0 < n;) {
-        size_t k1 = k0 + 1;
-        uint64_t bytes = st.sizes[k0];
-        while (k1 < n && bytes + st.sizes[k1] <= slice) bytes += st.sizes[k1++];
-        const uint32_t crc = ParallelCopyChunksCrc(buf.staging.ptr, st.dst_off.data() + k0, record,
-                                                   st.src_off.data() + k0, st.sizes.data() + k0, k1 - k0);
-        chunks_crc = Crc32cCombine(chunks_crc, crc, bytes);
-        const size_t from = st.dst_off[k0], to = k1 < n ? st.dst_off[k1] : st.end;
-        KVTC_CUDA_CALL(cudaMemcpyAsync(buf.image.ptr + from, buf.staging.ptr + from, to - from, cudaMemcpyHostToDevice,
-                                       ctx.copy));
-        k0 = k1;
-      }
-      // A coded section's chunks follow its chunk table; raw rows are one piece.
-      const CodedChunks* cc = IsCoded(sec.encoding) ? &f.coded[i] : nullptr;
-      const size_t table = !cc ? 0 : cc->src.empty() ? sec.stored_bytes : cc->src[0];
-      if (Crc32cCombine(Crc32c(record + sec.offset, table), chunks_crc, sec.stored_bytes - table) != sec.crc32c) {
+      // One copy per section: staging in 4 MiB pieces, each sent as soon as staged, measured
+      // slower on an H200 (2026-11-30, 8B shape 8K: 76.7 / 108.2 GB/s against 84.9 / 125.6) and
+      // again no faster in run l (call 33: decode 181.4 / 192.1 against 188.1 / 189.8 at batch 1).
+      if (StagedSectionCrc(buf.staging.ptr, record, st.dst_off, st.src_off, st.sizes, sec,
+                           IsCoded(sec.encoding) ? &f.coded[i] : nullptr) != sec.crc32c) {
         // Earlier sections' device work (scratch only) ends before the slot can be reused.
         cudaStreamSynchronize(ctx.copy);
         cudaStreamSynchronize(ctx.stream);
         KVTC_CHECK(false, kRecordCorrupt, "section " << i << " CRC32C mismatch");
       }
+      KVTC_CUDA_CALL(cudaMemcpyAsync(buf.image.ptr + st.begin, buf.staging.ptr + st.begin, st.end - st.begin,
+                                     cudaMemcpyHostToDevice, ctx.copy));
     }
     prof.lap(IsKeys(sec) ? "k.stage" : "v.stage");
     if (!IsCoded(sec.encoding)) continue;

@@ -31,6 +31,7 @@
 #                           into $OUT/gpu-bench-NAME.json, and the merged table
 # On exit the bench JSONs and a tarball of the logs are copied to the device tool's $OUT.
 set -uo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/gpu-tools.sh"
 R=$OUT
 export OUT=/tmp/o
 mkdir -p "$OUT"
@@ -70,9 +71,7 @@ ncu_kernels() {
 }
 coder_ab() {
   local old=$1 w=/tmp/kvtc-gpu v
-  mkdir -p "$w/nvcomp" "$w/sys"
-  [ -f "$w/nvcomp/lib64/libnvcomp.so.6" ] || tar -C "$w/nvcomp" -xJf .gpu/nvcomp.tar.xz
-  [ -f "$w/sys/lib/libdeflate.so" ] || tar -C "$w/sys" -xJf .gpu/sys.tar.xz
+  unpack_tools
   local build=(/usr/local/cuda/bin/nvcc -O3 -std=c++17 -arch=sm_90 -fmad=false --expt-relaxed-constexpr
     -I"$w/nvcomp/include" -I"$w/sys/include" cuda/tools/huffman_gpu_check.cu -L"$w/nvcomp/lib64" -lnvcomp
     -L"$w/sys/lib" -ldeflate)
@@ -82,21 +81,10 @@ coder_ab() {
   wait
   for v in old new; do
     stage "huffman_gpu_check $v"
-    LD_LIBRARY_PATH=$w/sys/lib:$w/nvcomp/lib64 timeout "$(left)" "$w/check-$v" > "$OUT/huffman-gpu-check-$v.log" 2>&1
+    timeout "$(left)" "$w/check-$v" > "$OUT/huffman-gpu-check-$v.log" 2>&1
     echo "rc $?"
     grep "indexed streams\|encode:\|^bench\|checks passed\|FAIL" "$OUT/huffman-gpu-check-$v.log" | tail -n 10
   done
-}
-unpack_tools() {  # Node.js, nvCOMP, the libraries and node_modules, as scripts/gpu-run.sh unpacks them
-  local w=/tmp/kvtc-gpu
-  mkdir -p "$w/bin" "$w/nvcomp" "$w/sys"
-  [ -x "$w/bin/node" ] || { xz -dc .gpu/node.xz > "$w/bin/node"; chmod +x "$w/bin/node"; }
-  [ -f "$w/nvcomp/lib64/libnvcomp.so.6" ] || tar -C "$w/nvcomp" -xJf .gpu/nvcomp.tar.xz
-  [ -f "$w/sys/lib/libopenblas.so.0" ] || tar -C "$w/sys" -xJf .gpu/sys.tar.xz
-  [ -d node_modules ] || tar -xJf .gpu/node_modules.tar.xz
-  [ -d dist ] || tar -xJf .gpu/dist.tar.xz
-  export PATH="$w/bin:/usr/local/cuda/bin:$PATH" LD_LIBRARY_PATH="$w/sys/lib:$w/nvcomp/lib64:${LD_LIBRARY_PATH:-}"
-  export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-16} OMP_NUM_THREADS=${OMP_NUM_THREADS:-16}
 }
 OLD_PID=
 build_old() {
