@@ -954,6 +954,15 @@ Napi::Value DevicesJs(const Napi::CallbackInfo& info) {
   });
 }
 
+// pageLockedCuda(buffer) -> whether the buffer's memory is page-locked (a record the CUDA
+// backend wrote under KVTC_PIN_RECORDS=1): a restore then copies it to the device directly.
+Napi::Value PageLockedCudaJs(const Napi::CallbackInfo& info) {
+  return Guard(info, [&]() -> Napi::Value {
+    const Bytes in = ViewBytes(info[0], "data");
+    return Napi::Boolean::New(info.Env(), in.size > 0 && cuda::IsPageLocked(in.data));
+  });
+}
+
 Napi::Value QuantizeCudaJs(const Napi::CallbackInfo& info) {
   return Guard(info, [&]() -> Napi::Value {
     std::vector<float> d = CopyFloats(info[0], "d");
@@ -1032,6 +1041,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("benchCuda", Napi::Function::New(env, BenchCudaJs));
   stages.Set("quantizeCuda", Napi::Function::New(env, QuantizeCudaJs));
   stages.Set("dequantizeCuda", Napi::Function::New(env, DequantizeCudaJs));
+  stages.Set("pageLockedCuda", Napi::Function::New(env, PageLockedCudaJs));
   exports.Set("cudaRegisterKv", Napi::Function::New(env, RegisterKvJs));
   exports.Set("cudaAllocateKv", Napi::Function::New(env, AllocateKvJs));
   exports.Set("cudaWriteKv", Napi::Function::New(env, WriteKvJs));

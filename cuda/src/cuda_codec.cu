@@ -1186,6 +1186,8 @@ bool IsPinnedHost(const void* p) {
 
 }  // namespace
 
+bool IsPageLocked(const void* p) { return IsPinnedHost(p); }
+
 std::shared_ptr<DeviceCalibration> Upload(const Calibration& c, int device) {
   KVTC_CHECK(Available(), kBackendUnavailable, "no CUDA device is available");
   KVTC_CUDA_CALL(cudaSetDevice(device));
@@ -1402,11 +1404,12 @@ struct LaunchedStream {
   StreamScratch* s = nullptr;
   size_t payload_bytes = 0, chunk_bytes = 0, chunks = 0, max_out = 0;
   uint32_t entry_stride = 0, max_entries = 0;  // indexed chunks (kvtc's coder); 0 for nvCOMP's
-  // Filled after the job's sync by LayoutChunks: the section's chunk table and the bytes of its
-  // chunks (packed back to back on the device by PackChunksKernel).
+  // After the job's sync: the sizes of the section's chunk table and of its chunks (packed back
+  // to back on the device by PackChunksKernel), from SizeChunks; the table itself from
+  // LayoutChunks.
+  uint64_t table_bytes = 0, chunk_total = 0;
   std::vector<uint8_t> table;
-  uint64_t chunk_total = 0;
-  uint64_t size() const { return table.size() + chunk_total; }
+  uint64_t size() const { return table_bytes + chunk_total; }
 };
 
 LaunchedStream LaunchStream(Context& ctx, StreamScratch& s, const Calibration& c, const DeviceCalibration& dev,
@@ -1548,19 +1551,42 @@ LaunchedStream LaunchStream(Context& ctx, StreamScratch& s, const Calibration& c
 // After the sync: the chunk table (entropy.h: u32 count, [u32 entry stride], raw and stored size
 // per chunk, [entry points of each DEFLATE'd chunk]). A chunk that did not shrink is stored (the
 // CPU encoder's rule, which ChunkOffsetsKernel applies on the device).
+// Chunk i's raw size and its stored size under the stored rule (coded[i], the coder's size, when
+// it shrank; the raw size otherwise).
+inline size_t RawChunkSize(const LaunchedStream& ls, size_t i) {
+  return std::min(ls.chunk_bytes, ls.payload_bytes - i * ls.chunk_bytes);
+}
+
+// The section's size, table and chunks, without writing the table: one pass over the chunk sizes,
+// so that the read back of the packed chunks is queued before LayoutChunks writes the table.
+void SizeChunks(LaunchedStream& ls) {
+  const auto* coded = reinterpret_cast<const size_t*>(ls.s->sizes.ptr);
+  const bool indexed = ls.entry_stride > 0;
+  uint64_t table = (indexed ? 8 : 4) + 8 * uint64_t(ls.chunks), total = 0;
+  for (size_t i = 0; i < ls.chunks; ++i) {
+    const size_t raw = RawChunkSize(ls, i);
+    const bool stored = coded[i] >= raw;
+    total += stored ? raw : coded[i];
+    if (indexed && !stored) table += 4 * uint64_t(huff::EntryCount(raw, ls.entry_stride));
+  }
+  ls.table_bytes = table;
+  ls.chunk_total = total;
+}
+
 void LayoutChunks(LaunchedStream& ls) {
   const size_t chunks = ls.chunks;
   const bool indexed = ls.entry_stride > 0;
   const size_t fixed = indexed ? 8 : 4;
   const auto* coded = reinterpret_cast<const size_t*>(ls.s->sizes.ptr);
   const auto* entries = reinterpret_cast<const uint32_t*>(ls.s->sizes.ptr + chunks * sizeof(size_t));
+  ls.table.reserve(ls.table_bytes);
   ls.table.assign(fixed + 8 * chunks, 0);  // the entry points are appended
   const uint32_t n32 = uint32_t(chunks);
   std::memcpy(ls.table.data(), &n32, 4);
   if (indexed) std::memcpy(ls.table.data() + 4, &ls.entry_stride, 4);
   uint64_t total = 0;
   for (size_t i = 0; i < chunks; ++i) {
-    const size_t raw = std::min(ls.chunk_bytes, ls.payload_bytes - i * ls.chunk_bytes);
+    const size_t raw = RawChunkSize(ls, i);
     const bool stored = coded[i] >= raw;
     const size_t n = stored ? raw : coded[i];
     const uint32_t raw32 = uint32_t(raw), st32 = uint32_t(n);
@@ -1572,7 +1598,8 @@ void LayoutChunks(LaunchedStream& ls) {
     }
     total += n;
   }
-  ls.chunk_total = total;
+  KVTC_CHECK(total == ls.chunk_total && ls.table.size() == ls.table_bytes, kInternal,
+             "a coded section's layout differs from its size");
 }
 
 // One coded section of a record being decoded: its chunk table (entropy.h's ParseChunkTable, the
@@ -1981,7 +2008,7 @@ HostBytes FinishEncode(Context& ctx, const Calibration& c, EncodeFlight& f, bool
       if (laid_out[i]) continue;
       if (part.coded) {
         if (part.coded == &f.coded[1] && !values) continue;  // the values' sizes are not known yet
-        LayoutChunks(*part.coded);
+        SizeChunks(*part.coded);
         part.section.stored_bytes = part.coded->size();
       }
       part.section.offset = offset;
@@ -1996,8 +2023,7 @@ HostBytes FinishEncode(Context& ctx, const Calibration& c, EncodeFlight& f, bool
       EncodePart& part = parts[i];
       const uint64_t at = part.section.offset;
       if (part.coded) {
-        const uint64_t table = part.coded->table.size();
-        reads.push_back({i, at + table, part.coded->s->packed.ptr, part.coded->chunk_total});
+        reads.push_back({i, at + part.coded->table_bytes, part.coded->s->packed.ptr, part.coded->chunk_total});
       } else if (f.paged) {
         const bool keys = part.section.kind == SectionKind::kRawKeys;
         uint8_t* rows = buf.raw_rows.ptr + raw_at;
@@ -2031,6 +2057,7 @@ HostBytes FinishEncode(Context& ctx, const Calibration& c, EncodeFlight& f, bool
       EncodePart& part = parts[i];
       uint8_t* at = f.record.data.get() + part.section.offset;
       if (part.coded) {
+        LayoutChunks(*part.coded);  // while the device's bytes are on their way
         const std::vector<uint8_t>& table = part.coded->table;
         std::memcpy(at, table.data(), table.size());
         crc[i] = Crc32c(table.data(), table.size());
@@ -2206,119 +2233,146 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
   bool direct = IsPinnedHost(record);
   prof.lap("pinned?");
   for (const Section& s : h.sections) direct &= s.encoding != SectionEncoding::kDeflateChunks;
-  // Section CRCs: checked here for a record the device reads as it is; otherwise by the staging
-  // pass, which reads every byte anyway (ParallelCopyChunksCrc), before the section is sent.
-  // Measured on an H200 (2026-11-30, run f, 8B shape 8K batch 1): decode 148.4 GB/s against 128.1
-  // with a CRC pass of its own before staging.
-  if (direct) VerifySections(h, record);
-  prof.lap("verify");
   const PlanPair& plan = c.plans[h.plan_id];
-  // Every chunk table is checked before the device is touched. A table that fails its checks is
-  // reported as the CRC mismatch it may be, the CPU decoder's order (CRCs, then chunk tables).
-  f.coded.resize(h.sections.size());
-  try {
-    for (size_t i = 0; i < h.sections.size(); ++i) {
-      const Section& s = h.sections[i];
-      if (!IsCoded(s.encoding)) continue;
-      f.coded[i] = ParseCodedSection(record, s, PayloadBytes(IsKeys(s) ? plan.keys : plan.values, s.token_count));
-    }
-  } catch (const Error&) {
-    if (!direct) VerifySections(h, record);
-    throw;
-  }
-  prof.lap("chunk tables");
-  DecodeSlot& buf = DecodeSlotBuffers(slot);
-  struct Staging {
-    std::vector<size_t> src_off, dst_off, sizes;
-    size_t begin = 0, end = 0;  // the section's range of the image
-  };
-  std::vector<Staging> staging(h.sections.size());
-  size_t image_bytes = 0;
-  auto stage = [&](Staging& st, size_t src, size_t n) {
-    st.src_off.push_back(src);
-    st.dst_off.push_back(image_bytes);
-    st.sizes.push_back(n);
-    image_bytes += (n + 15) / 16 * 16;
-  };
-  // Coded sections inflate into the slot's payload buffer, each at a 256-byte offset.
-  f.image_at.assign(h.sections.size(), 0);
-  f.payload_at.assign(h.sections.size(), 0);
-  size_t payload_total = 0;
-  for (size_t i = 0; i < h.sections.size(); ++i) {
+  // Each section's range of the image, reserved before any chunk table is read: a staged coded
+  // section's chunks are 16-byte aligned, at most 15 bytes of padding per chunk, and its table
+  // declares at most stored_bytes / 8 chunks (ParseChunkTable refuses more).
+  const size_t n_sections = h.sections.size();
+  f.image_at.assign(n_sections, 0);
+  f.payload_at.assign(n_sections, 0);
+  size_t image_bytes = 0, payload_total = 0;
+  for (size_t i = 0; i < n_sections; ++i) {
     const Section& s = h.sections[i];
-    Staging& st = staging[i];
-    st.begin = f.image_at[i] = image_bytes;
-    if (direct || s.encoding == SectionEncoding::kRaw) stage(st, s.offset, s.stored_bytes);
+    f.image_at[i] = image_bytes;
+    size_t reserve = (s.stored_bytes + 15) / 16 * 16;
     if (IsCoded(s.encoding)) {
-      CodedChunks& cc = f.coded[i];
-      cc.staged.resize(cc.raw.size());
-      for (size_t k = 0; k < cc.raw.size(); ++k) {
-        if (direct) {
-          cc.staged[k] = st.begin + cc.src[k];
-        } else {
-          cc.staged[k] = image_bytes;
-          stage(st, cc.section_offset + cc.src[k], cc.stored[k]);
-        }
+      if (!direct && s.stored_bytes >= 4) {
+        uint32_t declared = 0;
+        std::memcpy(&declared, record + s.offset, 4);
+        reserve += 16 * std::min<size_t>(declared, s.stored_bytes / 8);
       }
       f.payload_at[i] = payload_total;
-      payload_total += (cc.payload_bytes + 255) / 256 * 256;
+      payload_total += (PayloadBytes(IsKeys(s) ? plan.keys : plan.values, s.token_count) + 255) / 256 * 256;
     }
-    st.end = image_bytes;
+    image_bytes += reserve;
   }
   prof.lap("staging plan");
+  DecodeSlot& buf = DecodeSlotBuffers(slot);
   buf.image.resize(std::max<size_t>(1, image_bytes));
   if (!direct) buf.staging.resize(std::max<size_t>(1, image_bytes));
   prof.lap("buffers");
   StreamScratch& s0 = Scratch(slot, 0);
   s0.payload.resize(std::max<size_t>(4, payload_total));
-  f.targets.assign(h.sections.size(), InflateTarget{});
-  f.inflated.assign(h.sections.size(), InflateLaunch{});
-  // Sections go to the device in record order on the copy stream, staged section by section; as
-  // soon as a coded section is there, the job stream inflates and reconstructs it into scratch,
-  // so the keys' device work overlaps the host's staging of the values. Nothing reaches the
-  // target before FinishDecode has checked every inflation. The slot's image is free once the
-  // writes of the slot's previous sequence have run.
+  f.coded.assign(n_sections, CodedChunks{});
+  f.targets.assign(n_sections, InflateTarget{});
+  f.inflated.assign(n_sections, InflateLaunch{});
+  // A section that fails its checks once device work is queued: that work (scratch only) ends
+  // before the slot can be reused, then the error goes up. Nothing reaches the target before
+  // FinishDecode has checked every section and every inflation.
+  auto fail = [&]() {
+    cudaStreamSynchronize(ctx.copy);
+    cudaStreamSynchronize(ctx.stream);
+  };
+  // Coded sections first (keys, then values), the raw sink and window rows after them: the raw
+  // rows are only written by FinishDecode, so their staging overlaps the device's reconstruction
+  // instead of delaying it. Each coded section's chunk table is read just before it is staged,
+  // and its device work is queued as soon as it is on the device: the values' table and staging
+  // overlap the keys' inflation. A table that fails its checks is reported as the CRC mismatch
+  // it may be, the CPU decoder's order (CRCs, then chunk tables).
+  std::vector<size_t> order;
+  for (size_t i = 0; i < n_sections; ++i)
+    if (IsCoded(h.sections[i].encoding)) order.push_back(i);
+  const size_t n_coded = order.size();
+  for (size_t i = 0; i < n_sections; ++i)
+    if (!IsCoded(h.sections[i].encoding)) order.push_back(i);
+  // The slot's image is free once the writes of the slot's previous sequence have run.
   KVTC_CUDA_CALL(cudaStreamWaitEvent(ctx.copy, ctx.slot_free[slot], 0));
-  for (size_t i = 0; i < h.sections.size(); ++i) {
-    const Staging& st = staging[i];
+  std::vector<size_t> src_off, dst_off, sizes;
+  for (size_t k = 0; k < order.size(); ++k) {
+    const size_t i = order[k];
     const Section& sec = h.sections[i];
+    const bool keys = IsKeys(sec), coded = IsCoded(sec.encoding);
+    const size_t begin = f.image_at[i];
+    if (coded) {
+      try {
+        f.coded[i] = ParseCodedSection(record, sec, PayloadBytes(keys ? plan.keys : plan.values, sec.token_count));
+      } catch (const Error&) {
+        fail();
+        VerifySections(h, record);
+        throw;
+      }
+      prof.lap(keys ? "k.table" : "v.table");
+    }
+    CodedChunks& cc = f.coded[i];
+    src_off.clear();
+    dst_off.clear();
+    sizes.clear();
+    size_t end = begin;
+    auto stage = [&](size_t src, size_t n) {
+      src_off.push_back(src);
+      dst_off.push_back(end);
+      sizes.push_back(n);
+      end += (n + 15) / 16 * 16;
+    };
+    if (direct || !coded) stage(sec.offset, sec.stored_bytes);
+    if (coded) {
+      cc.staged.resize(cc.raw.size());
+      for (size_t j = 0; j < cc.raw.size(); ++j) {
+        if (direct) {
+          cc.staged[j] = begin + cc.src[j];
+        } else {
+          cc.staged[j] = end;
+          stage(cc.section_offset + cc.src[j], cc.stored[j]);
+        }
+      }
+    }
     if (direct) {
-      KVTC_CUDA_CALL(cudaMemcpyAsync(buf.image.ptr + st.begin, record + st.src_off[0], st.sizes[0],
+      // The DMA starts at once; the host checks the section's CRC while it runs, before any
+      // kernel reads the bytes. Measured on an H200 (run m, call 36, 8B shape 8K batch 1): a
+      // CRC pass over the whole record before the first copy held the restore back 1.09 ms.
+      KVTC_CUDA_CALL(cudaMemcpyAsync(buf.image.ptr + begin, record + sec.offset, sec.stored_bytes,
                                      cudaMemcpyHostToDevice, ctx.copy));
+      if (Crc32cParallel(record + sec.offset, sec.stored_bytes) != sec.crc32c) {
+        fail();
+        KVTC_CHECK(false, kRecordCorrupt, "section " << i << " CRC32C mismatch");
+      }
     } else {
       // One copy per section: staging in 4 MiB pieces, each sent as soon as staged, measured
       // slower on an H200 (2026-11-30, 8B shape 8K: 76.7 / 108.2 GB/s against 84.9 / 125.6) and
       // again no faster in run l (call 33: decode 181.4 / 192.1 against 188.1 / 189.8 at batch 1).
-      if (StagedSectionCrc(buf.staging.ptr, record, st.dst_off, st.src_off, st.sizes, sec,
-                           IsCoded(sec.encoding) ? &f.coded[i] : nullptr) != sec.crc32c) {
-        // Earlier sections' device work (scratch only) ends before the slot can be reused.
-        cudaStreamSynchronize(ctx.copy);
-        cudaStreamSynchronize(ctx.stream);
+      if (StagedSectionCrc(buf.staging.ptr, record, dst_off, src_off, sizes, sec, coded ? &cc : nullptr) !=
+          sec.crc32c) {
+        fail();
         KVTC_CHECK(false, kRecordCorrupt, "section " << i << " CRC32C mismatch");
       }
-      KVTC_CUDA_CALL(cudaMemcpyAsync(buf.image.ptr + st.begin, buf.staging.ptr + st.begin, st.end - st.begin,
+      KVTC_CUDA_CALL(cudaMemcpyAsync(buf.image.ptr + begin, buf.staging.ptr + begin, end - begin,
                                      cudaMemcpyHostToDevice, ctx.copy));
     }
-    prof.lap(IsKeys(sec) ? "k.stage" : "v.stage");
-    if (!IsCoded(sec.encoding)) continue;
-    f.targets[i] = {&f.coded[i], s0.payload.ptr + f.payload_at[i]};
-    if (f.one_inflate) continue;  // after the loop
-    const bool keys = IsKeys(sec);
-    KVTC_CUDA_CALL(cudaEventRecord(ctx.staged[slot], ctx.copy));
-    KVTC_CUDA_CALL(cudaStreamWaitEvent(ctx.stream, ctx.staged[slot], 0));
-    f.inflated[i] = LaunchInflate(ctx, Scratch(slot, keys ? 0 : 1), {f.targets[i]}, buf.image.ptr, s0.payload.ptr);
-    prof.mark(keys ? "k.inflate" : "v.inflate");
-    prof.lap(keys ? "k.launch" : "v.launch");
-    ReconstructSection(ctx, c, dev, f, i, prof);
+    prof.lap(keys ? "k.stage" : "v.stage");
+    if (coded) {
+      f.targets[i] = {&cc, s0.payload.ptr + f.payload_at[i]};
+      if (!f.one_inflate) {
+        KVTC_CUDA_CALL(cudaEventRecord(ctx.staged[slot], ctx.copy));
+        KVTC_CUDA_CALL(cudaStreamWaitEvent(ctx.stream, ctx.staged[slot], 0));
+        f.inflated[i] = LaunchInflate(ctx, Scratch(slot, keys ? 0 : 1), {f.targets[i]}, buf.image.ptr, s0.payload.ptr);
+        prof.mark(keys ? "k.inflate" : "v.inflate");
+        prof.lap(keys ? "k.launch" : "v.launch");
+        ReconstructSection(ctx, c, dev, f, i, prof);
+      }
+    }
+    if (f.one_inflate && k + 1 == n_coded) {
+      // Every coded section is staged: one inflation for all of them.
+      KVTC_CUDA_CALL(cudaEventRecord(ctx.staged[slot], ctx.copy));
+      KVTC_CUDA_CALL(cudaStreamWaitEvent(ctx.stream, ctx.staged[slot], 0));
+      f.whole = LaunchInflate(ctx, Scratch(slot, 0), CodedTargets(f), buf.image.ptr, s0.payload.ptr);
+      prof.mark("inflate");
+      for (size_t j : order)
+        if (IsCoded(h.sections[j].encoding)) ReconstructSection(ctx, c, dev, f, j, prof);
+    }
   }
+  // The raw rows' copies, last on the copy stream, come before FinishDecode's writes.
   KVTC_CUDA_CALL(cudaEventRecord(ctx.staged[slot], ctx.copy));
   KVTC_CUDA_CALL(cudaStreamWaitEvent(ctx.stream, ctx.staged[slot], 0));
-  if (f.one_inflate) {
-    f.whole = LaunchInflate(ctx, Scratch(slot, 0), CodedTargets(f), buf.image.ptr, s0.payload.ptr);
-    prof.mark("inflate");
-    for (size_t i = 0; i < h.sections.size(); ++i)
-      if (IsCoded(h.sections[i].encoding)) ReconstructSection(ctx, c, dev, f, i, prof);
-  }
   KVTC_CUDA_CALL(cudaEventRecord(ctx.reconstructed[slot], ctx.stream));
   prof.lap("launch");
 }

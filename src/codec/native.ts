@@ -253,6 +253,8 @@ export interface NativeAddon {
     round(x: Float32Array, to: 'float16' | 'bfloat16' | 'fp8'): Float32Array;
     quantizeCuda?(d: Float32Array, o: { tokens: number; plan: NativePlan }): Buffer;
     dequantizeCuda?(payload: Uint8Array, o: { tokens: number; plan: NativePlan }): Float32Array;
+    /** Whether `data` lies in page-locked memory (a record written under KVTC_PIN_RECORDS=1). */
+    pageLockedCuda?(data: Uint8Array): boolean;
   };
 }
 

@@ -19,6 +19,9 @@ namespace kvtc::cuda {
 
 bool Available();              // a device is present and usable
 std::string DeviceName(int device = 0);
+// Whether host memory at p is page-locked (registered or allocated by CUDA), so that the device
+// copies straight from it: a record there is restored without staging.
+bool IsPageLocked(const void* p);
 
 // A calibration's device copy (mean fp32, basis bf16) for one device; immutable once built.
 class DeviceCalibration;

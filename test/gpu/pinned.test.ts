@@ -1,0 +1,67 @@
+// A restore straight from a page-locked record (KVTC_PIN_RECORDS=1): the CUDA backend copies each
+// section to the device as it is and checks its CRC on the host while the copy runs, before any
+// kernel reads it. This file is its own process under node:test, so the switch is set before
+// the addon's first encode reads it.
+process.env.KVTC_PIN_RECORDS = '1';
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+
+import { decode, encode } from '../../src/codec/codec.js';
+import { loadNative } from '../../src/codec/native.js';
+import { syntheticKv } from '../../src/calibrate/synthetic.js';
+import { fitCalibration } from '../../src/calibrate/fit.js';
+import { modelInfo } from '../helpers/calibration.js';
+import { gpuSkip } from '../helpers/gpu.js';
+
+const native = loadNative();
+
+test('page-locked records restore directly, and a corrupt one is refused', { skip: gpuSkip }, async () => {
+  const s = syntheticKv(256, 32, 1);
+  const cal = await fitCalibration({
+    model: modelInfo(2, 2, 8),
+    keys: s.keys,
+    values: s.values,
+    n: 256,
+    ratios: [4],
+    rankCap: 32,
+    powerIters: 2,
+    oversample: 4,
+    seed: 1,
+    dpSamples: 128,
+    sinkTokens: 4,
+    windowTokens: 8,
+    source: 't',
+  });
+  const options = { tokens: 256, dtype: 'float32', backend: 'cuda' } as const;
+  const rec = await encode(
+    cal,
+    { keys: s.keys, values: s.values, dtype: 'float32', tokens: 256 },
+    { backend: 'cuda', windowTokens: 8 },
+  );
+  assert.ok(native.stages.pageLockedCuda!(rec), 'the record is page-locked (the direct restore runs)');
+  const copy = Buffer.from(rec);
+  assert.equal(native.stages.pageLockedCuda!(copy), false, 'a copy of it is pageable (the staged restore runs)');
+  const direct = await decode(cal, rec, options);
+  const staged = await decode(cal, copy, options);
+  assert.ok(direct.keys.equals(staged.keys) && direct.values.equals(staged.values), 'direct and staged restores agree');
+  // One flipped byte at the start, the middle and the end of every section, in the page-locked
+  // record itself: the same code as the CPU decoder, and the next restore unharmed.
+  const view = new DataView(rec.buffer, rec.byteOffset, rec.byteLength);
+  for (let i = 0; i < rec[55]!; i++) {
+    const entry = 96 + 32 * i;
+    const offset = Number(view.getBigUint64(entry + 16, true)),
+      stored = Number(view.getBigUint64(entry + 24, true));
+    for (const at of [offset, offset + Math.floor(stored / 2), offset + stored - 1]) {
+      rec[at]! ^= 0x10;
+      const cpu = await decode(cal, Buffer.from(rec), { ...options, backend: 'cpu' }).then(
+        () => 'decoded',
+        (e: { code?: string }) => e.code,
+      );
+      await assert.rejects(decode(cal, rec, options), { code: cpu }, `section ${i}, byte ${at - offset} of ${stored}`);
+      rec[at]! ^= 0x10;
+      const again = await decode(cal, rec, options);
+      assert.ok(again.keys.equals(direct.keys) && again.values.equals(direct.values), 'a good restore after a bad one');
+    }
+  }
+});
