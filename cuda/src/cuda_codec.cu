@@ -1154,7 +1154,10 @@ namespace {
 // of an 8B-shape 8K-token restore but cost more on encode (page-locking each fresh block); run l
 // (call 32, 8B 8K, reading back into the record): encode 228.9 / 229.1 GB/s at batch 1 against
 // 214.7 / 215.8, but 154.6 / 159.1 at batch 8 against 191.8 / 196.1 (fresh blocks pinned) and
-// decode 166.0 / 170.7 at batch 1 against 191.2 / 186.1.
+// decode 166.0 / 170.7 at batch 1 against 191.2 / 186.1. Run m (calls 37-38, each section's CRC
+// checked while its copy runs): encode batch 8 246.5 against 223.2-231.0 with a record pool that
+// holds the batch, decode batch 1 still 174.5-177.6 against 206.5 staged, though the copy from a
+// registered block runs at full speed (bench/pinned_copy.py: 55.3 GB/s, as from cudaHostAlloc).
 void InstallRecordPinning() {
   static std::once_flag once;
   std::call_once(once, [] {
