@@ -9,7 +9,7 @@ import { decode, encode, type Backend } from '../../src/codec/codec.js';
 import { loadNative, type NativePlan } from '../../src/codec/native.js';
 import { applyRope, gaussian, mulberry32, syntheticKv } from '../../src/calibrate/synthetic.js';
 import { fitCalibration } from '../../src/calibrate/fit.js';
-import { modelInfo } from '../helpers/calibration.js';
+import { modelInfo, smallRecordFixture } from '../helpers/calibration.js';
 import { gpuSkip } from '../helpers/gpu.js';
 import { relError } from '../helpers/reference.js';
 
@@ -190,23 +190,7 @@ test('fp8 projection: CUDA against the CPU simulation, both ways, odd sizes', { 
 });
 
 test("CUDA decoder refuses bad records with the CPU decoder's codes", { skip }, async () => {
-  const model = modelInfo(2, 2, 8);
-  const s = syntheticKv(256, 32, 1);
-  const cal = await fitCalibration({
-    model,
-    keys: s.keys,
-    values: s.values,
-    n: 256,
-    ratios: [4],
-    rankCap: 32,
-    powerIters: 2,
-    oversample: 4,
-    seed: 1,
-    dpSamples: 128,
-    sinkTokens: 4,
-    windowTokens: 8,
-    source: 't',
-  });
+  const { cal, ...s } = await smallRecordFixture();
   const rec = await encode(
     cal,
     { keys: s.keys, values: s.values, dtype: 'float32', tokens: 256 },

@@ -9,30 +9,13 @@ import assert from 'node:assert/strict';
 
 import { decode, encode } from '../../src/codec/codec.js';
 import { loadNative } from '../../src/codec/native.js';
-import { syntheticKv } from '../../src/calibrate/synthetic.js';
-import { fitCalibration } from '../../src/calibrate/fit.js';
-import { modelInfo } from '../helpers/calibration.js';
+import { smallRecordFixture } from '../helpers/calibration.js';
 import { gpuSkip } from '../helpers/gpu.js';
 
 const native = loadNative();
 
 test('page-locked records restore directly, and a corrupt one is refused', { skip: gpuSkip }, async () => {
-  const s = syntheticKv(256, 32, 1);
-  const cal = await fitCalibration({
-    model: modelInfo(2, 2, 8),
-    keys: s.keys,
-    values: s.values,
-    n: 256,
-    ratios: [4],
-    rankCap: 32,
-    powerIters: 2,
-    oversample: 4,
-    seed: 1,
-    dpSamples: 128,
-    sinkTokens: 4,
-    windowTokens: 8,
-    source: 't',
-  });
+  const { cal, ...s } = await smallRecordFixture();
   const options = { tokens: 256, dtype: 'float32', backend: 'cuda' } as const;
   const rec = await encode(
     cal,

@@ -39,3 +39,27 @@ export async function syntheticCalibration(
     source: 'synthetic (test)',
   });
 }
+
+/**
+ * The small calibration and KV whose records the CUDA refusal tests corrupt: 2 layers x 2 heads x
+ * 8 dims, 256 float32 tokens, kvtc 4x, 4 sink tokens and an 8-token window.
+ */
+export async function smallRecordFixture(): Promise<{ cal: Calibration; keys: Float32Array; values: Float32Array }> {
+  const kv = syntheticKv(256, 32, 1);
+  const cal = await fitCalibration({
+    model: modelInfo(2, 2, 8),
+    keys: kv.keys,
+    values: kv.values,
+    n: 256,
+    ratios: [4],
+    rankCap: 32,
+    powerIters: 2,
+    oversample: 4,
+    seed: 1,
+    dpSamples: 128,
+    sinkTokens: 4,
+    windowTokens: 8,
+    source: 't',
+  });
+  return { cal, keys: kv.keys, values: kv.values };
+}
