@@ -18,11 +18,10 @@ source scripts/lib/gpu-tools.sh
 unpack_tools
 
 echo "== build (CUDA $(nvcc --version | tail -n 1))"
-cmake -S cuda -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DKVTC_WITH_CUDA=ON \
-  -DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc -DNVCOMP_ROOT="$W/nvcomp" -DKVTC_SYS_ROOT="$W/sys" \
-  -DCMAKE_JS_INC="$(node -p "require('node-api-headers').include_dir")" > "$OUT/cmake.log" 2>&1 || { tail -n 30 "$OUT/cmake.log"; exit 1; }
-cmake --build build-gpu 2>&1 | tail -n 3
-export KVTC_ADDON_PATH="$(find "$PWD/build-gpu" -name kvtc.node | head -n 1)"
+build_addon cuda build-gpu "$OUT/cmake.log" > "$OUT/build.log" 2>&1 || { tail -n 30 "$OUT/build.log"; exit 1; }
+tail -n 3 "$OUT/build.log"
+KVTC_ADDON_PATH="$(addon_in build-gpu)"
+export KVTC_ADDON_PATH
 node -e "const a=require(process.env.KVTC_ADDON_PATH); console.log(JSON.stringify(a.buildInfo()))"
 
 if [ "$what" = test ] || [ "$what" = all ]; then

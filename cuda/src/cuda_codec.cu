@@ -857,32 +857,6 @@ size_t SmallGroupsFirst(std::vector<GroupDesc>& groups) {
 
 size_t Elem(KvDtype d) { return DtypeBytes(d); }
 
-// Environment variable `name` as a whole number of MiB from 0 to 4096, in bytes (`fallback` MiB
-// when unset or empty; anything else is kInvalidArgument).
-uint64_t EnvMiB(const char* name, long fallback) {
-  const char* v = std::getenv(name);
-  if (!v || !*v) return uint64_t(fallback) << 20;
-  char* end = nullptr;
-  const long mb = std::strtol(v, &end, 10);
-  KVTC_CHECK(*end == '\0' && mb >= 0 && mb <= 4096, kInvalidArgument,
-             name << " must be a whole number of MiB from 0 to 4096");
-  return uint64_t(mb) << 20;
-}
-
-// An encode's read back in slices of KVTC_READBACK_SLICE_MB MiB (0, the default: a copy per
-// section): each slice is copied into the record with its CRC while the next is in flight, so
-// that only the last slice's copy follows the last transfer; only the job's last sequence does so
-// (FinishEncode), the one whose read back nothing else hides. Measured on an H200 (run l, 8B 8K,
-// medians over processes of one call): 4 MiB slices gave batch 1 214.3 / 214.0 GB/s against
-// 208.3 / 209.5 whole (calls 33 / 34), but batch 8 196.9 (every sequence sliced) / 206.3 (the last
-// only) against 231.5 / 222.1 (not explained). A read-back round is cut into at most kReadSlices
-// slices (plus one per section), larger ones for a larger round.
-constexpr uint64_t kReadSlices = 32;
-uint64_t ReadBackSlice() {
-  static const uint64_t bytes = EnvMiB("KVTC_READBACK_SLICE_MB", 0);
-  return bytes;
-}
-
 struct Context {
   int device = 0;
   cudaStream_t stream = nullptr;   // the job's compute
@@ -898,15 +872,15 @@ struct Context {
   cudaEvent_t staged[2] = {}, reconstructed[2] = {}, slot_free[2] = {};
   cublasHandle_t cublas = nullptr;
   LtHandle lt;  // the projection's GEMMs (cuBLASLt), set up on first use
-  // An encode round's read-back slices, one event each (created as needed; reused every round).
-  std::vector<cudaEvent_t> read_slices;
+  // An encode round's read backs, one event each (created as needed; reused every round).
+  std::vector<cudaEvent_t> reads;
   cudaEvent_t ReadEvent(size_t k) {
-    while (read_slices.size() <= k) {
+    while (reads.size() <= k) {
       cudaEvent_t e = nullptr;
       KVTC_CUDA_CALL(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
-      read_slices.push_back(e);
+      reads.push_back(e);
     }
-    return read_slices[k];
+    return reads[k];
   }
   Context() {
     KVTC_CUDA_CALL(cudaGetDevice(&device));
@@ -933,7 +907,7 @@ struct Context {
     if (cublas) cublasDestroy(cublas);
     for (cudaEvent_t* e : Events())
       if (*e) cudaEventDestroy(*e);
-    for (cudaEvent_t e : read_slices) cudaEventDestroy(e);
+    for (cudaEvent_t e : reads) cudaEventDestroy(e);
     if (copy) cudaStreamDestroy(copy);
     if (stream) cudaStreamDestroy(stream);
   }
@@ -1176,9 +1150,11 @@ void InstallRecordPinning() {
   });
 }
 
-// True when [p, p + n) is page-locked host memory the device can read by DMA (a pinned record
-// block: the whole block is registered, and a record never crosses its block).
-bool IsPinnedHost(const void* p) {
+}  // namespace
+
+// A record in a page-locked block is page-locked whole: the whole block is registered, and a
+// record never crosses its block.
+bool IsPageLocked(const void* p) {
   cudaPointerAttributes a{};
   if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
     cudaGetLastError();
@@ -1186,10 +1162,6 @@ bool IsPinnedHost(const void* p) {
   }
   return a.type == cudaMemoryTypeHost;
 }
-
-}  // namespace
-
-bool IsPageLocked(const void* p) { return IsPinnedHost(p); }
 
 std::shared_ptr<DeviceCalibration> Upload(const Calibration& c, int device) {
   KVTC_CHECK(Available(), kBackendUnavailable, "no CUDA device is available");
@@ -1551,58 +1523,55 @@ LaunchedStream LaunchStream(Context& ctx, StreamScratch& s, const Calibration& c
   return out;
 }
 
-// After the sync: the chunk table (entropy.h: u32 count, [u32 entry stride], raw and stored size
-// per chunk, [entry points of each DEFLATE'd chunk]). A chunk that did not shrink is stored (the
-// CPU encoder's rule, which ChunkOffsetsKernel applies on the device).
-// Chunk i's raw size and its stored size under the stored rule (coded[i], the coder's size, when
-// it shrank; the raw size otherwise).
-inline size_t RawChunkSize(const LaunchedStream& ls, size_t i) {
-  return std::min(ls.chunk_bytes, ls.payload_bytes - i * ls.chunk_bytes);
+// Chunk i of a coded stream after the job's sync: its raw size and the bytes the record stores,
+// the coder's output, or the raw chunk when coding did not shrink it (the CPU encoder's rule,
+// which ChunkOffsetsKernel applies on the device to the same sizes).
+struct ChunkSize {
+  size_t raw = 0, stored = 0;
+  bool Stored() const { return stored == raw; }
+};
+ChunkSize SizeOfChunk(const LaunchedStream& ls, size_t i) {
+  const size_t raw = std::min(ls.chunk_bytes, ls.payload_bytes - i * ls.chunk_bytes);
+  const size_t coded = reinterpret_cast<const size_t*>(ls.s->sizes.ptr)[i];
+  return {raw, coded >= raw ? raw : coded};
 }
 
 // The section's size, table and chunks, without writing the table: one pass over the chunk sizes,
 // so that the read back of the packed chunks is queued before LayoutChunks writes the table.
 void SizeChunks(LaunchedStream& ls) {
-  const auto* coded = reinterpret_cast<const size_t*>(ls.s->sizes.ptr);
   const bool indexed = ls.entry_stride > 0;
   uint64_t table = (indexed ? 8 : 4) + 8 * uint64_t(ls.chunks), total = 0;
   for (size_t i = 0; i < ls.chunks; ++i) {
-    const size_t raw = RawChunkSize(ls, i);
-    const bool stored = coded[i] >= raw;
-    total += stored ? raw : coded[i];
-    if (indexed && !stored) table += 4 * uint64_t(huff::EntryCount(raw, ls.entry_stride));
+    const ChunkSize cs = SizeOfChunk(ls, i);
+    total += cs.stored;
+    if (indexed && !cs.Stored()) table += 4 * uint64_t(huff::EntryCount(cs.raw, ls.entry_stride));
   }
   ls.table_bytes = table;
   ls.chunk_total = total;
 }
 
+// The chunk table SizeChunks sized (entropy.h: u32 count, [u32 entry stride], raw and stored size
+// per chunk, [entry points of each DEFLATE'd chunk]).
 void LayoutChunks(LaunchedStream& ls) {
   const size_t chunks = ls.chunks;
   const bool indexed = ls.entry_stride > 0;
   const size_t fixed = indexed ? 8 : 4;
-  const auto* coded = reinterpret_cast<const size_t*>(ls.s->sizes.ptr);
   const auto* entries = reinterpret_cast<const uint32_t*>(ls.s->sizes.ptr + chunks * sizeof(size_t));
   ls.table.reserve(ls.table_bytes);
   ls.table.assign(fixed + 8 * chunks, 0);  // the entry points are appended
   const uint32_t n32 = uint32_t(chunks);
   std::memcpy(ls.table.data(), &n32, 4);
   if (indexed) std::memcpy(ls.table.data() + 4, &ls.entry_stride, 4);
-  uint64_t total = 0;
   for (size_t i = 0; i < chunks; ++i) {
-    const size_t raw = RawChunkSize(ls, i);
-    const bool stored = coded[i] >= raw;
-    const size_t n = stored ? raw : coded[i];
-    const uint32_t raw32 = uint32_t(raw), st32 = uint32_t(n);
+    const ChunkSize cs = SizeOfChunk(ls, i);
+    const uint32_t raw32 = uint32_t(cs.raw), st32 = uint32_t(cs.stored);
     std::memcpy(ls.table.data() + fixed + 8 * i, &raw32, 4);
     std::memcpy(ls.table.data() + fixed + 8 * i + 4, &st32, 4);
-    if (indexed && !stored) {
+    if (indexed && !cs.Stored()) {
       const auto* e = reinterpret_cast<const uint8_t*>(entries + i * ls.max_entries);
-      ls.table.insert(ls.table.end(), e, e + 4 * huff::EntryCount(raw, ls.entry_stride));
+      ls.table.insert(ls.table.end(), e, e + 4 * huff::EntryCount(cs.raw, ls.entry_stride));
     }
-    total += n;
   }
-  KVTC_CHECK(total == ls.chunk_total && ls.table.size() == ls.table_bytes, kInternal,
-             "a coded section's layout differs from its size");
 }
 
 // One coded section of a record being decoded: its chunk table (entropy.h's ParseChunkTable, the
@@ -1970,9 +1939,7 @@ void LaunchEncode(Context& ctx, const Calibration& c, const DeviceCalibration& d
   prof.lap("alloc");
 }
 
-// `last`: no later sequence of the job is queued on the device, so this read back is the job's
-// exposed tail (it alone is sliced: ReadBackSlice).
-HostBytes FinishEncode(Context& ctx, const Calibration& c, EncodeFlight& f, bool last) {
+HostBytes FinishEncode(Context& ctx, const Calibration& c, EncodeFlight& f) {
   Profiler& prof = *f.prof;
   EncodeSlot& buf = EncodeSlotBuffers(f.slot);
   const EncodeJob& job = *f.job;
@@ -1981,7 +1948,7 @@ HostBytes FinishEncode(Context& ctx, const Calibration& c, EncodeFlight& f, bool
   // once they are (so the record's bytes hold the coded values last, whatever the section table's
   // order: the format places sections by offset). Each round lays its parts out, reads the bytes
   // the device holds (packed chunks, gathered or device-resident raw rows) back into pinned memory
-  // on the copy stream, a copy per part (or per slice: ReadBackSlice), and copies each into the
+  // on the copy stream, a copy per part, and copies each into the
   // record with its CRC as soon as it is in; the first round, raw window included, overlaps the
   // values' coding.
   struct Read {
@@ -1990,7 +1957,6 @@ HostBytes FinishEncode(Context& ctx, const Calibration& c, EncodeFlight& f, bool
     const uint8_t* src;
     uint64_t bytes;
   };
-  const uint64_t slice = last ? ReadBackSlice() : 0;
   // A page-locked record (KVTC_PIN_RECORDS=1) takes the device's bytes straight into place; the
   // host then only checksums them.
   const bool into_record = f.record.data.get_deleter().pinned;
@@ -2038,24 +2004,13 @@ HostBytes FinishEncode(Context& ctx, const Calibration& c, EncodeFlight& f, bool
         reads.push_back({i, at, part.raw, part.section.stored_bytes});
       }
     }
-    // Slices of at most `slice` bytes, each its own copy and event (few: a round's slices share
-    // the context's events, so their size grows with the round).
-    const uint64_t device_bytes = [&] {
-      uint64_t n = 0;
-      for (const Read& r : reads) n += r.bytes;
-      return n;
-    }();
-    const uint64_t step = slice ? std::max(slice, (device_bytes + kReadSlices - 1) / kReadSlices) : device_bytes;
-    std::vector<Read> slices;
-    for (const Read& r : reads)
-      for (uint64_t o = 0; o < r.bytes; o += step) {
-        const Read piece{r.part, r.at + o, r.src + o, std::min(step, r.bytes - o)};
-        KVTC_CUDA_CALL(cudaMemcpyAsync(landing + piece.at, piece.src, piece.bytes, cudaMemcpyDeviceToHost, ctx.copy));
-        KVTC_CUDA_CALL(cudaEventRecord(ctx.ReadEvent(slices.size()), ctx.copy));
-        slices.push_back(piece);
-      }
-    // What needs no device bytes first (chunk tables, raw rows from host memory), then each slice
-    // as it lands; a part's CRC grows piece by piece in byte order.
+    for (size_t k = 0; k < reads.size(); ++k) {
+      const Read& r = reads[k];
+      KVTC_CUDA_CALL(cudaMemcpyAsync(landing + r.at, r.src, r.bytes, cudaMemcpyDeviceToHost, ctx.copy));
+      KVTC_CUDA_CALL(cudaEventRecord(ctx.ReadEvent(k), ctx.copy));
+    }
+    // What needs no device bytes first (chunk tables, raw rows from host memory), then each read
+    // back as it lands (a coded part's CRC: its table's, then its chunks').
     for (size_t i : batch) {
       EncodePart& part = parts[i];
       uint8_t* at = f.record.data.get() + part.section.offset;
@@ -2069,13 +2024,13 @@ HostBytes FinishEncode(Context& ctx, const Calibration& c, EncodeFlight& f, bool
       }
     }
     prof.lap(values ? "v.tables" : "k.tables");
-    for (size_t k = 0; k < slices.size(); ++k) {
-      const Read& piece = slices[k];
+    for (size_t k = 0; k < reads.size(); ++k) {
+      const Read& r = reads[k];
       KVTC_CUDA_CALL(cudaEventSynchronize(ctx.ReadEvent(k)));
-      uint8_t* at = f.record.data.get() + piece.at;
-      const uint32_t piece_crc =
-          into_record ? Crc32cParallel(at, piece.bytes) : ParallelCopyCrc(at, buf.body_host.ptr + piece.at, piece.bytes);
-      crc[piece.part] = Crc32cCombine(crc[piece.part], piece_crc, piece.bytes);
+      uint8_t* at = f.record.data.get() + r.at;
+      const uint32_t read_crc =
+          into_record ? Crc32cParallel(at, r.bytes) : ParallelCopyCrc(at, buf.body_host.ptr + r.at, r.bytes);
+      crc[r.part] = Crc32cCombine(crc[r.part], read_crc, r.bytes);
     }
     for (size_t i : batch) parts[i].section.crc32c = crc[i];
   };
@@ -2233,7 +2188,7 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
   // memory whose coded sections are all indexed goes instead by one DMA per section, straight
   // from the record: its chunks then sit at any offset, which kvtc's inflater reads at full speed
   // (nvCOMP, for plain chunks, wants them aligned).
-  bool direct = IsPinnedHost(record);
+  bool direct = IsPageLocked(record);
   prof.lap("pinned?");
   for (const Section& s : h.sections) direct &= s.encoding != SectionEncoding::kDeflateChunks;
   const PlanPair& plan = c.plans[h.plan_id];
@@ -2369,8 +2324,7 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
       KVTC_CUDA_CALL(cudaStreamWaitEvent(ctx.stream, ctx.staged[slot], 0));
       f.whole = LaunchInflate(ctx, Scratch(slot, 0), CodedTargets(f), buf.image.ptr, s0.payload.ptr);
       prof.mark("inflate");
-      for (size_t j : order)
-        if (IsCoded(h.sections[j].encoding)) ReconstructSection(ctx, c, dev, f, j, prof);
+      for (size_t j = 0; j < n_coded; ++j) ReconstructSection(ctx, c, dev, f, order[j], prof);
     }
   }
   // The raw rows' copies, last on the copy stream, come before FinishDecode's writes.
@@ -2425,7 +2379,7 @@ HostBytes Encode(const Calibration& c, const DeviceCalibration& dev, const Encod
   Context& ctx = ThreadContext();
   EncodeFlight f;
   LaunchEncode(ctx, c, dev, job, device_input, nullptr, 0, f);
-  return FinishEncode(ctx, c, f, true);
+  return FinishEncode(ctx, c, f);
 }
 
 namespace {
@@ -2447,7 +2401,7 @@ std::vector<HostBytes> EncodePipelined(const Calibration& c, const DeviceCalibra
   for (size_t b = 0; b < jobs.size(); ++b) {
     // Sequence b + 1's device work is queued before sequence b is read back and assembled.
     if (b + 1 < jobs.size()) launch(b + 1);
-    out[b] = FinishEncode(ctx, c, flights[b % kSlots], b + 1 == jobs.size());
+    out[b] = FinishEncode(ctx, c, flights[b % kSlots]);
   }
   return out;
 }
@@ -2520,7 +2474,7 @@ HostBytes EncodeFromPaged(const Calibration& c, const DeviceCalibration& dev, co
   Context& ctx = ThreadContext();
   EncodeFlight f;
   LaunchEncode(ctx, c, dev, job, /*device_input=*/true, &paged, 0, f);
-  return FinishEncode(ctx, c, f, true);
+  return FinishEncode(ctx, c, f);
 }
 
 RecordHeader DecodeIntoPaged(const Calibration& c, const DeviceCalibration& dev, const uint8_t* record, size_t size,

@@ -62,7 +62,7 @@ ncu_kernels() {
   local shape=$1 name=ncu-$1${2:+-$2}
   stage "ncu $shape ${2:-}"
   PATH=/tmp/kvtc-gpu/bin:/usr/local/cuda/bin:$PATH LD_LIBRARY_PATH=/tmp/kvtc-gpu/sys/lib:/tmp/kvtc-gpu/nvcomp/lib64 \
-    KVTC_ADDON_PATH=$(find "$PWD/build-gpu" -name kvtc.node | head -n 1) \
+    KVTC_ADDON_PATH=$(addon_in build-gpu) \
     timeout "$(left)" ncu --clock-control none --csv --print-units base \
     --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,launch__grid_size,launch__block_size,launch__registers_per_thread,sm__throughput.avg.pct_of_peak_sustained_elapsed,l1tex__throughput.avg.pct_of_peak_sustained_elapsed,lts__throughput.avg.pct_of_peak_sustained_elapsed,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__warps_active.avg.pct_of_peak_sustained_active \
     node dist/src/main.js bench codec --backend cuda --json --reps 1 --shape "$shape" --tokens 8192 --batch 1 \
@@ -88,21 +88,17 @@ coder_ab() {
 }
 OLD_PID=
 build_old() {
-  local w=/tmp/kvtc-gpu
   unpack_tools
   stage "build the old addon (.gpu/old/cuda) in the background"
-  (cmake -S .gpu/old/cuda -B build-old -G Ninja -DCMAKE_BUILD_TYPE=Release -DKVTC_WITH_CUDA=ON \
-    -DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc -DNVCOMP_ROOT="$w/nvcomp" -DKVTC_SYS_ROOT="$w/sys" \
-    -DCMAKE_JS_INC="$(node -p "require('node-api-headers').include_dir")" > "$OUT/cmake-old.log" 2>&1 &&
-    cmake --build build-old > "$OUT/build-old.log" 2>&1
+  (build_addon .gpu/old/cuda build-old "$OUT/cmake-old.log" > "$OUT/build-old.log" 2>&1
   echo "old build rc $?" >> "$OUT/build-old.log") &
   OLD_PID=$!
 }
 wait_old() {
   [ -n "$OLD_PID" ] && wait "$OLD_PID"
   tail -n 1 "$OUT/build-old.log"
-  OLD=$(find "$PWD/build-old" -name kvtc.node | head -n 1)
-  NEW=$(find "$PWD/build-gpu" -name kvtc.node | head -n 1)
+  OLD=$(addon_in build-old)
+  NEW=$(addon_in build-gpu)
 }
 variant() {
   local tag=$1 addon=$2

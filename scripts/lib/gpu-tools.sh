@@ -14,3 +14,14 @@ unpack_tools() {
   export LD_LIBRARY_PATH="$w/sys/lib:$w/nvcomp/lib64:${LD_LIBRARY_PATH:-}"
   export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-16} OMP_NUM_THREADS=${OMP_NUM_THREADS:-16}
 }
+# `build_addon SRC BUILD LOG`: the addon from SRC (a cuda/ tree) with CUDA into BUILD, CMake's
+# configure output in LOG (after unpack_tools).
+build_addon() {
+  local w=/tmp/kvtc-gpu
+  cmake -S "$1" -B "$2" -G Ninja -DCMAKE_BUILD_TYPE=Release -DKVTC_WITH_CUDA=ON \
+    -DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc -DNVCOMP_ROOT="$w/nvcomp" -DKVTC_SYS_ROOT="$w/sys" \
+    -DCMAKE_JS_INC="$(node -p "require('node-api-headers').include_dir")" > "$3" 2>&1 || { tail -n 30 "$3"; return 1; }
+  cmake --build "$2"
+}
+# `addon_in BUILD`: the kvtc.node a build_addon of BUILD made.
+addon_in() { find "$PWD/$1" -name kvtc.node | head -n 1; }
