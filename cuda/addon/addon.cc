@@ -175,10 +175,13 @@ class CalibrationWrap : public Napi::ObjectWrap<CalibrationWrap> {
   std::shared_ptr<const Calibration> get() const { return calibration_; }
 
 #if KVTC_WITH_CUDA
-  // The device copy, uploaded on first use by a CUDA job.
-  std::shared_ptr<cuda::DeviceCalibration> device() {
-    std::call_once(device_once_, [this] { device_ = cuda::Upload(*calibration_, 0); });
-    return device_;
+  // The copy on `device`, uploaded on first use by a CUDA job there (a paged job runs on its
+  // cache's device; the others on device 0).
+  std::shared_ptr<cuda::DeviceCalibration> device(int device = 0) {
+    std::lock_guard<std::mutex> lock(devices_mu_);
+    std::shared_ptr<cuda::DeviceCalibration>& d = devices_[device];
+    if (!d) d = cuda::Upload(*calibration_, device);
+    return d;
   }
 #endif
 
@@ -191,8 +194,8 @@ class CalibrationWrap : public Napi::ObjectWrap<CalibrationWrap> {
   }
   std::shared_ptr<const Calibration> calibration_;
 #if KVTC_WITH_CUDA
-  std::once_flag device_once_;
-  std::shared_ptr<cuda::DeviceCalibration> device_;
+  std::mutex devices_mu_;
+  std::map<int, std::shared_ptr<cuda::DeviceCalibration>> devices_;
 #endif
 };
 
@@ -905,7 +908,7 @@ Napi::Value EncodePagedJs(const Napi::CallbackInfo& info) {
     job->projection = ParseProjection(j.Get("projection"), /*use_cuda=*/true);
     auto span = std::make_shared<cuda::PagedSpan>(ParseSpan(ArgObject(info, 3, "span")));
     KVTC_CHECK(span->tokens == job->tokens, kInvalidArgument, "span.tokens and job.tokens differ");
-    auto dev = UnwrapWrap(info)->device();
+    auto dev = UnwrapWrap(info)->device(cuda::RegionDevice(*region));
     auto out = std::make_shared<cuda::HostBytes>();
     auto* w = new Job(
         info.Env(), [cal, job, out, dev, region, span](const auto&) { *out = cuda::EncodePaged(*cal, *dev, *region, *span, *job); },
@@ -923,7 +926,7 @@ Napi::Value DecodePagedJs(const Napi::CallbackInfo& info) {
     Bytes rec = ViewBytes(info[2], "record");
     auto span = std::make_shared<cuda::PagedSpan>(ParseSpan(ArgObject(info, 3, "span")));
     const Projection projection = ParseProjection(info.Length() > 4 ? info[4] : info.Env().Undefined(), true);
-    auto dev = UnwrapWrap(info)->device();
+    auto dev = UnwrapWrap(info)->device(cuda::RegionDevice(*region));
     auto out = std::make_shared<RecordHeader>();
     auto* w = new Job(
         info.Env(),

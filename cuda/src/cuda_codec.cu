@@ -831,6 +831,18 @@ __global__ void PackChunksKernel(const uint8_t* __restrict__ slots, size_t max_o
   }
 }
 
+// An encoded stream's chunk sizes, then its entry points, into page-locked host memory (the
+// host reads them after the job's event: SizeChunks, LayoutChunks).
+__global__ void PublishSizesKernel(const size_t* __restrict__ sizes, size_t chunks, const uint32_t* __restrict__ entries,
+                                   size_t entry_words, uint8_t* __restrict__ host) {
+  const size_t step = size_t(gridDim.x) * blockDim.x;
+  const size_t first = blockIdx.x * size_t(blockDim.x) + threadIdx.x;
+  size_t* host_sizes = reinterpret_cast<size_t*>(host);
+  uint32_t* host_entries = reinterpret_cast<uint32_t*>(host + chunks * sizeof(size_t));
+  for (size_t i = first; i < chunks; i += step) host_sizes[i] = sizes[i];
+  for (size_t i = first; i < entry_words; i += step) host_entries[i] = entries[i];
+}
+
 // ---- host helpers --------------------------------------------------------------------------
 
 std::vector<GroupDesc> PlanDescs(const Plan& plan, int64_t tokens, bool kept_only) {
@@ -904,6 +916,7 @@ struct Context {
     return all;
   }
   ~Context() {
+    cudaSetDevice(device);  // a thread's contexts of every device end together
     if (cublas) cublasDestroy(cublas);
     for (cudaEvent_t* e : Events())
       if (*e) cudaEventDestroy(*e);
@@ -913,11 +926,9 @@ struct Context {
   }
 };
 
-// One context per host thread (libuv pool threads run jobs concurrently, one stream each).
-Context& ThreadContext() {
-  thread_local Context ctx;
-  return ctx;
-}
+// One context per host thread and device (libuv pool threads run jobs concurrently, one stream
+// each), for the current device.
+Context& ThreadContext() { return OfCurrentDevice<Context>(); }
 
 // KVTC_CUDA_PROFILE=1 prints, per encode/decode, the device timeline between marks (events on the
 // job's stream) and the host wall time between laps, to stderr.
@@ -1139,7 +1150,8 @@ void InstallRecordPinning() {
     if (!v || std::strcmp(v, "1") != 0) return;
     RecordMemoryPinning pinning;
     pinning.pin = [](void* p, size_t bytes) {
-      if (cudaHostRegister(p, bytes, cudaHostRegisterDefault) == cudaSuccess) return true;
+      // Portable: page-locked for every device's context (records of one sidecar go to any GPU).
+      if (cudaHostRegister(p, bytes, cudaHostRegisterPortable) == cudaSuccess) return true;
       cudaGetLastError();  // a failure leaves the block pageable; the staging path serves it
       return false;
     };
@@ -1162,6 +1174,8 @@ bool IsPageLocked(const void* p) {
   }
   return a.type == cudaMemoryTypeHost;
 }
+
+int DeviceOf(const DeviceCalibration& dev) { return dev.device; }
 
 std::shared_ptr<DeviceCalibration> Upload(const Calibration& c, int device) {
   KVTC_CHECK(Available(), kBackendUnavailable, "no CUDA device is available");
@@ -1232,10 +1246,10 @@ struct StreamScratch {
 // Scratch of stream `which` (0 keys, 1 values) of pipeline slot `slot`: a job of several sequences
 // launches sequence b + 1 on the other slot while sequence b is read back (EncodeMany, DecodeMany).
 constexpr int kSlots = 2;
-StreamScratch& Scratch(int slot, int which) {
-  thread_local StreamScratch s[kSlots][2];
-  return s[slot][which];
-}
+struct SlotScratch {
+  StreamScratch s[kSlots][2];
+};
+StreamScratch& Scratch(int slot, int which) { return OfCurrentDevice<SlotScratch>().s[slot][which]; }
 
 // payload (device) -> bf16 coefficients out[t * ld + j], j < plan.rank, on `stream` (every group,
 // dropped ones as zeros).
@@ -1513,13 +1527,16 @@ LaunchedStream LaunchStream(Context& ctx, StreamScratch& s, const Calibration& c
                                                              payload_bytes, s.chunk_at.ptr, s.packed.ptr);
   KVTC_CUDA_CALL(cudaGetLastError());
   prof.mark(keys ? "k.pack" : "v.pack");
-  const size_t entry_bytes = chunks * out.max_entries * sizeof(uint32_t);
-  s.sizes.resize(chunks * sizeof(size_t) + entry_bytes);
-  KVTC_CUDA_CALL(cudaMemcpyAsync(s.sizes.ptr, s.out_sizes.ptr, chunks * sizeof(size_t), cudaMemcpyDeviceToHost, ctx.stream));
-  if (entry_bytes) {
-    KVTC_CUDA_CALL(cudaMemcpyAsync(s.sizes.ptr + chunks * sizeof(size_t), s.entries.ptr, entry_bytes,
-                                   cudaMemcpyDeviceToHost, ctx.stream));
-  }
+  const size_t entry_words = chunks * out.max_entries;
+  s.sizes.resize(chunks * sizeof(size_t) + entry_words * sizeof(uint32_t));
+  // Written by a kernel into the page-locked buffer, not copied: a device-to-host copy on the job
+  // stream queues behind the copy stream's read back of the sequence before (the same copy
+  // engine) and holds up every kernel after it (8B shape, 1K tokens, batch 8: the values'
+  // prologue took 0.28 ms against the keys' 0.05; call 36).
+  const size_t words = chunks + entry_words;
+  PublishSizesKernel<<<unsigned(std::min<size_t>((words + 255) / 256, 128)), 256, 0, ctx.stream>>>(
+      s.out_sizes.ptr, chunks, s.entries.ptr, entry_words, HostMapped(s.sizes.ptr));
+  KVTC_CUDA_CALL(cudaGetLastError());
   return out;
 }
 
@@ -1845,10 +1862,10 @@ struct EncodeSlot {
   PinnedBuffer body_host;      // the record's device-resident bytes, read back at their record offsets
   DeviceBuffer<uint8_t> raw_rows;  // paged raw sections, gathered
 };
-EncodeSlot& EncodeSlotBuffers(int slot) {
-  thread_local EncodeSlot s[kSlots];
-  return s[slot];
-}
+struct EncodeSlots {
+  EncodeSlot s[kSlots];
+};
+EncodeSlot& EncodeSlotBuffers(int slot) { return OfCurrentDevice<EncodeSlots>().s[slot]; }
 
 void LaunchEncode(Context& ctx, const Calibration& c, const DeviceCalibration& dev, const EncodeJob& job,
                   bool device_input, const PagedRows* paged, int slot, EncodeFlight& f) {
@@ -2110,10 +2127,10 @@ struct DecodeSlot {
   DeviceBuffer<uint8_t> image;  // the record's sections on the device
   PinnedBuffer staging;         // ... on their way there
 };
-DecodeSlot& DecodeSlotBuffers(int slot) {
-  thread_local DecodeSlot s[kSlots];
-  return s[slot];
-}
+struct DecodeSlots {
+  DecodeSlot s[kSlots];
+};
+DecodeSlot& DecodeSlotBuffers(int slot) { return OfCurrentDevice<DecodeSlots>().s[slot]; }
 
 // Stages a section's chunks (ParallelCopyChunksCrc) and returns the section's CRC32C from what
 // the copy read: a raw section is its one chunk; a coded one's chunks follow its chunk table.
@@ -2503,8 +2520,11 @@ DecodeResult Decode(const Calibration& c, const DeviceCalibration& dev, const ui
   // Structure first (no device memory is touched for a bad record), then decode on the device.
   const RecordHeader peek = ReadHeader(record, size);
   const size_t half = size_t(expected_bytes / 2);
-  thread_local DeviceBuffer<uint8_t> rows;
   KVTC_CUDA_CALL(cudaSetDevice(dev.device));
+  struct Rows {
+    DeviceBuffer<uint8_t> b;
+  };
+  DeviceBuffer<uint8_t>& rows = OfCurrentDevice<Rows>().b;
   const uint64_t decoded = 2ull * peek.token_count * peek.feature_dim * Elem(peek.kv_dtype);
   KVTC_CHECK(decoded == expected_bytes, kRecordSizeMismatch,
              "record decodes to " << decoded << " bytes, the caller expects " << expected_bytes);

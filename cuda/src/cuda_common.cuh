@@ -10,6 +10,8 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
+#include <vector>
 
 #include "kvtc/error.h"
 
@@ -67,6 +69,30 @@ struct CudaBuffer {
 template <typename T>
 using DeviceBuffer = CudaBuffer<T>;
 using PinnedBuffer = CudaBuffer<uint8_t, /*kPinned=*/true>;
+
+// The device's address of page-locked host memory from cudaMallocHost (mapped; under unified
+// addressing the same pointer, asked for rather than assumed), for kernels that write results the
+// host reads after an event, without a copy on the stream.
+template <typename T>
+T* HostMapped(T* host) {
+  void* device = nullptr;
+  KVTC_CUDA_CALL(cudaHostGetDevicePointer(&device, host, 0));
+  return static_cast<T*>(device);
+}
+
+// This host thread's T for the current device, made on first use. A thread serves jobs on any
+// device (a sidecar saving from one GPU's cache and restoring into another's), and streams, library
+// handles and scratch memory each belong to one device.
+template <typename T>
+T& OfCurrentDevice() {
+  int device = 0;
+  KVTC_CUDA_CALL(cudaGetDevice(&device));
+  thread_local std::vector<std::unique_ptr<T>> per_device;
+  if (per_device.size() <= size_t(device)) per_device.resize(size_t(device) + 1);
+  std::unique_ptr<T>& state = per_device[size_t(device)];
+  if (!state) state = std::make_unique<T>();
+  return *state;
+}
 
 // Sizes `dst` for n elements and queues the copy of host `src` into it on `stream`. A pageable
 // source is staged by the driver before the call returns, so it may be a temporary.

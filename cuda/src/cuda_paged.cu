@@ -283,8 +283,17 @@ void CheckSpan(const PagedGeometry& g, const PagedSpan& s) {
 
 // Per-thread device copy of a span's block ids.
 DeviceBuffer<uint32_t>& BlockIds() {
-  thread_local DeviceBuffer<uint32_t> ids;
-  return ids;
+  struct Ids {
+    DeviceBuffer<uint32_t> b;
+  };
+  return OfCurrentDevice<Ids>().b;
+}
+
+// The calibration's device copy must live on the cache's device (the addon uploads one per device).
+void CheckSameDevice(const DeviceCalibration& dev, const KvRegion& region) {
+  KVTC_CHECK(DeviceOf(dev) == region.device, kInvalidArgument,
+             "the calibration was uploaded to device " << DeviceOf(dev) << " but the cache is on device "
+                                                       << region.device);
 }
 
 PagedRows SpanRows(const KvRegion& region, const PagedSpan& span, cudaStream_t stream) {
@@ -312,6 +321,7 @@ HostBytes EncodePaged(const Calibration& c, const DeviceCalibration& dev, KvRegi
              "the registered cache (" << g.layers << "x" << g.kv_heads << "x" << g.head_dim
                                       << ") is not the calibration's model");
   KVTC_CHECK(job.tokens == span.tokens && job.dtype == g.dtype, kInvalidArgument, "job and span disagree");
+  CheckSameDevice(dev, region);
   std::lock_guard<std::mutex> lock(region.mu);
   KVTC_CUDA_CALL(cudaSetDevice(region.device));
   cudaStream_t stream = JobStream();
@@ -327,6 +337,7 @@ RecordHeader DecodePaged(const Calibration& c, const DeviceCalibration& dev, KvR
                          const uint8_t* record, size_t size, Projection projection) {
   const PagedGeometry& g = region.geometry;
   CheckSpan(g, span);
+  CheckSameDevice(dev, region);
   std::lock_guard<std::mutex> lock(region.mu);
   KVTC_CUDA_CALL(cudaSetDevice(region.device));
   const uint64_t record_tokens = span.record_tokens ? span.record_tokens : uint64_t(span.record_offset) + span.tokens;

@@ -26,6 +26,8 @@ bool IsPageLocked(const void* p);
 // A calibration's device copy (mean fp32, basis bf16) for one device; immutable once built.
 class DeviceCalibration;
 std::shared_ptr<DeviceCalibration> Upload(const Calibration& calibration, int device = 0);
+// The device a calibration was uploaded to: its jobs run there.
+int DeviceOf(const DeviceCalibration& dev);
 
 // A finished record in host memory (record_memory.h: pooled, written once, never zero-filled).
 struct HostBytes {
