@@ -841,6 +841,8 @@ __global__ void PublishSizesKernel(const size_t* __restrict__ sizes, size_t chun
   uint32_t* host_entries = reinterpret_cast<uint32_t*>(host + chunks * sizeof(size_t));
   for (size_t i = first; i < chunks; i += step) host_sizes[i] = sizes[i];
   for (size_t i = first; i < entry_words; i += step) host_entries[i] = entries[i];
+  // Every write is visible to the host before the kernel ends, so before the job's event.
+  __threadfence_system();
 }
 
 // ---- host helpers --------------------------------------------------------------------------
