@@ -4,6 +4,10 @@
 #   stage "what"            prints the elapsed seconds and a label
 #   left                    seconds left before DEADLINE (default 540, at least 1), for
 #                           `timeout "$(left)" ...`
+#   gpu_tests [TOOLS]       builds the addon and runs the GPU tests through scripts/gpu-run.sh test,
+#                           then compute-sanitizer with TOOLS (default memcheck; "" for none),
+#                           printing the TAP summary and any failure; the TAP comes back as
+#                           gpu-tests.tap (calls 37-48 spelled this out)
 #   bench TAG ARGS...       the 8B shape (BENCH_SHAPES to change) through scripts/gpu-run.sh bench,
 #                           REPS=9 (a 2 ms job's median of 3 can show a host stall: run j, call
 #                           22; repetitions are cheap next to a process's setup), results as
@@ -51,6 +55,13 @@ finish() {
   (cd "$OUT" && tar -czf "$R/logs.tgz" --exclude='gpu-bench*.json' .)
 }
 trap finish EXIT
+gpu_tests() {
+  stage "GPU tests + ${1-memcheck}"
+  SANITIZERS=${1-memcheck} timeout "$(left)" bash scripts/gpu-run.sh test 2>&1 |
+    grep "^ok\|^not ok\|# pass\|# fail\|# skip\|clean\|FAILED\|ERROR\|build"
+  cp "$OUT/gpu-tests.tap" "$R/" 2>/dev/null
+  grep -A12 "^not ok" "$OUT/gpu-tests.tap" 2>/dev/null | grep -A1 "error:" | head -n 20
+}
 bench() {
   local tag=$1
   shift
