@@ -1967,9 +1967,8 @@ HostBytes FinishEncode(Context& ctx, const Calibration& c, EncodeFlight& f) {
   // once they are (so the record's bytes hold the coded values last, whatever the section table's
   // order: the format places sections by offset). Each round lays its parts out, reads the bytes
   // the device holds (packed chunks, gathered or device-resident raw rows) back into pinned memory
-  // on the copy stream, a copy per part, and copies each into the
-  // record with its CRC as soon as it is in; the first round, raw window included, overlaps the
-  // values' coding.
+  // on the copy stream, a copy per part, and copies each into the record with its CRC as soon as
+  // it is in; the first round, raw window included, overlaps the values' coding.
   struct Read {
     size_t part;
     uint64_t at;  // the bytes' offset in the record (and in the pinned image)

@@ -72,8 +72,8 @@ bench() {
 ncu_kernels() {
   local shape=$1 name=ncu-$1${2:+-$2}
   stage "ncu $shape ${2:-}"
-  PATH=/tmp/kvtc-gpu/bin:/usr/local/cuda/bin:$PATH LD_LIBRARY_PATH=/tmp/kvtc-gpu/sys/lib:/tmp/kvtc-gpu/nvcomp/lib64 \
-    KVTC_ADDON_PATH=$(addon_in build-gpu) \
+  unpack_tools  # PATH (node, ncu) and the libraries' LD_LIBRARY_PATH
+  KVTC_ADDON_PATH=$(addon_in build-gpu) \
     timeout "$(left)" ncu --clock-control none --csv --print-units base \
     --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,launch__grid_size,launch__block_size,launch__registers_per_thread,sm__throughput.avg.pct_of_peak_sustained_elapsed,l1tex__throughput.avg.pct_of_peak_sustained_elapsed,lts__throughput.avg.pct_of_peak_sustained_elapsed,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__warps_active.avg.pct_of_peak_sustained_active \
     node dist/src/main.js bench codec --backend cuda --json --reps 1 --shape "$shape" --tokens 8192 --batch 1 \
