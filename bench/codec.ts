@@ -207,6 +207,8 @@ export interface CudaBenchResult extends BenchResult {
   record_pool_misses: number;
   /** KV read from and restored into a paged cache in place (vLLM's FlashAttention layout) */
   paged: boolean;
+  /** newest tokens of each sequence kept raw (absent in results from before the option: 128) */
+  window_tokens?: number;
   /** the GEMMs' precision: bf16, or fp8 (then gemm_ratio_* are against the fp8 GEMMs) */
   projection: GpuProjection;
   /** pipeline time over the bf16 cuBLAS GEMMs of the same shapes (= gemm_ratio_* for bf16) */
@@ -229,7 +231,13 @@ export const CUDA_SHAPES: BenchShape[] = [
  */
 export async function benchShapeCuda(
   shape: BenchShape,
-  o: BenchOptions & { tokenCounts: number[]; batches: number[]; paged?: boolean; projection?: GpuProjection },
+  o: BenchOptions & {
+    tokenCounts: number[];
+    batches: number[];
+    paged?: boolean;
+    projection?: GpuProjection;
+    windowTokens?: number;
+  },
 ): Promise<CudaBenchResult[]> {
   const native = loadNative();
   if (!native.benchCuda)
@@ -265,6 +273,7 @@ export async function benchShapeCuda(
         paged,
         chunkBytes,
         projection,
+        windowTokens: o.windowTokens ?? ENCODE_DEFAULTS.windowTokens,
       });
       const raw = T * p * 2 * 2 * batch;
       results.push({
@@ -273,6 +282,7 @@ export async function benchShapeCuda(
         batch,
         paged,
         chunk_bytes: chunkBytes,
+        window_tokens: o.windowTokens ?? ENCODE_DEFAULTS.windowTokens,
         raw_bytes: raw,
         record_bytes: f.recordBytes * batch,
         ratio: raw / (f.recordBytes * batch),

@@ -128,6 +128,11 @@ bench
   .option('--batch <n>', 'sequences per timed run, cuda only (default: 1 and 8)', int('batch', 1))
   .option('--paged', 'cuda only: KV in a paged cache (FlashAttention layout), encoded and restored in place')
   .option(
+    '--window-tokens <n>',
+    "cuda only: newest tokens of each sequence kept raw (default 128; 0 as the connector's chunks but the last)",
+    int('window-tokens', 0),
+  )
+  .option(
     '--chunk-kib <n>',
     "DEFLATE chunk size in KiB (default: the backend's, 64 on cpu, 16 on cuda)",
     int('chunk-kib', 1),
@@ -159,6 +164,8 @@ bench
       throw new InvalidArgumentError(`backend must be cpu or cuda, received '${o.backend}'`);
     if (o.backend !== 'cuda' && o.projection !== undefined)
       throw new InvalidArgumentError('--projection is cuda only: the CPU bench projects in fp32');
+    if (o.backend !== 'cuda' && o.windowTokens !== undefined)
+      throw new InvalidArgumentError('--window-tokens is cuda only: the CPU bench keeps the default window');
     if (o.backend === 'cuda' && o.entryStride !== undefined)
       throw new InvalidArgumentError('--entry-stride is cpu only: the CUDA backend always writes indexed sections');
     const pool = o.backend === 'cuda' ? CUDA_SHAPES : SHAPES;
@@ -182,6 +189,7 @@ bench
             tokenCounts: o.tokens ? [o.tokens] : [8192, 32768],
             batches: o.batch ? [o.batch] : [1, 8],
             paged: o.paged === true,
+            ...(o.windowTokens !== undefined ? { windowTokens: o.windowTokens } : {}),
             ...(o.projection ? { projection: o.projection as GpuProjection } : {}),
             chunkBytes,
           })),

@@ -190,6 +190,47 @@ def describe(layers: Sequence[torch.Tensor], layout: str) -> Registration:
     )
 
 
+@dataclass(frozen=True)
+class BlockSpan:
+    """One record's tokens in the cache, for :meth:`IpcKvCache.save_blocks_many`.
+
+    Token ``t`` is slot ``(first_slot + t) % block_size`` of block
+    ``block_ids[(first_slot + t) // block_size]``.
+    """
+
+    key: str
+    block_ids: Sequence[int]
+    tokens: int
+    token_start: int
+    first_slot: int = 0
+    ratio: float | None = None
+    window_tokens: int | None = None
+
+
+def _span_fields(s: BlockSpan) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "key": s.key,
+        "block_ids": [int(b) for b in s.block_ids],
+        "tokens": s.tokens,
+        "token_start": s.token_start,
+        "first_slot": s.first_slot,
+    }
+    if s.ratio is not None:
+        fields["ratio"] = s.ratio
+    if s.window_tokens is not None:
+        fields["window_tokens"] = s.window_tokens
+    return fields
+
+
+def _save_result(h: Mapping[str, Any]) -> SaveResult:
+    return SaveResult(
+        key=h["key"],
+        raw_bytes=int(h["raw_bytes"]),
+        stored_bytes=int(h["stored_bytes"]),
+        tier=str(h["tier"]),
+    )
+
+
 class IpcKvCache:
     """A paged KV cache registered with the sidecar; save and load blocks in place.
 
@@ -245,24 +286,27 @@ class IpcKvCache:
         import torch
 
         self._event.record(torch.cuda.current_stream(self.device))
-        fields: dict[str, Any] = {
-            "key": key,
-            "block_ids": [int(b) for b in block_ids],
-            "tokens": tokens,
-            "token_start": token_start,
-            "first_slot": first_slot,
-        }
-        if ratio is not None:
-            fields["ratio"] = ratio
-        if window_tokens is not None:
-            fields["window_tokens"] = window_tokens
-        h = self._retrying("save_blocks", fields)["handle"]
-        return SaveResult(
-            key=h["key"],
-            raw_bytes=int(h["raw_bytes"]),
-            stored_bytes=int(h["stored_bytes"]),
-            tier=str(h["tier"]),
-        )
+        h = self._retrying(
+            "save_blocks",
+            _span_fields(
+                BlockSpan(key, block_ids, tokens, token_start, first_slot, ratio, window_tokens)
+            ),
+        )["handle"]
+        return _save_result(h)
+
+    def save_blocks_many(self, spans: Sequence[BlockSpan]) -> list[SaveResult]:
+        """Compresses each span into its own record, in one request: the sidecar runs the spans
+        through the GPU together (one projection and one coder launch for many 256-token chunks),
+        so this is much faster than a :meth:`save_blocks` per chunk. One failure fails them all."""
+        import torch
+
+        if not spans:
+            return []
+        self._event.record(torch.cuda.current_stream(self.device))
+        handles = self._retrying("save_blocks", {"items": [_span_fields(s) for s in spans]})[
+            "handles"
+        ]
+        return [_save_result(h) for h in handles]
 
     def load_blocks(
         self,

@@ -56,7 +56,7 @@ from kvtc_connector.client import (
     SaveItem,
     SidecarClient,
 )
-from kvtc_connector.cuda_ipc import IpcKvCache, detect_layout
+from kvtc_connector.cuda_ipc import BlockSpan, IpcKvCache, detect_layout
 from kvtc_connector.errors import KvtcSidecarError
 from kvtc_connector.metadata import (
     FRAME_LAYOUT,
@@ -721,25 +721,30 @@ class KvtcWorker:
             raise KvtcSidecarError("ERR_KVTC_SIDECAR_UNAVAILABLE", "no session with the sidecar")
         c, bs = self.chunk_tokens, self.block_size
         per_chunk = c // bs
+        step = self.settings.max_pipeline
         if self._cuda_layers:
-            # In place: the sidecar waits (on the GPU) for this stream's event, then gathers.
+            # In place: the sidecar waits (on the GPU) for this stream's event, then gathers. Up
+            # to max_pipeline chunks per request, which the sidecar runs through the GPU together.
             ipc = self._ipc(self.client)
-            for i, key in enumerate(spec.keys):
-                try:
-                    ipc.save_blocks(
-                        key,
-                        spec.block_ids[i * per_chunk : (i + 1) * per_chunk],
+            for start in range(0, len(spec.keys), step):
+                spans = [
+                    BlockSpan(
+                        key=spec.keys[i],
+                        block_ids=spec.block_ids[i * per_chunk : (i + 1) * per_chunk],
                         tokens=c,
                         token_start=(spec.first_chunk + i) * c,
                         ratio=self.settings.ratio,
                         window_tokens=spec.window_tokens[i],
                     )
-                    self.stats.chunks_saved += 1
+                    for i in range(start, min(start + step, len(spec.keys)))
+                ]
+                try:
+                    ipc.save_blocks_many(spans)
+                    self.stats.chunks_saved += len(spans)
                 except KvtcSidecarError as e:
-                    self._warn("save", "kvtc: chunk %s not saved: %s", key, e)
-                    self.stats.save_errors += 1
+                    self._warn("save", "kvtc: chunks %s.. not saved: %s", spans[0].key, e)
+                    self.stats.save_errors += len(spans)
             return
-        step = self.settings.max_pipeline
         for start in range(0, len(spec.keys), step):
             items = []
             for i in range(start, min(start + step, len(spec.keys))):

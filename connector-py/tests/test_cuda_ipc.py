@@ -4,7 +4,7 @@ tensor shapes and strides, and the refusals (CPU tensors, unknown layouts)."""
 import pytest
 import torch
 
-from kvtc_connector.cuda_ipc import LAYOUTS, describe, detect_layout
+from kvtc_connector.cuda_ipc import LAYOUTS, BlockSpan, _span_fields, describe, detect_layout
 from kvtc_connector.errors import IpcError
 
 
@@ -41,3 +41,22 @@ def test_describe_refuses_cpu_tensors_and_unknown_layouts() -> None:
         describe([torch.empty(2, 10, 16, 4, 8)], "flash_attn")
     with pytest.raises(IpcError, match="unknown layout"):
         describe([torch.empty(2, 10, 16, 4, 8)], "nhd-ish")
+
+
+def test_block_span_fields_are_the_save_blocks_items() -> None:
+    # A save_blocks item is the single-span request's fields (docs/protocol.md): optional ones
+    # only when set, block ids as plain ints (msgpack cannot pack tensor scalars).
+    plain = _span_fields(BlockSpan("ab" * 16, [3, 1], tokens=20, token_start=256))
+    assert plain == {
+        "key": "ab" * 16,
+        "block_ids": [3, 1],
+        "tokens": 20,
+        "token_start": 256,
+        "first_slot": 0,
+    }
+    ids = torch.tensor([7, 2])
+    full = _span_fields(
+        BlockSpan("cd" * 16, list(ids), 32, 0, first_slot=5, ratio=8.0, window_tokens=0)
+    )
+    assert full["block_ids"] == [7, 2] and all(type(b) is int for b in full["block_ids"])
+    assert full["first_slot"] == 5 and full["ratio"] == 8.0 and full["window_tokens"] == 0

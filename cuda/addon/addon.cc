@@ -731,7 +731,8 @@ Napi::Value BenchCudaJs(const Napi::CallbackInfo& info) {
     cuda::BenchFigures f = cuda::Bench(*cal, *dev, reinterpret_cast<const uint16_t*>(k.data),
                                        reinterpret_cast<const uint16_t*>(v.data), tokens, batch,
                                        static_cast<uint16_t>(plan_id), static_cast<int>(reps), OptionalBool(o, "paged"),
-                                       Uint(o, "chunkBytes"), ParseProjection(o.Get("projection"), true));
+                                       Uint(o, "chunkBytes"), ParseProjection(o.Get("projection"), true),
+                                       Uint(o, "windowTokens"));
     Napi::Object r = Napi::Object::New(info.Env());
     r.Set("encodeS", f.encode_s);
     r.Set("decodeS", f.decode_s);
@@ -918,6 +919,47 @@ Napi::Value EncodePagedJs(const Napi::CallbackInfo& info) {
   });
 }
 
+// encodePagedMany(calibration, region, jobs, spans) -> Promise<Buffer[]>: a record per span,
+// jobs[i] for spans[i]; the sequences are fused into groups on the device (cuda::EncodePagedMany).
+Napi::Value EncodePagedManyJs(const Napi::CallbackInfo& info) {
+  return Guard(info, [&]() -> Napi::Value {
+    auto cal = UnwrapCalibration(info, *g_calibration_ctor);
+    auto region = RegionArg(info, 1);
+    KVTC_CHECK(info.Length() > 3 && info[2].IsArray() && info[3].IsArray(), kInvalidArgument,
+               "Expected (calibration, region, jobs[], spans[])");
+    Napi::Array js = info[2].As<Napi::Array>(), ss = info[3].As<Napi::Array>();
+    KVTC_CHECK(js.Length() == ss.Length() && js.Length() > 0, kInvalidArgument,
+               "Expected as many jobs as spans, at least one, but received " << js.Length() << " and " << ss.Length());
+    auto jobs = std::make_shared<std::vector<EncodeJob>>(js.Length());
+    auto spans = std::make_shared<std::vector<cuda::PagedSpan>>();
+    for (uint32_t i = 0; i < js.Length(); ++i) {
+      KVTC_CHECK(js.Get(i).IsObject() && ss.Get(i).IsObject(), kInvalidArgument, "jobs and spans hold objects");
+      Napi::Object j = js.Get(i).As<Napi::Object>();
+      EncodeJob& job = (*jobs)[i];
+      job.dtype = cuda::RegionGeometry(*region).dtype;
+      ParseJobOptions(j, job);
+      job.projection = ParseProjection(j.Get("projection"), /*use_cuda=*/true);
+      spans->push_back(ParseSpan(ss.Get(i).As<Napi::Object>()));
+      KVTC_CHECK(spans->back().tokens == job.tokens, kInvalidArgument, "span " << i << ": tokens differ from its job's");
+    }
+    auto dev = UnwrapWrap(info)->device(cuda::RegionDevice(*region));
+    auto out = std::make_shared<std::vector<cuda::HostBytes>>();
+    auto* w = new Job(
+        info.Env(),
+        [cal, jobs, spans, out, dev, region](const auto&) {
+          *out = cuda::EncodePagedMany(*cal, *dev, *region, *spans, *jobs);
+        },
+        [out](Napi::Env env) -> Napi::Value {
+          Napi::Array a = Napi::Array::New(env, out->size());
+          for (size_t i = 0; i < out->size(); ++i) a.Set(uint32_t(i), NewHostBuffer(env, std::move((*out)[i])));
+          return a;
+        },
+        {}, info.Env().Undefined());
+    w->Queue();
+    return w->Promise();
+  });
+}
+
 // decodePaged(calibration, region, record, span, projection?) -> Promise<header>
 Napi::Value DecodePagedJs(const Napi::CallbackInfo& info) {
   return Guard(info, [&]() -> Napi::Value {
@@ -1051,6 +1093,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("cudaReadKv", Napi::Function::New(env, ReadKvJs));
   exports.Set("cudaReleaseKv", Napi::Function::New(env, ReleaseKvJs));
   exports.Set("encodePaged", Napi::Function::New(env, EncodePagedJs));
+  exports.Set("encodePagedMany", Napi::Function::New(env, EncodePagedManyJs));
   exports.Set("decodePaged", Napi::Function::New(env, DecodePagedJs));
   exports.Set("cudaDevices", Napi::Function::New(env, DevicesJs));
 #endif

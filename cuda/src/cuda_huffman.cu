@@ -195,12 +195,13 @@ __global__ void __launch_bounds__(kEncThreads) EncodeKernel(const uint8_t* __res
                                                             size_t chunk_bytes, uint8_t* __restrict__ slots,
                                                             size_t slot_bytes, size_t* __restrict__ sizes,
                                                             uint32_t* __restrict__ entries, uint32_t entry_stride,
-                                                            uint32_t max_entries) {
+                                                            uint32_t max_entries,
+                                                            const uint64_t* __restrict__ chunk_end) {
   __shared__ EncodeShared sh;
   const int t = threadIdx.x;
   const size_t c = blockIdx.x;
   const uint8_t* in = payload + c * chunk_bytes;
-  const size_t n = min(chunk_bytes, payload_bytes - c * chunk_bytes);
+  const size_t n = min(chunk_bytes, size_t(chunk_end ? chunk_end[c] : payload_bytes) - c * chunk_bytes);
   uint32_t* out = reinterpret_cast<uint32_t*>(slots + c * slot_bytes);
   const bool aligned = (reinterpret_cast<uintptr_t>(in) & 15) == 0;
 
@@ -320,12 +321,13 @@ __global__ void __launch_bounds__(kInflateWarps * 32) InflateKernel(const uint8_
 }  // namespace
 
 void LaunchEncode(const uint8_t* payload, size_t payload_bytes, size_t chunk_bytes, uint8_t* slots, size_t slot_bytes,
-                  size_t* sizes, uint32_t* entries, uint32_t entry_stride, uint32_t max_entries, cudaStream_t stream) {
+                  size_t* sizes, uint32_t* entries, uint32_t entry_stride, uint32_t max_entries, cudaStream_t stream,
+                  const uint64_t* chunk_end) {
   const size_t chunks = (payload_bytes + chunk_bytes - 1) / chunk_bytes;
   if (chunks == 0) return;
   EncodeKernel<<<unsigned(chunks), kEncThreads, 0, stream>>>(payload, payload_bytes, chunk_bytes, slots, slot_bytes,
                                                               sizes, entry_stride ? entries : nullptr, entry_stride,
-                                                              max_entries);
+                                                              max_entries, chunk_end);
 }
 
 void LaunchInflate(const uint8_t* in, uint8_t* out, const InflateJob* jobs, const uint32_t* entries, uint32_t n,

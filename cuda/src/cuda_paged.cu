@@ -296,41 +296,64 @@ void CheckSameDevice(const DeviceCalibration& dev, const KvRegion& region) {
                                                        << region.device);
 }
 
-PagedRows SpanRows(const KvRegion& region, const PagedSpan& span, cudaStream_t stream) {
+// The spans' rows, their block ids uploaded to the device together.
+std::vector<PagedRows> SpansRows(const KvRegion& region, const std::vector<PagedSpan>& spans, cudaStream_t stream) {
   const PagedGeometry& g = region.geometry;
+  std::vector<uint32_t> all;
+  for (const PagedSpan& span : spans) all.insert(all.end(), span.block_ids.begin(), span.block_ids.end());
   DeviceBuffer<uint32_t>& ids = BlockIds();
-  UploadAsync(ids, span.block_ids.data(), span.block_ids.size(), stream);
-  PagedRows pr;
-  pr.bases = region.bases;
-  pr.st = {g.strides[0], g.strides[1], g.strides[2], g.strides[3], g.strides[4]};
-  pr.block_ids = ids.ptr;
-  pr.first_slot = span.first_slot;
-  pr.block_size = g.block_size;
-  pr.kv_heads = g.kv_heads;
-  pr.head_dim = g.head_dim;
-  return pr;
+  UploadAsync(ids, all.data(), all.size(), stream);
+  std::vector<PagedRows> out;
+  size_t at = 0;
+  for (const PagedSpan& span : spans) {
+    PagedRows pr;
+    pr.bases = region.bases;
+    pr.st = {g.strides[0], g.strides[1], g.strides[2], g.strides[3], g.strides[4]};
+    pr.block_ids = ids.ptr + at;
+    pr.first_slot = span.first_slot;
+    pr.block_size = g.block_size;
+    pr.kv_heads = g.kv_heads;
+    pr.head_dim = g.head_dim;
+    out.push_back(pr);
+    at += span.block_ids.size();
+  }
+  return out;
+}
+
+PagedRows SpanRows(const KvRegion& region, const PagedSpan& span, cudaStream_t stream) {
+  return SpansRows(region, {span}, stream)[0];
 }
 
 }  // namespace
 
-HostBytes EncodePaged(const Calibration& c, const DeviceCalibration& dev, KvRegion& region,
-                                 const PagedSpan& span, EncodeJob job) {
+std::vector<HostBytes> EncodePagedMany(const Calibration& c, const DeviceCalibration& dev, KvRegion& region,
+                                       const std::vector<PagedSpan>& spans, const std::vector<EncodeJob>& jobs) {
   const PagedGeometry& g = region.geometry;
-  CheckSpan(g, span);
+  KVTC_CHECK(spans.size() == jobs.size(), kInvalidArgument,
+             "Expected a job per span but received " << jobs.size() << " jobs for " << spans.size() << " spans");
   KVTC_CHECK(g.layers == c.layers && g.kv_heads == c.kv_heads && g.head_dim == c.head_dim, kInvalidArgument,
              "the registered cache (" << g.layers << "x" << g.kv_heads << "x" << g.head_dim
                                       << ") is not the calibration's model");
-  KVTC_CHECK(job.tokens == span.tokens && job.dtype == g.dtype, kInvalidArgument, "job and span disagree");
+  for (size_t i = 0; i < spans.size(); ++i) {
+    CheckSpan(g, spans[i]);
+    KVTC_CHECK(jobs[i].tokens == spans[i].tokens && jobs[i].dtype == g.dtype, kInvalidArgument,
+               "job " << i << " and its span disagree");
+  }
   CheckSameDevice(dev, region);
   std::lock_guard<std::mutex> lock(region.mu);
   KVTC_CUDA_CALL(cudaSetDevice(region.device));
   cudaStream_t stream = JobStream();
-  const PagedRows rows = SpanRows(region, span, stream);
+  const std::vector<PagedRows> rows = SpansRows(region, spans, stream);
   // After the region's previous restore (queued on another thread's stream, maybe still running)
   // and after the client's forward pass.
   KVTC_CUDA_CALL(cudaStreamWaitEvent(stream, region.done_event, 0));
   if (region.client_event) KVTC_CUDA_CALL(cudaStreamWaitEvent(stream, region.client_event, 0));
-  return EncodeFromPaged(c, dev, job, rows);  // same stream: ordered after the client's event
+  return EncodeFromPaged(c, dev, jobs, rows);  // same stream: ordered after the client's event
+}
+
+HostBytes EncodePaged(const Calibration& c, const DeviceCalibration& dev, KvRegion& region, const PagedSpan& span,
+                      EncodeJob job) {
+  return std::move(EncodePagedMany(c, dev, region, {span}, {job})[0]);
 }
 
 RecordHeader DecodePaged(const Calibration& c, const DeviceCalibration& dev, KvRegion& region, const PagedSpan& span,

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "cuda_common.cuh"
 #include "kvtc/cuda_codec.h"
@@ -68,11 +69,12 @@ struct PagedRowsOf {
 void LaunchPagedCopy(bool to_rows, const PagedRows& paged, KvDtype dtype, uint32_t layers, uint32_t first,
                      uint32_t tokens, void* keys, void* values, cudaStream_t stream);
 
-// The codec over a paged span (cuda_codec.cu): encode reads the span's rows in place; decode
+// The codec over paged spans (cuda_codec.cu): encode reads each span's rows in place (jobs[b] from
+// paged[b], in fused groups as EncodeMany); decode
 // writes the record's tokens [record_offset, record_offset + tokens) into span tokens
 // [0, tokens) after every check has passed, and records `done` on the job stream.
-HostBytes EncodeFromPaged(const Calibration& calibration, const DeviceCalibration& dev, const EncodeJob& job,
-                          const PagedRows& paged);
+std::vector<HostBytes> EncodeFromPaged(const Calibration& calibration, const DeviceCalibration& dev,
+                                       const std::vector<EncodeJob>& jobs, const std::vector<PagedRows>& paged);
 RecordHeader DecodeIntoPaged(const Calibration& calibration, const DeviceCalibration& dev, const uint8_t* record,
                              size_t size, KvDtype cache_dtype, const PagedRows& paged, uint32_t record_offset,
                              uint32_t record_tokens, uint32_t tokens, cudaEvent_t done, Projection projection);

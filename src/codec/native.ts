@@ -183,6 +183,8 @@ export interface NativeAddon {
       paged?: boolean;
       chunkBytes: number;
       projection?: Projection;
+      /** newest tokens of each sequence kept raw (EncodeJob.window_tokens) */
+      windowTokens: number;
     },
   ): {
     encodeS: number;
@@ -212,6 +214,12 @@ export interface NativeAddon {
     job: Omit<NativeEncodeJob, 'keys' | 'values' | 'dtype' | 'backend'>,
     span: NativePagedSpan,
   ): Promise<Buffer>;
+  encodePagedMany?(
+    calibration: NativeCalibration,
+    region: number,
+    jobs: Omit<NativeEncodeJob, 'keys' | 'values' | 'dtype' | 'backend'>[],
+    spans: NativePagedSpan[],
+  ): Promise<Buffer[]>;
   decodePaged?(
     calibration: NativeCalibration,
     region: number,

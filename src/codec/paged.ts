@@ -46,6 +46,7 @@ type Paged = Required<
     | 'cudaReadKv'
     | 'cudaReleaseKv'
     | 'encodePaged'
+    | 'encodePagedMany'
     | 'decodePaged'
     | 'cudaDevices'
   >
@@ -137,6 +138,19 @@ export interface PagedEncodeOptions {
   windowTokens?: number;
 }
 
+function nativeJob(span: PagedSpan, o: PagedEncodeOptions) {
+  return {
+    tokens: span.tokens,
+    tokenStart: o.tokenStart,
+    planId: o.planId,
+    sinkTokens: o.sinkTokens ?? ENCODE_DEFAULTS.sinkTokens,
+    windowTokens: o.windowTokens ?? ENCODE_DEFAULTS.windowTokens,
+    deflateLevel: ENCODE_DEFAULTS.deflateLevel,
+    chunkBytes: ENCODE_DEFAULTS.cudaChunkBytes,
+    ...(o.projection ? { projection: o.projection } : {}),
+  };
+}
+
 export async function encodePaged(
   calibration: Calibration,
   region: Region,
@@ -144,21 +158,29 @@ export async function encodePaged(
   o: PagedEncodeOptions,
 ): Promise<Buffer> {
   const n = paged();
+  return awaitNative(() => n.encodePaged(calibration.native, region.id, nativeJob(span, o), span));
+}
+
+/**
+ * A record per span of one region (`options[i]` for `spans[i]`), in one native job: sequences of
+ * few tokens go through the GPU together (one projection GEMM and one coder launch per group of
+ * up to 8K coded tokens), which is what makes 256-token chunks fast. One failure fails them all.
+ */
+export async function encodePagedMany(
+  calibration: Calibration,
+  region: Region,
+  spans: PagedSpan[],
+  options: PagedEncodeOptions[],
+): Promise<Buffer[]> {
+  if (spans.length !== options.length)
+    throw new KvtcError('ERR_KVTC_INVALID_ARGUMENT', `${spans.length} spans but ${options.length} option sets`);
+  const n = paged();
   return awaitNative(() =>
-    n.encodePaged(
+    n.encodePagedMany(
       calibration.native,
       region.id,
-      {
-        tokens: span.tokens,
-        tokenStart: o.tokenStart,
-        planId: o.planId,
-        sinkTokens: o.sinkTokens ?? ENCODE_DEFAULTS.sinkTokens,
-        windowTokens: o.windowTokens ?? ENCODE_DEFAULTS.windowTokens,
-        deflateLevel: ENCODE_DEFAULTS.deflateLevel,
-        chunkBytes: ENCODE_DEFAULTS.cudaChunkBytes,
-        ...(o.projection ? { projection: o.projection } : {}),
-      },
-      span,
+      spans.map((span, i) => nativeJob(span, options[i]!)),
+      spans,
     ),
   );
 }

@@ -82,6 +82,19 @@ export function uintList(h: Header, key: string, maxLength: number, max = 0xffff
   return v as number[];
 }
 
+/** An array of 1 to `maxLength` maps. */
+export function mapList(h: Header, key: string, maxLength: number): Header[] {
+  const v = h[key];
+  if (
+    !Array.isArray(v) ||
+    v.length === 0 ||
+    v.length > maxLength ||
+    !v.every((x) => x && typeof x === 'object' && !Array.isArray(x) && !(x instanceof Uint8Array))
+  )
+    throw malformed(`field ${key} must be an array of 1 to ${maxLength} maps`);
+  return v as Header[];
+}
+
 export function map(h: Header, key: string): Header {
   const v = h[key];
   if (!v || typeof v !== 'object' || Array.isArray(v) || v instanceof Uint8Array)

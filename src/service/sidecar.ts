@@ -12,6 +12,7 @@ import {
   cudaDevices,
   decodePaged,
   encodePaged,
+  encodePagedMany,
   registerKv,
   type GpuProjection,
   type PagedSpan,
@@ -23,6 +24,7 @@ import {
   dtype,
   KEY_PATTERN,
   map,
+  mapList,
   optionalNumber,
   parseCompat,
   str,
@@ -36,6 +38,9 @@ import { createStore, Tiers } from '../store/index.js';
 import { Server, type Reply } from '../transport/server.js';
 import { Metrics } from './metrics.js';
 import { KvRegions } from './regions.js';
+
+/** Spans in one `save_blocks` request (`items`): a vLLM step's chunks from one worker. */
+const MAX_SAVE_ITEMS = 1024;
 
 export interface SidecarOptions {
   endpoint: string;
@@ -371,19 +376,40 @@ export class Sidecar {
       case 'save_blocks': {
         this.#session(req);
         const reg = this.#kv.get(req.session!, uint(h, 'region'));
-        const key = str(h, 'key', KEY_PATTERN);
-        const tokens = uint(h, 'tokens', 1 << 24);
-        const span = this.#span(h, tokens, reg.layout.blockSize);
-        const { ratio, ...coding } = this.#coding(h);
-        const t0 = performance.now();
-        const record = await encodePaged(cal, reg.region, span, {
-          ...coding,
-          planId: cal.planId(ratio),
-          tokenStart: uint(h, 'token_start'),
-          ...(this.#codec.projection ? { projection: this.#codec.projection } : {}),
+        // `items`: many spans in one request, encoded together (a GPU runs small chunks fused);
+        // otherwise the request's own fields are the one span. One failure fails the request.
+        const items = h['items'] === undefined ? [h] : mapList(h, 'items', MAX_SAVE_ITEMS);
+        const saves = items.map((it) => {
+          const tokens = uint(it, 'tokens', 1 << 24);
+          const { ratio, ...coding } = this.#coding(it);
+          return {
+            key: str(it, 'key', KEY_PATTERN),
+            tokens,
+            span: this.#span(it, tokens, reg.layout.blockSize),
+            options: {
+              ...coding,
+              planId: cal.planId(ratio),
+              tokenStart: uint(it, 'token_start'),
+              ...(this.#codec.projection ? { projection: this.#codec.projection } : {}),
+            },
+          };
         });
-        const raw = 2 * tokens * cal.featureDim * dtypeBytes(reg.layout.dtype);
-        return { header: { handle: await this.#store(key, record, raw, t0) } };
+        const t0 = performance.now();
+        const records =
+          h['items'] === undefined
+            ? [await encodePaged(cal, reg.region, saves[0]!.span, saves[0]!.options)]
+            : await encodePagedMany(
+                cal,
+                reg.region,
+                saves.map((s) => s.span),
+                saves.map((s) => s.options),
+              );
+        const rawOf = (tokens: number) => 2 * tokens * cal.featureDim * dtypeBytes(reg.layout.dtype);
+        const batchRaw = saves.reduce((sum, s) => sum + rawOf(s.tokens), 0);
+        const handles = [];
+        for (const [i, s] of saves.entries())
+          handles.push(await this.#store(s.key, records[i]!, rawOf(s.tokens), t0, batchRaw));
+        return { header: h['items'] === undefined ? { handle: handles[0] } : { handles } };
       }
       case 'load_blocks': {
         this.#session(req);
@@ -436,9 +462,12 @@ export class Sidecar {
     };
   }
 
-  /** Puts a record encoded since `started` in the tiers, counts it, and returns its handle. */
-  async #store(key: string, record: Buffer, raw: number, started: number) {
-    const seconds = (performance.now() - started) / 1000;
+  /**
+   * Puts a record encoded since `started` in the tiers, counts it, and returns its handle. A
+   * record encoded with others (`batchRaw` bytes in all) is given its share of the time.
+   */
+  async #store(key: string, record: Buffer, raw: number, started: number, batchRaw = raw) {
+    const seconds = ((performance.now() - started) / 1000) * (raw / batchRaw);
     const tier = await this.#tiers.put(key, record);
     this.metrics.bytesIn.inc(raw);
     this.metrics.recordBytes.inc(record.length);

@@ -10,6 +10,7 @@ import {
   allocateKv,
   decodePaged,
   encodePaged,
+  encodePagedMany,
   readKv,
   releaseKv,
   writeKv,
@@ -228,6 +229,58 @@ for (const name of ['flash_attn', 'flashinfer', 'hnd']) {
     },
   );
 }
+
+test('paged: many spans in one job (fused on the device) encode like one span at a time', { skip }, async () => {
+  const cal = await calibration();
+  const l = layoutOf('flash_attn');
+  const region = allocateKv(0, model.layers, l);
+  try {
+    const total = model.layers * extent(l);
+    const flat = Float32Array.from({ length: total }, (_, i) => Math.cos(i * 0.29) * 2 + (i % 5) * 0.2);
+    writeKv(region, new Uint8Array(flat.buffer));
+    // Odd sizes and slots, shared blocks (encoding only reads), sinks in the first, an all-raw
+    // span (no coded tokens) in the middle of the group.
+    const spans = [
+      { blockIds: [7, 2], firstSlot: 1, tokens: 9 },
+      { blockIds: [0, 5, 11, 3], firstSlot: 4, tokens: 17 },
+      { blockIds: [9], firstSlot: 2, tokens: 3 },
+      { blockIds: [1, 12, 6], firstSlot: 0, tokens: 12 },
+      { blockIds: [4, 8, 10, 2, 7, 0], firstSlot: 3, tokens: 26 },
+    ];
+    const options = spans.map((s, i) => ({
+      planId: 0,
+      tokenStart: i * 32,
+      sinkTokens: 4,
+      windowTokens: i === 2 ? s.tokens : 0,
+    }));
+    const fused = await encodePagedMany(cal, region, spans, options);
+    assert.equal(fused.length, spans.length);
+    for (const [i, span] of spans.entries()) {
+      const alone = await encodePaged(cal, region, span, options[i]!);
+      const want = gatherHost(l, flat, span.blockIds, span.firstSlot, span.tokens);
+      const a = await decode(cal, fused[i]!, { tokens: span.tokens, dtype: 'float32' });
+      const b = await decode(cal, alone, { tokens: span.tokens, dtype: 'float32' });
+      if (i === 2) {
+        assert.equal(Buffer.compare(fused[i]!, alone), 0, 'an all-raw span: the same record');
+        continue;
+      }
+      assert.ok(Math.abs(fused[i]!.length - alone.length) <= 0.02 * alone.length, `span ${i}: record sizes`);
+      // Only the GEMM's shape differs between the two (its summation order may): a coefficient
+      // may round into the next bin, far less than the plan's own error.
+      const sq = (x: Float32Array, y: Float32Array) => x.reduce((acc, v, k) => acc + (v - y[k]!) ** 2, 0);
+      const f32 = (u: Uint8Array) => new Float32Array(u.buffer, u.byteOffset, span.tokens * P);
+      for (const part of ['keys', 'values'] as const) {
+        const planError = sq(f32(b[part]), want[part]);
+        const between = sq(f32(a[part]), f32(b[part]));
+        assert.ok(planError > 0, `span ${i} ${part}: the plan is lossy`);
+        assert.ok(between <= 0.25 * planError, `span ${i} ${part}: fused vs alone ${between}, plan ${planError}`);
+      }
+    }
+    await assert.rejects(encodePagedMany(cal, region, spans, options.slice(1)), { code: 'ERR_KVTC_INVALID_ARGUMENT' });
+  } finally {
+    releaseKv(region);
+  }
+});
 
 test('paged: bad spans and records are refused before any block is written', { skip }, async () => {
   const cal = await calibration();

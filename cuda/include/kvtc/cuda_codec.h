@@ -86,9 +86,10 @@ struct BenchFigures {
 
 // Times `batch` sequences of `tokens` each (bf16 KV on the device, filled from `host_kv`), as
 // contiguous rows or (paged) in place in a paged cache of vLLM's FlashAttention layout, in records
-// of chunk_bytes DEFLATE chunks.
+// of chunk_bytes DEFLATE chunks, the newest window_tokens of each kept raw.
 BenchFigures Bench(const Calibration& calibration, const DeviceCalibration& dev, const uint16_t* host_keys,
                    const uint16_t* host_values, uint32_t tokens, uint32_t batch, uint16_t plan_id, int reps,
-                   bool paged, size_t chunk_bytes, Projection projection = Projection::kBf16);
+                   bool paged, size_t chunk_bytes, Projection projection = Projection::kBf16,
+                   uint32_t window_tokens = 128);
 
 }  // namespace kvtc::cuda

@@ -1029,8 +1029,12 @@ namespace kvtc::huff {
 // its slot holds nothing useful). With entry_stride (a multiple of 16) > 0, chunk c's entry
 // points go to entries[c * max_entries ...] as EncodeChunkSerial writes them. Bit-identical to
 // EncodeChunkSerial.
+// chunk_end (device, optional): chunk c ends at min((c + 1) * chunk_bytes, chunk_end[c]) instead of
+// at payload_bytes, so one launch codes the payloads of several sequences, each starting on a
+// chunk boundary with its own short last chunk (the encoder's fused groups).
 void LaunchEncode(const uint8_t* payload, size_t payload_bytes, size_t chunk_bytes, uint8_t* slots, size_t slot_bytes,
-                  size_t* sizes, uint32_t* entries, uint32_t entry_stride, uint32_t max_entries, cudaStream_t stream);
+                  size_t* sizes, uint32_t* entries, uint32_t entry_stride, uint32_t max_entries, cudaStream_t stream,
+                  const uint64_t* chunk_end = nullptr);
 
 // One compressed chunk to inflate: input at in_off of the input buffer (4-byte aligned for the
 // fast loads), output at out_off of the output buffer.

@@ -76,7 +76,12 @@ const PagedGeometry& RegionGeometry(const KvRegion& region);
 // Gathers the span (waiting for the client's event first), then encodes as cuda::Encode does;
 // job.keys / job.values are ignored, job.tokens must equal span.tokens.
 HostBytes EncodePaged(const Calibration& calibration, const DeviceCalibration& dev, KvRegion& region,
-                                 const PagedSpan& span, EncodeJob job);
+                      const PagedSpan& span, EncodeJob job);
+// EncodePaged of many spans of one region, jobs[i] for spans[i], one record each: sequences of few
+// tokens are fused into groups (one projection GEMM and one coder launch for up to 8K coded
+// tokens, cuda_codec.cu's FuseGroups), the groups pipelined.
+std::vector<HostBytes> EncodePagedMany(const Calibration& calibration, const DeviceCalibration& dev, KvRegion& region,
+                                       const std::vector<PagedSpan>& spans, const std::vector<EncodeJob>& jobs);
 
 // Decodes the record and scatters it into the span's slots; records the region's event. The
 // record's structure, CRCs and size are checked before any block is written.
