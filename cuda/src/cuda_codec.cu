@@ -534,17 +534,31 @@ __device__ __forceinline__ void StoreShiftScale(uint8_t* plane, int64_t t, int64
   plane[2 * tokens + 2 * t + 1] = uint8_t(sc >> 8);
 }
 
+// One sequence of a quantize launch (blockIdx.z picks it): its coefficient rows, payload, token
+// count and plan tables (group planes are placed by its own token count).
+struct SmallSegment;
+struct QuantizeJob {
+  const float* d;
+  uint8_t* payload;
+  int64_t tokens;
+  const GroupDesc* groups;
+  const SmallSegment* segments;
+};
+
 // One warp per (token, kept group). Lanes stride over the group's components; min/max by
 // shuffles; codes written as whole bytes: a lane owns `8 / bits` consecutive codes per byte.
 // Groups of one component (size 1) take the same path with one active lane per token.
-__global__ void QuantizeKernel(const float* __restrict__ d, int64_t ld, int64_t tokens,
-                               const GroupDesc* __restrict__ groups, int num_groups, uint8_t* __restrict__ payload) {
+__global__ void QuantizeKernel(const QuantizeJob* __restrict__ jobs, int64_t ld, int first_group, int num_groups) {
+  const QuantizeJob job = jobs[blockIdx.z];
+  const float* d = job.d;
+  const int64_t tokens = job.tokens;
+  uint8_t* payload = job.payload;
   const int warps_per_block = blockDim.x / 32;
   const int lane = threadIdx.x % 32;
   const int64_t t = int64_t(blockIdx.x) * warps_per_block + threadIdx.x / 32;
   const int g = blockIdx.y;
   if (t >= tokens || g >= num_groups) return;
-  const GroupDesc gd = groups[g];
+  const GroupDesc gd = job.groups[first_group + g];
   const float* x = d + t * ld + gd.start;
   const bool fp8 = gd.fp8 != 0;
   float lo = INFINITY, hi = -INFINITY;
@@ -610,12 +624,12 @@ __device__ __forceinline__ void QuantizeSmallOne(const float* x, int64_t t, int6
 
 // Groups of 1 or 16 components: one thread per token, elements in a loop
 // (KVTC_SMALL_GROUPS=threads; QuantizeTileKernel below is the default).
-__global__ void QuantizeSmallKernel(const float* __restrict__ d, int64_t ld, int64_t tokens,
-                                    const GroupDesc* __restrict__ groups, uint8_t* __restrict__ payload) {
+__global__ void QuantizeSmallKernel(const QuantizeJob* __restrict__ jobs, int64_t ld) {
+  const QuantizeJob job = jobs[blockIdx.z];
   const int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (t >= tokens) return;
-  const GroupDesc gd = groups[blockIdx.y];
-  QuantizeSmallOne(d + t * ld + gd.start, t, tokens, gd, payload);
+  if (t >= job.tokens) return;
+  const GroupDesc gd = job.groups[blockIdx.y];
+  QuantizeSmallOne(job.d + t * ld + gd.start, t, job.tokens, gd, job.payload);
 }
 
 // Token t's fp16 shift or scale from a group's plane (byte loads: planes start at any offset).
@@ -718,11 +732,14 @@ __global__ void DequantizeTileKernel(const uint8_t* __restrict__ payload, int64_
 }
 
 // Grid: ((tokens + kTileTokens - 1) / kTileTokens, segments), 256 threads.
-__global__ void QuantizeTileKernel(const float* __restrict__ d, int64_t ld, int64_t tokens,
-                                   const GroupDesc* __restrict__ groups, const SmallSegment* __restrict__ segments,
-                                   uint8_t* __restrict__ payload) {
+__global__ void QuantizeTileKernel(const QuantizeJob* __restrict__ jobs, int64_t ld) {
   __shared__ float tile[kTileTokens][kTileComps + 1];  // rows 65 words apart: no bank conflicts
-  const SmallSegment sg = segments[blockIdx.y];
+  const QuantizeJob job = jobs[blockIdx.z];
+  const float* d = job.d;
+  const int64_t tokens = job.tokens;
+  const GroupDesc* groups = job.groups;
+  uint8_t* payload = job.payload;
+  const SmallSegment sg = job.segments[blockIdx.y];
   const int64_t t0 = int64_t(blockIdx.x) * kTileTokens;
   for (uint32_t i = threadIdx.x; i < kTileTokens * sg.comps; i += blockDim.x) {
     const uint32_t r = i / sg.comps, c = i % sg.comps;
@@ -1223,6 +1240,7 @@ struct StreamScratch {
   DeviceBuffer<uint8_t> payload;
   DeviceBuffer<GroupDesc> groups;
   DeviceBuffer<SmallSegment> segments;  // of the small groups (SmallGroupTiles)
+  DeviceBuffer<QuantizeJob> quantize_jobs;  // the sequences of a quantize launch
   DeviceBuffer<uint8_t> slots;
   DeviceBuffer<uint8_t> temp;
   DeviceBuffer<void*> in_ptrs, out_ptrs;
@@ -1366,14 +1384,15 @@ struct QuantizeTarget {
   size_t payload_at = 0;
 };
 
-// Quantizes every target's rows into its payload (zeroed), launches per target; the group and
-// segment tables of all targets go up in one upload each (a fused group's sequences have tables
-// of the same length, their planes placed by their own token counts).
+// Quantizes every target's rows into its payload (zeroed): one launch per kernel for all targets
+// (blockIdx.z), whose group and segment tables go up in one upload each (a fused group's
+// sequences have tables of the same length, their planes placed by their own token counts).
 void LaunchQuantize(Context& ctx, StreamScratch& s, const Plan& plan, const std::vector<QuantizeTarget>& targets,
                     uint32_t ld) {
   std::vector<GroupDesc> all_groups;
   std::vector<SmallSegment> all_segments;
   size_t ng = 0, small = 0, nseg = 0;
+  uint32_t most = 0;
   const bool tiles = SmallGroupTiles();
   for (const QuantizeTarget& t : targets) {
     std::vector<GroupDesc> groups = PlanDescs(plan, t.tokens, /*kept_only=*/true);
@@ -1385,26 +1404,28 @@ void LaunchQuantize(Context& ctx, StreamScratch& s, const Plan& plan, const std:
       all_segments.insert(all_segments.end(), segments.begin(), segments.end());
     }
     all_groups.insert(all_groups.end(), groups.begin(), groups.end());
+    most = std::max(most, t.tokens);
   }
-  if (ng == 0) return;
+  if (ng == 0 || targets.empty()) return;
   UploadAsync(s.groups, all_groups.data(), all_groups.size(), ctx.stream);
   if (!all_segments.empty()) UploadAsync(s.segments, all_segments.data(), all_segments.size(), ctx.stream);
+  std::vector<QuantizeJob> jobs(targets.size());
   for (size_t b = 0; b < targets.size(); ++b) {
-    const uint32_t tokens = targets[b].tokens;
-    const float* d = s.d.ptr + size_t(targets[b].row) * ld;
-    uint8_t* payload = s.payload.ptr + targets[b].payload_at;
-    const GroupDesc* groups = s.groups.ptr + b * ng;
-    if (small > 0 && tiles) {
-      QuantizeTileKernel<<<dim3(unsigned((tokens + kTileTokens - 1) / kTileTokens), unsigned(nseg)), 256, 0,
-                           ctx.stream>>>(d, ld, tokens, groups, s.segments.ptr + b * nseg, payload);
-    } else if (small > 0) {
-      QuantizeSmallKernel<<<dim3(unsigned((tokens + 255) / 256), unsigned(small)), 256, 0, ctx.stream>>>(
-          d, ld, tokens, groups, payload);
-    }
-    if (ng > small) {
-      QuantizeKernel<<<dim3(unsigned((tokens + 7) / 8), unsigned(ng - small)), 256, 0, ctx.stream>>>(
-          d, ld, tokens, groups + small, int(ng - small), payload);
-    }
+    jobs[b] = {s.d.ptr + size_t(targets[b].row) * ld, s.payload.ptr + targets[b].payload_at, targets[b].tokens,
+               s.groups.ptr + b * ng, all_segments.empty() ? nullptr : s.segments.ptr + b * nseg};
+  }
+  UploadAsync(s.quantize_jobs, jobs.data(), jobs.size(), ctx.stream);
+  const unsigned z = unsigned(targets.size());
+  if (small > 0 && tiles) {
+    QuantizeTileKernel<<<dim3(unsigned((most + kTileTokens - 1) / kTileTokens), unsigned(nseg), z), 256, 0,
+                         ctx.stream>>>(s.quantize_jobs.ptr, ld);
+  } else if (small > 0) {
+    QuantizeSmallKernel<<<dim3(unsigned((most + 255) / 256), unsigned(small), z), 256, 0, ctx.stream>>>(
+        s.quantize_jobs.ptr, ld);
+  }
+  if (ng > small) {
+    QuantizeKernel<<<dim3(unsigned((most + 7) / 8), unsigned(ng - small), z), 256, 0, ctx.stream>>>(
+        s.quantize_jobs.ptr, ld, int(small), int(ng - small));
   }
   KVTC_CUDA_CALL(cudaGetLastError());
 }
@@ -2545,14 +2566,17 @@ uint32_t MiddleTokens(const EncodeJob& job) {
   return job.tokens - sinks - std::min(job.window_tokens, job.tokens - sinks);
 }
 
-// Coded tokens up to which consecutive sequences are fused into one group: one projection GEMM
-// and one coder launch for all of them instead of a pipeline of small ones. 8192 keeps a group's
-// scratch at what one 8K-token sequence takes; KVTC_FUSE_TOKENS sets it (0: every sequence alone,
-// as before fusion; A/B runs use it).
+// Coded tokens up to which consecutive sequences are fused into one group: one projection GEMM,
+// one quantize and one coder launch for all of them instead of a pipeline of small ones, groups
+// still pipelined over the slots (a group's records are read back and checksummed on the host
+// while the next group runs). 2048: on an H200 (run o, call 50, 8B shape, 256-token chunks x 32)
+// 8192 left the host's read back of 32 records after all the device work (78.9 GB/s against 63.0
+// alone), 4096 and 2048 overlapped them (95.6, 98.5); 1K x 8: 167.3 at 2048 against 148.7 alone,
+// 140.2 at 4096. KVTC_FUSE_TOKENS sets it (0: every sequence alone, as before fusion).
 uint32_t FuseTokens() {
   static const uint32_t tokens = [] {
     const char* v = std::getenv("KVTC_FUSE_TOKENS");
-    if (!v || !*v) return 8192u;
+    if (!v || !*v) return 2048u;
     char* end = nullptr;
     const unsigned long n = std::strtoul(v, &end, 10);
     KVTC_CHECK(*end == 0 && n <= (1u << 24), kInvalidArgument,

@@ -164,7 +164,7 @@ export async function encodePaged(
 /**
  * A record per span of one region (`options[i]` for `spans[i]`), in one native job: sequences of
  * few tokens go through the GPU together (one projection GEMM and one coder launch per group of
- * up to 8K coded tokens), which is what makes 256-token chunks fast. One failure fails them all.
+ * up to 2K coded tokens), which is what makes 256-token chunks fast. One failure fails them all.
  */
 export async function encodePagedMany(
   calibration: Calibration,

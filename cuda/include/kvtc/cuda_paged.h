@@ -78,7 +78,7 @@ const PagedGeometry& RegionGeometry(const KvRegion& region);
 HostBytes EncodePaged(const Calibration& calibration, const DeviceCalibration& dev, KvRegion& region,
                       const PagedSpan& span, EncodeJob job);
 // EncodePaged of many spans of one region, jobs[i] for spans[i], one record each: sequences of few
-// tokens are fused into groups (one projection GEMM and one coder launch for up to 8K coded
+// tokens are fused into groups (one projection GEMM and one coder launch for up to 2K coded
 // tokens, cuda_codec.cu's FuseGroups), the groups pipelined.
 std::vector<HostBytes> EncodePagedMany(const Calibration& calibration, const DeviceCalibration& dev, KvRegion& region,
                                        const std::vector<PagedSpan>& spans, const std::vector<EncodeJob>& jobs);
