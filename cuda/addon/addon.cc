@@ -593,6 +593,38 @@ Napi::Value CopyCrc32cJs(const Napi::CallbackInfo& info) {
   });
 }
 
+// copyCrc32cMany(parts, inPlace?) -> { copies, crcs }: CopyCrcMany over the parts (a fused encode
+// group's read back); inPlace: checksums only, the parts themselves returned.
+Napi::Value CopyCrc32cManyJs(const Napi::CallbackInfo& info) {
+  return Guard(info, [&]() -> Napi::Value {
+    KVTC_CHECK(info.Length() > 0 && info[0].IsArray(), kInvalidArgument, "Expected an array of byte arrays");
+    Napi::Array parts = info[0].As<Napi::Array>();
+    const bool in_place = info.Length() > 1 && info[1].ToBoolean().Value();
+    std::vector<Bytes> in;
+    std::vector<std::vector<uint8_t>> own(parts.Length());
+    std::vector<CopyCrcJob> jobs(parts.Length());
+    for (uint32_t i = 0; i < parts.Length(); ++i) {
+      in.push_back(ViewBytes(parts.Get(i), "parts[i]"));
+      if (in_place) {
+        jobs[i] = {const_cast<uint8_t*>(in[i].data), nullptr, in[i].size, 0};
+      } else {
+        own[i].resize(in[i].size);
+        jobs[i] = {own[i].data(), in[i].data, in[i].size, 0};
+      }
+    }
+    CopyCrcMany(jobs.data(), jobs.size());
+    Napi::Array copies = Napi::Array::New(info.Env(), jobs.size()), crcs = Napi::Array::New(info.Env(), jobs.size());
+    for (uint32_t i = 0; i < jobs.size(); ++i) {
+      copies.Set(i, in_place ? parts.Get(i) : Napi::Value(NewBuffer(info.Env(), std::move(own[i]))));
+      crcs.Set(i, Napi::Number::New(info.Env(), jobs[i].crc));
+    }
+    Napi::Object out = Napi::Object::New(info.Env());
+    out.Set("copies", copies);
+    out.Set("crcs", crcs);
+    return out;
+  });
+}
+
 // The chunk lists of copyChunks / copyChunksCrc32c, checked against the source and destination.
 struct ChunkCopyArgs {
   Bytes in;
@@ -1078,6 +1110,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   stages.Set("deflate", Napi::Function::New(env, DeflateJs));
   stages.Set("crc32c", Napi::Function::New(env, Crc32cJs));
   stages.Set("copyCrc32c", Napi::Function::New(env, CopyCrc32cJs));
+  stages.Set("copyCrc32cMany", Napi::Function::New(env, CopyCrc32cManyJs));
   stages.Set("copyChunks", Napi::Function::New(env, CopyChunksJs));
   stages.Set("copyChunksCrc32c", Napi::Function::New(env, CopyChunksCrc32cJs));
   stages.Set("recordPoolRun", Napi::Function::New(env, RecordPoolRunJs));

@@ -1977,6 +1977,10 @@ struct EncodeFlight {
   std::vector<EncodePart> parts;
   uint64_t header_bytes = 0;
   HostBytes record;
+  // Where this record's device bytes land in the slot's pinned image (body_host; unused for a
+  // page-locked record) and its paged raw rows are gathered (raw_rows): a group's records side by
+  // side.
+  uint64_t landing_at = 0, raw_at = 0;
   std::unique_ptr<Profiler> prof;
 };
 
@@ -2068,6 +2072,7 @@ void LaunchEncode(Context& ctx, const Calibration& c, const DeviceCalibration& d
   KVTC_CUDA_CALL(cudaEventRecord(ctx.values_coded[slot], ctx.stream));
   prof.lap("launch");
 
+  uint64_t landing_total = 0, raw_total = 0;
   for (EncodeFlight& f : flights) {
     const EncodeJob& job = *f.job;
     const uint32_t sinks = f.sinks, window = f.window, middle = f.middle;
@@ -2101,138 +2106,184 @@ void LaunchEncode(Context& ctx, const Calibration& c, const DeviceCalibration& d
       bound += part.coded ? 8 + (8 + 4 * part.coded->max_entries) * part.coded->chunks + part.coded->payload_bytes
                           : part.section.stored_bytes;
     f.record.data = AllocateRecordMemory(bound);
-    // The slot's landing and gather buffers serve the group's records one after the other
-    // (FinishEncode), so they only grow to the largest.
-    if (!f.record.data.get_deleter().pinned) buf.body_host.resize(bound);
+    f.landing_at = landing_total;
+    if (!f.record.data.get_deleter().pinned) landing_total += (bound + 63) / 64 * 64;
+    f.raw_at = raw_total;
     if (f.paged) {
-      uint64_t raw_total = 0;
       for (const EncodePart& part : f.parts)
         if (!part.coded) raw_total += (part.section.stored_bytes + 255) / 256 * 256;
-      buf.raw_rows.resize(std::max<uint64_t>(1, raw_total));
     }
   }
+  buf.body_host.resize(std::max<uint64_t>(1, landing_total));
+  if (raw_total) buf.raw_rows.resize(raw_total);
   prof.lap("alloc");
 }
 
-HostBytes FinishEncode(Context& ctx, const Calibration& c, EncodeFlight& f) {
-  Profiler& prof = *f.prof;
-  EncodeSlot& buf = EncodeSlotBuffers(f.slot);
-  const EncodeJob& job = *f.job;
-  std::vector<EncodePart>& parts = f.parts;
-  // Two rounds: every part but the coded values once the keys are coded, then the coded values
-  // once they are (so the record's bytes hold the coded values last, whatever the section table's
-  // order: the format places sections by offset). Each round lays its parts out, reads the bytes
-  // the device holds (packed chunks, gathered or device-resident raw rows) back into pinned memory
-  // on the copy stream, a copy per part, and copies each into the record with its CRC as soon as
-  // it is in; the first round, raw window included, overlaps the values' coding.
+// Reads a launched group back into its records (out[k] for flights[k]), in two rounds: every part
+// but the coded values once the keys are coded, then the coded values once they are (so each
+// record's bytes hold the coded values last, whatever the section table's order: the format places
+// sections by offset). Each round lays its parts out, reads the bytes the device holds (packed
+// chunks, gathered or device-resident raw rows) back into the slot's pinned image on the copy
+// stream, a copy per part, and copies each into its record with its CRC; the first round, raw
+// window included, overlaps the values' coding. One record: each part is copied as soon as it is
+// in, over all threads; several (a fused group's small ones): once all are in, a record part per
+// thread.
+void FinishEncode(Context& ctx, const Calibration& c, std::vector<EncodeFlight>& flights, HostBytes* out) {
+  Profiler& prof = *flights[0].prof;
+  const int slot = flights[0].slot;
+  EncodeSlot& buf = EncodeSlotBuffers(slot);
   struct Read {
-    size_t part;
-    uint64_t at;  // the bytes' offset in the record (and in the pinned image)
+    size_t flight, part;
+    uint64_t at;  // the bytes' offset in the record
     const uint8_t* src;
     uint64_t bytes;
   };
-  // A page-locked record (KVTC_PIN_RECORDS=1) takes the device's bytes straight into place; the
-  // host then only checksums them.
-  const bool into_record = f.record.data.get_deleter().pinned;
-  uint8_t* landing = into_record ? f.record.data.get() : buf.body_host.ptr;
-  uint64_t offset = f.header_bytes;
-  uint64_t raw_at = 0;  // next free byte of buf.raw_rows
-  std::vector<bool> laid_out(parts.size(), false);
-  std::vector<size_t> batch;  // the parts of this round, in byte order
+  // Per record: where the next section goes, which parts are laid out, their CRCs, and where the
+  // device's bytes land (a page-locked record, KVTC_PIN_RECORDS=1, takes them straight into place;
+  // the host then only checksums them).
+  struct Layout {
+    uint64_t offset = 0;
+    std::vector<bool> laid_out;
+    std::vector<uint32_t> crc;
+    std::vector<size_t> batch;  // the parts of this round, in byte order
+    bool into_record = false;
+    uint8_t* landing = nullptr;
+  };
+  std::vector<Layout> ls(flights.size());
+  for (size_t k = 0; k < flights.size(); ++k) {
+    EncodeFlight& f = flights[k];
+    ls[k].offset = f.header_bytes;
+    ls[k].laid_out.assign(f.parts.size(), false);
+    ls[k].crc.assign(f.parts.size(), 0);
+    ls[k].into_record = f.record.data.get_deleter().pinned;
+    ls[k].landing = ls[k].into_record ? f.record.data.get() : buf.body_host.ptr + f.landing_at;
+  }
   std::vector<Read> reads;
-  std::vector<uint32_t> crc(parts.size(), 0);
+  std::vector<CopyCrcJob> copies;
   auto round = [&](cudaEvent_t ready, bool values) {
     KVTC_CUDA_CALL(cudaEventSynchronize(ready));  // chunk sizes are in pinned memory
     prof.lap(values ? "v.coded" : "k.coded");
-    batch.clear();
-    const uint64_t start = offset;
-    for (size_t i = 0; i < parts.size(); ++i) {
-      EncodePart& part = parts[i];
-      if (laid_out[i]) continue;
-      if (part.coded) {
-        if (part.coded == &f.coded[1] && !values) continue;  // the values' sizes are not known yet
-        SizeChunks(*part.coded);
-        part.section.stored_bytes = part.coded->size();
+    bool any = false;
+    for (size_t k = 0; k < flights.size(); ++k) {
+      EncodeFlight& f = flights[k];
+      Layout& l = ls[k];
+      l.batch.clear();
+      for (size_t i = 0; i < f.parts.size(); ++i) {
+        EncodePart& part = f.parts[i];
+        if (l.laid_out[i]) continue;
+        if (part.coded) {
+          if (part.coded == &f.coded[1] && !values) continue;  // the values' sizes are not known yet
+          SizeChunks(*part.coded);  // in flight order: a group's packed bytes follow one another
+          part.section.stored_bytes = part.coded->size();
+        }
+        part.section.offset = l.offset;
+        l.offset += part.section.stored_bytes;
+        l.laid_out[i] = true;
+        l.batch.push_back(i);
+        any = true;
       }
-      part.section.offset = offset;
-      offset += part.section.stored_bytes;
-      laid_out[i] = true;
-      batch.push_back(i);
     }
-    if (offset == start) return;
+    if (!any) return;
     KVTC_CUDA_CALL(cudaStreamWaitEvent(ctx.copy, ready, 0));
     reads.clear();
-    for (size_t i : batch) {
-      EncodePart& part = parts[i];
-      const uint64_t at = part.section.offset;
-      if (part.coded) {
-        reads.push_back({i, at + part.coded->table_bytes, part.coded->s->packed.ptr + part.coded->packed_at,
-                         part.coded->chunk_total});
-      } else if (f.paged) {
-        const bool keys = part.section.kind == SectionKind::kRawKeys;
-        uint8_t* rows = buf.raw_rows.ptr + raw_at;
-        raw_at += (part.section.stored_bytes + 255) / 256 * 256;
-        LaunchPagedCopy(true, *f.paged, job.dtype, c.layers, part.section.token_offset, part.section.token_count,
-                        keys ? rows : nullptr, keys ? nullptr : rows, ctx.copy);
-        reads.push_back({i, at, rows, part.section.stored_bytes});
-      } else if (f.device_input) {
-        reads.push_back({i, at, part.raw, part.section.stored_bytes});
+    for (size_t k = 0; k < flights.size(); ++k) {
+      EncodeFlight& f = flights[k];
+      uint64_t raw_at = f.raw_at;  // next free byte of this record's gathered raw rows
+      for (size_t i : ls[k].batch) {
+        EncodePart& part = f.parts[i];
+        const uint64_t at = part.section.offset;
+        if (part.coded) {
+          reads.push_back({k, i, at + part.coded->table_bytes, part.coded->s->packed.ptr + part.coded->packed_at,
+                           part.coded->chunk_total});
+        } else if (f.paged) {
+          const bool keys = part.section.kind == SectionKind::kRawKeys;
+          uint8_t* rows = buf.raw_rows.ptr + raw_at;
+          raw_at += (part.section.stored_bytes + 255) / 256 * 256;
+          LaunchPagedCopy(true, *f.paged, f.job->dtype, c.layers, part.section.token_offset, part.section.token_count,
+                          keys ? rows : nullptr, keys ? nullptr : rows, ctx.copy);
+          reads.push_back({k, i, at, rows, part.section.stored_bytes});
+        } else if (f.device_input) {
+          reads.push_back({k, i, at, part.raw, part.section.stored_bytes});
+        }
       }
+      f.raw_at = raw_at;  // the values' round gathers after the keys' rows
     }
-    for (size_t k = 0; k < reads.size(); ++k) {
-      const Read& r = reads[k];
-      KVTC_CUDA_CALL(cudaMemcpyAsync(landing + r.at, r.src, r.bytes, cudaMemcpyDeviceToHost, ctx.copy));
-      KVTC_CUDA_CALL(cudaEventRecord(ctx.ReadEvent(k), ctx.copy));
+    for (size_t r = 0; r < reads.size(); ++r) {
+      const Read& rd = reads[r];
+      KVTC_CUDA_CALL(cudaMemcpyAsync(ls[rd.flight].landing + rd.at, rd.src, rd.bytes, cudaMemcpyDeviceToHost, ctx.copy));
+      KVTC_CUDA_CALL(cudaEventRecord(ctx.ReadEvent(r), ctx.copy));
     }
-    // What needs no device bytes first (chunk tables, raw rows from host memory), then each read
-    // back as it lands (a coded part's CRC: its table's, then its chunks').
-    for (size_t i : batch) {
-      EncodePart& part = parts[i];
-      uint8_t* at = f.record.data.get() + part.section.offset;
-      if (part.coded) {
-        LayoutChunks(*part.coded);  // while the device's bytes are on their way
-        const std::vector<uint8_t>& table = part.coded->table;
-        std::memcpy(at, table.data(), table.size());
-        crc[i] = Crc32c(table.data(), table.size());
-      } else if (!f.paged && !f.device_input) {
-        crc[i] = ParallelCopyCrc(at, part.raw, part.section.stored_bytes);
+    // What needs no device bytes first (chunk tables, raw rows from host memory), then the reads.
+    for (size_t k = 0; k < flights.size(); ++k) {
+      EncodeFlight& f = flights[k];
+      for (size_t i : ls[k].batch) {
+        EncodePart& part = f.parts[i];
+        uint8_t* at = f.record.data.get() + part.section.offset;
+        if (part.coded) {
+          LayoutChunks(*part.coded);  // while the device's bytes are on their way
+          const std::vector<uint8_t>& table = part.coded->table;
+          std::memcpy(at, table.data(), table.size());
+          ls[k].crc[i] = Crc32c(table.data(), table.size());
+        } else if (!f.paged && !f.device_input) {
+          ls[k].crc[i] = ParallelCopyCrc(at, part.raw, part.section.stored_bytes);
+        }
       }
     }
     prof.lap(values ? "v.tables" : "k.tables");
-    for (size_t k = 0; k < reads.size(); ++k) {
-      const Read& r = reads[k];
-      KVTC_CUDA_CALL(cudaEventSynchronize(ctx.ReadEvent(k)));
-      uint8_t* at = f.record.data.get() + r.at;
-      const uint32_t read_crc =
-          into_record ? Crc32cParallel(at, r.bytes) : ParallelCopyCrc(at, buf.body_host.ptr + r.at, r.bytes);
-      crc[r.part] = Crc32cCombine(crc[r.part], read_crc, r.bytes);
+    auto job_of = [&](const Read& rd) {
+      Layout& l = ls[rd.flight];
+      uint8_t* at = flights[rd.flight].record.data.get() + rd.at;
+      return CopyCrcJob{at, l.into_record ? nullptr : l.landing + rd.at, rd.bytes, 0};
+    };
+    auto combine = [&](const Read& rd, uint32_t read_crc) {
+      uint32_t& crc = ls[rd.flight].crc[rd.part];
+      crc = Crc32cCombine(crc, read_crc, rd.bytes);
+    };
+    if (flights.size() == 1) {
+      for (size_t r = 0; r < reads.size(); ++r) {  // each as soon as it is in
+        KVTC_CUDA_CALL(cudaEventSynchronize(ctx.ReadEvent(r)));
+        CopyCrcJob j = job_of(reads[r]);
+        CopyCrcMany(&j, 1);
+        combine(reads[r], j.crc);
+      }
+    } else if (!reads.empty()) {
+      KVTC_CUDA_CALL(cudaEventSynchronize(ctx.ReadEvent(reads.size() - 1)));  // the copy stream is in order
+      copies.clear();
+      for (const Read& rd : reads) copies.push_back(job_of(rd));
+      CopyCrcMany(copies.data(), copies.size());
+      for (size_t r = 0; r < reads.size(); ++r) combine(reads[r], copies[r].crc);
     }
-    for (size_t i : batch) parts[i].section.crc32c = crc[i];
+    for (size_t k = 0; k < flights.size(); ++k)
+      for (size_t i : ls[k].batch) flights[k].parts[i].section.crc32c = ls[k].crc[i];
   };
-  round(ctx.keys_coded[f.slot], false);
+  round(ctx.keys_coded[slot], false);
   prof.lap("k.read back");
-  round(ctx.values_coded[f.slot], true);
+  round(ctx.values_coded[slot], true);
   prof.lap("v.read back");
-  KVTC_CHECK(std::find(laid_out.begin(), laid_out.end(), false) == laid_out.end(), kInternal,
-             "encode left a section unwritten");
 
-  RecordHeader h;
-  h.calibration_id = c.id;
-  h.model_fingerprint = c.model_fingerprint;
-  h.token_start = job.token_start;
-  h.token_count = job.tokens;
-  h.feature_dim = c.feature_dim();
-  h.plan_id = job.plan_id;
-  h.kv_dtype = job.dtype;
-  h.sink_tokens = f.sinks;
-  h.window_tokens = f.window;
-  h.deflate_chunk_bytes = uint32_t(job.chunk_bytes);
-  h.record_bytes = offset;
-  for (const EncodePart& part : parts) h.sections.push_back(part.section);
-  WriteHeader(h, f.record.data.get());
-  f.record.size = offset;
-  prof.report("encode");
-  return std::move(f.record);
+  for (size_t k = 0; k < flights.size(); ++k) {
+    EncodeFlight& f = flights[k];
+    const EncodeJob& job = *f.job;
+    KVTC_CHECK(std::find(ls[k].laid_out.begin(), ls[k].laid_out.end(), false) == ls[k].laid_out.end(), kInternal,
+               "encode left a section unwritten");
+    RecordHeader h;
+    h.calibration_id = c.id;
+    h.model_fingerprint = c.model_fingerprint;
+    h.token_start = job.token_start;
+    h.token_count = job.tokens;
+    h.feature_dim = c.feature_dim();
+    h.plan_id = job.plan_id;
+    h.kv_dtype = job.dtype;
+    h.sink_tokens = f.sinks;
+    h.window_tokens = f.window;
+    h.deflate_chunk_bytes = uint32_t(job.chunk_bytes);
+    h.record_bytes = ls[k].offset;
+    for (const EncodePart& part : f.parts) h.sections.push_back(part.section);
+    WriteHeader(h, f.record.data.get());
+    f.record.size = ls[k].offset;
+    f.prof->report("encode");
+    out[k] = std::move(f.record);
+  }
 }
 
 // A decode in flight: checked, staged, inflated and reconstructed into scratch (LaunchDecode),
@@ -2555,7 +2606,9 @@ HostBytes Encode(const Calibration& c, const DeviceCalibration& dev, const Encod
   const std::vector<EncodeJob> jobs{job};
   std::vector<EncodeFlight> flights;
   LaunchEncode(ctx, c, dev, jobs, 0, 1, device_input, nullptr, 0, flights);
-  return FinishEncode(ctx, c, flights[0]);
+  HostBytes out;
+  FinishEncode(ctx, c, flights, &out);
+  return out;
 }
 
 namespace {
@@ -2630,7 +2683,7 @@ std::vector<HostBytes> EncodePipelined(const Calibration& c, const DeviceCalibra
   for (size_t g = 0; g < groups.size(); ++g) {
     // Group g + 1's device work is queued before group g is read back and assembled.
     if (g + 1 < groups.size()) launch(g + 1);
-    for (size_t k = 0; k < groups[g].second; ++k) out[groups[g].first + k] = FinishEncode(ctx, c, flights[g % kSlots][k]);
+    FinishEncode(ctx, c, flights[g % kSlots], out.data() + groups[g].first);
   }
   return out;
 }

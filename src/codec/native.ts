@@ -249,6 +249,8 @@ export interface NativeAddon {
     crc32c(data: Uint8Array): number;
     /** `into`: write the copy there (and return it as `copy`) instead of a new Buffer. */
     copyCrc32c(data: Uint8Array, into?: Buffer): { copy: Buffer; crc: number };
+    /** Copies (or, inPlace, only checksums) every part: host_copy.h CopyCrcMany. */
+    copyCrc32cMany(parts: Uint8Array[], inPlace?: boolean): { copies: Buffer[]; crcs: number[] };
     recordPoolRun(sizes: number[], rounds: number): { hits: number; misses: number; idleBytes: number };
     copyChunks(
       data: Uint8Array,

@@ -227,4 +227,15 @@ t.test('CRC32C test vectors', async (t) => {
   t.throws(() => native.stages.copyCrc32c(big.subarray(0, 100), Buffer.alloc(99)), {
     code: 'ERR_KVTC_INVALID_ARGUMENT',
   });
+  // Many parts at once (a fused GPU encode group's read back): empty, tiny, past the 256 KiB piece,
+  // megabytes with a ragged end, each from its own offset.
+  const partSizes = [0, 1, 2 ** 18 + 1, 17, 3 * 2 ** 20 + 7, 2 ** 19];
+  const parts = partSizes.map((n, i) => big.subarray(i * 1000, i * 1000 + n));
+  const many = native.stages.copyCrc32cMany(parts);
+  const inPlace = native.stages.copyCrc32cMany(parts, true);
+  for (const [i, part] of parts.entries()) {
+    t.ok(many.copies[i]!.equals(part), `part ${i} (${partSizes[i]} bytes) copied exactly`);
+    t.equal(many.crcs[i], ref(part), `part ${i}: CRC of the copy`);
+    t.equal(inPlace.crcs[i], ref(part), `part ${i}: CRC in place`);
+  }
 });

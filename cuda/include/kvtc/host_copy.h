@@ -12,6 +12,17 @@ namespace kvtc {
 // pass over memory instead of two).
 uint32_t ParallelCopyCrc(void* dst, const void* src, size_t size);
 
+// Many copies with their CRC32Cs (a fused encode group's records, read back together): all jobs
+// in 256 KiB pieces over the threads, each piece checksummed right after its copy; a job without
+// `src` is only checksummed (a page-locked record the device wrote into).
+struct CopyCrcJob {
+  void* dst = nullptr;
+  const void* src = nullptr;
+  size_t size = 0;
+  uint32_t crc = 0;  // out
+};
+void CopyCrcMany(CopyCrcJob* jobs, size_t n);
+
 // n independent copies (dst + dst_off[i] <- src + src_off[i], size[i] bytes), over the threads.
 void ParallelCopyChunks(uint8_t* dst, const size_t* dst_off, const uint8_t* src, const size_t* src_off,
                         const size_t* size, size_t n);
