@@ -2125,9 +2125,8 @@ void LaunchEncode(Context& ctx, const Calibration& c, const DeviceCalibration& d
 // sections by offset). Each round lays its parts out, reads the bytes the device holds (packed
 // chunks, gathered or device-resident raw rows) back into the slot's pinned image on the copy
 // stream, a copy per part, and copies each into its record with its CRC; the first round, raw
-// window included, overlaps the values' coding. One record: each part is copied as soon as it is
-// in, over all threads; several (a fused group's small ones): once all are in, a record part per
-// thread.
+// window included, overlaps the values' coding. The copies go in waves of parts as they land, all
+// threads on each wave (CopyCrcMany).
 void FinishEncode(Context& ctx, const Calibration& c, std::vector<EncodeFlight>& flights, HostBytes* out) {
   Profiler& prof = *flights[0].prof;
   const int slot = flights[0].slot;
@@ -2239,19 +2238,20 @@ void FinishEncode(Context& ctx, const Calibration& c, std::vector<EncodeFlight>&
       uint32_t& crc = ls[rd.flight].crc[rd.part];
       crc = Crc32cCombine(crc, read_crc, rd.bytes);
     };
-    if (flights.size() == 1) {
-      for (size_t r = 0; r < reads.size(); ++r) {  // each as soon as it is in
-        KVTC_CUDA_CALL(cudaEventSynchronize(ctx.ReadEvent(r)));
-        CopyCrcJob j = job_of(reads[r]);
-        CopyCrcMany(&j, 1);
-        combine(reads[r], j.crc);
-      }
-    } else if (!reads.empty()) {
-      KVTC_CUDA_CALL(cudaEventSynchronize(ctx.ReadEvent(reads.size() - 1)));  // the copy stream is in order
-      copies.clear();
-      for (const Read& rd : reads) copies.push_back(job_of(rd));
-      CopyCrcMany(copies.data(), copies.size());
-      for (size_t r = 0; r < reads.size(); ++r) combine(reads[r], copies[r].crc);
+    // In waves of consecutive reads of up to kWaveBytes (a large read alone), each copied as soon
+    // as its last read is in (the copy stream runs in order) while the next wave lands: a record
+    // of megabytes per part copies part by part as before groups; a group's small parts (256-token
+    // chunks: ~1 MB) together, one wave instead of a wait and a copy per part (call 52: 0.28 ms of
+    // host per record before, 8B 256 x 32 paged 171.6 against 73.6 GB/s).
+    constexpr uint64_t kWaveBytes = uint64_t(4) << 20;
+    copies.clear();
+    for (const Read& rd : reads) copies.push_back(job_of(rd));
+    for (size_t begin = 0, end = 0; begin < reads.size(); begin = end) {
+      uint64_t bytes = 0;
+      while (end < reads.size() && (end == begin || bytes + reads[end].bytes <= kWaveBytes)) bytes += reads[end++].bytes;
+      KVTC_CUDA_CALL(cudaEventSynchronize(ctx.ReadEvent(end - 1)));
+      CopyCrcMany(copies.data() + begin, end - begin);
+      for (size_t r = begin; r < end; ++r) combine(reads[r], copies[r].crc);
     }
     for (size_t k = 0; k < flights.size(); ++k)
       for (size_t i : ls[k].batch) flights[k].parts[i].section.crc32c = ls[k].crc[i];
