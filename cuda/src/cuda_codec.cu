@@ -21,6 +21,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <type_traits>
 
 #include "cuda_common.cuh"
 #include "cuda_fp8.cuh"
@@ -151,7 +152,7 @@ __global__ void PrepareKernel(Rows in, int64_t tokens, int heads, int head_dim, 
       const int64_t off = in.TokenOffset(t);
       float x = LoadAsFloat(x_at, off);
       if (r.rotate) {
-        const float2 cs = table[t * half + r.freq];
+        const float2 cs = table[in.Position(t) * half + r.freq];
         const float y = LoadAsFloat(y_at, off);
         // inverse rotation: a = a' c + b' s ; b = b' c - a' s
         x = r.first ? x * cs.x + y * cs.y : x * cs.x - y * cs.y;
@@ -280,14 +281,14 @@ __global__ void PrepareVecKernel(Rows in, int64_t tokens, int heads, int head_di
         Load8(y_at + off, y);
 #pragma unroll
         for (int i = 0; i < kVec; ++i) {
-          const float2 cs = table[t * half + r.freq0 + i];
+          const float2 cs = table[in.Position(t) * half + r.freq0 + i];
           // inverse rotation: a = a' c + b' s ; b = b' c - a' s
           x[i] = r.first ? x[i] * cs.x + y[i] * cs.y : x[i] * cs.x - y[i] * cs.y;
         }
       } else if (r.rotate) {
 #pragma unroll
         for (int i = 0; i < kVec / 2; ++i) {
-          const float2 cs = table[t * half + r.freq0 + i];
+          const float2 cs = table[in.Position(t) * half + r.freq0 + i];
           const float a = x[2 * i], b = x[2 * i + 1];
           x[2 * i] = a * cs.x + b * cs.y;
           x[2 * i + 1] = b * cs.x - a * cs.y;
@@ -422,7 +423,7 @@ __global__ void __launch_bounds__(kThreads, 3)
       float2 cs[kVec];
       Load8(a_at + off, a);
       Load8(b_at + off, b);
-      LoadRope8(table + t * half + r.j0, cs);
+      LoadRope8(table + in.Position(t) * half + r.j0, cs);
 #pragma unroll
       for (int i = 0; i < kVec; ++i) {
         // inverse rotation: a = a' c + b' s ; b = b' c - a' s
@@ -865,6 +866,26 @@ __global__ void PublishSizesKernel(const size_t* __restrict__ sizes, size_t chun
   __threadfence_system();
 }
 
+// One span of a fused group's paged prologue (GroupRowsKernel): its block ids, where its rows
+// start in the span and in the group, how many, and the first one's absolute position.
+struct GroupSpan {
+  const uint32_t* block_ids;
+  uint32_t first_slot, tokens, row;
+  int64_t token0, pos0;
+};
+
+// The per-row tables of GroupRowsOf for a group's spans (blockIdx.y: the span): each row's offset
+// in the cache (PagedRowsOf::TokenOffset's) and its absolute position.
+__global__ void GroupRowsKernel(const GroupSpan* __restrict__ spans, uint32_t block_size, int64_t block_stride,
+                                int64_t slot_stride, int64_t* __restrict__ offsets, int64_t* __restrict__ positions) {
+  const GroupSpan sp = spans[blockIdx.y];
+  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < sp.tokens; i += gridDim.x * blockDim.x) {
+    const uint64_t pos = uint64_t(int64_t(sp.first_slot) + sp.token0 + i);
+    offsets[sp.row + i] = int64_t(sp.block_ids[pos / block_size]) * block_stride + int64_t(pos % block_size) * slot_stride;
+    positions[sp.row + i] = sp.pos0 + i;
+  }
+}
+
 // ---- host helpers --------------------------------------------------------------------------
 
 std::vector<GroupDesc> PlanDescs(const Plan& plan, int64_t tokens, bool kept_only) {
@@ -1241,6 +1262,8 @@ struct StreamScratch {
   DeviceBuffer<GroupDesc> groups;
   DeviceBuffer<SmallSegment> segments;  // of the small groups (SmallGroupTiles)
   DeviceBuffer<QuantizeJob> quantize_jobs;  // the sequences of a quantize launch
+  DeviceBuffer<GroupSpan> group_spans;      // a fused paged group's spans, and its per-row tables
+  DeviceBuffer<int64_t> row_offsets, row_positions;
   DeviceBuffer<uint8_t> slots;
   DeviceBuffer<uint8_t> temp;
   DeviceBuffer<void*> in_ptrs, out_ptrs;
@@ -1503,27 +1526,65 @@ std::vector<LaunchedStream> LaunchStreams(Context& ctx, StreamScratch& s, const 
     s.x_scale.resize(n_gemm);
     KVTC_CUDA_CALL(cudaMemsetAsync(s.x_scale.ptr, 0, n_gemm * sizeof(float), ctx.stream));
   }
-  for (size_t b = 0; b < parts.size(); ++b) {
-    const StreamPart& part = parts[b];
-    const float2* part_table = table ? table + part.pos0 * (c.rope.rotary_dim / 2) : nullptr;
-    __nv_bfloat16* x = s.x.ptr + size_t(row_at[b]) * p;
-    float* amax = fp8_gemm ? s.x_scale.ptr + row_at[b] : nullptr;
-    const bool vec = VecRowsOk(part.rows, c);
+  // The prologue of one set of rows: pair, vector or scalar kernel as the rows allow.
+  auto prepare = [&](const auto& in, const StreamRows& rows, uint32_t n, const float2* rope, __nv_bfloat16* x,
+                     float* amax) {
+    using T = std::remove_cv_t<std::remove_pointer_t<decltype(in.FeatureBase(0))>>;
+    const bool vec = VecRowsOk(rows, c);
+    if (PairRowsOk(vec, c, rope)) {
+      PreparePairKernel<T><<<RowGrid(n, p / (2 * kVec)), kThreads, 0, ctx.stream>>>(in, n, heads, int(c.head_dim),
+                                                                                    rope, mean, x, amax);
+    } else if (vec) {
+      PrepareVecKernel<T><<<RowGrid(n, p / kVec), kThreads, 0, ctx.stream>>>(
+          in, n, heads, int(c.head_dim), c.rope.rotary_dim, neox, rope, mean, x, amax);
+    } else {
+      PrepareKernel<T><<<RowGrid(n, p), kThreads, 0, ctx.stream>>>(in, n, heads, int(c.head_dim), c.rope.rotary_dim,
+                                                                   neox, rope, mean, x, amax);
+    }
+  };
+  float* amax = fp8_gemm ? s.x_scale.ptr : nullptr;
+  // Spans of one paged cache (a fused group of EncodePagedMany's): one launch over all their rows,
+  // each row's place and position from tables a small kernel fills (call 51's profile: a group of
+  // 8 chunks of 256 tokens took 0.148 ms for 8 launches, a 2K-token sequence ~0.075).
+  const PagedRows* first_paged = parts[0].rows.paged;
+  bool one_cache = parts.size() > 1 && first_paged;
+  for (const StreamPart& part : parts) {
+    one_cache = one_cache && part.rows.paged && part.rows.paged->bases.base[0] == first_paged->bases.base[0] &&
+                std::memcmp(&part.rows.paged->st, &first_paged->st, sizeof(Strides)) == 0 &&
+                part.rows.paged->block_size == first_paged->block_size;
+  }
+  if (one_cache) {
+    std::vector<GroupSpan> spans(parts.size());
+    uint32_t most = 0;
+    for (size_t b = 0; b < parts.size(); ++b) {
+      const PagedRows& pr = *parts[b].rows.paged;
+      spans[b] = {pr.block_ids, pr.first_slot, parts[b].tokens, row_at[b], parts[b].rows.token0, parts[b].pos0};
+      most = std::max(most, parts[b].tokens);
+    }
+    UploadAsync(s.group_spans, spans.data(), spans.size(), ctx.stream);
+    s.row_offsets.resize(tokens);
+    s.row_positions.resize(tokens);
+    GroupRowsKernel<<<dim3((most + 255) / 256, unsigned(parts.size())), 256, 0, ctx.stream>>>(
+        s.group_spans.ptr, first_paged->block_size, first_paged->st.block, first_paged->st.slot, s.row_offsets.ptr,
+        s.row_positions.ptr);
     DispatchDtype(dtype, [&](auto tag) {
       using T = decltype(tag);
-      WithRows<T>(part.rows, p, [&](auto in) {
-        if (PairRowsOk(vec, c, part_table)) {
-          PreparePairKernel<T><<<RowGrid(part.tokens, p / (2 * kVec)), kThreads, 0, ctx.stream>>>(
-              in, part.tokens, heads, int(c.head_dim), part_table, mean, x, amax);
-        } else if (vec) {
-          PrepareVecKernel<T><<<RowGrid(part.tokens, p / kVec), kThreads, 0, ctx.stream>>>(
-              in, part.tokens, heads, int(c.head_dim), c.rope.rotary_dim, neox, part_table, mean, x, amax);
-        } else {
-          PrepareKernel<T><<<RowGrid(part.tokens, p), kThreads, 0, ctx.stream>>>(
-              in, part.tokens, heads, int(c.head_dim), c.rope.rotary_dim, neox, part_table, mean, x, amax);
-        }
-      });
+      const GroupRowsOf<T> in{PagedRowsOf<T>{*first_paged, parts[0].rows.kv_offset, 0}, s.row_offsets.ptr,
+                              s.row_positions.ptr};
+      prepare(in, parts[0].rows, tokens, table, s.x.ptr, amax);
     });
+  } else {
+    for (size_t b = 0; b < parts.size(); ++b) {
+      const StreamPart& part = parts[b];
+      const float2* part_table = table ? table + part.pos0 * (c.rope.rotary_dim / 2) : nullptr;
+      DispatchDtype(dtype, [&](auto tag) {
+        using T = decltype(tag);
+        WithRows<T>(part.rows, p, [&](auto in) {
+          prepare(in, part.rows, part.tokens, part_table, s.x.ptr + size_t(row_at[b]) * p,
+                  amax ? amax + row_at[b] : nullptr);
+        });
+      });
+    }
   }
   KVTC_CUDA_CALL(cudaGetLastError());
   prof.mark(keys ? "k.prepare" : "v.prepare");

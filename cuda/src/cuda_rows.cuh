@@ -41,6 +41,9 @@ struct ContiguousRows {
   int64_t features;
   __device__ __forceinline__ T* FeatureBase(int f) const { return rows + f; }
   __device__ __forceinline__ int64_t TokenOffset(int64_t t) const { return t * features; }
+  // Row t's index into the RoPE table the kernel is given (already offset to the first row's
+  // position).
+  __device__ __forceinline__ int64_t Position(int64_t t) const { return t; }
 };
 
 // Row t is span token token0 + t (token0 may be negative when a decode skips the record's first
@@ -62,6 +65,20 @@ struct PagedRowsOf {
     const uint64_t pos = uint64_t(int64_t(r.first_slot) + token0 + t);
     return int64_t(r.block_ids[pos / r.block_size]) * r.st.block + int64_t(pos % r.block_size) * r.st.slot;
   }
+  __device__ __forceinline__ int64_t Position(int64_t t) const { return t; }
+};
+
+// The rows of several spans of one paged cache as one operand (a fused encode group's prologue,
+// one launch for all its sequences): row t's offset in the cache and its absolute position (the
+// RoPE table's row: the kernel is given the table itself) come from per-row tables.
+template <typename T>
+struct GroupRowsOf {
+  PagedRowsOf<T> cache;          // the region's layer bases and strides (its block ids unused)
+  const int64_t* offsets;        // per row: block * strides.block + slot * strides.slot
+  const int64_t* positions;      // per row: absolute position
+  __device__ __forceinline__ T* FeatureBase(int f) const { return cache.FeatureBase(f); }
+  __device__ __forceinline__ int64_t TokenOffset(int64_t t) const { return offsets[t]; }
+  __device__ __forceinline__ int64_t Position(int64_t t) const { return positions[t]; }
 };
 
 // Copies tokens [0, tokens) of a paged span (from span token `first`) to or from contiguous rows
