@@ -278,6 +278,11 @@ t.test('GPU data plane ops on a CPU sidecar: coded refusals, then still serving'
     block_ids: [0],
   });
   t.equal(save.header['code'], 'ERR_KVTC_BACKEND_UNAVAILABLE');
+  const many = await c.request('save_blocks', {
+    region: 1,
+    items: [{ key: 'cd'.repeat(16), tokens: 16, token_start: 0, block_ids: [0] }],
+  });
+  t.equal(many.header['code'], 'ERR_KVTC_BACKEND_UNAVAILABLE', 'several spans in one request: the same refusal');
   const un = await c.request('unregister_kv', { region: 1 });
   t.equal(un.header['released'], false, 'nothing was registered');
   const stats = await c.request('stats');
