@@ -929,28 +929,6 @@ cuda::PagedSpan ParseSpan(const Napi::Object& o) {
   return s;
 }
 
-// encodePaged(calibration, region, job, span) -> Promise<Buffer>
-Napi::Value EncodePagedJs(const Napi::CallbackInfo& info) {
-  return Guard(info, [&]() -> Napi::Value {
-    auto cal = UnwrapCalibration(info, *g_calibration_ctor);
-    auto region = RegionArg(info, 1);
-    Napi::Object j = ArgObject(info, 2, "job");
-    auto job = std::make_shared<EncodeJob>();
-    job->dtype = cuda::RegionGeometry(*region).dtype;
-    ParseJobOptions(j, *job);
-    job->projection = ParseProjection(j.Get("projection"), /*use_cuda=*/true);
-    auto span = std::make_shared<cuda::PagedSpan>(ParseSpan(ArgObject(info, 3, "span")));
-    KVTC_CHECK(span->tokens == job->tokens, kInvalidArgument, "span.tokens and job.tokens differ");
-    auto dev = UnwrapWrap(info)->device(cuda::RegionDevice(*region));
-    auto out = std::make_shared<cuda::HostBytes>();
-    auto* w = new Job(
-        info.Env(), [cal, job, out, dev, region, span](const auto&) { *out = cuda::EncodePaged(*cal, *dev, *region, *span, *job); },
-        [out](Napi::Env env) -> Napi::Value { return NewHostBuffer(env, std::move(*out)); }, {}, info.Env().Undefined());
-    w->Queue();
-    return w->Promise();
-  });
-}
-
 // encodePagedMany(calibration, region, jobs, spans) -> Promise<Buffer[]>: a record per span,
 // jobs[i] for spans[i]; the sequences are fused into groups on the device (cuda::EncodePagedMany).
 Napi::Value EncodePagedManyJs(const Napi::CallbackInfo& info) {
@@ -1125,7 +1103,6 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("cudaWriteKv", Napi::Function::New(env, WriteKvJs));
   exports.Set("cudaReadKv", Napi::Function::New(env, ReadKvJs));
   exports.Set("cudaReleaseKv", Napi::Function::New(env, ReleaseKvJs));
-  exports.Set("encodePaged", Napi::Function::New(env, EncodePagedJs));
   exports.Set("encodePagedMany", Napi::Function::New(env, EncodePagedManyJs));
   exports.Set("decodePaged", Napi::Function::New(env, DecodePagedJs));
   exports.Set("cudaDevices", Napi::Function::New(env, DevicesJs));

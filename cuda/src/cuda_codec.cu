@@ -876,12 +876,11 @@ struct GroupSpan {
 
 // The per-row tables of GroupRowsOf for a group's spans (blockIdx.y: the span): each row's offset
 // in the cache (PagedRowsOf::TokenOffset's) and its absolute position.
-__global__ void GroupRowsKernel(const GroupSpan* __restrict__ spans, uint32_t block_size, int64_t block_stride,
-                                int64_t slot_stride, int64_t* __restrict__ offsets, int64_t* __restrict__ positions) {
+__global__ void GroupRowsKernel(const GroupSpan* __restrict__ spans, uint32_t block_size, Strides st,
+                                int64_t* __restrict__ offsets, int64_t* __restrict__ positions) {
   const GroupSpan sp = spans[blockIdx.y];
   for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < sp.tokens; i += gridDim.x * blockDim.x) {
-    const uint64_t pos = uint64_t(int64_t(sp.first_slot) + sp.token0 + i);
-    offsets[sp.row + i] = int64_t(sp.block_ids[pos / block_size]) * block_stride + int64_t(pos % block_size) * slot_stride;
+    offsets[sp.row + i] = SlotOffset(sp.block_ids, uint64_t(int64_t(sp.first_slot) + sp.token0 + i), block_size, st);
     positions[sp.row + i] = sp.pos0 + i;
   }
 }
@@ -1470,17 +1469,15 @@ void LaunchCopyChunks(cudaStream_t stream, StreamScratch& s, void* const* srcs, 
 // in slots, the chunk sizes on their way to pinned host memory. Nothing waits here.
 // In a fused group (several sequences launched as one: LaunchStreams), one per sequence: its
 // chunks are chunks first_chunk.. of the group's launch, its packed bytes follow those of the
-// sequence before it (`prev`).
+// sequence before it.
 struct LaunchedStream {
   StreamScratch* s = nullptr;
   size_t payload_bytes = 0, chunk_bytes = 0, chunks = 0, max_out = 0;
   uint32_t entry_stride = 0, max_entries = 0;  // indexed chunks (kvtc's coder); 0 for nvCOMP's
   size_t first_chunk = 0, group_chunks = 0;
-  const LaunchedStream* prev = nullptr;
   // After the job's sync: the sizes of the section's chunk table and of its chunks (packed back
-  // to back on the device by PackChunksKernel) and where they start in s->packed, from
-  // SizeChunks; the table itself from LayoutChunks.
-  bool sized = false;
+  // to back on the device by PackChunksKernel), from SizeChunks; where they start in s->packed
+  // (FinishEncode: after the group's sequences before it); the table itself from LayoutChunks.
   uint64_t table_bytes = 0, chunk_total = 0, packed_at = 0;
   std::vector<uint8_t> table;
   uint64_t size() const { return table_bytes + chunk_total; }
@@ -1496,9 +1493,8 @@ struct StreamPart {
 // One stream (keys or values) of the sequences of a fused group, launched: each part's rows
 // through its prologue into one operand, one projection GEMM over all of them, each part's
 // quantization into its own payload (starting on a chunk boundary), one coder launch over every
-// chunk, one packing and one publication of the chunk sizes. Returns a LaunchedStream per part
-// (the caller links each to the one before it, `prev`, once they are in place). Nothing waits
-// here.
+// chunk, one packing and one publication of the chunk sizes. Returns a LaunchedStream per part.
+// Nothing waits here.
 std::vector<LaunchedStream> LaunchStreams(Context& ctx, StreamScratch& s, const Calibration& c,
                                           const DeviceCalibration& dev, const Plan& plan, bool keys,
                                           const std::vector<StreamPart>& parts, KvDtype dtype, size_t chunk_bytes,
@@ -1565,8 +1561,7 @@ std::vector<LaunchedStream> LaunchStreams(Context& ctx, StreamScratch& s, const 
     s.row_offsets.resize(tokens);
     s.row_positions.resize(tokens);
     GroupRowsKernel<<<dim3((most + 255) / 256, unsigned(parts.size())), 256, 0, ctx.stream>>>(
-        s.group_spans.ptr, first_paged->block_size, first_paged->st.block, first_paged->st.slot, s.row_offsets.ptr,
-        s.row_positions.ptr);
+        s.group_spans.ptr, first_paged->block_size, first_paged->st, s.row_offsets.ptr, s.row_positions.ptr);
     DispatchDtype(dtype, [&](auto tag) {
       using T = decltype(tag);
       const GroupRowsOf<T> in{PagedRowsOf<T>{*first_paged, parts[0].rows.kv_offset, 0}, s.row_offsets.ptr,
@@ -1732,11 +1727,8 @@ ChunkSize SizeOfChunk(const LaunchedStream& ls, size_t i) {
 }
 
 // The section's size, table and chunks, without writing the table: one pass over the chunk sizes,
-// so that the read back of the packed chunks is queued before LayoutChunks writes the table. A
-// sequence of a fused group needs the one before it sized (its packed bytes come first).
+// so that the read back of the packed chunks is queued before LayoutChunks writes the table.
 void SizeChunks(LaunchedStream& ls) {
-  KVTC_CHECK(!ls.prev || ls.prev->sized, kInternal, "a fused group's sequences are sized in order");
-  ls.packed_at = ls.prev ? ls.prev->packed_at + ls.prev->chunk_total : 0;
   const bool indexed = ls.entry_stride > 0;
   uint64_t table = (indexed ? 8 : 4) + 8 * uint64_t(ls.chunks), total = 0;
   for (size_t i = 0; i < ls.chunks; ++i) {
@@ -1746,7 +1738,6 @@ void SizeChunks(LaunchedStream& ls) {
   }
   ls.table_bytes = table;
   ls.chunk_total = total;
-  ls.sized = true;
 }
 
 // The chunk table SizeChunks sized (entropy.h: u32 count, [u32 entry stride], raw and stored size
@@ -2055,6 +2046,18 @@ struct EncodeSlots {
 };
 EncodeSlot& EncodeSlotBuffers(int slot) { return OfCurrentDevice<EncodeSlots>().s[slot]; }
 
+// A job's tokens by section: raw sinks (absolute positions below sink_tokens), the coded middle,
+// the raw window (the newest window_tokens).
+struct SectionTokens {
+  uint32_t sinks, middle, window;
+};
+SectionTokens SectionTokensOf(const EncodeJob& job) {
+  const uint32_t sinks =
+      job.token_start < job.sink_tokens ? std::min(job.sink_tokens - job.token_start, job.tokens) : 0;
+  const uint32_t window = std::min(job.window_tokens, job.tokens - sinks);
+  return {sinks, job.tokens - sinks - window, window};
+}
+
 // Sequences [first, first + count) of `jobs` launched as one fused group on pipeline slot `slot`
 // (FuseGroups chose them: same plan, dtype, chunking and projection), one flight each; paged:
 // (*paged)[b] holds job b's rows. Both streams' device work goes back to back on the job's
@@ -2077,9 +2080,10 @@ void LaunchEncode(Context& ctx, const Calibration& c, const DeviceCalibration& d
     f.paged = paged ? &(*paged)[first + k] : nullptr;
     f.device_input = device_input || f.paged;
     f.prof = std::make_unique<Profiler>(ctx.stream);
-    f.sinks = job.token_start < job.sink_tokens ? std::min(job.sink_tokens - job.token_start, job.tokens) : 0;
-    f.window = std::min(job.window_tokens, job.tokens - f.sinks);
-    f.middle = job.tokens - f.sinks - f.window;
+    const SectionTokens st = SectionTokensOf(job);
+    f.sinks = st.sinks;
+    f.window = st.window;
+    f.middle = st.middle;
     if (!f.device_input) staged_rows += f.middle;
   }
   Profiler& prof = *flights[0].prof;  // the group's device marks
@@ -2115,17 +2119,13 @@ void LaunchEncode(Context& ctx, const Calibration& c, const DeviceCalibration& d
   const EncodeJob& lead = jobs[first];
   const PlanPair& plan = c.plans[lead.plan_id];
   const bool fp8 = lead.projection == Projection::kFp8;
-  // Keys, then values; each flight's views, linked in order (a view's packed bytes follow the
-  // previous one's).
+  // Keys, then values; each flight gets its view of the group's stream.
   auto launch = [&](int which, const Plan& stream_plan, const std::vector<StreamPart>& parts) {
     if (parts.empty()) return;
     std::vector<LaunchedStream> views =
         LaunchStreams(ctx, Scratch(slot, which), c, dev, stream_plan, which == 0, parts, lead.dtype, lead.chunk_bytes,
                       lead.entry_stride, fp8, prof);
-    for (size_t i = 0; i < coded.size(); ++i) {
-      coded[i]->coded[which] = std::move(views[i]);
-      coded[i]->coded[which].prev = i > 0 ? &coded[i - 1]->coded[which] : nullptr;
-    }
+    for (size_t i = 0; i < coded.size(); ++i) coded[i]->coded[which] = std::move(views[i]);
   };
   launch(0, plan.keys, key_parts);
   KVTC_CUDA_CALL(cudaEventRecord(ctx.keys_coded[slot], ctx.stream));
@@ -2220,6 +2220,7 @@ void FinishEncode(Context& ctx, const Calibration& c, std::vector<EncodeFlight>&
   }
   std::vector<Read> reads;
   std::vector<CopyCrcJob> copies;
+  uint64_t packed_next[2] = {0, 0};  // per stream: the group's packed bytes laid out so far
   auto round = [&](cudaEvent_t ready, bool values) {
     KVTC_CUDA_CALL(cudaEventSynchronize(ready));  // chunk sizes are in pinned memory
     prof.lap(values ? "v.coded" : "k.coded");
@@ -2232,8 +2233,11 @@ void FinishEncode(Context& ctx, const Calibration& c, std::vector<EncodeFlight>&
         EncodePart& part = f.parts[i];
         if (l.laid_out[i]) continue;
         if (part.coded) {
-          if (part.coded == &f.coded[1] && !values) continue;  // the values' sizes are not known yet
-          SizeChunks(*part.coded);  // in flight order: a group's packed bytes follow one another
+          const int which = part.coded == &f.coded[1] ? 1 : 0;
+          if (which == 1 && !values) continue;  // the values' sizes are not known yet
+          SizeChunks(*part.coded);
+          part.coded->packed_at = packed_next[which];  // flights in order: their packed bytes follow
+          packed_next[which] += part.coded->chunk_total;
           part.section.stored_bytes = part.coded->size();
         }
         part.section.offset = l.offset;
@@ -2674,12 +2678,6 @@ HostBytes Encode(const Calibration& c, const DeviceCalibration& dev, const Encod
 
 namespace {
 
-// The coded tokens of a job: all but its raw sinks and window.
-uint32_t MiddleTokens(const EncodeJob& job) {
-  const uint32_t sinks = job.token_start < job.sink_tokens ? std::min(job.sink_tokens - job.token_start, job.tokens) : 0;
-  return job.tokens - sinks - std::min(job.window_tokens, job.tokens - sinks);
-}
-
 // Coded tokens up to which consecutive sequences are fused into one group: one projection GEMM,
 // one quantize and one coder launch for all of them instead of a pipeline of small ones, groups
 // still pipelined over the slots (a group's records are read back and checksummed on the host
@@ -2708,7 +2706,7 @@ std::vector<std::pair<size_t, size_t>> FuseGroups(const std::vector<EncodeJob>& 
   uint64_t tokens = 0;
   for (size_t b = 0; b < jobs.size(); ++b) {
     const EncodeJob& j = jobs[b];
-    const uint32_t middle = MiddleTokens(j);
+    const uint32_t middle = SectionTokensOf(j).middle;
     if (!groups.empty()) {
       const EncodeJob& lead = jobs[groups.back().first];
       const bool same = j.plan_id == lead.plan_id && j.dtype == lead.dtype && j.chunk_bytes == lead.chunk_bytes &&

@@ -34,8 +34,8 @@ __global__ void PagedCopyKernel(PagedRows pr, uint32_t first, uint32_t tokens, u
     r -= uint64_t(l) * heads * dim;
     const uint32_t h = uint32_t(r / dim), d = uint32_t(r - uint64_t(h) * dim);
     const uint32_t pos = pr.first_slot + first + t;
-    const int64_t off = int64_t(pr.block_ids[pos / pr.block_size]) * pr.st.block +
-                        int64_t(pos % pr.block_size) * pr.st.slot + int64_t(h) * pr.st.head + int64_t(d) * pr.st.dim;
+    const int64_t off =
+        SlotOffset(pr.block_ids, pos, pr.block_size, pr.st) + int64_t(h) * pr.st.head + int64_t(d) * pr.st.dim;
     T* k = reinterpret_cast<T*>(pr.bases.base[l]) + off;
     T* v = k + pr.st.kv;
     if (kToRows) {
@@ -349,11 +349,6 @@ std::vector<HostBytes> EncodePagedMany(const Calibration& c, const DeviceCalibra
   KVTC_CUDA_CALL(cudaStreamWaitEvent(stream, region.done_event, 0));
   if (region.client_event) KVTC_CUDA_CALL(cudaStreamWaitEvent(stream, region.client_event, 0));
   return EncodeFromPaged(c, dev, jobs, rows);  // same stream: ordered after the client's event
-}
-
-HostBytes EncodePaged(const Calibration& c, const DeviceCalibration& dev, KvRegion& region, const PagedSpan& span,
-                      EncodeJob job) {
-  return std::move(EncodePagedMany(c, dev, region, {span}, {job})[0]);
 }
 
 RecordHeader DecodePaged(const Calibration& c, const DeviceCalibration& dev, KvRegion& region, const PagedSpan& span,

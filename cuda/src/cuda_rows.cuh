@@ -32,6 +32,13 @@ struct PagedRows {
   uint32_t first_slot = 0, block_size = 0, kv_heads = 0, head_dim = 0;
 };
 
+// Element offset of span slot `pos` (slot pos % block_size of block block_ids[pos / block_size])
+// in one layer's tensor, its [kv][head][dim] part aside.
+__device__ __forceinline__ int64_t SlotOffset(const uint32_t* block_ids, uint64_t pos, uint32_t block_size,
+                                              const Strides& st) {
+  return int64_t(block_ids[pos / block_size]) * st.block + int64_t(pos % block_size) * st.slot;
+}
+
 // Kernel-side addressing of element (t, f) of one stream's rows, split so that a thread with a
 // fixed feature f computes its part once and each token adds its own: &rows[t][f] =
 // FeatureBase(f) + TokenOffset(t).
@@ -62,8 +69,7 @@ struct PagedRowsOf {
     return reinterpret_cast<T*>(r.bases.base[l]) + kv_offset + h * r.st.head + d * r.st.dim;
   }
   __device__ __forceinline__ int64_t TokenOffset(int64_t t) const {
-    const uint64_t pos = uint64_t(int64_t(r.first_slot) + token0 + t);
-    return int64_t(r.block_ids[pos / r.block_size]) * r.st.block + int64_t(pos % r.block_size) * r.st.slot;
+    return SlotOffset(r.block_ids, uint64_t(int64_t(r.first_slot) + token0 + t), r.block_size, r.st);
   }
   __device__ __forceinline__ int64_t Position(int64_t t) const { return t; }
 };

@@ -208,12 +208,6 @@ export interface NativeAddon {
   cudaWriteKv?(region: number, bytes: Uint8Array): void;
   cudaReadKv?(region: number): Buffer;
   cudaReleaseKv?(region: number): boolean;
-  encodePaged?(
-    calibration: NativeCalibration,
-    region: number,
-    job: Omit<NativeEncodeJob, 'keys' | 'values' | 'dtype' | 'backend'>,
-    span: NativePagedSpan,
-  ): Promise<Buffer>;
   encodePagedMany?(
     calibration: NativeCalibration,
     region: number,

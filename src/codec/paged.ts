@@ -45,7 +45,6 @@ type Paged = Required<
     | 'cudaWriteKv'
     | 'cudaReadKv'
     | 'cudaReleaseKv'
-    | 'encodePaged'
     | 'encodePagedMany'
     | 'decodePaged'
     | 'cudaDevices'
@@ -157,8 +156,7 @@ export async function encodePaged(
   span: PagedSpan,
   o: PagedEncodeOptions,
 ): Promise<Buffer> {
-  const n = paged();
-  return awaitNative(() => n.encodePaged(calibration.native, region.id, nativeJob(span, o), span));
+  return (await encodePagedMany(calibration, region, [span], [o]))[0]!;
 }
 
 /**

@@ -11,7 +11,6 @@ import { decode, dtypeBytes, encode, verifyRecord, type Backend, type KvDtype } 
 import {
   cudaDevices,
   decodePaged,
-  encodePaged,
   encodePagedMany,
   registerKv,
   type GpuProjection,
@@ -378,7 +377,8 @@ export class Sidecar {
         const reg = this.#kv.get(req.session!, uint(h, 'region'));
         // `items`: many spans in one request, encoded together (a GPU runs small chunks fused);
         // otherwise the request's own fields are the one span. One failure fails the request.
-        const items = h['items'] === undefined ? [h] : mapList(h, 'items', MAX_SAVE_ITEMS);
+        const many = h['items'] !== undefined;
+        const items = many ? mapList(h, 'items', MAX_SAVE_ITEMS) : [h];
         const saves = items.map((it) => {
           const tokens = uint(it, 'tokens', 1 << 24);
           const { ratio, ...coding } = this.#coding(it);
@@ -395,21 +395,18 @@ export class Sidecar {
           };
         });
         const t0 = performance.now();
-        const records =
-          h['items'] === undefined
-            ? [await encodePaged(cal, reg.region, saves[0]!.span, saves[0]!.options)]
-            : await encodePagedMany(
-                cal,
-                reg.region,
-                saves.map((s) => s.span),
-                saves.map((s) => s.options),
-              );
+        const records = await encodePagedMany(
+          cal,
+          reg.region,
+          saves.map((s) => s.span),
+          saves.map((s) => s.options),
+        );
         const rawOf = (tokens: number) => 2 * tokens * cal.featureDim * dtypeBytes(reg.layout.dtype);
         const batchRaw = saves.reduce((sum, s) => sum + rawOf(s.tokens), 0);
         const handles = [];
         for (const [i, s] of saves.entries())
           handles.push(await this.#store(s.key, records[i]!, rawOf(s.tokens), t0, batchRaw));
-        return { header: h['items'] === undefined ? { handle: handles[0] } : { handles } };
+        return { header: many ? { handles } : { handle: handles[0] } };
       }
       case 'load_blocks': {
         this.#session(req);

@@ -73,12 +73,9 @@ IpcHandle RegionEventHandle(const KvRegion& region);
 int RegionDevice(const KvRegion& region);
 const PagedGeometry& RegionGeometry(const KvRegion& region);
 
-// Gathers the span (waiting for the client's event first), then encodes as cuda::Encode does;
-// job.keys / job.values are ignored, job.tokens must equal span.tokens.
-HostBytes EncodePaged(const Calibration& calibration, const DeviceCalibration& dev, KvRegion& region,
-                      const PagedSpan& span, EncodeJob job);
-// EncodePaged of many spans of one region, jobs[i] for spans[i], one record each: sequences of few
-// tokens are fused into groups (one projection GEMM and one coder launch for up to 2K coded
+// A record per span of one region, jobs[i] for spans[i] (job.keys / job.values are ignored,
+// job.tokens must equal the span's tokens), read in place after the client's event: sequences of
+// few tokens are fused into groups (one projection GEMM and one coder launch for up to 2K coded
 // tokens, cuda_codec.cu's FuseGroups), the groups pipelined.
 std::vector<HostBytes> EncodePagedMany(const Calibration& calibration, const DeviceCalibration& dev, KvRegion& region,
                                        const std::vector<PagedSpan>& spans, const std::vector<EncodeJob>& jobs);
