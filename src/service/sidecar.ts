@@ -374,11 +374,12 @@ export class Sidecar {
       }
       case 'save_blocks': {
         this.#session(req);
-        const reg = this.#kv.get(req.session!, uint(h, 'region'));
         // `items`: many spans in one request, encoded together (a GPU runs small chunks fused);
-        // otherwise the request's own fields are the one span. One failure fails the request.
+        // otherwise the request's own fields are the one span. One failure fails the request. A
+        // malformed list is refused as such before the region is looked up.
         const many = h['items'] !== undefined;
         const items = many ? mapList(h, 'items', MAX_SAVE_ITEMS) : [h];
+        const reg = this.#kv.get(req.session!, uint(h, 'region'));
         const saves = items.map((it) => {
           const tokens = uint(it, 'tokens', 1 << 24);
           const { ratio, ...coding } = this.#coding(it);

@@ -283,6 +283,14 @@ t.test('GPU data plane ops on a CPU sidecar: coded refusals, then still serving'
     items: [{ key: 'cd'.repeat(16), tokens: 16, token_start: 0, block_ids: [0] }],
   });
   t.equal(many.header['code'], 'ERR_KVTC_BACKEND_UNAVAILABLE', 'several spans in one request: the same refusal');
+  for (const items of ['x', [], [1], Array.from({ length: 1025 }, () => ({}))]) {
+    const bad = await c.request('save_blocks', { region: 1, items });
+    t.equal(
+      bad.header['code'],
+      'ERR_KVTC_PROTOCOL_MALFORMED',
+      `items ${JSON.stringify(items).slice(0, 20)}: malformed`,
+    );
+  }
   const un = await c.request('unregister_kv', { region: 1 });
   t.equal(un.header['released'], false, 'nothing was registered');
   const stats = await c.request('stats');
