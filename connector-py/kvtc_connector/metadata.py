@@ -145,10 +145,11 @@ class KvtcSettings:
     and reports the request in ``finished_recving``. False loads in ``start_load_kv`` before the
     forward instead (one step less of latency for a lone request, but the whole batch waits).
 
-    ``max_pipeline`` (default 16): chunks per batch of saves. The CPU data path keeps that many
-    ``save`` requests in flight; the GPU data path sends them as one ``save_blocks`` request,
-    which the sidecar encodes in fused groups on the GPU (256-token chunks of the 8B shape: 211
-    GB/s against 74 one request per chunk, docs/benchmarks.md run o).
+    ``max_pipeline`` (default 16): chunks per batch of saves and loads. The CPU data path keeps
+    that many ``save`` requests in flight; the GPU data path sends them as one ``save_blocks``
+    (``load_blocks``) request, which the sidecar encodes (decodes) in fused groups on the GPU
+    (256-token chunks of the 8B shape: encode 211 GB/s against 74 one request per chunk,
+    docs/benchmarks.md run o).
 
     Window policy (``window_tokens``, ``window_chunk_factor``). The codec keeps the first 4
     positions of a sequence raw (attention sinks, the sidecar's ``--sink-tokens``) and can keep

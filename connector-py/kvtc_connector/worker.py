@@ -56,7 +56,7 @@ from kvtc_connector.client import (
     SaveItem,
     SidecarClient,
 )
-from kvtc_connector.cuda_ipc import BlockSpan, IpcKvCache, detect_layout
+from kvtc_connector.cuda_ipc import BlockSpan, IpcKvCache, LoadSpan, detect_layout
 from kvtc_connector.errors import KvtcSidecarError
 from kvtc_connector.metadata import (
     FRAME_LAYOUT,
@@ -691,30 +691,40 @@ class KvtcWorker:
         forward stream wait on the device instead."""
         c, bs = self.chunk_tokens, self.block_size
         ipc = self._ipc(client)
-        for i, key in enumerate(spec.keys):
+        step = self.settings.max_pipeline
+        # Up to max_pipeline chunks per request, which the sidecar decodes on the GPU together;
+        # a failed request fails its chunks (their blocks are recomputed).
+        for first in range(0, len(spec.keys), step):
             if job is not None and job.cancelled:
                 return
-            chunk, lo, hi, blocks = self._chunk_span(spec, i)
-            try:
-                start = ipc.load_blocks(
-                    key,
+            chunks = []
+            for i in range(first, min(first + step, len(spec.keys))):
+                chunk, lo, hi, blocks = self._chunk_span(spec, i)
+                span = LoadSpan(
+                    spec.keys[i],
                     blocks,
                     tokens=hi - lo,
                     first_slot=lo % bs,
                     skip_tokens=lo - chunk * c,
                     record_tokens=c,
-                    wait="host" if job is not None else "stream",
                 )
-                if start != chunk * c:
-                    raise KvtcSidecarError(
-                        "ERR_KVTC_RECORD_SIZE_MISMATCH",
-                        f"record starts at {start}, expected {chunk * c}",
-                    )
+                chunks.append((chunk, lo, hi, blocks, span))
+            try:
+                starts = ipc.load_blocks_many(
+                    [span for *_, span in chunks], wait="host" if job is not None else "stream"
+                )
+                for (chunk, *_), start in zip(chunks, starts, strict=True):
+                    if start != chunk * c:
+                        raise KvtcSidecarError(
+                            "ERR_KVTC_RECORD_SIZE_MISMATCH",
+                            f"record of chunk {chunk} starts at {start}, expected {chunk * c}",
+                        )
             except KvtcSidecarError as e:
-                self._chunk_failed(spec, chunk, blocks, failed, e)
+                for chunk, _, _, blocks, _ in chunks:
+                    self._chunk_failed(spec, chunk, blocks, failed, e)
                 continue
-            self.stats.chunks_loaded += 1
-            self.stats.tokens_loaded += hi - lo
+            self.stats.chunks_loaded += len(chunks)
+            self.stats.tokens_loaded += sum(hi - lo for _, lo, hi, _, _ in chunks)
 
     def _save(self, spec: SaveSpec) -> None:
         if self._session(self.client) is None:

@@ -4,7 +4,15 @@ tensor shapes and strides, and the refusals (CPU tensors, unknown layouts)."""
 import pytest
 import torch
 
-from kvtc_connector.cuda_ipc import LAYOUTS, BlockSpan, _span_fields, describe, detect_layout
+from kvtc_connector.cuda_ipc import (
+    LAYOUTS,
+    BlockSpan,
+    LoadSpan,
+    _load_fields,
+    _span_fields,
+    describe,
+    detect_layout,
+)
 from kvtc_connector.errors import IpcError
 
 
@@ -60,3 +68,17 @@ def test_block_span_fields_are_the_save_blocks_items() -> None:
     )
     assert full["block_ids"] == [7, 2] and all(type(b) is int for b in full["block_ids"])
     assert full["first_slot"] == 5 and full["ratio"] == 8.0 and full["window_tokens"] == 0
+
+
+def test_load_span_fields_are_the_load_blocks_items() -> None:
+    # A load_blocks item is the single-record request's fields: skip_tokens and record_tokens
+    # only when set, block ids as plain ints.
+    plain = _load_fields(LoadSpan("ab" * 16, [3, 1], tokens=20))
+    assert plain == {"key": "ab" * 16, "block_ids": [3, 1], "tokens": 20, "first_slot": 0}
+    full = _load_fields(
+        LoadSpan(
+            "cd" * 16, list(torch.tensor([7, 2])), 9, first_slot=3, skip_tokens=7, record_tokens=16
+        )
+    )
+    assert full["block_ids"] == [7, 2] and all(type(b) is int for b in full["block_ids"])
+    assert full["first_slot"] == 3 and full["skip_tokens"] == 7 and full["record_tokens"] == 16

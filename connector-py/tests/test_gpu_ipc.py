@@ -30,8 +30,8 @@ if not torch.cuda.is_available():
     )
 
 from kvtc_connector.client import Compat, SidecarClient  # noqa: E402
-from kvtc_connector.cuda_ipc import LAYOUTS, BlockSpan, IpcKvCache  # noqa: E402
-from kvtc_connector.errors import DeviceUnknownError, IpcError  # noqa: E402
+from kvtc_connector.cuda_ipc import LAYOUTS, BlockSpan, IpcKvCache, LoadSpan  # noqa: E402
+from kvtc_connector.errors import DeviceUnknownError, IpcError, KvtcSidecarError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = Path(
@@ -322,11 +322,15 @@ def test_save_many_matches_one_by_one(sidecar: str, model_and_prompt: tuple[Any,
             for i in range(n)
         ]
 
-    def restored_error(saved: list[BlockSpan]) -> float:
+    def restored_error(saved: list[BlockSpan], grouped: bool = False) -> float:
         for t in tensors:
             t.fill_(7.0)
-        for s in saved:
-            cache.load_blocks(s.key, s.block_ids, s.tokens)
+        if grouped:
+            starts = cache.load_blocks_many([LoadSpan(s.key, s.block_ids, s.tokens) for s in saved])
+            assert starts == [s.token_start for s in saved]
+        else:
+            for s in saved:
+                cache.load_blocks(s.key, s.block_ids, s.tokens)
         got = _read(tensors, "flash_attn", block_ids, T)
         num = sum(
             ((a.float() - b.float())[:, 4:] ** 2).sum().item()
@@ -361,12 +365,21 @@ def test_save_many_matches_one_by_one(sidecar: str, model_and_prompt: tuple[Any,
         # The same kernels on the same rows; only the GEMM's shape differs (its summation order
         # may), so the errors agree to well within their size.
         assert abs(err_fused - err_alone) <= 0.05 * err_alone + 1e-6, (err_fused, err_alone)
+        # The same records loaded in one ``load_blocks`` request (decoded on the GPU as a group).
+        err_many = restored_error(many, grouped=True)
+        assert abs(err_many - err_fused) <= 0.05 * err_fused + 1e-6, (err_many, err_fused)
+        # One missing record fails the request: the client counts every span as not loaded.
+        missing = LoadSpan("ff" * 16, many[0].block_ids, chunk)
+        with pytest.raises(KvtcSidecarError) as refused:
+            cache.load_blocks_many([LoadSpan(many[1].key, many[1].block_ids, chunk), missing])
+        assert refused.value.code == "ERR_KVTC_NOT_FOUND"
         REPORT["save_many"] = {
             "chunks": n,
             "fused_bytes": fused_bytes,
             "alone_bytes": alone_bytes,
             "rel_mse_fused": err_fused,
             "rel_mse_alone": err_alone,
+            "rel_mse_loaded_many": err_many,
         }
         print(json.dumps({"save_many": REPORT["save_many"]}))
     finally:

@@ -970,22 +970,42 @@ Napi::Value EncodePagedManyJs(const Napi::CallbackInfo& info) {
   });
 }
 
-// decodePaged(calibration, region, record, span, projection?) -> Promise<header>
-Napi::Value DecodePagedJs(const Napi::CallbackInfo& info) {
+// decodePagedMany(calibration, region, records, spans, projection?) -> Promise<header[]>: records[i]
+// into spans[i]; records of few tokens are decoded in groups on the device (cuda::DecodePagedMany).
+Napi::Value DecodePagedManyJs(const Napi::CallbackInfo& info) {
   return Guard(info, [&]() -> Napi::Value {
     auto cal = UnwrapCalibration(info, *g_calibration_ctor);
     auto region = RegionArg(info, 1);
-    Bytes rec = ViewBytes(info[2], "record");
-    auto span = std::make_shared<cuda::PagedSpan>(ParseSpan(ArgObject(info, 3, "span")));
+    KVTC_CHECK(info.Length() > 3 && info[2].IsArray() && info[3].IsArray(), kInvalidArgument,
+               "Expected (calibration, region, records[], spans[], projection?)");
+    Napi::Array rs = info[2].As<Napi::Array>(), ss = info[3].As<Napi::Array>();
+    KVTC_CHECK(rs.Length() == ss.Length() && rs.Length() > 0, kInvalidArgument,
+               "Expected as many records as spans, at least one, but received " << rs.Length() << " and "
+                                                                               << ss.Length());
+    auto records = std::make_shared<std::vector<std::pair<const uint8_t*, size_t>>>();
+    auto spans = std::make_shared<std::vector<cuda::PagedSpan>>();
+    std::vector<Napi::Value> keep;
+    for (uint32_t i = 0; i < rs.Length(); ++i) {
+      KVTC_CHECK(ss.Get(i).IsObject(), kInvalidArgument, "spans hold objects");
+      Bytes rec = ViewBytes(rs.Get(i), "record");
+      records->emplace_back(rec.data, rec.size);
+      keep.push_back(rs.Get(i));
+      spans->push_back(ParseSpan(ss.Get(i).As<Napi::Object>()));
+    }
     const Projection projection = ParseProjection(info.Length() > 4 ? info[4] : info.Env().Undefined(), true);
     auto dev = UnwrapWrap(info)->device(cuda::RegionDevice(*region));
-    auto out = std::make_shared<RecordHeader>();
+    auto out = std::make_shared<std::vector<RecordHeader>>();
     auto* w = new Job(
         info.Env(),
-        [cal, rec, out, dev, region, span, projection](const auto&) {
-          *out = cuda::DecodePaged(*cal, *dev, *region, *span, rec.data, rec.size, projection);
+        [cal, records, spans, out, dev, region, projection](const auto&) {
+          *out = cuda::DecodePagedMany(*cal, *dev, *region, *spans, *records, projection);
         },
-        [out](Napi::Env env) -> Napi::Value { return HeaderToJs(env, *out); }, {info[2]}, info.Env().Undefined());
+        [out](Napi::Env env) -> Napi::Value {
+          Napi::Array a = Napi::Array::New(env, out->size());
+          for (size_t i = 0; i < out->size(); ++i) a.Set(uint32_t(i), HeaderToJs(env, (*out)[i]));
+          return a;
+        },
+        keep, info.Env().Undefined());
     w->Queue();
     return w->Promise();
   });
@@ -1104,7 +1124,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("cudaReadKv", Napi::Function::New(env, ReadKvJs));
   exports.Set("cudaReleaseKv", Napi::Function::New(env, ReleaseKvJs));
   exports.Set("encodePagedMany", Napi::Function::New(env, EncodePagedManyJs));
-  exports.Set("decodePaged", Napi::Function::New(env, DecodePagedJs));
+  exports.Set("decodePagedMany", Napi::Function::New(env, DecodePagedManyJs));
   exports.Set("cudaDevices", Napi::Function::New(env, DevicesJs));
 #endif
   exports.Set("stages", stages);

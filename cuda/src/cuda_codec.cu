@@ -166,7 +166,7 @@ __global__ void PrepareKernel(Rows in, int64_t tokens, int heads, int head_dim, 
 }
 
 // Decode epilogue. in: reconstruction [tokens, p] without the mean (fp32, or bf16 for a bf16
-// cache: ReconstructStream); out: + mean, RoPE re-applied, for rows [lo, hi) only (a restore that
+// cache: ReconstructParts); out: + mean, RoPE re-applied, for rows [lo, hi) only (a restore that
 // skips a record's leading tokens).
 // With the fp8 projection, in[t, f] is still to be multiplied by row_scale[t] * col_scale[f]
 // (cuda_fp8.cuh); both null otherwise.
@@ -193,7 +193,7 @@ __global__ void FinishKernel(const In* __restrict__ in, int64_t lo, int64_t hi, 
     const float s = row_scale ? row_scale[t] : 1.0f;
     float x = LoadAsFloat(in, i) * (s * c) + m;
     if (r.rotate) {
-      const float2 cs = table[t * half + r.freq];
+      const float2 cs = table[out.Position(t) * half + r.freq];
       const float y = LoadAsFloat(in, i - r.j + r.partner) * (s * c_partner) + m_partner;
       // apply: a' = a c - b s ; b' = b c + a s
       x = r.first ? x * cs.x - y * cs.y : x * cs.x + y * cs.y;
@@ -349,7 +349,7 @@ __global__ void FinishVecKernel(const In* __restrict__ in, int64_t lo, int64_t h
       Load8(in + size_t(t) * p + r.partner0, y);
 #pragma unroll
       for (int i = 0; i < kVec; ++i) {
-        const float2 cs = table[t * half + r.freq0 + i];
+        const float2 cs = table[out.Position(t) * half + r.freq0 + i];
         const float yi = y[i] * (s * cp[i]) + mp[i];
         // apply: a' = a c - b s ; b' = b c + a s
         x[i] = r.first ? x[i] * cs.x - yi * cs.y : x[i] * cs.x + yi * cs.y;
@@ -357,7 +357,7 @@ __global__ void FinishVecKernel(const In* __restrict__ in, int64_t lo, int64_t h
     } else if (r.rotate) {
 #pragma unroll
       for (int i = 0; i < kVec / 2; ++i) {
-        const float2 cs = table[t * half + r.freq0 + i];
+        const float2 cs = table[out.Position(t) * half + r.freq0 + i];
         const float a = x[2 * i], b = x[2 * i + 1];
         x[2 * i] = a * cs.x - b * cs.y;
         x[2 * i + 1] = b * cs.x + a * cs.y;
@@ -465,7 +465,7 @@ __global__ void __launch_bounds__(kThreads, 3)
     float2 cs[kVec];
     Load8(in + size_t(t) * p + r.f0, a);
     Load8(in + size_t(t) * p + r.f1, b);
-    LoadRope8(table + t * half + r.j0, cs);
+    LoadRope8(table + out.Position(t) * half + r.j0, cs);
 #pragma unroll
     for (int i = 0; i < kVec; ++i) {
       a[i] = a[i] * (s * c0[i]) + m0[i];
@@ -646,16 +646,28 @@ __device__ __forceinline__ float DecodeAt(const GroupDesc& gd, const uint8_t* co
   return DecodeOne(q, shift, scale, gd.fp8 != 0);
 }
 
+// One sequence of a dequantize launch (blockIdx.z picks it): its payload, token count, plan
+// tables (planes placed by its own token count) and its first coefficient row.
+struct DequantizeJob {
+  const uint8_t* payload;
+  int64_t tokens;
+  const GroupDesc* groups;
+  const SmallSegment* segments;
+  __nv_bfloat16* out;
+};
+
 // One warp per (token, group) of the whole plan (dropped groups write zeros). Output bf16 [T, ld].
-__global__ void DequantizeKernel(const uint8_t* __restrict__ payload, int64_t tokens, const GroupDesc* __restrict__ groups,
-                                 int num_groups, __nv_bfloat16* __restrict__ out, int64_t ld) {
+__global__ void DequantizeKernel(const DequantizeJob* __restrict__ jobs, int64_t ld, int first_group, int num_groups) {
+  const DequantizeJob job = jobs[blockIdx.z];
+  const uint8_t* payload = job.payload;
+  const int64_t tokens = job.tokens;
   const int warps_per_block = blockDim.x / 32;
   const int lane = threadIdx.x % 32;
   const int64_t t = int64_t(blockIdx.x) * warps_per_block + threadIdx.x / 32;
   const int g = blockIdx.y;
   if (t >= tokens || g >= num_groups) return;
-  const GroupDesc gd = groups[g];
-  __nv_bfloat16* x = out + t * ld + gd.start;
+  const GroupDesc gd = job.groups[first_group + g];
+  __nv_bfloat16* x = job.out + t * ld + gd.start;
   if (gd.bits == 0) {
     for (uint32_t j = lane; j < gd.size; j += 32) x[j] = __float2bfloat16_rn(0.0f);
     return;
@@ -682,13 +694,12 @@ __device__ __forceinline__ void DequantizeSmallOne(const uint8_t* __restrict__ p
 // loop, as QuantizeSmallKernel encodes them. The warp kernel above would idle 31 lanes of 32 on
 // each; here a warp reads 32 tokens' shifts and scales in two coalesced loads
 // (KVTC_SMALL_GROUPS=threads; DequantizeTileKernel below is the default).
-__global__ void DequantizeSmallKernel(const uint8_t* __restrict__ payload, int64_t tokens,
-                                      const GroupDesc* __restrict__ groups, __nv_bfloat16* __restrict__ out,
-                                      int64_t ld) {
+__global__ void DequantizeSmallKernel(const DequantizeJob* __restrict__ jobs, int64_t ld) {
+  const DequantizeJob job = jobs[blockIdx.z];
   const int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (t >= tokens) return;
-  const GroupDesc gd = groups[blockIdx.y];
-  DequantizeSmallOne(payload, tokens, gd, t, out + t * ld + gd.start);
+  if (t >= job.tokens) return;
+  const GroupDesc gd = job.groups[blockIdx.y];
+  DequantizeSmallOne(job.payload, job.tokens, gd, t, job.out + t * ld + gd.start);
 }
 
 // ---- small groups in tiles -----------------------------------------------------------------------
@@ -712,11 +723,14 @@ struct SmallSegment {
 };
 
 // Grid: ((tokens + kTileTokens - 1) / kTileTokens, segments), 256 threads.
-__global__ void DequantizeTileKernel(const uint8_t* __restrict__ payload, int64_t tokens,
-                                     const GroupDesc* __restrict__ groups, const SmallSegment* __restrict__ segments,
-                                     __nv_bfloat16* __restrict__ out, int64_t ld) {
+__global__ void DequantizeTileKernel(const DequantizeJob* __restrict__ jobs, int64_t ld) {
   __shared__ __nv_bfloat16 tile[kTileTokens][kTileComps + 2];  // rows 33 words apart: no bank conflicts
-  const SmallSegment sg = segments[blockIdx.y];
+  const DequantizeJob job = jobs[blockIdx.z];
+  const uint8_t* payload = job.payload;
+  const int64_t tokens = job.tokens;
+  const GroupDesc* groups = job.groups;
+  __nv_bfloat16* out = job.out;
+  const SmallSegment sg = job.segments[blockIdx.y];
   const int64_t t0 = int64_t(blockIdx.x) * kTileTokens;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
   if (t0 + lane < tokens) {
@@ -1261,6 +1275,7 @@ struct StreamScratch {
   DeviceBuffer<GroupDesc> groups;
   DeviceBuffer<SmallSegment> segments;  // of the small groups (SmallGroupTiles)
   DeviceBuffer<QuantizeJob> quantize_jobs;  // the sequences of a quantize launch
+  DeviceBuffer<DequantizeJob> dequantize_jobs;  // ... and of a dequantize launch
   DeviceBuffer<GroupSpan> group_spans;      // a fused paged group's spans, and its per-row tables
   DeviceBuffer<int64_t> row_offsets, row_positions;
   DeviceBuffer<uint8_t> slots;
@@ -1297,30 +1312,58 @@ struct SlotScratch {
 };
 StreamScratch& Scratch(int slot, int which) { return OfCurrentDevice<SlotScratch>().s[slot][which]; }
 
-// payload (device) -> bf16 coefficients out[t * ld + j], j < plan.rank, on `stream` (every group,
-// dropped ones as zeros).
-void LaunchDequantize(const Plan& plan, const uint8_t* payload, int64_t tokens, __nv_bfloat16* out, int64_t ld,
+// One sequence of a dequantize launch: `tokens` coefficient rows from `payload` (device), written
+// from row `row` of the output.
+struct DequantizeTarget {
+  const uint8_t* payload = nullptr;
+  uint32_t tokens = 0, row = 0;
+};
+
+// Every target's payload -> bf16 coefficients out[(row + t) * ld + j], j < plan.rank (every group,
+// dropped ones as zeros), on `stream`: one launch per kernel for all targets (blockIdx.z), their
+// group and segment tables uploaded together (LaunchQuantize's layout).
+void LaunchDequantize(const Plan& plan, const std::vector<DequantizeTarget>& targets, __nv_bfloat16* out, int64_t ld,
                       StreamScratch& s, cudaStream_t stream) {
   // Small groups one thread per token (DequantizeSmallKernel), as they were quantized: measured
   // on an H200 (2026-11-30, 8B shape 8K, KVTC_CUDA_PROFILE), 0.21 ms per stream against 0.71 with
   // the warp kernel for every group.
-  std::vector<GroupDesc> groups = PlanDescs(plan, tokens, /*kept_only=*/false);
-  if (groups.empty() || tokens == 0) return;
-  const size_t small = SmallGroupsFirst(groups);
-  UploadAsync(s.groups, groups.data(), groups.size(), stream);
-  if (small > 0 && SmallGroupTiles()) {
-    const std::vector<SmallSegment> segments = SmallSegments(groups, small);
-    UploadAsync(s.segments, segments.data(), segments.size(), stream);
-    DequantizeTileKernel<<<dim3(unsigned((tokens + kTileTokens - 1) / kTileTokens), unsigned(segments.size())), 256, 0,
-                           stream>>>(payload, tokens, s.groups.ptr, s.segments.ptr, out, ld);
-  } else if (small > 0) {
-    DequantizeSmallKernel<<<dim3(unsigned((tokens + 255) / 256), unsigned(small)), 256, 0, stream>>>(
-        payload, tokens, s.groups.ptr, out, ld);
+  std::vector<GroupDesc> all_groups;
+  std::vector<SmallSegment> all_segments;
+  size_t ng = 0, small = 0, nseg = 0;
+  uint32_t most = 0;
+  const bool tiles = SmallGroupTiles();
+  for (const DequantizeTarget& t : targets) {
+    std::vector<GroupDesc> groups = PlanDescs(plan, t.tokens, /*kept_only=*/false);
+    small = SmallGroupsFirst(groups);
+    ng = groups.size();
+    if (small > 0 && tiles) {
+      const std::vector<SmallSegment> segments = SmallSegments(groups, small);
+      nseg = segments.size();
+      all_segments.insert(all_segments.end(), segments.begin(), segments.end());
+    }
+    all_groups.insert(all_groups.end(), groups.begin(), groups.end());
+    most = std::max(most, t.tokens);
   }
-  if (groups.size() > small) {
-    const dim3 grid(unsigned((tokens + 7) / 8), unsigned(groups.size() - small));
-    DequantizeKernel<<<grid, 256, 0, stream>>>(payload, tokens, s.groups.ptr + small, int(groups.size() - small), out,
-                                               ld);
+  if (ng == 0 || most == 0) return;
+  UploadAsync(s.groups, all_groups.data(), all_groups.size(), stream);
+  if (!all_segments.empty()) UploadAsync(s.segments, all_segments.data(), all_segments.size(), stream);
+  std::vector<DequantizeJob> jobs(targets.size());
+  for (size_t b = 0; b < targets.size(); ++b) {
+    jobs[b] = {targets[b].payload, targets[b].tokens, s.groups.ptr + b * ng,
+               all_segments.empty() ? nullptr : s.segments.ptr + b * nseg, out + size_t(targets[b].row) * ld};
+  }
+  UploadAsync(s.dequantize_jobs, jobs.data(), jobs.size(), stream);
+  const unsigned z = unsigned(targets.size());
+  if (small > 0 && tiles) {
+    DequantizeTileKernel<<<dim3(unsigned((most + kTileTokens - 1) / kTileTokens), unsigned(nseg), z), 256, 0,
+                           stream>>>(s.dequantize_jobs.ptr, ld);
+  } else if (small > 0) {
+    DequantizeSmallKernel<<<dim3(unsigned((most + 255) / 256), unsigned(small), z), 256, 0, stream>>>(
+        s.dequantize_jobs.ptr, ld);
+  }
+  if (ng > small) {
+    DequantizeKernel<<<dim3(unsigned((most + 7) / 8), unsigned(ng - small), z), 256, 0, stream>>>(
+        s.dequantize_jobs.ptr, ld, int(small), int(ng - small));
   }
   KVTC_CUDA_CALL(cudaGetLastError());
 }
@@ -1397,6 +1440,27 @@ bool VecRowsOk(const StreamRows& r, const Calibration& c) {
 bool PairRowsOk(bool vec, const Calibration& c, const float2* table) {
   return RowKernelMode() == RowKernels::kPaired && vec && table && c.rope.layout == RopeLayout::kNeox &&
          c.rope.rotary_dim == int(c.head_dim) && reinterpret_cast<uintptr_t>(table) % 16 == 0;
+}
+
+// Whether two spans' rows lie in the same paged cache (layer bases, strides and block size): then
+// one kernel launch can address both through per-row tables (GroupRowsOf).
+bool SameCache(const PagedRows& a, const PagedRows& b) {
+  return a.bases.base[0] == b.bases.base[0] && std::memcmp(&a.st, &b.st, sizeof(Strides)) == 0 &&
+         a.block_size == b.block_size;
+}
+
+// GroupRowsOf's per-row tables (s.row_offsets, s.row_positions) for `rows` rows of spans of the
+// cache `cache` (SameCache), on the job stream.
+void LaunchGroupRows(Context& ctx, StreamScratch& s, const std::vector<GroupSpan>& spans, const PagedRows& cache,
+                     uint32_t rows) {
+  uint32_t most = 0;
+  for (const GroupSpan& sp : spans) most = std::max(most, sp.tokens);
+  UploadAsync(s.group_spans, spans.data(), spans.size(), ctx.stream);
+  s.row_offsets.resize(rows);
+  s.row_positions.resize(rows);
+  GroupRowsKernel<<<dim3((most + 255) / 256, unsigned(spans.size())), 256, 0, ctx.stream>>>(
+      s.group_spans.ptr, cache.block_size, cache.st, s.row_offsets.ptr, s.row_positions.ptr);
+  KVTC_CUDA_CALL(cudaGetLastError());
 }
 
 // One sequence of a quantize launch: its coefficient rows start at row `row` of s.d, its payload
@@ -1543,25 +1607,16 @@ std::vector<LaunchedStream> LaunchStreams(Context& ctx, StreamScratch& s, const 
   // each row's place and position from tables a small kernel fills (call 51's profile: a group of
   // 8 chunks of 256 tokens took 0.148 ms for 8 launches, a 2K-token sequence ~0.075).
   const PagedRows* first_paged = parts[0].rows.paged;
-  bool one_cache = parts.size() > 1 && first_paged;
-  for (const StreamPart& part : parts) {
-    one_cache = one_cache && part.rows.paged && part.rows.paged->bases.base[0] == first_paged->bases.base[0] &&
-                std::memcmp(&part.rows.paged->st, &first_paged->st, sizeof(Strides)) == 0 &&
-                part.rows.paged->block_size == first_paged->block_size;
-  }
+  bool one_cache = parts.size() > 1;
+  for (const StreamPart& part : parts)
+    one_cache = one_cache && part.rows.paged && SameCache(*part.rows.paged, *first_paged);
   if (one_cache) {
     std::vector<GroupSpan> spans(parts.size());
-    uint32_t most = 0;
     for (size_t b = 0; b < parts.size(); ++b) {
       const PagedRows& pr = *parts[b].rows.paged;
       spans[b] = {pr.block_ids, pr.first_slot, parts[b].tokens, row_at[b], parts[b].rows.token0, parts[b].pos0};
-      most = std::max(most, parts[b].tokens);
     }
-    UploadAsync(s.group_spans, spans.data(), spans.size(), ctx.stream);
-    s.row_offsets.resize(tokens);
-    s.row_positions.resize(tokens);
-    GroupRowsKernel<<<dim3((most + 255) / 256, unsigned(parts.size())), 256, 0, ctx.stream>>>(
-        s.group_spans.ptr, first_paged->block_size, first_paged->st, s.row_offsets.ptr, s.row_positions.ptr);
+    LaunchGroupRows(ctx, s, spans, *first_paged, tokens);
     DispatchDtype(dtype, [&](auto tag) {
       using T = decltype(tag);
       const GroupRowsOf<T> in{PagedRowsOf<T>{*first_paged, parts[0].rows.kv_offset, 0}, s.row_offsets.ptr,
@@ -1901,14 +1956,18 @@ void CheckInflate(const StreamScratch& s, const std::vector<InflateTarget>& targ
   }
 }
 
-// payload (device) -> the stream's reconstruction X[T, p] = D V^T in s.xf (fp32), or in s.xb (bf16)
-// where `bf16` allows it (Bf16Reconstruction; bf16 projection only), on the job stream: scratch
-// only, so it may run before the record's inflation is checked.
-void ReconstructStream(Context& ctx, const Calibration& c, const DeviceCalibration& dev, const Plan& plan, bool keys,
-                       const uint8_t* payload, uint32_t tokens, bool fp8, bool bf16, StreamScratch& s,
-                       Profiler& prof) {
+// payloads (device, one per part: a coded section of a record) -> the stream's reconstruction
+// X[T, p] = D V^T of every part's rows one after the other (part k from row parts[k].row), in s.xf
+// (fp32), or in s.xb (bf16) where `bf16` allows it (Bf16Reconstruction; bf16 projection only): one
+// dequantize launch and one GEMM for all parts, on the job stream. Scratch only, so it may run
+// before the records' inflation is checked.
+void ReconstructParts(Context& ctx, const Calibration& c, const DeviceCalibration& dev, const Plan& plan, bool keys,
+                      const std::vector<DequantizeTarget>& parts, bool fp8, bool bf16, StreamScratch& s,
+                      Profiler& prof) {
   const int64_t p = c.feature_dim();
   const uint32_t r = plan.rank;
+  uint32_t tokens = 0;
+  for (const DequantizeTarget& part : parts) tokens = std::max(tokens, part.row + part.tokens);
   const uint32_t dq_ld = PadLd(r);
   s.dq.resize(std::max<size_t>(1, size_t(tokens) * dq_ld));
   s.xf_row_scale = s.xf_col_scale = nullptr;
@@ -1917,7 +1976,7 @@ void ReconstructStream(Context& ctx, const Calibration& c, const DeviceCalibrati
   const uint32_t k_dim = std::min(dq_ld, basis_ld);  // padded like M on encode (zero columns)
   if (fp8 && r > 0) {
     // The fp8 operands are written from the first r columns only: no padding to clear.
-    LaunchDequantize(plan, payload, tokens, s.dq.ptr, dq_ld, s, ctx.stream);
+    LaunchDequantize(plan, parts, s.dq.ptr, dq_ld, s, ctx.stream);
     prof.mark(keys ? "k.dequantize" : "v.dequantize");
     const Fp8Basis& b8 = const_cast<DeviceCalibration&>(dev).Fp8(keys, r, p, ctx.stream);
     const uint32_t n_gemm = PadFp8(tokens);
@@ -1940,7 +1999,7 @@ void ReconstructStream(Context& ctx, const Calibration& c, const DeviceCalibrati
     // The GEMM reads the padding columns: zeros, never stale bytes (0 x NaN is NaN).
     KVTC_CUDA_CALL(cudaMemsetAsync(s.dq.ptr, 0, size_t(tokens) * dq_ld * 2, ctx.stream));
   }
-  LaunchDequantize(plan, payload, tokens, s.dq.ptr, dq_ld, s, ctx.stream);
+  LaunchDequantize(plan, parts, s.dq.ptr, dq_ld, s, ctx.stream);
   prof.mark(keys ? "k.dequantize" : "v.dequantize");
   if (r > 0) {
     // Row-major X[T, p] = D[T, r] V[:, :r]^T  <=>  column-major X^T = V[:, :r] D^T, where the
@@ -1964,41 +2023,77 @@ void ReconstructStream(Context& ctx, const Calibration& c, const DeviceCalibrati
   prof.mark(keys ? "k.gemm" : "v.gemm");
 }
 
-// s.xf or s.xb (ReconstructStream's) -> rows [lo, hi) of dtype, mean added and (keys) RoPE
-// re-applied, written into `out` (contiguous or paged).
-void FinishStream(Context& ctx, const Calibration& c, const DeviceCalibration& dev, bool keys, uint32_t tokens,
-                  int64_t pos0, KvDtype dtype, const StreamRows& out, int64_t lo, int64_t hi, StreamScratch& s,
-                  Profiler& prof) {
+// Where one part of a stream's reconstruction goes (FinishParts): its rows [lo, hi) of `tokens`,
+// reconstruction rows row.. (ReconstructParts), into `out` at absolute positions pos0.. .
+struct FinishTarget {
+  StreamRows out;
+  int64_t lo = 0, hi = 0, pos0 = 0;
+  uint32_t tokens = 0, row = 0;
+};
+
+// s.xf or s.xb (ReconstructParts') -> each part's rows [lo, hi) in its dtype, mean added and (keys)
+// RoPE re-applied, written into its rows (contiguous or paged): one launch for whole parts of one
+// paged cache (GroupRowsOf, as a fused encode's prologue), one per part otherwise.
+void FinishParts(Context& ctx, const Calibration& c, const DeviceCalibration& dev, bool keys, KvDtype dtype,
+                 const std::vector<FinishTarget>& parts, StreamScratch& s, Profiler& prof) {
+  if (parts.empty()) return;
   const int64_t p = c.feature_dim();
   const int half = c.rope.rotary_dim / 2;
-  const float2* table = keys ? const_cast<DeviceCalibration&>(dev).RopeTable(pos0 + tokens, ctx.stream) + pos0 * half : nullptr;
+  int64_t end = 0;
+  uint32_t rows = 0;
+  bool one_cache = parts.size() > 1;
+  for (const FinishTarget& t : parts) {
+    end = std::max(end, t.pos0 + t.tokens);
+    rows = std::max(rows, t.row + t.tokens);
+    one_cache = one_cache && t.out.paged && SameCache(*t.out.paged, *parts[0].out.paged) && t.lo == 0 &&
+                t.hi == t.tokens;
+  }
+  // The table is sized once for all parts: growing it reallocates.
+  const float2* table = keys ? const_cast<DeviceCalibration&>(dev).RopeTable(end, ctx.stream) : nullptr;
   const float* mean = keys ? dev.mean_keys.ptr : dev.mean_values.ptr;
   const bool neox = c.rope.layout == RopeLayout::kNeox;
-  const bool vec = VecRowsOk(out, c);
   const int heads = int(c.layers * c.kv_heads);
+  // Reconstruction rows [row0 + lo, row0 + hi) into `out` (addressed as `at` describes).
+  auto launch = [&](const auto& out, const StreamRows& at, int64_t lo, int64_t hi, const float2* rope, size_t row0) {
+    using T = std::remove_cv_t<std::remove_pointer_t<decltype(out.FeatureBase(0))>>;
+    const bool vec = VecRowsOk(at, c);
+    const float* row_scale = s.xf_row_scale ? s.xf_row_scale + row0 : nullptr;
+    auto finish = [&](const auto* in) {
+      in += row0 * p;
+      if (PairRowsOk(vec, c, rope)) {
+        FinishPairKernel<T><<<RowGrid(hi - lo, p / (2 * kVec)), kThreads, 0, ctx.stream>>>(
+            in, lo, hi, heads, int(c.head_dim), rope, mean, row_scale, s.xf_col_scale, out);
+      } else if (vec) {
+        FinishVecKernel<T><<<RowGrid(hi - lo, p / kVec), kThreads, 0, ctx.stream>>>(
+            in, lo, hi, heads, int(c.head_dim), c.rope.rotary_dim, neox, rope, mean, row_scale, s.xf_col_scale, out);
+      } else {
+        FinishKernel<T><<<RowGrid(hi - lo, p), kThreads, 0, ctx.stream>>>(
+            in, lo, hi, heads, int(c.head_dim), c.rope.rotary_dim, neox, rope, mean, row_scale, s.xf_col_scale, out);
+      }
+    };
+    if (s.reconstruction_bf16) {
+      finish(static_cast<const __nv_bfloat16*>(s.xb.ptr));
+    } else {
+      finish(static_cast<const float*>(s.xf.ptr));
+    }
+  };
   DispatchDtype(dtype, [&](auto tag) {
     using T = decltype(tag);
-    WithRows<T>(out, p, [&](auto rows) {
-      auto finish = [&](const auto* in) {
-        if (PairRowsOk(vec, c, table)) {
-          FinishPairKernel<T><<<RowGrid(hi - lo, p / (2 * kVec)), kThreads, 0, ctx.stream>>>(
-              in, lo, hi, heads, int(c.head_dim), table, mean, s.xf_row_scale, s.xf_col_scale, rows);
-        } else if (vec) {
-          FinishVecKernel<T><<<RowGrid(hi - lo, p / kVec), kThreads, 0, ctx.stream>>>(
-              in, lo, hi, heads, int(c.head_dim), c.rope.rotary_dim, neox, table, mean, s.xf_row_scale,
-              s.xf_col_scale, rows);
-        } else {
-          FinishKernel<T><<<RowGrid(hi - lo, p), kThreads, 0, ctx.stream>>>(
-              in, lo, hi, heads, int(c.head_dim), c.rope.rotary_dim, neox, table, mean, s.xf_row_scale,
-              s.xf_col_scale, rows);
-        }
-      };
-      if (s.reconstruction_bf16) {
-        finish(static_cast<const __nv_bfloat16*>(s.xb.ptr));
-      } else {
-        finish(static_cast<const float*>(s.xf.ptr));
+    if (one_cache) {
+      std::vector<GroupSpan> spans;
+      for (const FinishTarget& t : parts)
+        spans.push_back({t.out.paged->block_ids, t.out.paged->first_slot, t.tokens, t.row, t.out.token0, t.pos0});
+      LaunchGroupRows(ctx, s, spans, *parts[0].out.paged, rows);
+      const GroupRowsOf<T> out{PagedRowsOf<T>{*parts[0].out.paged, parts[0].out.kv_offset, 0}, s.row_offsets.ptr,
+                               s.row_positions.ptr};
+      launch(out, parts[0].out, 0, rows, table, 0);
+    } else {
+      for (const FinishTarget& t : parts) {
+        WithRows<T>(t.out, p, [&](auto out) {
+          launch(out, t.out, t.lo, t.hi, table ? table + t.pos0 * half : nullptr, t.row);
+        });
       }
-    });
+    }
   });
   KVTC_CUDA_CALL(cudaGetLastError());
   prof.mark(keys ? "k.finish" : "v.finish");
@@ -2354,51 +2449,113 @@ void FinishEncode(Context& ctx, const Calibration& c, std::vector<EncodeFlight>&
 // A decode in flight: checked, staged, inflated and reconstructed into scratch (LaunchDecode),
 // then checked and written into its target (FinishDecode, which leaves the writes running on the
 // job stream).
-struct DecodeFlight {
-  int slot = 0;
-  RecordHeader h;
-  std::vector<CodedChunks> coded;       // per section (coded ones filled)
-  std::vector<InflateTarget> targets;   // per section: where a coded one inflates
-  std::vector<InflateLaunch> inflated;  // per section: what its inflater was given
-  // One inflate launch for all the record's coded sections (RecordInflate) instead of one per
-  // section: its statuses sit in slot scratch 0 and `whole` says what it was given.
-  bool one_inflate = false;
-  InflateLaunch whole;
-  std::vector<size_t> payload_at;       // per section: its payload's offset in the slot's payload buffer
-  size_t row_bytes = 0;
-  std::vector<size_t> image_at;  // per section: where its bytes start in the slot's device image
-  // Where the tokens go: contiguous rows (keys_out, values_out), or record tokens
-  // [record_offset, record_offset + span_tokens) into a paged span.
+// Coded tokens up to which consecutive sequences are fused into one group: one projection GEMM,
+// one quantize and one coder launch for all of them instead of a pipeline of small ones, groups
+// still pipelined over the slots (a group's records are read back and checksummed on the host
+// while the next group runs). 2048: on an H200 (run o, call 50, 8B shape, 256-token chunks x 32)
+// 8192 left the host's read back of 32 records after all the device work (78.9 GB/s against 63.0
+// alone), 4096 and 2048 overlapped them (95.6, 98.5); 1K x 8: 167.3 at 2048 against 148.7 alone,
+// 140.2 at 4096. KVTC_FUSE_TOKENS sets it (0: every sequence alone, as before fusion).
+uint32_t FuseTokens() {
+  static const uint32_t tokens = [] {
+    const char* v = std::getenv("KVTC_FUSE_TOKENS");
+    if (!v || !*v) return 2048u;
+    char* end = nullptr;
+    const unsigned long n = std::strtoul(v, &end, 10);
+    KVTC_CHECK(*end == 0 && n <= (1u << 24), kInvalidArgument,
+               "KVTC_FUSE_TOKENS must be a token count up to 2^24 but is '" << v << "'");
+    return uint32_t(n);
+  }();
+  return tokens;
+}
+
+// What a decode is given: a record, the bytes it must decode to, and where its tokens go
+// (contiguous rows keys_out / values_out, or record tokens [record_offset, record_offset +
+// span_tokens) into a paged span).
+struct DecodeItem {
+  const uint8_t* record = nullptr;
+  size_t size = 0;
+  uint64_t expected_bytes = 0;
   void* keys_out = nullptr;
   void* values_out = nullptr;
   const PagedRows* paged = nullptr;
   uint32_t record_offset = 0, span_tokens = 0;
+};
+
+// One record of a decode in flight.
+struct DecodeRecord {
+  DecodeItem item;
+  RecordHeader h;
+  size_t row_bytes = 0;
+  bool direct = false;                  // page-locked record: its sections go by DMA, unstaged
+  std::vector<CodedChunks> coded;       // per section (coded ones filled)
+  std::vector<InflateTarget> targets;   // per section: where a coded one inflates
+  std::vector<InflateLaunch> inflated;  // per section: what its inflater was given (section mode)
+  std::vector<size_t> payload_at;       // per section: its payload's offset in the slot's payload buffer
+  std::vector<size_t> image_at;         // per section: where its bytes start in the slot's device image
+};
+
+// The records of one decode group (DecodeGroups) in flight on a slot: staged into one device
+// image, inflated by one launch, each stream reconstructed by one dequantize launch and one GEMM
+// over every record's coded rows, written back by one epilogue launch where the records go to one
+// paged cache. A record alone inflates section by section (KVTC_DECODE_INFLATE).
+struct DecodeFlight {
+  int slot = 0;
+  std::vector<DecodeRecord> records;
+  // One inflate launch for every coded section of the group (RecordInflate, or a group of more
+  // than one record): its statuses sit in slot scratch 0 and `whole` says what it was given.
+  bool one_inflate = false;
+  InflateLaunch whole;
   Projection projection = Projection::kBf16;  // kFp8: the fp8 reconstruction (cuda_fp8.cuh)
   std::unique_ptr<Profiler> prof;
 };
 
 bool IsKeys(const Section& s) { return s.kind == SectionKind::kRawKeys || s.kind == SectionKind::kCodedKeys; }
 
-// The rows [lo, hi) of section s that land in f's target (all of them, or those inside a paged
-// span) and where they go; false when none do.
-bool SectionTarget(const DecodeFlight& f, const Section& s, int64_t& lo, int64_t& hi, StreamRows& out) {
+// The rows [lo, hi) of section s that land in the record's target (all of them, or those inside a
+// paged span) and where they go; false when none do.
+bool SectionTarget(const DecodeRecord& r, const Section& s, int64_t& lo, int64_t& hi, StreamRows& out) {
+  const DecodeItem& it = r.item;
   const bool keys = IsKeys(s);
   lo = 0;
   hi = s.token_count;
   out = StreamRows{};
-  if (f.paged) {
-    const int64_t token0 = int64_t(s.token_offset) - f.record_offset;  // span token of row 0
+  if (it.paged) {
+    const int64_t token0 = int64_t(s.token_offset) - it.record_offset;  // span token of row 0
     lo = std::max<int64_t>(0, -token0);
-    hi = std::min<int64_t>(s.token_count, int64_t(f.span_tokens) - token0);
-    out = {nullptr, f.paged, keys ? 0 : f.paged->st.kv, token0};
+    hi = std::min<int64_t>(s.token_count, int64_t(it.span_tokens) - token0);
+    out = {nullptr, it.paged, keys ? 0 : it.paged->st.kv, token0};
   } else {
-    out.rows = static_cast<uint8_t*>(keys ? f.keys_out : f.values_out) + size_t(s.token_offset) * f.row_bytes;
+    out.rows = static_cast<uint8_t*>(keys ? it.keys_out : it.values_out) + size_t(s.token_offset) * r.row_bytes;
   }
   return hi > lo;
 }
 
+// The coded sections of one stream of a flight whose rows land somewhere, in record order: their
+// reconstructions lie one after the other (ReconstructParts' rows), the same for launch and finish.
+struct CodedPart {
+  size_t record = 0, section = 0;
+  uint32_t row = 0;
+};
+std::vector<CodedPart> CodedParts(const DecodeFlight& f, bool keys) {
+  std::vector<CodedPart> parts;
+  uint32_t row = 0;
+  for (size_t k = 0; k < f.records.size(); ++k) {
+    const DecodeRecord& r = f.records[k];
+    for (size_t i = 0; i < r.h.sections.size(); ++i) {
+      const Section& sec = r.h.sections[i];
+      int64_t lo, hi;
+      StreamRows out;
+      if (!IsCoded(sec.encoding) || IsKeys(sec) != keys || !SectionTarget(r, sec, lo, hi, out)) continue;
+      parts.push_back({k, i, row});
+      row += sec.token_count;
+    }
+  }
+  return parts;
+}
+
 struct DecodeSlot {
-  DeviceBuffer<uint8_t> image;  // the record's sections on the device
+  DeviceBuffer<uint8_t> image;  // the records' sections on the device
   PinnedBuffer staging;         // ... on their way there
 };
 struct DecodeSlots {
@@ -2417,142 +2574,166 @@ uint32_t StagedSectionCrc(uint8_t* staging, const uint8_t* record, const std::ve
   return Crc32cCombine(Crc32c(record + sec.offset, table), chunks, sec.stored_bytes - table);
 }
 
-// Coded section i of the record in flight, inflated into its payload: its reconstruction into the
-// slot's scratch, where the caller wants its rows (SectionTarget).
-void ReconstructSection(Context& ctx, const Calibration& c, const DeviceCalibration& dev, const DecodeFlight& f,
-                        size_t i, Profiler& prof) {
-  const Section& sec = f.h.sections[i];
-  const bool keys = IsKeys(sec);
-  int64_t lo, hi;
-  StreamRows out;
-  if (!SectionTarget(f, sec, lo, hi, out)) return;
-  const PlanPair& plan = c.plans[f.h.plan_id];
-  ReconstructStream(ctx, c, dev, keys ? plan.keys : plan.values, keys, f.targets[i].payload, sec.token_count,
-                    f.projection == Projection::kFp8, Bf16Reconstruction(f.h.kv_dtype), Scratch(f.slot, keys ? 0 : 1),
-                    prof);
+// One stream's coded sections of the flight (CodedParts; in section mode the one just inflated),
+// inflated into their payloads: their reconstruction into the slot's scratch.
+void ReconstructCoded(Context& ctx, const Calibration& c, const DeviceCalibration& dev, const DecodeFlight& f,
+                      bool keys, Profiler& prof) {
+  const std::vector<CodedPart> parts = CodedParts(f, keys);
+  if (parts.empty()) return;
+  std::vector<DequantizeTarget> targets;
+  for (const CodedPart& part : parts) {
+    const DecodeRecord& r = f.records[part.record];
+    targets.push_back({r.targets[part.section].payload, r.h.sections[part.section].token_count, part.row});
+  }
+  // A group shares one plan (DecodeGroups).
+  const PlanPair& plan = c.plans[f.records[0].h.plan_id];
+  ReconstructParts(ctx, c, dev, keys ? plan.keys : plan.values, keys, targets, f.projection == Projection::kFp8,
+                   Bf16Reconstruction(f.records[0].h.kv_dtype), Scratch(f.slot, keys ? 0 : 1), prof);
 }
 
-// KVTC_DECODE_INFLATE=section (default) inflates each coded section as soon as it is on the
-// device, so the keys' inflation and reconstruction overlap the values' host-to-device copy;
-// =record waits for the whole record and inflates keys and values in one launch, twice the chunks
-// in flight for a latency-bound inflater (run j, call 24: one warp per scheduler on the 1B shape).
+// KVTC_DECODE_INFLATE=section (default) inflates each coded section of a record decoded alone as
+// soon as it is on the device, so the keys' inflation and reconstruction overlap the values'
+// host-to-device copy; =record waits for the whole record and inflates keys and values in one
+// launch, twice the chunks in flight for a latency-bound inflater (run j, call 24: one warp per
+// scheduler on the 1B shape). A group of records always inflates in one launch.
 bool RecordInflate() {
   static const bool record = EnvChoice("KVTC_DECODE_INFLATE", {"section", "record"}) == 1;
   return record;
 }
 
-// The targets of the record's coded sections, in record order.
+// The targets of the flight's coded sections, in record and section order.
 std::vector<InflateTarget> CodedTargets(const DecodeFlight& f) {
   std::vector<InflateTarget> coded;
-  for (size_t i = 0; i < f.h.sections.size(); ++i)
-    if (IsCoded(f.h.sections[i].encoding)) coded.push_back(f.targets[i]);
+  for (const DecodeRecord& r : f.records)
+    for (size_t i = 0; i < r.h.sections.size(); ++i)
+      if (IsCoded(r.h.sections[i].encoding)) coded.push_back(r.targets[i]);
   return coded;
 }
 
-// `f` names the target (keys_out/values_out, or paged and its span) before the call.
-void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& dev, const uint8_t* record, size_t size,
-                  uint64_t expected_bytes, int slot, DecodeFlight& f) {
-  f.slot = slot;
-  f.one_inflate = RecordInflate();
-  KVTC_CUDA_CALL(cudaSetDevice(dev.device));
-  f.prof = std::make_unique<Profiler>(ctx.stream);
-  Profiler& prof = *f.prof;
-  RecordHeader& h = f.h;
-  h = ReadHeader(record, size);
+// A record's header, checked against the calibration and the bytes the caller expects.
+RecordHeader CheckedHeader(const Calibration& c, const DecodeItem& it) {
+  RecordHeader h = ReadHeader(it.record, it.size);
   KVTC_CHECK(h.calibration_id == c.id, kCalibrationMismatch, "record was written with another calibration");
   KVTC_CHECK(h.model_fingerprint == c.model_fingerprint, kModelMismatch, "record was written for another model");
   KVTC_CHECK(h.feature_dim == c.feature_dim(), kRecordCorrupt, "record feature_dim differs from the calibration's");
   KVTC_CHECK(h.plan_id < c.plans.size(), kPlanUnknown, "record names an unknown plan");
   const size_t row_bytes = size_t(h.feature_dim) * Elem(h.kv_dtype);
-  f.row_bytes = row_bytes;
   const uint64_t decoded = 2ull * h.token_count * row_bytes;
-  KVTC_CHECK(decoded == expected_bytes, kRecordSizeMismatch,
-             "record decodes to " << decoded << " bytes, the caller expects " << expected_bytes);
+  KVTC_CHECK(decoded == it.expected_bytes, kRecordSizeMismatch,
+             "record decodes to " << decoded << " bytes, the caller expects " << it.expected_bytes);
   for (const Section& s : h.sections) {
     const bool raw = s.kind == SectionKind::kRawKeys || s.kind == SectionKind::kRawValues;
     KVTC_CHECK(raw == (s.encoding == SectionEncoding::kRaw), kRecordCorrupt, "section encoding does not match its kind");
     KVTC_CHECK(!raw || s.stored_bytes == s.token_count * row_bytes, kRecordLength, "raw section has the wrong size");
   }
-  // One device image of everything the record holds (raw rows, and compressed chunks at 16-byte
+  return h;
+}
+
+// Launches the decode of items[first, first + count) (one group, DecodeGroups) on `slot`.
+void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& dev, const std::vector<DecodeItem>& items,
+                  size_t first, size_t count, int slot, Projection projection, DecodeFlight& f) {
+  f = DecodeFlight{};
+  f.slot = slot;
+  f.projection = projection;
+  f.one_inflate = count > 1 || RecordInflate();
+  KVTC_CUDA_CALL(cudaSetDevice(dev.device));
+  f.prof = std::make_unique<Profiler>(ctx.stream);
+  Profiler& prof = *f.prof;
+  f.records.resize(count);
+  for (size_t k = 0; k < count; ++k) {
+    DecodeRecord& r = f.records[k];
+    r.item = items[first + k];
+    r.h = CheckedHeader(c, r.item);
+    r.row_bytes = size_t(r.h.feature_dim) * Elem(r.h.kv_dtype);
+  }
+  // One device image of everything the records hold (raw rows, and compressed chunks at 16-byte
   // aligned offsets for nvCOMP), staged through pinned memory section by section: while the host
   // stages the next section, the device copies in the previous one. A record in page-locked
   // memory whose coded sections are all indexed goes instead by one DMA per section, straight
   // from the record: its chunks then sit at any offset, which kvtc's inflater reads at full speed
   // (nvCOMP, for plain chunks, wants them aligned).
-  bool direct = IsPageLocked(record);
-  prof.lap("pinned?");
-  for (const Section& s : h.sections) direct &= s.encoding != SectionEncoding::kDeflateChunks;
-  const PlanPair& plan = c.plans[h.plan_id];
   // Each section's range of the image, reserved before any chunk table is read: a staged coded
   // section's chunks are 16-byte aligned, at most 15 bytes of padding per chunk, and its table
   // declares at most stored_bytes / 8 chunks (ParseChunkTable refuses more).
-  const size_t n_sections = h.sections.size();
-  f.image_at.assign(n_sections, 0);
-  f.payload_at.assign(n_sections, 0);
   size_t image_bytes = 0, payload_total = 0;
-  for (size_t i = 0; i < n_sections; ++i) {
-    const Section& s = h.sections[i];
-    f.image_at[i] = image_bytes;
-    size_t reserve = (s.stored_bytes + 15) / 16 * 16;
-    if (IsCoded(s.encoding)) {
-      if (!direct && s.stored_bytes >= 4) {
-        uint32_t declared = 0;
-        std::memcpy(&declared, record + s.offset, 4);
-        reserve += 16 * std::min<size_t>(declared, s.stored_bytes / 8);
+  bool any_staged = false;
+  for (DecodeRecord& r : f.records) {
+    const RecordHeader& h = r.h;
+    r.direct = IsPageLocked(r.item.record);
+    for (const Section& s : h.sections) r.direct &= s.encoding != SectionEncoding::kDeflateChunks;
+    any_staged |= !r.direct;
+    const PlanPair& plan = c.plans[h.plan_id];
+    const size_t n_sections = h.sections.size();
+    r.image_at.assign(n_sections, 0);
+    r.payload_at.assign(n_sections, 0);
+    for (size_t i = 0; i < n_sections; ++i) {
+      const Section& s = h.sections[i];
+      r.image_at[i] = image_bytes;
+      size_t reserve = (s.stored_bytes + 15) / 16 * 16;
+      if (IsCoded(s.encoding)) {
+        if (!r.direct && s.stored_bytes >= 4) {
+          uint32_t declared = 0;
+          std::memcpy(&declared, r.item.record + s.offset, 4);
+          reserve += 16 * std::min<size_t>(declared, s.stored_bytes / 8);
+        }
+        r.payload_at[i] = payload_total;
+        payload_total += (PayloadBytes(IsKeys(s) ? plan.keys : plan.values, s.token_count) + 255) / 256 * 256;
       }
-      f.payload_at[i] = payload_total;
-      payload_total += (PayloadBytes(IsKeys(s) ? plan.keys : plan.values, s.token_count) + 255) / 256 * 256;
+      image_bytes += reserve;
     }
-    image_bytes += reserve;
+    r.coded.assign(n_sections, CodedChunks{});
+    r.targets.assign(n_sections, InflateTarget{});
+    r.inflated.assign(n_sections, InflateLaunch{});
   }
   prof.lap("staging plan");
   DecodeSlot& buf = DecodeSlotBuffers(slot);
   buf.image.resize(std::max<size_t>(1, image_bytes));
-  if (!direct) buf.staging.resize(std::max<size_t>(1, image_bytes));
+  if (any_staged) buf.staging.resize(std::max<size_t>(1, image_bytes));
   prof.lap("buffers");
   StreamScratch& s0 = Scratch(slot, 0);
   s0.payload.resize(std::max<size_t>(4, payload_total));
-  f.coded.assign(n_sections, CodedChunks{});
-  f.targets.assign(n_sections, InflateTarget{});
-  f.inflated.assign(n_sections, InflateLaunch{});
   // A section that fails its checks once device work is queued: that work (scratch only) ends
-  // before the slot can be reused, then the error goes up. Nothing reaches the target before
-  // FinishDecode has checked every section and every inflation.
+  // before the slot can be reused, then the error goes up. Nothing reaches a target before
+  // FinishDecode has checked every section and every inflation of the group.
   auto fail = [&]() {
     cudaStreamSynchronize(ctx.copy);
     cudaStreamSynchronize(ctx.stream);
   };
-  // Coded sections first (keys, then values), the raw sink and window rows after them: the raw
-  // rows are only written by FinishDecode, so their staging overlaps the device's reconstruction
-  // instead of delaying it. Each coded section's chunk table is read just before it is staged,
-  // and its device work is queued as soon as it is on the device: the values' table and staging
-  // overlap the keys' inflation. A table that fails its checks is reported as the CRC mismatch
-  // it may be, the CPU decoder's order (CRCs, then chunk tables).
-  std::vector<size_t> order;
-  for (size_t i = 0; i < n_sections; ++i)
-    if (IsCoded(h.sections[i].encoding)) order.push_back(i);
-  const size_t n_coded = order.size();
-  for (size_t i = 0; i < n_sections; ++i)
-    if (!IsCoded(h.sections[i].encoding)) order.push_back(i);
-  // The slot's image is free once the writes of the slot's previous sequence have run.
+  // The slot's image is free once the writes of the slot's previous group have run.
   KVTC_CUDA_CALL(cudaStreamWaitEvent(ctx.copy, ctx.slot_free[slot], 0));
+  // Coded sections first (keys, then values, record by record), the raw sink and window rows after
+  // them: the raw rows are only written by FinishDecode, so their staging overlaps the device's
+  // reconstruction instead of delaying it. Each coded section's chunk table is read just before it
+  // is staged, and (section mode) its device work is queued as soon as it is on the device: the
+  // values' table and staging overlap the keys' inflation. A table that fails its checks is
+  // reported as the CRC mismatch it may be, the CPU decoder's order (CRCs, then chunk tables).
+  std::vector<std::pair<size_t, size_t>> order;  // (record, section)
+  for (const bool coded_pass : {true, false})
+    for (size_t k = 0; k < count; ++k)
+      for (size_t i = 0; i < f.records[k].h.sections.size(); ++i)
+        if (IsCoded(f.records[k].h.sections[i].encoding) == coded_pass) order.emplace_back(k, i);
+  size_t n_coded = 0;
+  for (const auto& [k, i] : order) n_coded += IsCoded(f.records[k].h.sections[i].encoding);
   std::vector<size_t> src_off, dst_off, sizes;
-  for (size_t k = 0; k < order.size(); ++k) {
-    const size_t i = order[k];
-    const Section& sec = h.sections[i];
+  for (size_t o = 0; o < order.size(); ++o) {
+    DecodeRecord& r = f.records[order[o].first];
+    const size_t i = order[o].second;
+    const uint8_t* record = r.item.record;
+    const Section& sec = r.h.sections[i];
+    const PlanPair& plan = c.plans[r.h.plan_id];
     const bool keys = IsKeys(sec), coded = IsCoded(sec.encoding);
-    const size_t begin = f.image_at[i];
+    const size_t begin = r.image_at[i];
     if (coded) {
       try {
-        f.coded[i] = ParseCodedSection(record, sec, PayloadBytes(keys ? plan.keys : plan.values, sec.token_count));
+        r.coded[i] = ParseCodedSection(record, sec, PayloadBytes(keys ? plan.keys : plan.values, sec.token_count));
       } catch (const Error&) {
         fail();
-        VerifySections(h, record);
+        VerifySections(r.h, record);
         throw;
       }
       prof.lap(keys ? "k.table" : "v.table");
     }
-    CodedChunks& cc = f.coded[i];
+    CodedChunks& cc = r.coded[i];
     src_off.clear();
     dst_off.clear();
     sizes.clear();
@@ -2563,11 +2744,11 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
       sizes.push_back(n);
       end += (n + 15) / 16 * 16;
     };
-    if (direct || !coded) stage(sec.offset, sec.stored_bytes);
+    if (r.direct || !coded) stage(sec.offset, sec.stored_bytes);
     if (coded) {
       cc.staged.resize(cc.raw.size());
       for (size_t j = 0; j < cc.raw.size(); ++j) {
-        if (direct) {
+        if (r.direct) {
           cc.staged[j] = begin + cc.src[j];
         } else {
           cc.staged[j] = end;
@@ -2575,7 +2756,7 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
         }
       }
     }
-    if (direct) {
+    if (r.direct) {
       // The DMA starts at once; the host checks the section's CRC while it runs, before any
       // kernel reads the bytes. Measured on an H200 (run m, call 36, 8B shape 8K batch 1): a
       // CRC pass over the whole record before the first copy held the restore back 1.09 ms.
@@ -2599,23 +2780,26 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
     }
     prof.lap(keys ? "k.stage" : "v.stage");
     if (coded) {
-      f.targets[i] = {&cc, s0.payload.ptr + f.payload_at[i]};
+      r.targets[i] = {&cc, s0.payload.ptr + r.payload_at[i]};
       if (!f.one_inflate) {
+        // Section mode (a record alone): this section inflates and reconstructs now.
         KVTC_CUDA_CALL(cudaEventRecord(ctx.staged[slot], ctx.copy));
         KVTC_CUDA_CALL(cudaStreamWaitEvent(ctx.stream, ctx.staged[slot], 0));
-        f.inflated[i] = LaunchInflate(ctx, Scratch(slot, keys ? 0 : 1), {f.targets[i]}, buf.image.ptr, s0.payload.ptr);
+        r.inflated[i] = LaunchInflate(ctx, Scratch(slot, keys ? 0 : 1), {r.targets[i]}, buf.image.ptr, s0.payload.ptr);
         prof.mark(keys ? "k.inflate" : "v.inflate");
         prof.lap(keys ? "k.launch" : "v.launch");
-        ReconstructSection(ctx, c, dev, f, i, prof);
+        ReconstructCoded(ctx, c, dev, f, keys, prof);
       }
     }
-    if (f.one_inflate && k + 1 == n_coded) {
-      // Every coded section is staged: one inflation for all of them.
+    if (f.one_inflate && o + 1 == n_coded) {
+      // Every coded section of the group is staged: one inflation for all of them, then one
+      // reconstruction per stream.
       KVTC_CUDA_CALL(cudaEventRecord(ctx.staged[slot], ctx.copy));
       KVTC_CUDA_CALL(cudaStreamWaitEvent(ctx.stream, ctx.staged[slot], 0));
-      f.whole = LaunchInflate(ctx, Scratch(slot, 0), CodedTargets(f), buf.image.ptr, s0.payload.ptr);
+      f.whole = LaunchInflate(ctx, s0, CodedTargets(f), buf.image.ptr, s0.payload.ptr);
       prof.mark("inflate");
-      for (size_t j = 0; j < n_coded; ++j) ReconstructSection(ctx, c, dev, f, order[j], prof);
+      ReconstructCoded(ctx, c, dev, f, /*keys=*/true, prof);
+      ReconstructCoded(ctx, c, dev, f, /*keys=*/false, prof);
     }
   }
   // The raw rows' copies, last on the copy stream, come before FinishDecode's writes.
@@ -2627,40 +2811,117 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
 
 void FinishDecode(Context& ctx, const Calibration& c, const DeviceCalibration& dev, DecodeFlight& f) {
   Profiler& prof = *f.prof;
-  const RecordHeader& h = f.h;
   KVTC_CUDA_CALL(cudaEventSynchronize(ctx.reconstructed[f.slot]));
   prof.lap("inflate+reconstruct");
   if (f.one_inflate) {
     CheckInflate(Scratch(f.slot, 0), CodedTargets(f), f.whole);
   } else {
-    for (size_t i = 0; i < h.sections.size(); ++i)
-      if (IsCoded(h.sections[i].encoding))
-        CheckInflate(Scratch(f.slot, IsKeys(h.sections[i]) ? 0 : 1), {f.targets[i]}, f.inflated[i]);
+    for (const DecodeRecord& r : f.records)
+      for (size_t i = 0; i < r.h.sections.size(); ++i)
+        if (IsCoded(r.h.sections[i].encoding))
+          CheckInflate(Scratch(f.slot, IsKeys(r.h.sections[i]) ? 0 : 1), {r.targets[i]}, r.inflated[i]);
   }
-  // Every check has passed: only now is a target row written.
+  // Every check has passed: only now is a target row written. The raw sections, record by record.
   DecodeSlot& buf = DecodeSlotBuffers(f.slot);
-  for (size_t i = 0; i < h.sections.size(); ++i) {
-    const Section& s = h.sections[i];
-    const bool keys = IsKeys(s);
-    int64_t lo, hi;
-    StreamRows out;
-    if (!SectionTarget(f, s, lo, hi, out)) continue;
-    if (s.encoding == SectionEncoding::kRaw) {
-      uint8_t* src = buf.image.ptr + f.image_at[i] + size_t(lo) * f.row_bytes;
-      if (f.paged) {
-        LaunchPagedCopy(false, *f.paged, h.kv_dtype, c.layers, uint32_t(out.token0 + lo), uint32_t(hi - lo),
+  const KvDtype dtype = f.records[0].h.kv_dtype;  // a group shares one (DecodeGroups)
+  for (const DecodeRecord& r : f.records) {
+    for (size_t i = 0; i < r.h.sections.size(); ++i) {
+      const Section& s = r.h.sections[i];
+      const bool keys = IsKeys(s);
+      int64_t lo, hi;
+      StreamRows out;
+      if (s.encoding != SectionEncoding::kRaw || !SectionTarget(r, s, lo, hi, out)) continue;
+      uint8_t* src = buf.image.ptr + r.image_at[i] + size_t(lo) * r.row_bytes;
+      if (r.item.paged) {
+        LaunchPagedCopy(false, *r.item.paged, dtype, c.layers, uint32_t(out.token0 + lo), uint32_t(hi - lo),
                         keys ? src : nullptr, keys ? nullptr : src, ctx.stream);
       } else {
         KVTC_CUDA_CALL(cudaMemcpyAsync(const_cast<void*>(out.rows), src, s.stored_bytes, cudaMemcpyDeviceToDevice,
                                        ctx.stream));
       }
-      continue;
     }
-    FinishStream(ctx, c, dev, keys, s.token_count, int64_t(h.token_start) + s.token_offset, h.kv_dtype, out, lo, hi,
-                 Scratch(f.slot, keys ? 0 : 1), prof);
+  }
+  // The coded rows, a stream at a time over the group.
+  for (const bool keys : {true, false}) {
+    std::vector<FinishTarget> targets;
+    for (const CodedPart& part : CodedParts(f, keys)) {
+      const DecodeRecord& r = f.records[part.record];
+      const Section& s = r.h.sections[part.section];
+      FinishTarget t;
+      SectionTarget(r, s, t.lo, t.hi, t.out);
+      t.tokens = s.token_count;
+      t.row = part.row;
+      t.pos0 = int64_t(r.h.token_start) + s.token_offset;
+      targets.push_back(t);
+    }
+    FinishParts(ctx, c, dev, keys, dtype, targets, Scratch(f.slot, keys ? 0 : 1), prof);
   }
   KVTC_CUDA_CALL(cudaEventRecord(ctx.slot_free[f.slot], ctx.stream));
   prof.lap("finish.launch");
+}
+
+// Consecutive records as decode groups ({first, count}): same plan and dtype (each record's header
+// read first; a bad one fails the batch before any device work), at most FuseTokens() coded
+// tokens together (a longer record alone). KVTC_FUSE_TOKENS=0: every record alone.
+std::vector<std::pair<size_t, size_t>> DecodeGroups(const std::vector<DecodeItem>& items) {
+  std::vector<std::pair<size_t, size_t>> groups;
+  const uint64_t limit = FuseTokens();
+  uint64_t tokens = 0;
+  uint16_t lead_plan = 0;
+  KvDtype lead_dtype = KvDtype::kBfloat16;
+  for (size_t b = 0; b < items.size(); ++b) {
+    const RecordHeader h = ReadHeader(items[b].record, items[b].size);
+    const uint32_t middle = h.token_count - h.sink_tokens - h.window_tokens;
+    if (!groups.empty() && h.plan_id == lead_plan && h.kv_dtype == lead_dtype && tokens + middle <= limit) {
+      ++groups.back().second;
+      tokens += middle;
+      continue;
+    }
+    groups.emplace_back(b, 1);
+    tokens = middle;
+    lead_plan = h.plan_id;
+    lead_dtype = h.kv_dtype;
+  }
+  return groups;
+}
+
+// Decodes every item: groups (DecodeGroups) pipelined over the slots, group g + 1 staged and
+// reconstructed while group g is checked and written. A bad record fails the batch (no target is
+// written by a group with a bad record; groups before it may have been). `wait`: returns once the
+// last write is done; otherwise once it is queued on the job stream.
+std::vector<RecordHeader> DecodePipelined(const Calibration& c, const DeviceCalibration& dev,
+                                          const std::vector<DecodeItem>& items, Projection projection, bool wait) {
+  KVTC_CUDA_CALL(cudaSetDevice(dev.device));
+  Context& ctx = ThreadContext();
+  std::vector<RecordHeader> out(items.size());
+  if (items.empty()) return out;
+  const std::vector<std::pair<size_t, size_t>> groups = DecodeGroups(items);
+  DecodeFlight flights[kSlots];
+  auto launch = [&](size_t g) {
+    DecodeFlight& f = flights[g % kSlots];
+    if (g >= kSlots) f.prof->report("decode");  // with profiling on, waits for its last marks
+    LaunchDecode(ctx, c, dev, items, groups[g].first, groups[g].second, int(g % kSlots), projection, f);
+  };
+  try {
+    launch(0);
+    for (size_t g = 0; g < groups.size(); ++g) {
+      if (g + 1 < groups.size()) launch(g + 1);
+      DecodeFlight& f = flights[g % kSlots];
+      FinishDecode(ctx, c, dev, f);
+      for (size_t k = 0; k < f.records.size(); ++k) out[groups[g].first + k] = f.records[k].h;
+    }
+  } catch (...) {
+    // The groups still in flight finish before their slots' buffers can be reused.
+    cudaStreamSynchronize(ctx.copy);
+    cudaStreamSynchronize(ctx.stream);
+    throw;
+  }
+  if (wait) KVTC_CUDA_CALL(cudaStreamSynchronize(ctx.stream));
+  for (size_t g = groups.size() > kSlots ? groups.size() - kSlots : 0; g < groups.size(); ++g) {
+    flights[g % kSlots].prof->lap("reconstruct");
+    flights[g % kSlots].prof->report("decode");
+  }
+  return out;
 }
 
 }  // namespace
@@ -2677,26 +2938,6 @@ HostBytes Encode(const Calibration& c, const DeviceCalibration& dev, const Encod
 }
 
 namespace {
-
-// Coded tokens up to which consecutive sequences are fused into one group: one projection GEMM,
-// one quantize and one coder launch for all of them instead of a pipeline of small ones, groups
-// still pipelined over the slots (a group's records are read back and checksummed on the host
-// while the next group runs). 2048: on an H200 (run o, call 50, 8B shape, 256-token chunks x 32)
-// 8192 left the host's read back of 32 records after all the device work (78.9 GB/s against 63.0
-// alone), 4096 and 2048 overlapped them (95.6, 98.5); 1K x 8: 167.3 at 2048 against 148.7 alone,
-// 140.2 at 4096. KVTC_FUSE_TOKENS sets it (0: every sequence alone, as before fusion).
-uint32_t FuseTokens() {
-  static const uint32_t tokens = [] {
-    const char* v = std::getenv("KVTC_FUSE_TOKENS");
-    if (!v || !*v) return 2048u;
-    char* end = nullptr;
-    const unsigned long n = std::strtoul(v, &end, 10);
-    KVTC_CHECK(*end == 0 && n <= (1u << 24), kInvalidArgument,
-               "KVTC_FUSE_TOKENS must be a token count up to 2^24 but is '" << v << "'");
-    return uint32_t(n);
-  }();
-  return tokens;
-}
 
 // Consecutive jobs as fused groups ({first, count}): same plan, dtype, chunking and projection,
 // at most FuseTokens() coded tokens together (a longer job alone).
@@ -2756,57 +2997,17 @@ std::vector<HostBytes> EncodeMany(const Calibration& c, const DeviceCalibration&
 
 RecordHeader DecodeToDevice(const Calibration& c, const DeviceCalibration& dev, const uint8_t* record, size_t size,
                             uint64_t expected_bytes, void* keys_out, void* values_out, Projection projection) {
-  KVTC_CUDA_CALL(cudaSetDevice(dev.device));
-  Context& ctx = ThreadContext();
-  DecodeFlight f;
-  f.keys_out = keys_out;
-  f.values_out = values_out;
-  f.projection = projection;
-  LaunchDecode(ctx, c, dev, record, size, expected_bytes, 0, f);
-  FinishDecode(ctx, c, dev, f);
-  KVTC_CUDA_CALL(cudaStreamSynchronize(ctx.stream));
-  f.prof->lap("reconstruct");
-  f.prof->report("decode");
-  return f.h;
+  return DecodeManyToDevice(c, dev, {DeviceDecodeJob{record, size, expected_bytes, keys_out, values_out}}, projection)[0];
 }
 
 std::vector<RecordHeader> DecodeManyToDevice(const Calibration& c, const DeviceCalibration& dev,
                                              const std::vector<DeviceDecodeJob>& jobs, Projection projection) {
-  KVTC_CUDA_CALL(cudaSetDevice(dev.device));
-  Context& ctx = ThreadContext();
-  std::vector<RecordHeader> out(jobs.size());
-  if (jobs.empty()) return out;
-  DecodeFlight flights[kSlots];
-  auto launch = [&](size_t b) {
-    DecodeFlight& f = flights[b % kSlots];
-    if (b >= kSlots) f.prof->report("decode");  // with profiling on, waits for its last marks
-    f = DecodeFlight{};
-    f.keys_out = jobs[b].keys_out;
-    f.values_out = jobs[b].values_out;
-    f.projection = projection;
-    LaunchDecode(ctx, c, dev, jobs[b].record, jobs[b].size, jobs[b].expected_bytes, int(b % kSlots), f);
-  };
-  try {
-    launch(0);
-    for (size_t b = 0; b < jobs.size(); ++b) {
-      // Sequence b + 1 is staged and reconstructed while sequence b is checked and written.
-      if (b + 1 < jobs.size()) launch(b + 1);
-      FinishDecode(ctx, c, dev, flights[b % kSlots]);
-      out[b] = flights[b % kSlots].h;
-    }
-  } catch (...) {
-    // A bad record fails the batch; the sequences still in flight finish before their slots'
-    // buffers can be reused.
-    cudaStreamSynchronize(ctx.copy);
-    cudaStreamSynchronize(ctx.stream);
-    throw;
+  std::vector<DecodeItem> items(jobs.size());
+  for (size_t b = 0; b < jobs.size(); ++b) {
+    const DeviceDecodeJob& j = jobs[b];
+    items[b] = {j.record, j.size, j.expected_bytes, j.keys_out, j.values_out};
   }
-  KVTC_CUDA_CALL(cudaStreamSynchronize(ctx.stream));
-  for (size_t b = jobs.size() > kSlots ? jobs.size() - kSlots : 0; b < jobs.size(); ++b) {
-    flights[b % kSlots].prof->lap("reconstruct");
-    flights[b % kSlots].prof->report("decode");
-  }
-  return out;
+  return DecodePipelined(c, dev, items, projection, /*wait=*/true);
 }
 
 std::vector<HostBytes> EncodeFromPaged(const Calibration& c, const DeviceCalibration& dev,
@@ -2814,25 +3015,22 @@ std::vector<HostBytes> EncodeFromPaged(const Calibration& c, const DeviceCalibra
   return EncodePipelined(c, dev, jobs, /*device_input=*/true, &paged);
 }
 
-RecordHeader DecodeIntoPaged(const Calibration& c, const DeviceCalibration& dev, const uint8_t* record, size_t size,
-                             KvDtype cache_dtype, const PagedRows& paged, uint32_t record_offset, uint32_t record_tokens,
-                             uint32_t tokens, cudaEvent_t done, Projection projection) {
-  const RecordHeader peek = ReadHeader(record, size);
-  KVTC_CHECK(peek.kv_dtype == cache_dtype, kRecordSizeMismatch, "record dtype differs from the registered cache's");
-  KVTC_CUDA_CALL(cudaSetDevice(dev.device));
-  Context& ctx = ThreadContext();
-  DecodeFlight f;
-  f.paged = &paged;
-  f.record_offset = record_offset;
-  f.span_tokens = tokens;
-  f.projection = projection;
-  const uint64_t expected = 2ull * record_tokens * c.feature_dim() * Elem(cache_dtype);
-  LaunchDecode(ctx, c, dev, record, size, expected, 0, f);
-  FinishDecode(ctx, c, dev, f);
-  // The client's stream waits for `done`; the slot's buffers are reused in stream order.
-  KVTC_CUDA_CALL(cudaEventRecord(done, ctx.stream));
-  f.prof->report("decode");
-  return f.h;
+std::vector<RecordHeader> DecodeIntoPaged(const Calibration& c, const DeviceCalibration& dev,
+                                          const std::vector<PagedDecode>& decodes, KvDtype cache_dtype,
+                                          cudaEvent_t done, Projection projection) {
+  std::vector<DecodeItem> items(decodes.size());
+  for (size_t b = 0; b < decodes.size(); ++b) {
+    const PagedDecode& d = decodes[b];
+    const RecordHeader peek = ReadHeader(d.record, d.size);
+    KVTC_CHECK(peek.kv_dtype == cache_dtype, kRecordSizeMismatch,
+               "record " << b << ": its dtype differs from the registered cache's");
+    const uint64_t expected = 2ull * d.record_tokens * c.feature_dim() * Elem(cache_dtype);
+    items[b] = {d.record, d.size, expected, nullptr, nullptr, d.rows, d.record_offset, d.tokens};
+  }
+  const std::vector<RecordHeader> out = DecodePipelined(c, dev, items, projection, /*wait=*/false);
+  // The client's stream waits for `done`; the slots' buffers are reused in stream order.
+  KVTC_CUDA_CALL(cudaEventRecord(done, ThreadContext().stream));
+  return out;
 }
 
 DecodeResult Decode(const Calibration& c, const DeviceCalibration& dev, const uint8_t* record, size_t size,
@@ -2880,7 +3078,7 @@ std::vector<float> DequantizeOnDevice(const uint8_t* payload, int64_t tokens, co
   s.payload.resize(bytes + 4);
   KVTC_CUDA_CALL(cudaMemcpyAsync(s.payload.ptr, payload, bytes, cudaMemcpyHostToDevice, ctx.stream));
   s.dq.resize(std::max<size_t>(1, size_t(tokens) * plan.rank));
-  LaunchDequantize(plan, s.payload.ptr, tokens, s.dq.ptr, plan.rank, s, ctx.stream);
+  LaunchDequantize(plan, {DequantizeTarget{s.payload.ptr, uint32_t(tokens), 0}}, s.dq.ptr, plan.rank, s, ctx.stream);
   std::vector<__nv_bfloat16> host(size_t(tokens) * plan.rank);
   KVTC_CUDA_CALL(cudaMemcpyAsync(host.data(), s.dq.ptr, host.size() * 2, cudaMemcpyDeviceToHost, ctx.stream));
   KVTC_CUDA_CALL(cudaStreamSynchronize(ctx.stream));
@@ -2972,10 +3170,10 @@ BenchFigures Bench(const Calibration& c, const DeviceCalibration& dev, const uin
     records = EncodePipelined(c, dev, jobs, /*device_input=*/true, paged ? &spans : nullptr);
     auto t1 = now();
     if (paged) {
-      // Each restore returns once its reconstruction is queued; the next one's staging overlaps it.
+      std::vector<PagedDecode> decodes(batch);
       for (uint32_t b = 0; b < batch; ++b)
-        DecodeIntoPaged(c, dev, records[b].data.get(), records[b].size, KvDtype::kBfloat16, spans[b], 0, tokens, tokens,
-                        done, projection);
+        decodes[b] = {records[b].data.get(), records[b].size, &spans[b], 0, tokens, tokens};
+      DecodeIntoPaged(c, dev, decodes, KvDtype::kBfloat16, done, projection);
       KVTC_CUDA_CALL(cudaEventSynchronize(done));
     } else {
       std::vector<DeviceDecodeJob> decodes(batch);
@@ -3087,10 +3285,10 @@ BenchFigures Bench(const Calibration& c, const DeviceCalibration& dev, const uin
       }
     }
   };
-  // The decode does not fuse sequences (DecodeManyToDevice pipelines them): its GEMMs are one
-  // sequence's, times the batch.
+  // The decode groups records as the encode groups sequences (DecodeGroups, FuseGroups: the same
+  // coded-token limit), so both directions' GEMMs are per group.
   fig.gemm_bf16_encode_s = over_groups(bf16_gemms, true);
-  fig.gemm_bf16_decode_s = timed([&] { bf16_gemms(false, m); }) * batch;
+  fig.gemm_bf16_decode_s = over_groups(bf16_gemms, false);
   fig.gemm_encode_s = fig.gemm_bf16_encode_s;
   fig.gemm_decode_s = fig.gemm_bf16_decode_s;
   if (fp8) {
@@ -3114,7 +3312,7 @@ BenchFigures Bench(const Calibration& c, const DeviceCalibration& dev, const uin
       }
     };
     fig.gemm_encode_s = over_groups(fp8_gemms, true);
-    fig.gemm_decode_s = timed([&] { fp8_gemms(false, m); }) * batch;
+    fig.gemm_decode_s = over_groups(fp8_gemms, false);
   }
   PinnedBuffer host;
   host.resize(2 * bytes * batch);

@@ -320,10 +320,6 @@ std::vector<PagedRows> SpansRows(const KvRegion& region, const std::vector<Paged
   return out;
 }
 
-PagedRows SpanRows(const KvRegion& region, const PagedSpan& span, cudaStream_t stream) {
-  return SpansRows(region, {span}, stream)[0];
-}
-
 }  // namespace
 
 std::vector<HostBytes> EncodePagedMany(const Calibration& c, const DeviceCalibration& dev, KvRegion& region,
@@ -351,25 +347,37 @@ std::vector<HostBytes> EncodePagedMany(const Calibration& c, const DeviceCalibra
   return EncodeFromPaged(c, dev, jobs, rows);  // same stream: ordered after the client's event
 }
 
-RecordHeader DecodePaged(const Calibration& c, const DeviceCalibration& dev, KvRegion& region, const PagedSpan& span,
-                         const uint8_t* record, size_t size, Projection projection) {
+std::vector<RecordHeader> DecodePagedMany(const Calibration& c, const DeviceCalibration& dev, KvRegion& region,
+                                          const std::vector<PagedSpan>& spans,
+                                          const std::vector<std::pair<const uint8_t*, size_t>>& records,
+                                          Projection projection) {
   const PagedGeometry& g = region.geometry;
-  CheckSpan(g, span);
+  KVTC_CHECK(spans.size() == records.size(), kInvalidArgument,
+             "Expected a record per span but received " << records.size() << " records for " << spans.size()
+                                                         << " spans");
+  std::vector<PagedDecode> decodes(spans.size());
+  for (size_t i = 0; i < spans.size(); ++i) {
+    const PagedSpan& span = spans[i];
+    CheckSpan(g, span);
+    const uint64_t record_tokens =
+        span.record_tokens ? span.record_tokens : uint64_t(span.record_offset) + span.tokens;
+    KVTC_CHECK(uint64_t(span.record_offset) + span.tokens <= record_tokens, kInvalidArgument,
+               "span " << i << ": its " << span.tokens << " tokens from record token " << span.record_offset
+                       << " are past the record's " << record_tokens);
+    KVTC_CHECK(record_tokens <= UINT32_MAX, kInvalidArgument, "record_tokens out of range");
+    decodes[i] = {records[i].first, records[i].second, nullptr, span.record_offset, uint32_t(record_tokens),
+                  span.tokens};
+  }
   CheckSameDevice(dev, region);
   std::lock_guard<std::mutex> lock(region.mu);
   KVTC_CUDA_CALL(cudaSetDevice(region.device));
-  const uint64_t record_tokens = span.record_tokens ? span.record_tokens : uint64_t(span.record_offset) + span.tokens;
-  KVTC_CHECK(uint64_t(span.record_offset) + span.tokens <= record_tokens, kInvalidArgument,
-             "the span's " << span.tokens << " tokens from record token " << span.record_offset
-                           << " are past the record's " << record_tokens);
-  KVTC_CHECK(record_tokens <= UINT32_MAX, kInvalidArgument, "record_tokens out of range");
-  const PagedRows rows = SpanRows(region, span, JobStream());
+  const std::vector<PagedRows> rows = SpansRows(region, spans, JobStream());
+  for (size_t i = 0; i < spans.size(); ++i) decodes[i].rows = &rows[i];
   // Restores of one region are ordered on the device too: the previous one may still be running.
   KVTC_CUDA_CALL(cudaStreamWaitEvent(JobStream(), region.done_event, 0));
-  // Every check (structure, CRCs, chunk tables, inflate statuses, dtype) passes before a block is
-  // written; the reconstruction then writes the span's tokens straight into their blocks.
-  return DecodeIntoPaged(c, dev, record, size, g.dtype, rows, span.record_offset, uint32_t(record_tokens), span.tokens,
-                         region.done_event, projection);
+  // Every check (structure, CRCs, chunk tables, inflate statuses, dtype) of a group passes before
+  // a block is written; the reconstruction then writes the spans' tokens straight into their blocks.
+  return DecodeIntoPaged(c, dev, decodes, g.dtype, region.done_event, projection);
 }
 
 std::string DeviceUuid(int device) {

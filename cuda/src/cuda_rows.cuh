@@ -93,13 +93,20 @@ void LaunchPagedCopy(bool to_rows, const PagedRows& paged, KvDtype dtype, uint32
                      uint32_t tokens, void* keys, void* values, cudaStream_t stream);
 
 // The codec over paged spans (cuda_codec.cu): encode reads each span's rows in place (jobs[b] from
-// paged[b], in fused groups as EncodeMany); decode
-// writes the record's tokens [record_offset, record_offset + tokens) into span tokens
-// [0, tokens) after every check has passed, and records `done` on the job stream.
+// paged[b], in fused groups as EncodeMany); decode writes each record's tokens [record_offset,
+// record_offset + tokens) into span tokens [0, tokens) of its rows, in groups as DecodeManyToDevice,
+// a group's rows only after every check of its records has passed, and records `done` on the job
+// stream (it returns once the writes are queued).
 std::vector<HostBytes> EncodeFromPaged(const Calibration& calibration, const DeviceCalibration& dev,
                                        const std::vector<EncodeJob>& jobs, const std::vector<PagedRows>& paged);
-RecordHeader DecodeIntoPaged(const Calibration& calibration, const DeviceCalibration& dev, const uint8_t* record,
-                             size_t size, KvDtype cache_dtype, const PagedRows& paged, uint32_t record_offset,
-                             uint32_t record_tokens, uint32_t tokens, cudaEvent_t done, Projection projection);
+struct PagedDecode {
+  const uint8_t* record = nullptr;
+  size_t size = 0;
+  const PagedRows* rows = nullptr;
+  uint32_t record_offset = 0, record_tokens = 0, tokens = 0;
+};
+std::vector<RecordHeader> DecodeIntoPaged(const Calibration& calibration, const DeviceCalibration& dev,
+                                          const std::vector<PagedDecode>& decodes, KvDtype cache_dtype,
+                                          cudaEvent_t done, Projection projection);
 
 }  // namespace kvtc::cuda

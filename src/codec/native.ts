@@ -214,13 +214,13 @@ export interface NativeAddon {
     jobs: Omit<NativeEncodeJob, 'keys' | 'values' | 'dtype' | 'backend'>[],
     spans: NativePagedSpan[],
   ): Promise<Buffer[]>;
-  decodePaged?(
+  decodePagedMany?(
     calibration: NativeCalibration,
     region: number,
-    record: Uint8Array,
-    span: NativePagedSpan,
+    records: Uint8Array[],
+    spans: NativePagedSpan[],
     projection?: Projection,
-  ): Promise<NativeHeader>;
+  ): Promise<NativeHeader[]>;
   cudaDevices?(): { index: number; name: string; uuid: string }[];
   stages: {
     ropeRotate(

@@ -46,7 +46,7 @@ type Paged = Required<
     | 'cudaReadKv'
     | 'cudaReleaseKv'
     | 'encodePagedMany'
-    | 'decodePaged'
+    | 'decodePagedMany'
     | 'cudaDevices'
   >
 >;
@@ -191,6 +191,25 @@ export async function decodePaged(
   record: Uint8Array,
   projection?: GpuProjection,
 ): Promise<RecordInfo> {
+  return (await decodePagedMany(calibration, region, [span], [record], projection))[0]!;
+}
+
+/**
+ * `records[i]` into `spans[i]`'s blocks, in one native job: records of few tokens go through the
+ * GPU together (one inflate launch, one GEMM and one write per stream for up to 2K coded tokens).
+ * The region's event is recorded when every block is written. One failure fails them all (the
+ * blocks of records decoded before the bad one may be written).
+ */
+export async function decodePagedMany(
+  calibration: Calibration,
+  region: Region,
+  spans: PagedSpan[],
+  records: Uint8Array[],
+  projection?: GpuProjection,
+): Promise<RecordInfo[]> {
+  if (spans.length !== records.length)
+    throw new KvtcError('ERR_KVTC_INVALID_ARGUMENT', `${spans.length} spans but ${records.length} records`);
   const n = paged();
-  return toInfo(await awaitNative(() => n.decodePaged(calibration.native, region.id, record, span, projection)));
+  const headers = await awaitNative(() => n.decodePagedMany(calibration.native, region.id, records, spans, projection));
+  return headers.map(toInfo);
 }

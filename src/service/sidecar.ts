@@ -10,7 +10,7 @@ import { canonicalJson, type Calibration } from '../codec/calibration.js';
 import { decode, dtypeBytes, encode, verifyRecord, type Backend, type KvDtype } from '../codec/codec.js';
 import {
   cudaDevices,
-  decodePaged,
+  decodePagedMany,
   encodePagedMany,
   registerKv,
   type GpuProjection,
@@ -33,13 +33,13 @@ import {
   uintList,
 } from '../protocol/messages.js';
 import { PROTOCOL_VERSION, SIDECAR_VERSION } from '../protocol/version.js';
-import { createStore, Tiers } from '../store/index.js';
+import { createStore, Tiers, type TierHit } from '../store/index.js';
 import { Server, type Reply } from '../transport/server.js';
 import { Metrics } from './metrics.js';
 import { KvRegions } from './regions.js';
 
-/** Spans in one `save_blocks` request (`items`): a vLLM step's chunks from one worker. */
-const MAX_SAVE_ITEMS = 1024;
+/** Spans in one `save_blocks` or `load_blocks` request (`items`): a vLLM step's chunks from one worker. */
+const MAX_BLOCK_ITEMS = 1024;
 
 export interface SidecarOptions {
   endpoint: string;
@@ -378,7 +378,7 @@ export class Sidecar {
         // otherwise the request's own fields are the one span. One failure fails the request. A
         // malformed list is refused as such before the region is looked up.
         const many = h['items'] !== undefined;
-        const items = many ? mapList(h, 'items', MAX_SAVE_ITEMS) : [h];
+        const items = many ? mapList(h, 'items', MAX_BLOCK_ITEMS) : [h];
         const reg = this.#kv.get(req.session!, uint(h, 'region'));
         const saves = items.map((it) => {
           const tokens = uint(it, 'tokens', 1 << 24);
@@ -411,21 +411,46 @@ export class Sidecar {
       }
       case 'load_blocks': {
         this.#session(req);
+        // `items`: many records in one request, decoded together (a GPU runs small chunks in
+        // groups); otherwise the request's own fields are the one span. One failure fails the
+        // request. A malformed list is refused as such before the region is looked up.
+        const many = h['items'] !== undefined;
+        const items = many ? mapList(h, 'items', MAX_BLOCK_ITEMS) : [h];
         const reg = this.#kv.get(req.session!, uint(h, 'region'));
-        const key = str(h, 'key', KEY_PATTERN);
-        const tokens = uint(h, 'tokens', 1 << 24);
-        const span = {
-          ...this.#span(h, tokens, reg.layout.blockSize),
-          recordOffset: h['skip_tokens'] === undefined ? 0 : uint(h, 'skip_tokens', 1 << 24),
-          ...(h['record_tokens'] === undefined ? {} : { recordTokens: uint(h, 'record_tokens', 1 << 24) }),
-        };
-        return this.#readRecord(key, async (record, tier) => {
-          const t0 = performance.now();
-          const info = await decodePaged(cal, reg.region, span, record, this.#codec.projection);
-          this.#countLoad(2 * tokens * cal.featureDim * dtypeBytes(reg.layout.dtype), t0);
-          // The blocks are written when the region's event fires: the client waits on it.
-          return { header: { token_start: info.tokenStart, tokens: info.tokens, tier } };
+        const loads = items.map((it) => {
+          const tokens = uint(it, 'tokens', 1 << 24);
+          return {
+            key: str(it, 'key', KEY_PATTERN),
+            tokens,
+            span: {
+              ...this.#span(it, tokens, reg.layout.blockSize),
+              recordOffset: it['skip_tokens'] === undefined ? 0 : uint(it, 'skip_tokens', 1 << 24),
+              ...(it['record_tokens'] === undefined ? {} : { recordTokens: uint(it, 'record_tokens', 1 << 24) }),
+            },
+          };
         });
+        return this.#readRecords(
+          loads.map((l) => l.key),
+          async (records, tiers) => {
+            const t0 = performance.now();
+            const infos = await decodePagedMany(
+              cal,
+              reg.region,
+              loads.map((l) => l.span),
+              records,
+              this.#codec.projection,
+            );
+            const raw = loads.reduce((sum, l) => sum + 2 * l.tokens * cal.featureDim * dtypeBytes(reg.layout.dtype), 0);
+            this.#countLoad(raw, t0);
+            // The blocks are written when the region's event fires: the client waits on it.
+            const loaded = infos.map((info, i) => ({
+              token_start: info.tokenStart,
+              tokens: info.tokens,
+              tier: tiers[i],
+            }));
+            return { header: many ? { loaded } : loaded[0]! };
+          },
+        );
       }
       case 'stats': {
         // This request is not in #inFlight yet: a synchronous handler runs before #track adds it.
@@ -481,15 +506,36 @@ export class Sidecar {
    * is useless to everyone: it is dropped and its code reported.
    */
   async #readRecord<T>(key: string, use: (record: Buffer, tier: string) => Promise<T>): Promise<T> {
-    const hit = await this.#tiers.acquire(key);
-    if (!hit) throw new KvtcError('ERR_KVTC_NOT_FOUND', `no record for chunk ${key}`);
+    return this.#readRecords([key], (records, tiers) => use(records[0]!, tiers[0]!));
+  }
+
+  /**
+   * Holds every key's record (in whichever tier has it) while `use` runs; a missing one fails the
+   * request as not found. A record the codec finds damaged is deleted: the one record, or in a
+   * batch each that fails its CRCs (a batch's error does not say which record it was).
+   */
+  async #readRecords<T>(keys: string[], use: (records: Buffer[], tiers: string[]) => Promise<T>): Promise<T> {
+    const hits: TierHit[] = [];
     try {
-      return await use(hit.pinned.bytes, hit.tier);
-    } catch (err) {
-      if (err instanceof KvtcError && err.code.startsWith('ERR_KVTC_RECORD')) await this.#tiers.delete(key);
-      throw err;
+      for (const key of keys) {
+        const hit = await this.#tiers.acquire(key);
+        if (!hit) throw new KvtcError('ERR_KVTC_NOT_FOUND', `no record for chunk ${key}`);
+        hits.push(hit);
+      }
+      try {
+        return await use(
+          hits.map((hit) => hit.pinned.bytes),
+          hits.map((hit) => hit.tier),
+        );
+      } catch (err) {
+        if (err instanceof KvtcError && err.code.startsWith('ERR_KVTC_RECORD')) {
+          for (const [i, key] of keys.entries())
+            if (keys.length === 1 || !verifyRecord(hits[i]!.pinned.bytes)) await this.#tiers.delete(key);
+        }
+        throw err;
+      }
     } finally {
-      hit.pinned.release();
+      for (const hit of hits) hit.pinned.release();
     }
   }
 

@@ -9,6 +9,7 @@ import { decode, encode } from '../../src/codec/codec.js';
 import {
   allocateKv,
   decodePaged,
+  decodePagedMany,
   encodePaged,
   encodePagedMany,
   readKv,
@@ -279,6 +280,103 @@ test('paged: many spans in one job (fused on the device) encode like one span at
     await assert.rejects(encodePagedMany(cal, region, spans, options.slice(1)), { code: 'ERR_KVTC_INVALID_ARGUMENT' });
   } finally {
     releaseKv(region);
+  }
+});
+
+test('paged: many records in one job (grouped on the device) restore like one record at a time', { skip }, async () => {
+  const cal = await calibration();
+  const l = layoutOf('flash_attn');
+  const source = allocateKv(0, model.layers, l);
+  const total = model.layers * extent(l);
+  const flat = Float32Array.from({ length: total }, (_, i) => Math.sin(i * 0.37) * 2 + (i % 7) * 0.1);
+  // Disjoint spans (decodes write): sinks in the first, an all-raw record (no coded tokens) in the
+  // middle, odd sizes and slots.
+  const spans = [
+    { blockIds: [0, 1], firstSlot: 1, tokens: 9 },
+    { blockIds: [2, 3, 4], firstSlot: 0, tokens: 12 },
+    { blockIds: [5], firstSlot: 2, tokens: 3 },
+    { blockIds: [6, 7, 8, 9], firstSlot: 3, tokens: 16 },
+  ];
+  const options = spans.map((s, i) => ({
+    planId: 0,
+    tokenStart: i * 32,
+    sinkTokens: 4,
+    windowTokens: i === 2 ? s.tokens : 0,
+  }));
+  const regions = [source];
+  try {
+    writeKv(source, new Uint8Array(flat.buffer));
+    const records = await encodePagedMany(cal, source, spans, options);
+    const sq = (x: Float32Array, y: Float32Array) => x.reduce((acc, v, k) => acc + (v - y[k]!) ** 2, 0);
+    type Target = {
+      blockIds: number[];
+      firstSlot: number;
+      tokens: number;
+      recordOffset?: number;
+      recordTokens?: number;
+    };
+    const restore = async (targets: Target[], recs: Buffer[], many: boolean) => {
+      const region = allocateKv(0, model.layers, l);
+      regions.push(region);
+      if (many) await decodePagedMany(cal, region, targets, recs);
+      else for (const [i, span] of targets.entries()) await decodePaged(cal, region, span, recs[i]!);
+      return new Float32Array(new Uint8Array(readKv(region)).buffer);
+    };
+    // Whole records (one write launch per stream for the group), then records restored in part
+    // (skip_tokens, each written on its own): each against the record restored alone.
+    const cases: { targets: Target[]; sources: number[] }[] = [
+      { targets: spans, sources: [0, 1, 2, 3] },
+      {
+        targets: [
+          { blockIds: [10, 11], firstSlot: 0, tokens: 9, recordOffset: 3, recordTokens: 12 },
+          { blockIds: [12], firstSlot: 1, tokens: 4 },
+        ],
+        sources: [1, 0],
+      },
+    ];
+    for (const { targets, sources } of cases) {
+      const recs = sources.map((k) => records[k]!);
+      const fused = await restore(targets, recs, true);
+      const alone = await restore(targets, recs, false);
+      const touched = new Set<number>();
+      const perLayer = model.kv_heads * model.head_dim;
+      for (const [i, span] of targets.entries()) {
+        const from = spans[sources[i]!]!;
+        const want = gatherHost(l, flat, from.blockIds, from.firstSlot + (span.recordOffset ?? 0), span.tokens);
+        const a = gatherHost(l, fused, span.blockIds, span.firstSlot, span.tokens);
+        const b = gatherHost(l, alone, span.blockIds, span.firstSlot, span.tokens);
+        for (let t = 0; t < span.tokens; t++)
+          for (let j = 0; j < P; j++)
+            for (const kv of [0, 1])
+              touched.add(index(l, Math.floor(j / perLayer), kv, span.blockIds, span.firstSlot, t, j % perLayer));
+        for (const part of ['keys', 'values'] as const) {
+          if (sources[i] === 2) {
+            assert.deepEqual(a[part], want[part], `all-raw record ${i} ${part}: bit-exact`);
+            assert.deepEqual(b[part], want[part], `all-raw record ${i} ${part}: bit-exact alone`);
+            continue;
+          }
+          const planError = sq(b[part], want[part]);
+          const between = sq(a[part], b[part]);
+          assert.ok(planError > 0, `record ${i} ${part}: the plan is lossy`);
+          // Only the GEMM's shape differs (its summation order may): far less than the plan's error.
+          assert.ok(between <= 0.25 * planError, `record ${i} ${part}: grouped vs alone ${between}, plan ${planError}`);
+        }
+      }
+      for (let k = 0; k < total; k++) if (!touched.has(k)) assert.equal(fused[k], 0, `element ${k} outside the spans`);
+    }
+    // A bad record fails the job, and its group writes nothing.
+    const bad = Buffer.from(records[3]!);
+    bad[bad.length - 3]! ^= 0x40;
+    const region = allocateKv(0, model.layers, l);
+    regions.push(region);
+    const before = readKv(region);
+    await assert.rejects(decodePagedMany(cal, region, spans, [records[0]!, records[1]!, records[2]!, bad]), {
+      code: 'ERR_KVTC_RECORD_CORRUPT',
+    });
+    assert.equal(Buffer.compare(before, readKv(region)), 0, 'no block written');
+    await assert.rejects(decodePagedMany(cal, region, spans, records.slice(1)), { code: 'ERR_KVTC_INVALID_ARGUMENT' });
+  } finally {
+    for (const r of regions) releaseKv(r);
   }
 });
 

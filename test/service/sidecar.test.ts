@@ -291,6 +291,19 @@ t.test('GPU data plane ops on a CPU sidecar: coded refusals, then still serving'
       `items ${JSON.stringify(items).slice(0, 20)}: malformed`,
     );
   }
+  const loadMany = await c.request('load_blocks', {
+    region: 1,
+    items: [{ key: 'cd'.repeat(16), tokens: 16, block_ids: [0] }],
+  });
+  t.equal(loadMany.header['code'], 'ERR_KVTC_BACKEND_UNAVAILABLE', 'several records in one load: the same refusal');
+  for (const items of ['x', [], [1], Array.from({ length: 1025 }, () => ({}))]) {
+    const bad = await c.request('load_blocks', { region: 1, items });
+    t.equal(
+      bad.header['code'],
+      'ERR_KVTC_PROTOCOL_MALFORMED',
+      `load items ${JSON.stringify(items).slice(0, 20)}: malformed`,
+    );
+  }
   const un = await c.request('unregister_kv', { region: 1 });
   t.equal(un.header['released'], false, 'nothing was registered');
   const stats = await c.request('stats');

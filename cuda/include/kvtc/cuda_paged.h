@@ -80,11 +80,15 @@ const PagedGeometry& RegionGeometry(const KvRegion& region);
 std::vector<HostBytes> EncodePagedMany(const Calibration& calibration, const DeviceCalibration& dev, KvRegion& region,
                                        const std::vector<PagedSpan>& spans, const std::vector<EncodeJob>& jobs);
 
-// Decodes the record and scatters it into the span's slots; records the region's event. The
-// record's structure, CRCs and size are checked before any block is written.
-RecordHeader DecodePaged(const Calibration& calibration, const DeviceCalibration& dev, KvRegion& region,
-                         const PagedSpan& span, const uint8_t* record, size_t size,
-                         Projection projection = Projection::kBf16);
+// A record per span of one region (records[i] into spans[i], each record's {data, size}): records
+// of few tokens are decoded in groups (one inflate launch, one GEMM and one write per stream for
+// up to 2K coded tokens, cuda_codec.cu's DecodeGroups), the groups pipelined; records the region's
+// event. Every record of a group has its structure, CRCs and size checked before any block of the
+// group is written; a bad record fails the call (blocks of the groups before it may be written).
+std::vector<RecordHeader> DecodePagedMany(const Calibration& calibration, const DeviceCalibration& dev,
+                                          KvRegion& region, const std::vector<PagedSpan>& spans,
+                                          const std::vector<std::pair<const uint8_t*, size_t>>& records,
+                                          Projection projection = Projection::kBf16);
 
 // 32 lowercase hex digits of the device's UUID, and the device with a given UUID (-1: none).
 std::string DeviceUuid(int device);
