@@ -631,9 +631,8 @@ struct ChunkCopyArgs {
   std::vector<size_t> src, dst, sizes;
   size_t dst_bytes = 0;
 };
-ChunkCopyArgs ParseChunkCopy(const Napi::CallbackInfo& info) {
-  ChunkCopyArgs c{ViewBytes(info[0], "data"), {}, {}, {}, 0};
-  Napi::Object o = ArgObject(info, 1, "options");
+ChunkCopyArgs ParseChunkCopy(const Bytes& in, const Napi::Object& o) {
+  ChunkCopyArgs c{in, {}, {}, {}, 0};
   auto list = [&](const char* name) {
     Napi::Value v = Prop(o, name);
     KVTC_CHECK(v.IsArray(), kInvalidArgument, "Expected an array for " << name);
@@ -654,6 +653,9 @@ ChunkCopyArgs ParseChunkCopy(const Napi::CallbackInfo& info) {
                kInvalidArgument, "chunk " << i << " is out of bounds");
   }
   return c;
+}
+ChunkCopyArgs ParseChunkCopy(const Napi::CallbackInfo& info) {
+  return ParseChunkCopy(ViewBytes(info[0], "data"), ArgObject(info, 1, "options"));
 }
 
 // copyChunks(data, {srcOffsets, dstOffsets, sizes, dstBytes}) -> Buffer: the parallel chunk copy
@@ -678,6 +680,37 @@ Napi::Value CopyChunksCrc32cJs(const Napi::CallbackInfo& info) {
     Napi::Object out = Napi::Object::New(info.Env());
     out.Set("crc", Napi::Number::New(info.Env(), crc));
     out.Set("copy", NewBuffer(info.Env(), std::move(copy)));
+    return out;
+  });
+}
+
+// copyChunksCrc32cMany(data, [{...as copyChunks}]) -> [{copy, crc}]: copyChunksCrc32c of every list
+// in one parallel pass (a decode group's staging), each into its own destination.
+Napi::Value CopyChunksCrc32cManyJs(const Napi::CallbackInfo& info) {
+  return Guard(info, [&]() -> Napi::Value {
+    const Bytes in = ViewBytes(info[0], "data");
+    KVTC_CHECK(info.Length() > 1 && info[1].IsArray(), kInvalidArgument, "Expected an array of chunk lists");
+    Napi::Array lists = info[1].As<Napi::Array>();
+    std::vector<ChunkCopyArgs> args;
+    for (uint32_t i = 0; i < lists.Length(); ++i) {
+      KVTC_CHECK(lists.Get(i).IsObject(), kInvalidArgument, "chunk list " << i << " is not an object");
+      args.push_back(ParseChunkCopy(in, lists.Get(i).As<Napi::Object>()));
+    }
+    std::vector<std::vector<uint8_t>> copies(args.size());
+    std::vector<ChunkCopy> jobs(args.size());
+    for (size_t i = 0; i < args.size(); ++i) {
+      copies[i].assign(args[i].dst_bytes, 0);
+      jobs[i] = {copies[i].data(), args[i].dst.data(), in.data, args[i].src.data(), args[i].sizes.data(),
+                 args[i].sizes.size()};
+    }
+    ParallelCopyChunksCrcMany(jobs.data(), jobs.size());
+    Napi::Array out = Napi::Array::New(info.Env(), args.size());
+    for (size_t i = 0; i < args.size(); ++i) {
+      Napi::Object o = Napi::Object::New(info.Env());
+      o.Set("crc", Napi::Number::New(info.Env(), jobs[i].crc));
+      o.Set("copy", NewBuffer(info.Env(), std::move(copies[i])));
+      out.Set(uint32_t(i), o);
+    }
     return out;
   });
 }
@@ -1110,6 +1143,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   stages.Set("copyCrc32c", Napi::Function::New(env, CopyCrc32cJs));
   stages.Set("copyCrc32cMany", Napi::Function::New(env, CopyCrc32cManyJs));
   stages.Set("copyChunks", Napi::Function::New(env, CopyChunksJs));
+  stages.Set("copyChunksCrc32cMany", Napi::Function::New(env, CopyChunksCrc32cManyJs));
   stages.Set("copyChunksCrc32c", Napi::Function::New(env, CopyChunksCrc32cJs));
   stages.Set("recordPoolRun", Napi::Function::New(env, RecordPoolRunJs));
   stages.Set("round", Napi::Function::New(env, RoundJs));

@@ -1978,6 +1978,7 @@ void ReconstructParts(Context& ctx, const Calibration& c, const DeviceCalibratio
     // The fp8 operands are written from the first r columns only: no padding to clear.
     LaunchDequantize(plan, parts, s.dq.ptr, dq_ld, s, ctx.stream);
     prof.mark(keys ? "k.dequantize" : "v.dequantize");
+    prof.lap(keys ? "k.dequantize.launch" : "v.dequantize.launch");
     const Fp8Basis& b8 = const_cast<DeviceCalibration&>(dev).Fp8(keys, r, p, ctx.stream);
     const uint32_t n_gemm = PadFp8(tokens);
     s.dq8.resize(size_t(n_gemm) * b8.ld);
@@ -1993,6 +1994,7 @@ void ReconstructParts(Context& ctx, const Calibration& c, const DeviceCalibratio
     s.xf_row_scale = s.dq_scale.ptr;
     s.xf_col_scale = b8.reconstruct_scale.ptr;
     prof.mark(keys ? "k.gemm" : "v.gemm");
+    prof.lap(keys ? "k.gemm.launch" : "v.gemm.launch");
     return;
   }
   if (k_dim != r) {
@@ -2001,6 +2003,7 @@ void ReconstructParts(Context& ctx, const Calibration& c, const DeviceCalibratio
   }
   LaunchDequantize(plan, parts, s.dq.ptr, dq_ld, s, ctx.stream);
   prof.mark(keys ? "k.dequantize" : "v.dequantize");
+  prof.lap(keys ? "k.dequantize.launch" : "v.dequantize.launch");
   if (r > 0) {
     // Row-major X[T, p] = D[T, r] V[:, :r]^T  <=>  column-major X^T = V[:, :r] D^T, where the
     // stored row-major V[p, R] is column-major V^T (R x p): op T selects its first r rows.
@@ -2021,6 +2024,7 @@ void ReconstructParts(Context& ctx, const Calibration& c, const DeviceCalibratio
     KVTC_CUDA_CALL(cudaMemsetAsync(s.xf.ptr, 0, size_t(tokens) * p * 4, ctx.stream));
   }
   prof.mark(keys ? "k.gemm" : "v.gemm");
+  prof.lap(keys ? "k.gemm.launch" : "v.gemm.launch");
 }
 
 // Where one part of a stream's reconstruction goes (FinishParts): its rows [lo, hi) of `tokens`,
@@ -2563,17 +2567,6 @@ struct DecodeSlots {
 };
 DecodeSlot& DecodeSlotBuffers(int slot) { return OfCurrentDevice<DecodeSlots>().s[slot]; }
 
-// Stages a section's chunks (ParallelCopyChunksCrc) and returns the section's CRC32C from what
-// the copy read: a raw section is its one chunk; a coded one's chunks follow its chunk table.
-uint32_t StagedSectionCrc(uint8_t* staging, const uint8_t* record, const std::vector<size_t>& dst_off,
-                          const std::vector<size_t>& src_off, const std::vector<size_t>& sizes, const Section& sec,
-                          const CodedChunks* coded) {
-  const uint32_t chunks = ParallelCopyChunksCrc(staging, dst_off.data(), record, src_off.data(), sizes.data(),
-                                                sizes.size());
-  const size_t table = !coded ? 0 : coded->src.empty() ? sec.stored_bytes : coded->src[0];
-  return Crc32cCombine(Crc32c(record + sec.offset, table), chunks, sec.stored_bytes - table);
-}
-
 // One stream's coded sections of the flight (CodedParts; in section mode the one just inflated),
 // inflated into their payloads: their reconstruction into the slot's scratch.
 void ReconstructCoded(Context& ctx, const Calibration& c, const DeviceCalibration& dev, const DecodeFlight& f,
@@ -2657,7 +2650,9 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
   // declares at most stored_bytes / 8 chunks (ParseChunkTable refuses more).
   size_t image_bytes = 0, payload_total = 0;
   bool any_staged = false;
-  for (DecodeRecord& r : f.records) {
+  std::vector<std::vector<size_t>> reserve(count);  // per record and section: its image bytes
+  for (size_t k = 0; k < count; ++k) {
+    DecodeRecord& r = f.records[k];
     const RecordHeader& h = r.h;
     r.direct = IsPageLocked(r.item.record);
     for (const Section& s : h.sections) r.direct &= s.encoding != SectionEncoding::kDeflateChunks;
@@ -2666,24 +2661,39 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
     const size_t n_sections = h.sections.size();
     r.image_at.assign(n_sections, 0);
     r.payload_at.assign(n_sections, 0);
+    reserve[k].assign(n_sections, 0);
     for (size_t i = 0; i < n_sections; ++i) {
       const Section& s = h.sections[i];
-      r.image_at[i] = image_bytes;
-      size_t reserve = (s.stored_bytes + 15) / 16 * 16;
+      reserve[k][i] = (s.stored_bytes + 15) / 16 * 16;
       if (IsCoded(s.encoding)) {
         if (!r.direct && s.stored_bytes >= 4) {
           uint32_t declared = 0;
           std::memcpy(&declared, r.item.record + s.offset, 4);
-          reserve += 16 * std::min<size_t>(declared, s.stored_bytes / 8);
+          reserve[k][i] += 16 * std::min<size_t>(declared, s.stored_bytes / 8);
         }
         r.payload_at[i] = payload_total;
         payload_total += (PayloadBytes(IsKeys(s) ? plan.keys : plan.values, s.token_count) + 255) / 256 * 256;
       }
-      image_bytes += reserve;
+      image_bytes += reserve[k][i];
     }
     r.coded.assign(n_sections, CodedChunks{});
     r.targets.assign(n_sections, InflateTarget{});
     r.inflated.assign(n_sections, InflateLaunch{});
+  }
+  // Coded sections first (keys, then values, record by record), the raw sink and window rows after
+  // them: the raw rows are only written by FinishDecode, so their staging overlaps the device's
+  // reconstruction instead of delaying it. The image holds the sections in this order, so that
+  // consecutive sections are one range of it.
+  std::vector<std::pair<size_t, size_t>> order;  // (record, section)
+  for (const bool coded_pass : {true, false})
+    for (size_t k = 0; k < count; ++k)
+      for (size_t i = 0; i < f.records[k].h.sections.size(); ++i)
+        if (IsCoded(f.records[k].h.sections[i].encoding) == coded_pass) order.emplace_back(k, i);
+  size_t n_coded = 0, at = 0;
+  for (const auto& [k, i] : order) {
+    n_coded += IsCoded(f.records[k].h.sections[i].encoding);
+    f.records[k].image_at[i] = at;
+    at += reserve[k][i];
   }
   prof.lap("staging plan");
   DecodeSlot& buf = DecodeSlotBuffers(slot);
@@ -2701,105 +2711,167 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
   };
   // The slot's image is free once the writes of the slot's previous group have run.
   KVTC_CUDA_CALL(cudaStreamWaitEvent(ctx.copy, ctx.slot_free[slot], 0));
-  // Coded sections first (keys, then values, record by record), the raw sink and window rows after
-  // them: the raw rows are only written by FinishDecode, so their staging overlaps the device's
-  // reconstruction instead of delaying it. Each coded section's chunk table is read just before it
-  // is staged, and (section mode) its device work is queued as soon as it is on the device: the
-  // values' table and staging overlap the keys' inflation. A table that fails its checks is
-  // reported as the CRC mismatch it may be, the CPU decoder's order (CRCs, then chunk tables).
-  std::vector<std::pair<size_t, size_t>> order;  // (record, section)
-  for (const bool coded_pass : {true, false})
-    for (size_t k = 0; k < count; ++k)
-      for (size_t i = 0; i < f.records[k].h.sections.size(); ++i)
-        if (IsCoded(f.records[k].h.sections[i].encoding) == coded_pass) order.emplace_back(k, i);
-  size_t n_coded = 0;
-  for (const auto& [k, i] : order) n_coded += IsCoded(f.records[k].h.sections[i].encoding);
-  std::vector<size_t> src_off, dst_off, sizes;
-  for (size_t o = 0; o < order.size(); ++o) {
-    DecodeRecord& r = f.records[order[o].first];
-    const size_t i = order[o].second;
-    const uint8_t* record = r.item.record;
+  // A coded section's chunk table. One that fails its checks is reported as the CRC mismatch it
+  // may be, the CPU decoder's order (CRCs, then chunk tables).
+  auto read_table = [&](DecodeRecord& r, size_t i) {
     const Section& sec = r.h.sections[i];
     const PlanPair& plan = c.plans[r.h.plan_id];
-    const bool keys = IsKeys(sec), coded = IsCoded(sec.encoding);
-    const size_t begin = r.image_at[i];
-    if (coded) {
-      try {
-        r.coded[i] = ParseCodedSection(record, sec, PayloadBytes(keys ? plan.keys : plan.values, sec.token_count));
-      } catch (const Error&) {
-        fail();
-        VerifySections(r.h, record);
-        throw;
-      }
-      prof.lap(keys ? "k.table" : "v.table");
+    try {
+      r.coded[i] = ParseCodedSection(r.item.record, sec,
+                                     PayloadBytes(IsKeys(sec) ? plan.keys : plan.values, sec.token_count));
+    } catch (const Error&) {
+      fail();
+      VerifySections(r.h, r.item.record);
+      throw;
     }
-    CodedChunks& cc = r.coded[i];
-    src_off.clear();
-    dst_off.clear();
-    sizes.clear();
-    size_t end = begin;
-    auto stage = [&](size_t src, size_t n) {
-      src_off.push_back(src);
-      dst_off.push_back(end);
-      sizes.push_back(n);
-      end += (n + 15) / 16 * 16;
+    prof.lap(IsKeys(sec) ? "k.table" : "v.table");
+  };
+  // Where a section's bytes go in the image: a raw or page-locked one as it is, a staged coded
+  // one chunk by chunk at 16-byte aligned offsets (cc.staged); the pieces to copy (record
+  // offsets, image offsets, sizes) and the end of its range.
+  struct Pieces {
+    std::vector<size_t> src_off, dst_off, sizes;
+    size_t end = 0;
+  };
+  auto place = [&](DecodeRecord& r, size_t i) {
+    const Section& sec = r.h.sections[i];
+    const bool coded = IsCoded(sec.encoding);
+    Pieces ps;
+    ps.end = r.image_at[i];
+    auto piece = [&](size_t src, size_t n) {
+      ps.src_off.push_back(src);
+      ps.dst_off.push_back(ps.end);
+      ps.sizes.push_back(n);
+      ps.end += (n + 15) / 16 * 16;
     };
-    if (r.direct || !coded) stage(sec.offset, sec.stored_bytes);
+    if (r.direct || !coded) piece(sec.offset, sec.stored_bytes);
     if (coded) {
+      CodedChunks& cc = r.coded[i];
       cc.staged.resize(cc.raw.size());
       for (size_t j = 0; j < cc.raw.size(); ++j) {
         if (r.direct) {
-          cc.staged[j] = begin + cc.src[j];
+          cc.staged[j] = r.image_at[i] + cc.src[j];
         } else {
-          cc.staged[j] = end;
-          stage(cc.section_offset + cc.src[j], cc.stored[j]);
+          cc.staged[j] = ps.end;
+          piece(cc.section_offset + cc.src[j], cc.stored[j]);
         }
       }
-    }
-    if (r.direct) {
-      // The DMA starts at once; the host checks the section's CRC while it runs, before any
-      // kernel reads the bytes. Measured on an H200 (run m, call 36, 8B shape 8K batch 1): a
-      // CRC pass over the whole record before the first copy held the restore back 1.09 ms.
-      KVTC_CUDA_CALL(cudaMemcpyAsync(buf.image.ptr + begin, record + sec.offset, sec.stored_bytes,
-                                     cudaMemcpyHostToDevice, ctx.copy));
-      if (Crc32cParallel(record + sec.offset, sec.stored_bytes) != sec.crc32c) {
-        fail();
-        KVTC_CHECK(false, kRecordCorrupt, "section " << i << " CRC32C mismatch");
-      }
-    } else {
-      // One copy per section: staging in 4 MiB pieces, each sent as soon as staged, measured
-      // slower on an H200 (2026-11-30, 8B shape 8K: 76.7 / 108.2 GB/s against 84.9 / 125.6) and
-      // again no faster in run l (call 33: decode 181.4 / 192.1 against 188.1 / 189.8 at batch 1).
-      if (StagedSectionCrc(buf.staging.ptr, record, dst_off, src_off, sizes, sec, coded ? &cc : nullptr) !=
-          sec.crc32c) {
-        fail();
-        KVTC_CHECK(false, kRecordCorrupt, "section " << i << " CRC32C mismatch");
-      }
-      KVTC_CUDA_CALL(cudaMemcpyAsync(buf.image.ptr + begin, buf.staging.ptr + begin, end - begin,
-                                     cudaMemcpyHostToDevice, ctx.copy));
-    }
-    prof.lap(keys ? "k.stage" : "v.stage");
-    if (coded) {
       r.targets[i] = {&cc, s0.payload.ptr + r.payload_at[i]};
-      if (!f.one_inflate) {
-        // Section mode (a record alone): this section inflates and reconstructs now.
-        KVTC_CUDA_CALL(cudaEventRecord(ctx.staged[slot], ctx.copy));
-        KVTC_CUDA_CALL(cudaStreamWaitEvent(ctx.stream, ctx.staged[slot], 0));
-        r.inflated[i] = LaunchInflate(ctx, Scratch(slot, keys ? 0 : 1), {r.targets[i]}, buf.image.ptr, s0.payload.ptr);
-        prof.mark(keys ? "k.inflate" : "v.inflate");
-        prof.lap(keys ? "k.launch" : "v.launch");
-        ReconstructCoded(ctx, c, dev, f, keys, prof);
-      }
     }
-    if (f.one_inflate && o + 1 == n_coded) {
-      // Every coded section of the group is staged: one inflation for all of them, then one
-      // reconstruction per stream.
+    return ps;
+  };
+  // A page-locked record's section: the DMA starts at once; the host checks the section's CRC
+  // while it runs, before any kernel reads the bytes. Measured on an H200 (run m, call 36, 8B
+  // shape 8K batch 1): a CRC pass over the whole record before the first copy held the restore
+  // back 1.09 ms.
+  auto send_direct = [&](const DecodeRecord& r, size_t i) {
+    const Section& sec = r.h.sections[i];
+    KVTC_CUDA_CALL(cudaMemcpyAsync(buf.image.ptr + r.image_at[i], r.item.record + sec.offset, sec.stored_bytes,
+                                   cudaMemcpyHostToDevice, ctx.copy));
+    if (Crc32cParallel(r.item.record + sec.offset, sec.stored_bytes) != sec.crc32c) {
+      fail();
+      KVTC_CHECK(false, kRecordCorrupt, "section " << i << " CRC32C mismatch");
+    }
+  };
+  // A staged section's CRC32C from its table's bytes and the CRC its chunks' copy computed.
+  auto staged_crc = [&](const DecodeRecord& r, size_t i, uint32_t chunks_crc) {
+    const Section& sec = r.h.sections[i];
+    const CodedChunks* cc = IsCoded(sec.encoding) ? &r.coded[i] : nullptr;
+    const size_t table = !cc ? 0 : cc->src.empty() ? sec.stored_bytes : cc->src[0];
+    return Crc32cCombine(Crc32c(r.item.record + sec.offset, table), chunks_crc, sec.stored_bytes - table);
+  };
+  // Every coded section is on the device (or on its way, before `staged`): one inflation for all
+  // of them, then one reconstruction per stream.
+  auto inflate_all = [&]() {
+    KVTC_CUDA_CALL(cudaEventRecord(ctx.staged[slot], ctx.copy));
+    KVTC_CUDA_CALL(cudaStreamWaitEvent(ctx.stream, ctx.staged[slot], 0));
+    f.whole = LaunchInflate(ctx, s0, CodedTargets(f), buf.image.ptr, s0.payload.ptr);
+    prof.mark("inflate");
+    prof.lap("inflate.launch");
+    ReconstructCoded(ctx, c, dev, f, /*keys=*/true, prof);
+    ReconstructCoded(ctx, c, dev, f, /*keys=*/false, prof);
+  };
+  if (!f.one_inflate) {
+    // Section mode (a record alone): each section staged and sent in turn, a coded one inflated
+    // and reconstructed as soon as it is on the device, so the values' table and staging overlap
+    // the keys' inflation.
+    for (const auto& [k, i] : order) {
+      DecodeRecord& r = f.records[k];
+      const Section& sec = r.h.sections[i];
+      const bool keys = IsKeys(sec), coded = IsCoded(sec.encoding);
+      if (coded) read_table(r, i);
+      const Pieces ps = place(r, i);
+      if (r.direct) {
+        send_direct(r, i);
+      } else {
+        // One copy per section: staging in 4 MiB pieces, each sent as soon as staged, measured
+        // slower on an H200 (2026-11-30, 8B shape 8K: 76.7 / 108.2 GB/s against 84.9 / 125.6) and
+        // again no faster in run l (call 33: decode 181.4 / 192.1 against 188.1 / 189.8 at batch 1).
+        const uint32_t chunks_crc = ParallelCopyChunksCrc(buf.staging.ptr, ps.dst_off.data(), r.item.record,
+                                                          ps.src_off.data(), ps.sizes.data(), ps.sizes.size());
+        if (staged_crc(r, i, chunks_crc) != sec.crc32c) {
+          fail();
+          KVTC_CHECK(false, kRecordCorrupt, "section " << i << " CRC32C mismatch");
+        }
+        KVTC_CUDA_CALL(cudaMemcpyAsync(buf.image.ptr + r.image_at[i], buf.staging.ptr + r.image_at[i],
+                                       ps.end - r.image_at[i], cudaMemcpyHostToDevice, ctx.copy));
+      }
+      prof.lap(keys ? "k.stage" : "v.stage");
+      if (!coded) continue;
       KVTC_CUDA_CALL(cudaEventRecord(ctx.staged[slot], ctx.copy));
       KVTC_CUDA_CALL(cudaStreamWaitEvent(ctx.stream, ctx.staged[slot], 0));
-      f.whole = LaunchInflate(ctx, s0, CodedTargets(f), buf.image.ptr, s0.payload.ptr);
-      prof.mark("inflate");
-      ReconstructCoded(ctx, c, dev, f, /*keys=*/true, prof);
-      ReconstructCoded(ctx, c, dev, f, /*keys=*/false, prof);
+      r.inflated[i] = LaunchInflate(ctx, Scratch(slot, keys ? 0 : 1), {r.targets[i]}, buf.image.ptr, s0.payload.ptr);
+      prof.mark(keys ? "k.inflate" : "v.inflate");
+      prof.lap(keys ? "k.launch" : "v.launch");
+      ReconstructCoded(ctx, c, dev, f, keys, prof);
+    }
+  } else {
+    // A group: every chunk table first, then the sections staged in waves of about 4 MiB, each
+    // wave's copies and CRCs over all threads at once (ParallelCopyChunksCrcMany) and sent as one
+    // copy, the inflation queued after the wave holding the last coded section.
+    for (size_t o = 0; o < n_coded; ++o) read_table(f.records[order[o].first], order[o].second);
+    std::vector<Pieces> pieces(order.size());
+    for (size_t o = 0; o < order.size(); ++o) pieces[o] = place(f.records[order[o].first], order[o].second);
+    constexpr size_t kWave = size_t(4) << 20;
+    for (size_t lo = 0; lo < order.size();) {
+      size_t hi = lo, bytes = 0;
+      // A wave never holds both coded and raw sections: the inflation follows the last coded one.
+      while (hi < order.size() && (hi == lo || (bytes < kWave && (hi < n_coded) == (lo < n_coded)))) {
+        bytes += f.records[order[hi].first].h.sections[order[hi].second].stored_bytes;
+        ++hi;
+      }
+      std::vector<ChunkCopy> copies;
+      std::vector<size_t> copied;  // order index of each staged section
+      for (size_t o = lo; o < hi; ++o) {
+        DecodeRecord& r = f.records[order[o].first];
+        if (r.direct) {
+          send_direct(r, order[o].second);
+          continue;
+        }
+        const Pieces& ps = pieces[o];
+        copies.push_back({buf.staging.ptr, ps.dst_off.data(), r.item.record, ps.src_off.data(), ps.sizes.data(),
+                          ps.sizes.size()});
+        copied.push_back(o);
+      }
+      ParallelCopyChunksCrcMany(copies.data(), copies.size());
+      for (size_t j = 0; j < copied.size(); ++j) {
+        const auto [k, i] = order[copied[j]];
+        if (staged_crc(f.records[k], i, copies[j].crc) != f.records[k].h.sections[i].crc32c) {
+          fail();
+          KVTC_CHECK(false, kRecordCorrupt, "record " << first + k << " section " << i << " CRC32C mismatch");
+        }
+      }
+      // The staged sections as ranges of the image, consecutive ones merged into one copy.
+      for (size_t j = 0; j < copied.size();) {
+        const size_t begin = f.records[order[copied[j]].first].image_at[order[copied[j]].second];
+        size_t end = pieces[copied[j]].end;
+        for (++j; j < copied.size() && copied[j] == copied[j - 1] + 1; ++j) end = pieces[copied[j]].end;
+        KVTC_CUDA_CALL(cudaMemcpyAsync(buf.image.ptr + begin, buf.staging.ptr + begin, end - begin,
+                                       cudaMemcpyHostToDevice, ctx.copy));
+      }
+      prof.lap(lo < n_coded ? "coded.stage" : "raw.stage");
+      if (hi == n_coded) inflate_all();
+      lo = hi;
     }
   }
   // The raw rows' copies, last on the copy stream, come before FinishDecode's writes.
@@ -2860,12 +2932,27 @@ void FinishDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
   prof.lap("finish.launch");
 }
 
+// Coded tokens up to which consecutive records are decoded as one group: KVTC_DECODE_FUSE_TOKENS,
+// by default FuseTokens().
+uint32_t DecodeFuseTokens() {
+  static const uint32_t tokens = [] {
+    const char* v = std::getenv("KVTC_DECODE_FUSE_TOKENS");
+    if (!v || !*v) return FuseTokens();
+    char* end = nullptr;
+    const unsigned long n = std::strtoul(v, &end, 10);
+    KVTC_CHECK(*end == 0 && n <= (1u << 24), kInvalidArgument,
+               "KVTC_DECODE_FUSE_TOKENS must be a token count up to 2^24 but is '" << v << "'");
+    return uint32_t(n);
+  }();
+  return tokens;
+}
+
 // Consecutive records as decode groups ({first, count}): same plan and dtype (each record's header
 // read first; a bad one fails the batch before any device work), at most FuseTokens() coded
 // tokens together (a longer record alone). KVTC_FUSE_TOKENS=0: every record alone.
 std::vector<std::pair<size_t, size_t>> DecodeGroups(const std::vector<DecodeItem>& items) {
   std::vector<std::pair<size_t, size_t>> groups;
-  const uint64_t limit = FuseTokens();
+  const uint64_t limit = DecodeFuseTokens();
   uint64_t tokens = 0;
   uint16_t lead_plan = 0;
   KvDtype lead_dtype = KvDtype::kBfloat16;
@@ -3233,9 +3320,14 @@ BenchFigures Bench(const Calibration& c, const DeviceCalibration& dev, const uin
   // bounded at one group, or one 32K-token sequence of the 8B shape).
   const PlanPair& plan = c.plans[plan_id];
   const uint32_t m = fig.coded_tokens;
-  std::map<uint32_t, uint32_t> group_counts;  // coded tokens of a group -> groups of that size
-  for (const auto& g : FuseGroups(std::vector<EncodeJob>(batch, job))) ++group_counts[uint32_t(g.second) * m];
-  const uint32_t rows_max = std::max<uint32_t>(group_counts.rbegin()->first, 1);
+  // coded tokens of a group -> groups of that size, each direction's (the decode's from the records)
+  std::map<uint32_t, uint32_t> group_counts[2];
+  for (const auto& g : FuseGroups(std::vector<EncodeJob>(batch, job))) ++group_counts[1][uint32_t(g.second) * m];
+  std::vector<DecodeItem> decoded(batch);
+  for (uint32_t b = 0; b < batch; ++b) decoded[b] = {records[b].data.get(), records[b].size};
+  for (const auto& g : DecodeGroups(decoded)) ++group_counts[0][uint32_t(g.second) * m];
+  const uint32_t rows_max =
+      std::max({group_counts[0].rbegin()->first, group_counts[1].rbegin()->first, uint32_t(1)});
   DeviceBuffer<__nv_bfloat16> a(size_t(rows_max) * p);
   DeviceBuffer<float> out(size_t(PadFp8(rows_max)) * p);  // fp8: rows padded to 16
   KVTC_CUDA_CALL(cudaMemset(a.ptr, 0, a.count * 2));
@@ -3260,7 +3352,7 @@ BenchFigures Bench(const Calibration& c, const DeviceCalibration& dev, const uin
   // Seconds of the pipeline's GEMMs: gemms(encode_dir, rows) timed once per group size.
   auto over_groups = [&](auto&& gemms, bool encode_dir) {
     double total = 0;
-    for (const auto& g : group_counts) total += g.second * timed([&] { gemms(encode_dir, g.first); });
+    for (const auto& g : group_counts[encode_dir]) total += g.second * timed([&] { gemms(encode_dir, g.first); });
     return total;
   };
   // The bf16 GEMMs of both streams, in the pipeline's own dimensions and output types (the decode's

@@ -254,6 +254,11 @@ export interface NativeAddon {
       data: Uint8Array,
       o: { srcOffsets: number[]; dstOffsets: number[]; sizes: number[]; dstBytes: number },
     ): { copy: Buffer; crc: number };
+    /** copyChunksCrc32c of every list in one parallel pass: host_copy.h ParallelCopyChunksCrcMany. */
+    copyChunksCrc32cMany(
+      data: Uint8Array,
+      lists: { srcOffsets: number[]; dstOffsets: number[]; sizes: number[]; dstBytes: number }[],
+    ): { copy: Buffer; crc: number }[];
     round(x: Float32Array, to: 'float16' | 'bfloat16' | 'fp8'): Float32Array;
     quantizeCuda?(d: Float32Array, o: { tokens: number; plan: NativePlan }): Buffer;
     dequantizeCuda?(payload: Uint8Array, o: { tokens: number; plan: NativePlan }): Float32Array;

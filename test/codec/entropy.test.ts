@@ -205,6 +205,33 @@ t.test('CRC32C test vectors', async (t) => {
     { code: 'ERR_KVTC_INTERNAL' },
     'chunks with a gap between them in the source are refused',
   );
+  // Many lists in one pass (a decode group's sections): each list's copy and span CRC as alone, for
+  // spans below and past the parallel cut, an empty list among them.
+  const lists = [
+    { start: 3, sizes: [100, 7, 5000] },
+    { start: 2 ** 20 + 1, sizes: [2 ** 18 + 5, 16 * 1024, 2 ** 19 + 9] },
+    { start: 77, sizes: [] },
+    { start: 5 * 2 ** 20, sizes: [4096] },
+  ].map(({ start, sizes }) => {
+    const srcOffsets: number[] = [],
+      dstOffsets: number[] = [];
+    let at = start,
+      dst = 0;
+    for (const n of sizes) {
+      srcOffsets.push(at);
+      dstOffsets.push(dst);
+      at += n;
+      dst += n + 16 - (n % 16);
+    }
+    return { srcOffsets, dstOffsets, sizes, dstBytes: dst, span: big.subarray(start, at) };
+  });
+  const staged = native.stages.copyChunksCrc32cMany(big, lists);
+  t.equal(staged.length, lists.length);
+  for (const [i, l] of lists.entries()) {
+    const alone = native.stages.copyChunksCrc32c(big, l);
+    t.ok(staged[i]!.copy.equals(alone.copy), `list ${i}: the same copy as alone`);
+    t.equal(staged[i]!.crc, l.sizes.length ? ref(l.span) : 0, `list ${i}: the CRC of its span`);
+  }
   // The fused copy + CRC pass (CUDA record assembly) at sizes below, at and past its 512 KiB cut.
   for (const n of [0, 1, 2 ** 19 - 1, 2 ** 19, 2 ** 19 + 2 ** 18 + 3, 3 * 2 ** 20 + 7, big.length]) {
     const { copy, crc } = native.stages.copyCrc32c(big.subarray(0, n));

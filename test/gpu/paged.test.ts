@@ -329,7 +329,7 @@ test('paged: many records in one job (grouped on the device) restore like one re
       {
         targets: [
           { blockIds: [10, 11], firstSlot: 0, tokens: 9, recordOffset: 3, recordTokens: 12 },
-          { blockIds: [12], firstSlot: 1, tokens: 4 },
+          { blockIds: [12], firstSlot: 0, tokens: 5, recordOffset: 4, recordTokens: 9 },
         ],
         sources: [1, 0],
       },

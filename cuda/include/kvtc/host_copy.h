@@ -34,4 +34,18 @@ void ParallelCopyChunks(uint8_t* dst, const size_t* dst_off, const uint8_t* src,
 uint32_t ParallelCopyChunksCrc(uint8_t* dst, const size_t* dst_off, const uint8_t* src, const size_t* src_off,
                                const size_t* size, size_t n);
 
+// Many ParallelCopyChunksCrc in one parallel loop (a decode group's sections): every copy's
+// source span in 256 KiB blocks, the blocks of all copies over the threads; each copy's `crc` is
+// the CRC32C of its source span (0 for a copy of no chunks).
+struct ChunkCopy {
+  uint8_t* dst = nullptr;
+  const size_t* dst_off = nullptr;
+  const uint8_t* src = nullptr;
+  const size_t* src_off = nullptr;
+  const size_t* size = nullptr;
+  size_t n = 0;
+  uint32_t crc = 0;  // out
+};
+void ParallelCopyChunksCrcMany(ChunkCopy* copies, size_t n);
+
 }  // namespace kvtc
