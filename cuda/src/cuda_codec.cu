@@ -2828,7 +2828,10 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
   } else {
     // A group: every chunk table first, then the sections staged in waves of about 4 MiB, each
     // wave's copies and CRCs over all threads at once (ParallelCopyChunksCrcMany) and sent as one
-    // copy, the inflation queued after the wave holding the last coded section.
+    // copy (a page-locked record's sections by their own DMA, checksummed together while it runs:
+    // CopyCrcMany), the inflation queued after the wave holding the last coded section. On an H200
+    // (run p, call 58, 8B shape, 256-token records x 32): 147.9 GB/s against 113.8 staged a
+    // section at a time (call 57).
     for (size_t o = 0; o < n_coded; ++o) read_table(f.records[order[o].first], order[o].second);
     std::vector<Pieces> pieces(order.size());
     for (size_t o = 0; o < order.size(); ++o) pieces[o] = place(f.records[order[o].first], order[o].second);
@@ -2842,10 +2845,16 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
       }
       std::vector<ChunkCopy> copies;
       std::vector<size_t> copied;  // order index of each staged section
+      std::vector<CopyCrcJob> checked;  // page-locked sections: sent at once, checksummed together
+      std::vector<size_t> sent;
       for (size_t o = lo; o < hi; ++o) {
         DecodeRecord& r = f.records[order[o].first];
         if (r.direct) {
-          send_direct(r, order[o].second);
+          const Section& sec = r.h.sections[order[o].second];
+          KVTC_CUDA_CALL(cudaMemcpyAsync(buf.image.ptr + r.image_at[order[o].second], r.item.record + sec.offset,
+                                         sec.stored_bytes, cudaMemcpyHostToDevice, ctx.copy));
+          checked.push_back({const_cast<uint8_t*>(r.item.record + sec.offset), nullptr, sec.stored_bytes});
+          sent.push_back(o);
           continue;
         }
         const Pieces& ps = pieces[o];
@@ -2854,6 +2863,14 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
         copied.push_back(o);
       }
       ParallelCopyChunksCrcMany(copies.data(), copies.size());
+      CopyCrcMany(checked.data(), checked.size());
+      for (size_t j = 0; j < sent.size(); ++j) {
+        const auto [k, i] = order[sent[j]];
+        if (checked[j].crc != f.records[k].h.sections[i].crc32c) {
+          fail();
+          KVTC_CHECK(false, kRecordCorrupt, "record " << first + k << " section " << i << " CRC32C mismatch");
+        }
+      }
       for (size_t j = 0; j < copied.size(); ++j) {
         const auto [k, i] = order[copied[j]];
         if (staged_crc(f.records[k], i, copies[j].crc) != f.records[k].h.sections[i].crc32c) {

@@ -9,6 +9,15 @@ import assert from 'node:assert/strict';
 
 import { decode, encode } from '../../src/codec/codec.js';
 import { loadNative } from '../../src/codec/native.js';
+import {
+  allocateKv,
+  decodePagedMany,
+  encodePagedMany,
+  readKv,
+  releaseKv,
+  writeKv,
+  type PagedLayout,
+} from '../../src/codec/paged.js';
 import { smallRecordFixture } from '../helpers/calibration.js';
 import { gpuSkip } from '../helpers/gpu.js';
 
@@ -48,3 +57,63 @@ test('page-locked records restore directly, and a corrupt one is refused', { ski
     }
   }
 });
+
+test(
+  'a group of page-locked and pageable records restores as the group staged, and a corrupt one is refused',
+  {
+    skip: gpuSkip,
+  },
+  async () => {
+    const { cal } = await smallRecordFixture();
+    // The fixture's model: 2 layers, 2 KV heads of 8. flash_attn layout, float32.
+    const [L, H, D, N, B] = [2, 2, 8, 12, 16];
+    const layout: PagedLayout = {
+      numBlocks: N,
+      blockSize: B,
+      kvHeads: H,
+      headDim: D,
+      dtype: 'float32',
+      strides: [N * B * H * D, B * H * D, H * D, D, 1],
+    };
+    const source = allocateKv(0, L, layout);
+    const regions = [source];
+    try {
+      const flat = Float32Array.from({ length: L * 2 * N * B * H * D }, (_, i) => Math.sin(i * 0.13) + (i % 3) * 0.1);
+      writeKv(source, new Uint8Array(flat.buffer));
+      const spans = [
+        { blockIds: [0, 1], firstSlot: 0, tokens: 32 },
+        { blockIds: [2, 3], firstSlot: 0, tokens: 32 },
+        { blockIds: [4, 5], firstSlot: 3, tokens: 20 },
+      ];
+      const options = spans.map((_, i) => ({ planId: 0, tokenStart: i * 32, windowTokens: 0 }));
+      const recs = await encodePagedMany(cal, source, spans, options);
+      assert.ok(
+        recs.every((r) => native.stages.pageLockedCuda!(r)),
+        'the records are page-locked',
+      );
+      const restore = async (records: Uint8Array[]) => {
+        const region = allocateKv(0, L, layout);
+        regions.push(region);
+        await decodePagedMany(cal, region, spans, records);
+        return readKv(region);
+      };
+      const staged = await restore(recs.map((r) => Buffer.from(r)));
+      assert.equal(
+        Buffer.compare(await restore(recs), staged),
+        0,
+        'page-locked records: the bytes of the group staged',
+      );
+      const mixed = await restore([recs[0]!, Buffer.from(recs[1]!), recs[2]!]);
+      assert.equal(Buffer.compare(mixed, staged), 0, 'page-locked and pageable records in one group');
+      const bad = recs[2]!;
+      bad[bad.length - 2]! ^= 0x10;
+      const region = allocateKv(0, L, layout);
+      regions.push(region);
+      const before = readKv(region);
+      await assert.rejects(decodePagedMany(cal, region, spans, recs), { code: 'ERR_KVTC_RECORD_CORRUPT' });
+      assert.equal(Buffer.compare(before, readKv(region)), 0, 'no block written');
+    } finally {
+      for (const r of regions) releaseKv(r);
+    }
+  },
+);
