@@ -1312,6 +1312,39 @@ struct SlotScratch {
 };
 StreamScratch& Scratch(int slot, int which) { return OfCurrentDevice<SlotScratch>().s[slot][which]; }
 
+// The plan's group tables (small groups first, SmallGroupsFirst) of each of several sequences,
+// their planes placed by each one's token count, uploaded back to back into s.groups (and, for the
+// tile kernels, s.segments): sequence b's tables start at b * count (b * segments). What the jobs
+// of one quantize or dequantize launch point into.
+struct GroupTables {
+  size_t count = 0, small = 0, segments = 0;  // per sequence: groups, small ones, tile segments
+  uint32_t most = 0;                           // the most tokens of a sequence
+  bool tiles = false;                          // small groups in tiles (SmallGroupTiles)
+};
+GroupTables UploadGroupTables(const Plan& plan, const std::vector<uint32_t>& tokens, bool kept_only, StreamScratch& s,
+                              cudaStream_t stream) {
+  GroupTables t;
+  t.tiles = SmallGroupTiles();
+  std::vector<GroupDesc> all_groups;
+  std::vector<SmallSegment> all_segments;
+  for (const uint32_t n : tokens) {
+    std::vector<GroupDesc> groups = PlanDescs(plan, n, kept_only);
+    t.small = SmallGroupsFirst(groups);
+    t.count = groups.size();
+    if (t.small > 0 && t.tiles) {
+      const std::vector<SmallSegment> segments = SmallSegments(groups, t.small);
+      t.segments = segments.size();
+      all_segments.insert(all_segments.end(), segments.begin(), segments.end());
+    }
+    all_groups.insert(all_groups.end(), groups.begin(), groups.end());
+    t.most = std::max(t.most, n);
+  }
+  if (t.count == 0 || t.most == 0) return t;
+  UploadAsync(s.groups, all_groups.data(), all_groups.size(), stream);
+  if (!all_segments.empty()) UploadAsync(s.segments, all_segments.data(), all_segments.size(), stream);
+  return t;
+}
+
 // One sequence of a dequantize launch: `tokens` coefficient rows from `payload` (device), written
 // from row `row` of the output.
 struct DequantizeTarget {
@@ -1327,30 +1360,17 @@ void LaunchDequantize(const Plan& plan, const std::vector<DequantizeTarget>& tar
   // Small groups one thread per token (DequantizeSmallKernel), as they were quantized: measured
   // on an H200 (2026-11-30, 8B shape 8K, KVTC_CUDA_PROFILE), 0.21 ms per stream against 0.71 with
   // the warp kernel for every group.
-  std::vector<GroupDesc> all_groups;
-  std::vector<SmallSegment> all_segments;
-  size_t ng = 0, small = 0, nseg = 0;
-  uint32_t most = 0;
-  const bool tiles = SmallGroupTiles();
-  for (const DequantizeTarget& t : targets) {
-    std::vector<GroupDesc> groups = PlanDescs(plan, t.tokens, /*kept_only=*/false);
-    small = SmallGroupsFirst(groups);
-    ng = groups.size();
-    if (small > 0 && tiles) {
-      const std::vector<SmallSegment> segments = SmallSegments(groups, small);
-      nseg = segments.size();
-      all_segments.insert(all_segments.end(), segments.begin(), segments.end());
-    }
-    all_groups.insert(all_groups.end(), groups.begin(), groups.end());
-    most = std::max(most, t.tokens);
-  }
+  std::vector<uint32_t> tokens;
+  for (const DequantizeTarget& t : targets) tokens.push_back(t.tokens);
+  const GroupTables gt = UploadGroupTables(plan, tokens, /*kept_only=*/false, s, stream);
+  const size_t ng = gt.count, small = gt.small, nseg = gt.segments;
+  const uint32_t most = gt.most;
+  const bool tiles = gt.tiles;
   if (ng == 0 || most == 0) return;
-  UploadAsync(s.groups, all_groups.data(), all_groups.size(), stream);
-  if (!all_segments.empty()) UploadAsync(s.segments, all_segments.data(), all_segments.size(), stream);
   std::vector<DequantizeJob> jobs(targets.size());
   for (size_t b = 0; b < targets.size(); ++b) {
     jobs[b] = {targets[b].payload, targets[b].tokens, s.groups.ptr + b * ng,
-               all_segments.empty() ? nullptr : s.segments.ptr + b * nseg, out + size_t(targets[b].row) * ld};
+               nseg ? s.segments.ptr + b * nseg : nullptr, out + size_t(targets[b].row) * ld};
   }
   UploadAsync(s.dequantize_jobs, jobs.data(), jobs.size(), stream);
   const unsigned z = unsigned(targets.size());
@@ -1475,30 +1495,17 @@ struct QuantizeTarget {
 // sequences have tables of the same length, their planes placed by their own token counts).
 void LaunchQuantize(Context& ctx, StreamScratch& s, const Plan& plan, const std::vector<QuantizeTarget>& targets,
                     uint32_t ld) {
-  std::vector<GroupDesc> all_groups;
-  std::vector<SmallSegment> all_segments;
-  size_t ng = 0, small = 0, nseg = 0;
-  uint32_t most = 0;
-  const bool tiles = SmallGroupTiles();
-  for (const QuantizeTarget& t : targets) {
-    std::vector<GroupDesc> groups = PlanDescs(plan, t.tokens, /*kept_only=*/true);
-    small = SmallGroupsFirst(groups);
-    ng = groups.size();
-    if (small > 0 && tiles) {
-      const std::vector<SmallSegment> segments = SmallSegments(groups, small);
-      nseg = segments.size();
-      all_segments.insert(all_segments.end(), segments.begin(), segments.end());
-    }
-    all_groups.insert(all_groups.end(), groups.begin(), groups.end());
-    most = std::max(most, t.tokens);
-  }
-  if (ng == 0 || targets.empty()) return;
-  UploadAsync(s.groups, all_groups.data(), all_groups.size(), ctx.stream);
-  if (!all_segments.empty()) UploadAsync(s.segments, all_segments.data(), all_segments.size(), ctx.stream);
+  std::vector<uint32_t> tokens;
+  for (const QuantizeTarget& t : targets) tokens.push_back(t.tokens);
+  const GroupTables gt = UploadGroupTables(plan, tokens, /*kept_only=*/true, s, ctx.stream);
+  const size_t ng = gt.count, small = gt.small, nseg = gt.segments;
+  const uint32_t most = gt.most;
+  const bool tiles = gt.tiles;
+  if (ng == 0 || most == 0) return;
   std::vector<QuantizeJob> jobs(targets.size());
   for (size_t b = 0; b < targets.size(); ++b) {
     jobs[b] = {s.d.ptr + size_t(targets[b].row) * ld, s.payload.ptr + targets[b].payload_at, targets[b].tokens,
-               s.groups.ptr + b * ng, all_segments.empty() ? nullptr : s.segments.ptr + b * nseg};
+               s.groups.ptr + b * ng, nseg ? s.segments.ptr + b * nseg : nullptr};
   }
   UploadAsync(s.quantize_jobs, jobs.data(), jobs.size(), ctx.stream);
   const unsigned z = unsigned(targets.size());
