@@ -3008,9 +3008,12 @@ std::vector<RecordHeader> DecodePipelined(const Calibration& c, const DeviceCali
   if (items.empty()) return out;
   const std::vector<std::pair<size_t, size_t>> groups = DecodeGroups(items);
   DecodeFlight flights[kSlots];
+  // Each group's profile is reported once the job is done: reporting it when its slot is reused
+  // waited for its last marks there and held the host back (the profiled pipeline ran serialized).
+  std::vector<std::unique_ptr<Profiler>> profiles;
   auto launch = [&](size_t g) {
     DecodeFlight& f = flights[g % kSlots];
-    if (g >= kSlots) f.prof->report("decode");  // with profiling on, waits for its last marks
+    if (g >= kSlots) profiles.push_back(std::move(f.prof));
     LaunchDecode(ctx, c, dev, items, groups[g].first, groups[g].second, int(g % kSlots), projection, f);
   };
   try {
@@ -3030,8 +3033,9 @@ std::vector<RecordHeader> DecodePipelined(const Calibration& c, const DeviceCali
   if (wait) KVTC_CUDA_CALL(cudaStreamSynchronize(ctx.stream));
   for (size_t g = groups.size() > kSlots ? groups.size() - kSlots : 0; g < groups.size(); ++g) {
     flights[g % kSlots].prof->lap("reconstruct");
-    flights[g % kSlots].prof->report("decode");
+    profiles.push_back(std::move(flights[g % kSlots].prof));
   }
+  for (const auto& p : profiles) p->report("decode");
   return out;
 }
 
