@@ -1289,7 +1289,7 @@ struct StreamScratch {
   DeviceBuffer<__nv_bfloat16> dq;
   // The fp8 projection's operands (cuda_fp8.cuh): the prologue's rows (encode) or the dequantized
   // coefficients (decode) in e4m3, and their per-token scales. xf_row_scale / xf_col_scale: the
-  // scales still to be applied to xf by FinishStream (null after a bf16 reconstruction).
+  // scales still to be applied to xf by FinishParts (null after a bf16 reconstruction).
   DeviceBuffer<__nv_fp8_e4m3> x8, dq8;
   DeviceBuffer<float> x_scale, dq_scale;
   const float* xf_row_scale = nullptr;
@@ -3342,8 +3342,8 @@ BenchFigures Bench(const Calibration& c, const DeviceCalibration& dev, const uin
     }
   }
   // Baselines in the same process: cuBLAS GEMMs of the pipeline's shapes, and a raw D2H copy.
-  // The pipeline runs one GEMM per fused group of sequences (FuseGroups; a sequence of more coded
-  // tokens than a group takes runs alone), so the baseline is the GEMM of each group's coded
+  // The pipeline runs one GEMM per fused group of sequences each way (FuseGroups, DecodeGroups; a
+  // sequence of more coded tokens than a group takes runs alone), so the baseline is the GEMM of each group's coded
   // tokens, groups of one size timed once and counted as often as they occur (device memory stays
   // bounded at one group, or one 32K-token sequence of the 8B shape).
   const PlanPair& plan = c.plans[plan_id];

@@ -54,7 +54,9 @@ RecordHeader DecodeToDevice(const Calibration& calibration, const DeviceCalibrat
                             size_t size, uint64_t expected_bytes, void* keys_out, void* values_out,
                             Projection projection = Projection::kBf16);
 
-// Several records into device memory, sequence b staged and inflated while b - 1 is reconstructed.
+// Several records into device memory: records of few tokens in groups (one inflate launch and one
+// GEMM per stream for up to 2048 coded tokens, KVTC_FUSE_TOKENS / KVTC_DECODE_FUSE_TOKENS), group
+// g + 1 staged and reconstructed while group g is checked and written. A bad record fails the call.
 struct DeviceDecodeJob {
   const uint8_t* record = nullptr;
   size_t size = 0;
