@@ -207,14 +207,22 @@ class BlockSpan:
     window_tokens: int | None = None
 
 
-def _span_fields(s: BlockSpan) -> dict[str, Any]:
-    fields: dict[str, Any] = {
-        "key": s.key,
-        "block_ids": [int(b) for b in s.block_ids],
-        "tokens": s.tokens,
-        "token_start": s.token_start,
-        "first_slot": s.first_slot,
+def _blocks_fields(
+    key: str, block_ids: Sequence[int], tokens: int, first_slot: int
+) -> dict[str, Any]:
+    """The fields every block op shares; block ids as plain ints (msgpack cannot pack tensor
+    scalars)."""
+    return {
+        "key": key,
+        "block_ids": [int(b) for b in block_ids],
+        "tokens": tokens,
+        "first_slot": first_slot,
     }
+
+
+def _span_fields(s: BlockSpan) -> dict[str, Any]:
+    fields = _blocks_fields(s.key, s.block_ids, s.tokens, s.first_slot)
+    fields["token_start"] = s.token_start
     if s.ratio is not None:
         fields["ratio"] = s.ratio
     if s.window_tokens is not None:
@@ -240,12 +248,7 @@ class LoadSpan:
 
 
 def _load_fields(s: LoadSpan) -> dict[str, Any]:
-    fields: dict[str, Any] = {
-        "key": s.key,
-        "block_ids": [int(b) for b in s.block_ids],
-        "tokens": s.tokens,
-        "first_slot": s.first_slot,
-    }
+    fields = _blocks_fields(s.key, s.block_ids, s.tokens, s.first_slot)
     if s.skip_tokens:
         fields["skip_tokens"] = s.skip_tokens
     if s.record_tokens is not None:

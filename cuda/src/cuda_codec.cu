@@ -2460,6 +2460,17 @@ void FinishEncode(Context& ctx, const Calibration& c, std::vector<EncodeFlight>&
 // A decode in flight: checked, staged, inflated and reconstructed into scratch (LaunchDecode),
 // then checked and written into its target (FinishDecode, which leaves the writes running on the
 // job stream).
+// A token count from environment variable `name` (unset or empty: `fallback`), up to 2^24.
+uint32_t EnvTokens(const char* name, uint32_t fallback) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return fallback;
+  char* end = nullptr;
+  const unsigned long n = std::strtoul(v, &end, 10);
+  KVTC_CHECK(*end == 0 && n <= (1u << 24), kInvalidArgument,
+             name << " must be a token count up to 2^24 but is '" << v << "'");
+  return uint32_t(n);
+}
+
 // Coded tokens up to which consecutive sequences are fused into one group: one projection GEMM,
 // one quantize and one coder launch for all of them instead of a pipeline of small ones, groups
 // still pipelined over the slots (a group's records are read back and checksummed on the host
@@ -2468,28 +2479,15 @@ void FinishEncode(Context& ctx, const Calibration& c, std::vector<EncodeFlight>&
 // alone), 4096 and 2048 overlapped them (95.6, 98.5); 1K x 8: 167.3 at 2048 against 148.7 alone,
 // 140.2 at 4096. KVTC_FUSE_TOKENS sets it (0: every sequence alone, as before fusion).
 uint32_t FuseTokens() {
-  static const uint32_t tokens = [] {
-    const char* v = std::getenv("KVTC_FUSE_TOKENS");
-    if (!v || !*v) return 2048u;
-    char* end = nullptr;
-    const unsigned long n = std::strtoul(v, &end, 10);
-    KVTC_CHECK(*end == 0 && n <= (1u << 24), kInvalidArgument,
-               "KVTC_FUSE_TOKENS must be a token count up to 2^24 but is '" << v << "'");
-    return uint32_t(n);
-  }();
+  static const uint32_t tokens = EnvTokens("KVTC_FUSE_TOKENS", 2048);
   return tokens;
 }
 
 // What a decode is given: a record, the bytes it must decode to, and where its tokens go
 // (contiguous rows keys_out / values_out, or record tokens [record_offset, record_offset +
 // span_tokens) into a paged span).
-struct DecodeItem {
-  const uint8_t* record = nullptr;
-  size_t size = 0;
-  uint64_t expected_bytes = 0;
-  void* keys_out = nullptr;
-  void* values_out = nullptr;
-  const PagedRows* paged = nullptr;
+struct DecodeItem : DeviceDecodeJob {
+  const PagedRows* paged = nullptr;  // set: the tokens go into this span, not keys_out / values_out
   uint32_t record_offset = 0, span_tokens = 0;
 };
 
@@ -2767,18 +2765,21 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
     }
     return ps;
   };
-  // A page-locked record's section: the DMA starts at once; the host checks the section's CRC
-  // while it runs, before any kernel reads the bytes. Measured on an H200 (run m, call 36, 8B
-  // shape 8K batch 1): a CRC pass over the whole record before the first copy held the restore
-  // back 1.09 ms.
+  // A page-locked record's section: its DMA starts at once, and the host checks its CRC while the
+  // copy runs, before any kernel reads the bytes. Measured on an H200 (run m, call 36, 8B shape 8K
+  // batch 1): a CRC pass over the whole record before the first copy held the restore back 1.09 ms.
   auto send_direct = [&](const DecodeRecord& r, size_t i) {
     const Section& sec = r.h.sections[i];
     KVTC_CUDA_CALL(cudaMemcpyAsync(buf.image.ptr + r.image_at[i], r.item.record + sec.offset, sec.stored_bytes,
                                    cudaMemcpyHostToDevice, ctx.copy));
-    if (Crc32cParallel(r.item.record + sec.offset, sec.stored_bytes) != sec.crc32c) {
-      fail();
-      KVTC_CHECK(false, kRecordCorrupt, "section " << i << " CRC32C mismatch");
-    }
+  };
+  // Record k's section i read with CRC `crc`: a mismatch fails the job (its device work ends first).
+  auto require_crc = [&](size_t k, size_t i, uint32_t crc) {
+    if (crc == f.records[k].h.sections[i].crc32c) return;
+    fail();
+    KVTC_CHECK(false, kRecordCorrupt,
+               (count > 1 ? "record " + std::to_string(first + k) + " " : std::string()) << "section " << i
+                                                                                   << " CRC32C mismatch");
   };
   // A staged section's CRC32C from its table's bytes and the CRC its chunks' copy computed.
   auto staged_crc = [&](const DecodeRecord& r, size_t i, uint32_t chunks_crc) {
@@ -2810,16 +2811,14 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
       const Pieces ps = place(r, i);
       if (r.direct) {
         send_direct(r, i);
+        require_crc(k, i, Crc32cParallel(r.item.record + sec.offset, sec.stored_bytes));
       } else {
         // One copy per section: staging in 4 MiB pieces, each sent as soon as staged, measured
         // slower on an H200 (2026-11-30, 8B shape 8K: 76.7 / 108.2 GB/s against 84.9 / 125.6) and
         // again no faster in run l (call 33: decode 181.4 / 192.1 against 188.1 / 189.8 at batch 1).
         const uint32_t chunks_crc = ParallelCopyChunksCrc(buf.staging.ptr, ps.dst_off.data(), r.item.record,
                                                           ps.src_off.data(), ps.sizes.data(), ps.sizes.size());
-        if (staged_crc(r, i, chunks_crc) != sec.crc32c) {
-          fail();
-          KVTC_CHECK(false, kRecordCorrupt, "section " << i << " CRC32C mismatch");
-        }
+        require_crc(k, i, staged_crc(r, i, chunks_crc));
         KVTC_CUDA_CALL(cudaMemcpyAsync(buf.image.ptr + r.image_at[i], buf.staging.ptr + r.image_at[i],
                                        ps.end - r.image_at[i], cudaMemcpyHostToDevice, ctx.copy));
       }
@@ -2858,8 +2857,7 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
         DecodeRecord& r = f.records[order[o].first];
         if (r.direct) {
           const Section& sec = r.h.sections[order[o].second];
-          KVTC_CUDA_CALL(cudaMemcpyAsync(buf.image.ptr + r.image_at[order[o].second], r.item.record + sec.offset,
-                                         sec.stored_bytes, cudaMemcpyHostToDevice, ctx.copy));
+          send_direct(r, order[o].second);
           checked.push_back({const_cast<uint8_t*>(r.item.record + sec.offset), nullptr, sec.stored_bytes});
           sent.push_back(o);
           continue;
@@ -2871,19 +2869,10 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
       }
       ParallelCopyChunksCrcMany(copies.data(), copies.size());
       CopyCrcMany(checked.data(), checked.size());
-      for (size_t j = 0; j < sent.size(); ++j) {
-        const auto [k, i] = order[sent[j]];
-        if (checked[j].crc != f.records[k].h.sections[i].crc32c) {
-          fail();
-          KVTC_CHECK(false, kRecordCorrupt, "record " << first + k << " section " << i << " CRC32C mismatch");
-        }
-      }
+      for (size_t j = 0; j < sent.size(); ++j) require_crc(order[sent[j]].first, order[sent[j]].second, checked[j].crc);
       for (size_t j = 0; j < copied.size(); ++j) {
         const auto [k, i] = order[copied[j]];
-        if (staged_crc(f.records[k], i, copies[j].crc) != f.records[k].h.sections[i].crc32c) {
-          fail();
-          KVTC_CHECK(false, kRecordCorrupt, "record " << first + k << " section " << i << " CRC32C mismatch");
-        }
+        require_crc(k, i, staged_crc(f.records[k], i, copies[j].crc));
       }
       // The staged sections as ranges of the image, consecutive ones merged into one copy.
       for (size_t j = 0; j < copied.size();) {
@@ -2959,15 +2948,7 @@ void FinishDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
 // Coded tokens up to which consecutive records are decoded as one group: KVTC_DECODE_FUSE_TOKENS,
 // by default FuseTokens().
 uint32_t DecodeFuseTokens() {
-  static const uint32_t tokens = [] {
-    const char* v = std::getenv("KVTC_DECODE_FUSE_TOKENS");
-    if (!v || !*v) return FuseTokens();
-    char* end = nullptr;
-    const unsigned long n = std::strtoul(v, &end, 10);
-    KVTC_CHECK(*end == 0 && n <= (1u << 24), kInvalidArgument,
-               "KVTC_DECODE_FUSE_TOKENS must be a token count up to 2^24 but is '" << v << "'");
-    return uint32_t(n);
-  }();
+  static const uint32_t tokens = EnvTokens("KVTC_DECODE_FUSE_TOKENS", FuseTokens());
   return tokens;
 }
 
@@ -3118,10 +3099,7 @@ RecordHeader DecodeToDevice(const Calibration& c, const DeviceCalibration& dev, 
 std::vector<RecordHeader> DecodeManyToDevice(const Calibration& c, const DeviceCalibration& dev,
                                              const std::vector<DeviceDecodeJob>& jobs, Projection projection) {
   std::vector<DecodeItem> items(jobs.size());
-  for (size_t b = 0; b < jobs.size(); ++b) {
-    const DeviceDecodeJob& j = jobs[b];
-    items[b] = {j.record, j.size, j.expected_bytes, j.keys_out, j.values_out};
-  }
+  for (size_t b = 0; b < jobs.size(); ++b) items[b] = {jobs[b]};
   return DecodePipelined(c, dev, items, projection, /*wait=*/true);
 }
 
@@ -3140,7 +3118,7 @@ std::vector<RecordHeader> DecodeIntoPaged(const Calibration& c, const DeviceCali
     KVTC_CHECK(peek.kv_dtype == cache_dtype, kRecordSizeMismatch,
                "record " << b << ": its dtype differs from the registered cache's");
     const uint64_t expected = 2ull * d.record_tokens * c.feature_dim() * Elem(cache_dtype);
-    items[b] = {d.record, d.size, expected, nullptr, nullptr, d.rows, d.record_offset, d.tokens};
+    items[b] = {{d.record, d.size, expected}, d.rows, d.record_offset, d.tokens};
   }
   const std::vector<RecordHeader> out = DecodePipelined(c, dev, items, projection, /*wait=*/false);
   // The client's stream waits for `done`; the slots' buffers are reused in stream order.
@@ -3352,7 +3330,7 @@ BenchFigures Bench(const Calibration& c, const DeviceCalibration& dev, const uin
   std::map<uint32_t, uint32_t> group_counts[2];
   for (const auto& g : FuseGroups(std::vector<EncodeJob>(batch, job))) ++group_counts[1][uint32_t(g.second) * m];
   std::vector<DecodeItem> decoded(batch);
-  for (uint32_t b = 0; b < batch; ++b) decoded[b] = {records[b].data.get(), records[b].size};
+  for (uint32_t b = 0; b < batch; ++b) decoded[b] = {{records[b].data.get(), records[b].size}};
   for (const auto& g : DecodeGroups(decoded)) ++group_counts[0][uint32_t(g.second) * m];
   const uint32_t rows_max =
       std::max({group_counts[0].rbegin()->first, group_counts[1].rbegin()->first, uint32_t(1)});
