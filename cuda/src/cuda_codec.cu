@@ -935,9 +935,9 @@ struct Context {
   // A decode's host-to-device copies run on `copy` too, section by section as the host stages
   // them, while `stream` already inflates and reconstructs the keys. Per pipeline slot: the
   // sections copied so far are on the device (staged, recorded again after each), both streams
-  // are reconstructed into scratch (reconstructed), the slot's device image may be overwritten
-  // (slot_free).
-  cudaEvent_t staged[2] = {}, reconstructed[2] = {}, slot_free[2] = {};
+  // are reconstructed into scratch (reconstructed), the slot's coded image may be overwritten
+  // (inflated: its chunks are inflated), its raw rows may be overwritten (slot_free: written).
+  cudaEvent_t staged[2] = {}, reconstructed[2] = {}, inflated[2] = {}, slot_free[2] = {};
   cublasHandle_t cublas = nullptr;
   LtHandle lt;  // the projection's GEMMs (cuBLASLt), set up on first use
   // An encode round's read backs, one event each (created as needed; reused every round).
@@ -967,7 +967,7 @@ struct Context {
   std::vector<cudaEvent_t*> Events() {
     std::vector<cudaEvent_t*> all;
     for (int i = 0; i < 2; ++i)
-      for (cudaEvent_t* e : {&keys_coded[i], &values_coded[i], &staged[i], &reconstructed[i], &slot_free[i]})
+      for (cudaEvent_t* e : {&keys_coded[i], &values_coded[i], &staged[i], &reconstructed[i], &inflated[i], &slot_free[i]})
         all.push_back(e);
     return all;
   }
@@ -2501,7 +2501,7 @@ struct DecodeRecord {
   std::vector<InflateTarget> targets;   // per section: where a coded one inflates
   std::vector<InflateLaunch> inflated;  // per section: what its inflater was given (section mode)
   std::vector<size_t> payload_at;       // per section: its payload's offset in the slot's payload buffer
-  std::vector<size_t> image_at;         // per section: where its bytes start in the slot's device image
+  std::vector<size_t> image_at;         // per section: where its bytes start in the flight's image
 };
 
 // The records of one decode group (DecodeGroups) in flight on a slot: staged into one device
@@ -2517,6 +2517,9 @@ struct DecodeFlight {
   InflateLaunch whole;
   Projection projection = Projection::kBf16;  // kFp8: the fp8 reconstruction (cuda_fp8.cuh)
   std::unique_ptr<Profiler> prof;
+  // The image's offsets below coded_end lie in the slot's coded buffer, the others (raw rows) in
+  // its raw buffer (DecodeSlot).
+  size_t coded_end = 0;
 };
 
 bool IsKeys(const Section& s) { return s.kind == SectionKind::kRawKeys || s.kind == SectionKind::kCodedKeys; }
@@ -2563,9 +2566,19 @@ std::vector<CodedPart> CodedParts(const DecodeFlight& f, bool keys) {
   return parts;
 }
 
+// A flight's image on the device in two buffers, each free at its own time: the coded sections
+// once inflated, the raw rows once written (the end of FinishDecode). So group g + 2's coded
+// sections go to the device while group g + 1 reconstructs, not after group g's writes, which the
+// job stream runs after group g + 1's reconstruction: the device waited for each group's copy
+// (run p, call 61: the restore's device idle 2.2 of 7.1 ms, page-locked records no faster).
 struct DecodeSlot {
-  DeviceBuffer<uint8_t> image;  // the records' sections on the device
-  PinnedBuffer staging;         // ... on their way there
+  DeviceBuffer<uint8_t> coded;  // the records' coded sections on the device
+  DeviceBuffer<uint8_t> raw;    // ... and their raw rows
+  PinnedBuffer staging;         // the image on its way there (a flight's offsets, both parts)
+  // Image offset `at` of flight f on the device.
+  uint8_t* At(const DecodeFlight& f, size_t at) {
+    return at < f.coded_end ? coded.ptr + at : raw.ptr + (at - f.coded_end);
+  }
 };
 struct DecodeSlots {
   DecodeSlot s[kSlots];
@@ -2696,13 +2709,17 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
         if (IsCoded(f.records[k].h.sections[i].encoding) == coded_pass) order.emplace_back(k, i);
   size_t n_coded = 0, at = 0;
   for (const auto& [k, i] : order) {
-    n_coded += IsCoded(f.records[k].h.sections[i].encoding);
+    if (IsCoded(f.records[k].h.sections[i].encoding)) {
+      ++n_coded;
+      f.coded_end = at + reserve[k][i];
+    }
     f.records[k].image_at[i] = at;
     at += reserve[k][i];
   }
   prof.lap("staging plan");
   DecodeSlot& buf = DecodeSlotBuffers(slot);
-  buf.image.resize(std::max<size_t>(1, image_bytes));
+  buf.coded.resize(std::max<size_t>(1, f.coded_end));
+  buf.raw.resize(std::max<size_t>(1, image_bytes - f.coded_end));
   if (any_staged) buf.staging.resize(std::max<size_t>(1, image_bytes));
   prof.lap("buffers");
   StreamScratch& s0 = Scratch(slot, 0);
@@ -2714,8 +2731,14 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
     cudaStreamSynchronize(ctx.copy);
     cudaStreamSynchronize(ctx.stream);
   };
-  // The slot's image is free once the writes of the slot's previous group have run.
-  KVTC_CUDA_CALL(cudaStreamWaitEvent(ctx.copy, ctx.slot_free[slot], 0));
+  // The slot's coded buffer is free once the slot's previous group is inflated; its raw buffer
+  // once that group's rows are written, waited for before the first raw section's copy.
+  KVTC_CUDA_CALL(cudaStreamWaitEvent(ctx.copy, ctx.inflated[slot], 0));
+  bool raw_free = false;
+  auto await_raw_free = [&]() {
+    if (!raw_free) KVTC_CUDA_CALL(cudaStreamWaitEvent(ctx.copy, ctx.slot_free[slot], 0));
+    raw_free = true;
+  };
   // A coded section's chunk table. One that fails its checks is reported as the CRC mismatch it
   // may be, the CPU decoder's order (CRCs, then chunk tables).
   auto read_table = [&](DecodeRecord& r, size_t i) {
@@ -2770,7 +2793,7 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
   // batch 1): a CRC pass over the whole record before the first copy held the restore back 1.09 ms.
   auto send_direct = [&](const DecodeRecord& r, size_t i) {
     const Section& sec = r.h.sections[i];
-    KVTC_CUDA_CALL(cudaMemcpyAsync(buf.image.ptr + r.image_at[i], r.item.record + sec.offset, sec.stored_bytes,
+    KVTC_CUDA_CALL(cudaMemcpyAsync(buf.At(f, r.image_at[i]), r.item.record + sec.offset, sec.stored_bytes,
                                    cudaMemcpyHostToDevice, ctx.copy));
   };
   // Record k's section i read with CRC `crc`: a mismatch fails the job (its device work ends first).
@@ -2793,7 +2816,8 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
   auto inflate_all = [&]() {
     KVTC_CUDA_CALL(cudaEventRecord(ctx.staged[slot], ctx.copy));
     KVTC_CUDA_CALL(cudaStreamWaitEvent(ctx.stream, ctx.staged[slot], 0));
-    f.whole = LaunchInflate(ctx, s0, CodedTargets(f), buf.image.ptr, s0.payload.ptr);
+    f.whole = LaunchInflate(ctx, s0, CodedTargets(f), buf.coded.ptr, s0.payload.ptr);
+    KVTC_CUDA_CALL(cudaEventRecord(ctx.inflated[slot], ctx.stream));
     prof.mark("inflate");
     prof.lap("inflate.launch");
     ReconstructCoded(ctx, c, dev, f, /*keys=*/true, prof);
@@ -2808,6 +2832,7 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
       const Section& sec = r.h.sections[i];
       const bool keys = IsKeys(sec), coded = IsCoded(sec.encoding);
       if (coded) read_table(r, i);
+      if (!coded) await_raw_free();
       const Pieces ps = place(r, i);
       if (r.direct) {
         send_direct(r, i);
@@ -2819,14 +2844,15 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
         const uint32_t chunks_crc = ParallelCopyChunksCrc(buf.staging.ptr, ps.dst_off.data(), r.item.record,
                                                           ps.src_off.data(), ps.sizes.data(), ps.sizes.size());
         require_crc(k, i, staged_crc(r, i, chunks_crc));
-        KVTC_CUDA_CALL(cudaMemcpyAsync(buf.image.ptr + r.image_at[i], buf.staging.ptr + r.image_at[i],
+        KVTC_CUDA_CALL(cudaMemcpyAsync(buf.At(f, r.image_at[i]), buf.staging.ptr + r.image_at[i],
                                        ps.end - r.image_at[i], cudaMemcpyHostToDevice, ctx.copy));
       }
       prof.lap(keys ? "k.stage" : "v.stage");
       if (!coded) continue;
       KVTC_CUDA_CALL(cudaEventRecord(ctx.staged[slot], ctx.copy));
       KVTC_CUDA_CALL(cudaStreamWaitEvent(ctx.stream, ctx.staged[slot], 0));
-      r.inflated[i] = LaunchInflate(ctx, Scratch(slot, keys ? 0 : 1), {r.targets[i]}, buf.image.ptr, s0.payload.ptr);
+      r.inflated[i] = LaunchInflate(ctx, Scratch(slot, keys ? 0 : 1), {r.targets[i]}, buf.coded.ptr, s0.payload.ptr);
+      KVTC_CUDA_CALL(cudaEventRecord(ctx.inflated[slot], ctx.stream));
       prof.mark(keys ? "k.inflate" : "v.inflate");
       prof.lap(keys ? "k.launch" : "v.launch");
       ReconstructCoded(ctx, c, dev, f, keys, prof);
@@ -2853,6 +2879,7 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
       std::vector<size_t> copied;  // order index of each staged section
       std::vector<CopyCrcJob> checked;  // page-locked sections: sent at once, checksummed together
       std::vector<size_t> sent;
+      if (lo >= n_coded) await_raw_free();
       for (size_t o = lo; o < hi; ++o) {
         DecodeRecord& r = f.records[order[o].first];
         if (r.direct) {
@@ -2879,7 +2906,7 @@ void LaunchDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
         const size_t begin = f.records[order[copied[j]].first].image_at[order[copied[j]].second];
         size_t end = pieces[copied[j]].end;
         for (++j; j < copied.size() && copied[j] == copied[j - 1] + 1; ++j) end = pieces[copied[j]].end;
-        KVTC_CUDA_CALL(cudaMemcpyAsync(buf.image.ptr + begin, buf.staging.ptr + begin, end - begin,
+        KVTC_CUDA_CALL(cudaMemcpyAsync(buf.At(f, begin), buf.staging.ptr + begin, end - begin,
                                        cudaMemcpyHostToDevice, ctx.copy));
       }
       prof.lap(lo < n_coded ? "coded.stage" : "raw.stage");
@@ -2916,7 +2943,7 @@ void FinishDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
       int64_t lo, hi;
       StreamRows out;
       if (s.encoding != SectionEncoding::kRaw || !SectionTarget(r, s, lo, hi, out)) continue;
-      uint8_t* src = buf.image.ptr + r.image_at[i] + size_t(lo) * r.row_bytes;
+      uint8_t* src = buf.At(f, r.image_at[i]) + size_t(lo) * r.row_bytes;
       if (r.item.paged) {
         LaunchPagedCopy(false, *r.item.paged, dtype, c.layers, uint32_t(out.token0 + lo), uint32_t(hi - lo),
                         keys ? src : nullptr, keys ? nullptr : src, ctx.stream);
@@ -2953,8 +2980,10 @@ uint32_t DecodeFuseTokens() {
 }
 
 // Consecutive records as decode groups ({first, count}): same plan and dtype (each record's header
-// read first; a bad one fails the batch before any device work), at most FuseTokens() coded
-// tokens together (a longer record alone). KVTC_FUSE_TOKENS=0: every record alone.
+// read first; a bad one fails the batch before any device work), at most DecodeFuseTokens() coded
+// tokens together (a longer record alone). KVTC_FUSE_TOKENS=0: every record alone. A smaller first
+// group, to start the device sooner, measured no faster (run q, call 62: 8B 256 x 16 paged 142.3
+// GB/s with 512 tokens first against 151.0).
 std::vector<std::pair<size_t, size_t>> DecodeGroups(const std::vector<DecodeItem>& items) {
   std::vector<std::pair<size_t, size_t>> groups;
   const uint64_t limit = DecodeFuseTokens();
