@@ -52,6 +52,29 @@ using LayoutC = cutlass::layout::RowMajor;
 constexpr int kAlign = 8;
 using ElementAccumulator = float;
 
+// Median time (ms) of `reps` runs of `run` after one warm-up, or -1 if a run fails.
+template <class Run>
+float MedianMs(Run&& run, int reps) {
+  cudaEvent_t a, b;
+  CHECK(cudaEventCreate(&a));
+  CHECK(cudaEventCreate(&b));
+  std::vector<float> ms;
+  for (int i = 0; i < reps + 1; ++i) {
+    CHECK(cudaEventRecord(a));
+    if (!run()) break;
+    CHECK(cudaEventRecord(b));
+    CHECK(cudaEventSynchronize(b));
+    float t = 0;
+    CHECK(cudaEventElapsedTime(&t, a, b));
+    if (i) ms.push_back(t);  // the first run warms up
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  if (ms.size() != size_t(reps)) return -1.f;
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
 template <class TileShape, class ClusterShape>
 struct Probe {
   using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
@@ -86,23 +109,11 @@ struct Probe {
     void* workspace = nullptr;
     const size_t ws = Gemm::get_workspace_size(args);
     if (ws) CHECK(cudaMalloc(&workspace, ws));
-    if (gemm.initialize(args, workspace) != cutlass::Status::kSuccess) return -2.f;
-    cudaEvent_t a, b;
-    CHECK(cudaEventCreate(&a));
-    CHECK(cudaEventCreate(&b));
-    std::vector<float> ms;
-    for (int i = 0; i < reps + 1; ++i) {
-      CHECK(cudaEventRecord(a));
-      if (gemm.run() != cutlass::Status::kSuccess) return -3.f;
-      CHECK(cudaEventRecord(b));
-      CHECK(cudaEventSynchronize(b));
-      float t = 0;
-      CHECK(cudaEventElapsedTime(&t, a, b));
-      if (i) ms.push_back(t);  // the first run warms up
-    }
+    float t = -2.f;
+    if (gemm.initialize(args, workspace) == cutlass::Status::kSuccess)
+      t = MedianMs([&] { return gemm.run() == cutlass::Status::kSuccess; }, reps);
     if (workspace) cudaFree(workspace);
-    std::sort(ms.begin(), ms.end());
-    return ms[ms.size() / 2];
+    return t;
   }
 };
 
@@ -131,25 +142,16 @@ int main(int argc, char** argv) {
   cublasHandle_t h;
   cublasCreate(&h);
   const float one = 1.f, zero = 0.f;
-  auto run_cublas = [&]() {
-    return cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, p, T, r, &one, v, CUDA_R_16BF, r, d, CUDA_R_16BF, r, &zero, y,
-                        CUDA_R_16BF, p, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-  };
-  cudaEvent_t a, b;
-  CHECK(cudaEventCreate(&a));
-  CHECK(cudaEventCreate(&b));
-  std::vector<float> ms;
-  for (int i = 0; i < reps + 1; ++i) {
-    CHECK(cudaEventRecord(a));
-    if (run_cublas() != CUBLAS_STATUS_SUCCESS) return 1;
-    CHECK(cudaEventRecord(b));
-    CHECK(cudaEventSynchronize(b));
-    float t = 0;
-    CHECK(cudaEventElapsedTime(&t, a, b));
-    if (i) ms.push_back(t);
+  const float cublas_ms = MedianMs(
+      [&] {
+        return cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, p, T, r, &one, v, CUDA_R_16BF, r, d, CUDA_R_16BF, r, &zero,
+                            y, CUDA_R_16BF, p, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_SUCCESS;
+      },
+      reps);
+  if (cublas_ms < 0) {
+    std::fprintf(stderr, "cuBLAS refused the GEMM\n");
+    return 1;
   }
-  std::sort(ms.begin(), ms.end());
-  const float cublas_ms = ms[ms.size() / 2];
   const double flops = 2.0 * T * double(p) * r;
   std::printf("shape T=%d p=%d r=%d\n", T, p, r);
   std::printf("cublas                    %8.3f ms %7.1f TFLOP/s\n", cublas_ms, flops / cublas_ms / 1e9);

@@ -64,6 +64,17 @@ int EnvChoice(const char* name, std::initializer_list<const char*> choices) {
   return -1;
 }
 
+// A token count from environment variable `name` (unset or empty: `fallback`), up to 2^24.
+uint32_t EnvTokens(const char* name, uint32_t fallback) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return fallback;
+  char* end = nullptr;
+  const unsigned long n = std::strtoul(v, &end, 10);
+  KVTC_CHECK(*end == 0 && n <= (1u << 24), kInvalidArgument,
+             name << " must be a token count up to 2^24 but is '" << v << "'");
+  return uint32_t(n);
+}
+
 // ---- kernels -------------------------------------------------------------------------------
 
 // cos/sin per (token, frequency), computed in double as the CPU backend does.
@@ -2457,20 +2468,6 @@ void FinishEncode(Context& ctx, const Calibration& c, std::vector<EncodeFlight>&
   }
 }
 
-// A decode in flight: checked, staged, inflated and reconstructed into scratch (LaunchDecode),
-// then checked and written into its target (FinishDecode, which leaves the writes running on the
-// job stream).
-// A token count from environment variable `name` (unset or empty: `fallback`), up to 2^24.
-uint32_t EnvTokens(const char* name, uint32_t fallback) {
-  const char* v = std::getenv(name);
-  if (!v || !*v) return fallback;
-  char* end = nullptr;
-  const unsigned long n = std::strtoul(v, &end, 10);
-  KVTC_CHECK(*end == 0 && n <= (1u << 24), kInvalidArgument,
-             name << " must be a token count up to 2^24 but is '" << v << "'");
-  return uint32_t(n);
-}
-
 // Coded tokens up to which consecutive sequences are fused into one group: one projection GEMM,
 // one quantize and one coder launch for all of them instead of a pipeline of small ones, groups
 // still pipelined over the slots (a group's records are read back and checksummed on the host
@@ -2483,6 +2480,10 @@ uint32_t FuseTokens() {
   return tokens;
 }
 
+// A decode in flight: checked, staged, inflated and reconstructed into scratch (LaunchDecode),
+// then checked and written into its target (FinishDecode, which leaves the writes running on the
+// job stream).
+//
 // What a decode is given: a record, the bytes it must decode to, and where its tokens go
 // (contiguous rows keys_out / values_out, or record tokens [record_offset, record_offset +
 // span_tokens) into a paged span).

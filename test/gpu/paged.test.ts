@@ -82,6 +82,20 @@ function gatherHost(l: PagedLayout, flat: Float32Array, blockIds: number[], firs
   return { keys, values };
 }
 
+// Sum of squared differences: a restore's error against the original or another restore.
+function sumSquaredDiff(x: Float32Array, y: Float32Array): number {
+  return x.reduce((acc, v, k) => acc + (v - y[k]!) ** 2, 0);
+}
+
+// Rows [t0, t1) of [tokens, P] rows.
+function tokenRows(x: Float32Array, t0: number, t1: number): Float32Array {
+  return x.subarray(t0 * P, t1 * P);
+}
+
+function bitEqual(x: Float32Array, y: Float32Array): boolean {
+  return x.every((v, k) => v === y[k]);
+}
+
 async function calibration() {
   const n = 600;
   const s = syntheticKv(n, P, 3);
@@ -268,11 +282,10 @@ test('paged: many spans in one job (fused on the device) encode like one span at
       assert.ok(Math.abs(fused[i]!.length - alone.length) <= 0.02 * alone.length, `span ${i}: record sizes`);
       // Only the GEMM's shape differs between the two (its summation order may): a coefficient
       // may round into the next bin, far less than the plan's own error.
-      const sq = (x: Float32Array, y: Float32Array) => x.reduce((acc, v, k) => acc + (v - y[k]!) ** 2, 0);
       const f32 = (u: Uint8Array) => new Float32Array(u.buffer, u.byteOffset, span.tokens * P);
       for (const part of ['keys', 'values'] as const) {
-        const planError = sq(f32(b[part]), want[part]);
-        const between = sq(f32(a[part]), f32(b[part]));
+        const planError = sumSquaredDiff(f32(b[part]), want[part]);
+        const between = sumSquaredDiff(f32(a[part]), f32(b[part]));
         assert.ok(planError > 0, `span ${i} ${part}: the plan is lossy`);
         assert.ok(between <= 0.25 * planError, `span ${i} ${part}: fused vs alone ${between}, plan ${planError}`);
       }
@@ -307,7 +320,6 @@ test('paged: many records in one job (grouped on the device) restore like one re
   try {
     writeKv(source, new Uint8Array(flat.buffer));
     const records = await encodePagedMany(cal, source, spans, options);
-    const sq = (x: Float32Array, y: Float32Array) => x.reduce((acc, v, k) => acc + (v - y[k]!) ** 2, 0);
     type Target = {
       blockIds: number[];
       firstSlot: number;
@@ -355,8 +367,8 @@ test('paged: many records in one job (grouped on the device) restore like one re
             assert.deepEqual(b[part], want[part], `all-raw record ${i} ${part}: bit-exact alone`);
             continue;
           }
-          const planError = sq(b[part], want[part]);
-          const between = sq(a[part], b[part]);
+          const planError = sumSquaredDiff(b[part], want[part]);
+          const between = sumSquaredDiff(a[part], b[part]);
           assert.ok(planError > 0, `record ${i} ${part}: the plan is lossy`);
           // Only the GEMM's shape differs (its summation order may): far less than the plan's error.
           assert.ok(between <= 0.25 * planError, `record ${i} ${part}: grouped vs alone ${between}, plan ${planError}`);
@@ -420,7 +432,6 @@ test('paged: a restore of several groups (each slot reused) writes every record 
     };
     const grouped = await restore(true);
     const alone = await restore(false);
-    const sq = (x: Float32Array, y: Float32Array) => x.reduce((acc, v, k) => acc + (v - y[k]!) ** 2, 0);
     const f32 = (u: Uint8Array) => new Float32Array(u.buffer, u.byteOffset, u.byteLength / 4);
     // Every record and stream checked before the test fails, so that one run says which stage is
     // wrong: the record itself (the CPU decoder's raw rows), the restore alone, the grouped one.
@@ -432,8 +443,6 @@ test('paged: a restore of several groups (each slot reused) writes every record 
       const cpu = await decode(cal, records[i]!, { tokens: span.tokens, dtype: 'float32' });
       const end = span.tokens;
       const sinks = options[i]!.tokenStart === 0 ? 4 : 0;
-      const rows = (x: Float32Array, t0: number, t1: number) => x.subarray(t0 * P, t1 * P);
-      const same = (x: Float32Array, y: Float32Array) => x.every((v, k) => v === y[k]);
       for (const part of ['keys', 'values'] as const) {
         const c = f32(cpu[part]);
         // The raw rows (sinks, window) bit-exact; the coded ones within a quarter of the plan's error.
@@ -441,14 +450,14 @@ test('paged: a restore of several groups (each slot reused) writes every record 
           ['sinks', 0, sinks],
           ['window', end - 64, end],
         ] as const) {
-          const w = rows(want[part], t0, t1);
-          if (!same(rows(c, t0, t1), w)) problems.push(`record ${i} ${part} ${what}: the record's`);
-          if (!same(rows(b[part], t0, t1), w)) problems.push(`record ${i} ${part} ${what}: restored alone`);
-          if (!same(rows(a[part], t0, t1), w)) problems.push(`record ${i} ${part} ${what}: restored grouped`);
+          const w = tokenRows(want[part], t0, t1);
+          if (!bitEqual(tokenRows(c, t0, t1), w)) problems.push(`record ${i} ${part} ${what}: the record's`);
+          if (!bitEqual(tokenRows(b[part], t0, t1), w)) problems.push(`record ${i} ${part} ${what}: restored alone`);
+          if (!bitEqual(tokenRows(a[part], t0, t1), w)) problems.push(`record ${i} ${part} ${what}: restored grouped`);
         }
-        const planError = sq(rows(c, sinks, end - 64), rows(want[part], sinks, end - 64));
-        const alonePlan = sq(rows(b[part], sinks, end - 64), rows(c, sinks, end - 64));
-        const between = sq(rows(a[part], sinks, end - 64), rows(b[part], sinks, end - 64));
+        const planError = sumSquaredDiff(tokenRows(c, sinks, end - 64), tokenRows(want[part], sinks, end - 64));
+        const alonePlan = sumSquaredDiff(tokenRows(b[part], sinks, end - 64), tokenRows(c, sinks, end - 64));
+        const between = sumSquaredDiff(tokenRows(a[part], sinks, end - 64), tokenRows(b[part], sinks, end - 64));
         if (!(planError > 0)) problems.push(`record ${i} ${part}: the plan is not lossy`);
         if (!(alonePlan <= 0.25 * planError)) problems.push(`record ${i} ${part}: alone vs CPU ${alonePlan}`);
         if (!(between <= 0.25 * planError)) problems.push(`record ${i} ${part}: grouped vs alone ${between}`);
