@@ -7,6 +7,7 @@
 #   dist.tar.xz        the compiled TypeScript, GPU tests included (tsconfig.gpu.json)
 #   nvcomp.tar.xz      nvCOMP 6 headers and libnvcomp.so.6 (PyPI nvidia-libnvcomp-cu13)
 #   sys.tar.xz         OpenBLAS, libgfortran, libquadmath, libdeflate (.so and headers) from this machine
+#   cutlass.tar.xz     CUTLASS 4.2's C++ headers (PyPI nvidia-cutlass) for bench/cutlass_gemm_probe.cu
 #   wheels/            pyzmq and pytest for the machine's Python 3.12 (the IPC end-to-end test)
 #   stories260K/       the tiny trained Llama (../shared/models/stories260K/hf) and its calibration
 #   stories-eval/      three held-out stories260K KV captures (test/.cache/stories-eval, written by
@@ -41,6 +42,12 @@ if [ ! -f "$OUTD/nvcomp.tar.xz" ]; then
   cp "$tmp/nv/nvidia/libnvcomp/lib64/libnvcomp.so.6" "$tmp/nvcomp/lib64/"
   ln -s libnvcomp.so.6 "$tmp/nvcomp/lib64/libnvcomp.so"
   tar -C "$tmp/nvcomp" -cJf "$OUTD/nvcomp.tar.xz" .
+fi
+
+if [ ! -f "$OUTD/cutlass.tar.xz" ]; then
+  pip download -q --no-deps nvidia-cutlass==4.2.0.0 -d "$tmp/cutlass-whl"
+  (cd "$tmp" && python3 -m zipfile -e cutlass-whl/nvidia_cutlass-*.whl cutlass)
+  tar -C "$tmp/cutlass/cutlass_library/source" -cJf "$OUTD/cutlass.tar.xz" include tools/util/include
 fi
 
 mkdir -p "$tmp/sys/lib" "$tmp/sys/include"

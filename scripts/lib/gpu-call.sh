@@ -33,6 +33,10 @@
 #                           BENCH_BACKEND=cpu tries the helpers on a machine without a GPU
 #   merge_variants NAME...  per NAME, `bench merge` of its processes (tags NAME-1, NAME-2, ...)
 #                           into $OUT/gpu-bench-NAME.json, and the merged table
+#   cutlass_probe SHAPE...  builds bench/cutlass_gemm_probe.cu with this machine's nvcc and the
+#                           CUTLASS headers scripts/gpu-bundle.sh carries (.gpu/cutlass.tar.xz),
+#                           then runs it once per SHAPE ("T p r", e.g. "8192 32768 2048"); output
+#                           as cutlass-probe.log inside logs.tgz
 # On exit the bench JSONs and a tarball of the logs are copied to the device tool's $OUT.
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/gpu-tools.sh"
@@ -126,6 +130,20 @@ variant() {
   node -e 'for (const r of JSON.parse(require("fs").readFileSync(process.argv[1])).results)
     console.log(r.shape, r.tokens, "b" + (r.batch ?? 1), r.encode_gbps.toFixed(1), r.decode_gbps.toFixed(1))' \
     "$OUT/variants/$tag.json"
+}
+cutlass_probe() {
+  local w=/tmp/kvtc-cutlass shape
+  stage "cutlass probe: build"
+  mkdir -p "$w" && tar -C "$w" -xJf .gpu/cutlass.tar.xz
+  timeout "$(left)" /usr/local/cuda/bin/nvcc -O3 -DNDEBUG -std=c++17 -arch=sm_90a --expt-relaxed-constexpr \
+    -I"$w/include" -I"$w/tools/util/include" -Ibench bench/cutlass_gemm_probe.cu -lcublas -o "$w/probe" \
+    > "$OUT/cutlass-probe-build.log" 2>&1
+  echo "build rc $?"
+  for shape in "$@"; do
+    stage "cutlass probe $shape"
+    # shellcheck disable=SC2086 # the shape is three numbers
+    timeout "$(left)" "$w/probe" $shape 2>&1 | tee -a "$OUT/cutlass-probe.log"
+  done
 }
 merge_variants() {
   local name
