@@ -25,6 +25,7 @@ using kvtc::huff::EncodeScratch;
 using kvtc::huff::InflateChunk;
 using kvtc::huff::InflateChunkIndexed;
 using kvtc::huff::InflateState;
+using kvtc::huff::LitTable;
 
 int failures = 0;
 #define CHECK(cond, ...)                                 \
@@ -256,6 +257,94 @@ static size_t CheckWordStream() {
   return steps;
 }
 
+// The literal table against the canonical code, exhaustively: every 15-bit pattern decodes to the
+// symbol and length a walk over the canonical codes finds (or to -1 for no codeword, where the
+// code is incomplete). Counts the long codes (over 12 bits) the subtables resolve and those left
+// to the slow path (the prefixes past kLitSubEntries / 8).
+struct TableStats {
+  size_t tables = 0, long_codes = 0, via_subtables = 0;
+};
+void CheckTable(const char* what, const uint8_t* lens, TableStats& ts) {
+  auto t = std::make_unique<LitTable>();
+  if (!kvtc::huff::PrepareTable(lens, 288, *t)) {
+    CHECK(false, "%s: the code was refused", what);
+    return;
+  }
+  kvtc::huff::FillTable(lens, *t, 0, 1);
+  uint16_t codes[288];
+  kvtc::huff::CanonicalCodes(lens, 288, codes);
+  for (uint32_t p = 0; p < (1u << 15); ++p) {
+    int want = -1, want_len = 0;
+    for (int s = 0; s < 288; ++s) {
+      const int l = lens[s];
+      if (l && (p & ((1u << l) - 1)) == codes[s]) {
+        want = s;
+        want_len = l;
+      }
+    }
+    const uint8_t bytes[4] = {uint8_t(p), uint8_t(p >> 8), 0, 0};
+    BitReader br;
+    br.in = bytes;
+    br.size = 4;
+    br.Start(0);
+    br.Need(15);
+    const uint32_t before = br.count;
+    const int got = kvtc::huff::DecodeSym(br, *t);
+    CHECK(got == want, "%s: pattern %u decodes to %d, the canonical code to %d", what, p, got, want);
+    if (got >= 0) {
+      CHECK(int(before - br.count) == want_len, "%s: pattern %u consumed %u bits, not %d", what, p, before - br.count,
+            want_len);
+    }
+  }
+  ++ts.tables;
+  for (int s = 0; s < 288; ++s) {
+    const int l = lens[s];
+    if (l <= kvtc::huff::kLitTableBits) continue;
+    ++ts.long_codes;
+    const uint16_t e = t->direct[codes[s] & ((1u << kvtc::huff::kLitTableBits) - 1)];
+    if (e & LitTable::kSubtable) ++ts.via_subtables;
+  }
+}
+
+size_t CheckTables() {
+  TableStats ts;
+  // Codes of real chunks: the encoder's lengths for each kind of payload.
+  for (const char* k : {"random", "two", "geometric", "fibonacci", "nibbles", "text"}) {
+    const std::vector<uint8_t> v = Make(k, 16384);
+    uint32_t freq[288] = {0};
+    for (uint8_t b : v) freq[b]++;
+    freq[256] = 1;
+    uint16_t order[288];
+    int m = kvtc::huff::SortUsed(freq, 257, order);
+    m = kvtc::huff::PadOrder(order, m, 257);
+    uint8_t lens[288] = {0};
+    auto scratch = std::make_unique<kvtc::huff::TreeScratch>();
+    kvtc::huff::LengthsFromSorted(freq, order, m, 15, lens, *scratch);
+    CheckTable(k, lens, ts);
+  }
+  // More long-code prefixes than the subtables hold: 256 codes of 13 bits (128 prefixes) and
+  // lengths 1..5 completing the code.
+  uint8_t many[288] = {0};
+  for (int s = 0; s < 5; ++s) many[s] = uint8_t(s + 1);
+  for (int s = 5; s < 261; ++s) many[s] = 13;
+  CheckTable("128 prefixes", many, ts);
+  // Every length from 1 to 15 (a deep, complete code: two codes of 15 bits).
+  uint8_t deep[288] = {0};
+  for (int s = 0; s < 15; ++s) deep[s] = uint8_t(s + 1);
+  deep[256] = 15;
+  CheckTable("1..15 bits", deep, ts);
+  // An incomplete code of one codeword of length 1 (allowed): half the patterns are no codeword.
+  uint8_t one[288] = {0};
+  one[256] = 1;
+  CheckTable("one code", one, ts);
+  CHECK(ts.via_subtables > 0 && ts.via_subtables < ts.long_codes,
+        "expected long codes both in subtables and past them, got %zu of %zu", ts.via_subtables, ts.long_codes);
+  std::printf(
+      "tables: %zu literal tables, every 15-bit pattern as the canonical code; %zu long codes, %zu in subtables\n",
+      ts.tables, ts.long_codes, ts.via_subtables);
+  return ts.tables;
+}
+
 int main() {
   libdeflate_decompressor* d = libdeflate_alloc_decompressor();
   libdeflate_compressor* c6 = libdeflate_alloc_compressor(6);
@@ -307,6 +396,7 @@ int main() {
   std::printf("indexed: %zu streams inflated from their entry points (libdeflate agrees), bad indexes rejected\n",
               indexed);
   std::printf("bit reader: %zu refills from aligned words equal the unaligned loads\n", CheckWordStream());
+  CheckTables();
   libdeflate_free_compressor(c6);
   libdeflate_free_decompressor(d);
   if (failures) {
