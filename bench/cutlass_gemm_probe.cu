@@ -86,6 +86,22 @@ float MedianMs(Run&& run, int reps) {
   return ms[ms.size() / 2];
 }
 
+// Median time (ms) of `reps` runs of a CUTLASS GEMM, or a negative value if CUTLASS refuses it
+// (-1) or fails to set it up (-2).
+template <class Gemm>
+float TimeGemm(const typename Gemm::Arguments& args, int reps) {
+  Gemm gemm;
+  if (gemm.can_implement(args) != cutlass::Status::kSuccess) return -1.f;
+  void* workspace = nullptr;
+  const size_t ws = Gemm::get_workspace_size(args);
+  if (ws) CHECK(cudaMalloc(&workspace, ws));
+  float t = -2.f;
+  if (gemm.initialize(args, workspace) == cutlass::Status::kSuccess)
+    t = MedianMs([&] { return gemm.run() == cutlass::Status::kSuccess; }, reps);
+  if (workspace) cudaFree(workspace);
+  return t;
+}
+
 template <class TileShape, class ClusterShape>
 struct Probe {
   using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
@@ -114,16 +130,7 @@ struct Probe {
     StrideD sd = cutlass::make_cute_packed_stride(StrideD{}, make_shape(T, p, 1));
     typename Gemm::Arguments args{
         cutlass::gemm::GemmUniversalMode::kGemm, {T, p, r, 1}, {d, sa, v, sb}, {{1.0f, 0.0f}, x, sc, x, sd}};
-    Gemm gemm;
-    if (gemm.can_implement(args) != cutlass::Status::kSuccess) return -1.f;
-    void* workspace = nullptr;
-    const size_t ws = Gemm::get_workspace_size(args);
-    if (ws) CHECK(cudaMalloc(&workspace, ws));
-    float t = -2.f;
-    if (gemm.initialize(args, workspace) == cutlass::Status::kSuccess)
-      t = MedianMs([&] { return gemm.run() == cutlass::Status::kSuccess; }, reps);
-    if (workspace) cudaFree(workspace);
-    return t;
+    return TimeGemm<Gemm>(args, reps);
   }
 };
 
@@ -150,16 +157,7 @@ struct Fused {
     StrideA sa = cutlass::make_cute_packed_stride(StrideA{}, make_shape(T, r, 1));
     StrideB sb = cutlass::make_cute_packed_stride(StrideB{}, make_shape(p, r, 1));
     typename Gemm::Arguments args{cutlass::gemm::GemmUniversalMode::kGemm, {T, p, r, 1}, {d, sa, v, sb}, target};
-    Gemm gemm;
-    if (gemm.can_implement(args) != cutlass::Status::kSuccess) return -1.f;
-    void* workspace = nullptr;
-    const size_t ws = Gemm::get_workspace_size(args);
-    if (ws) CHECK(cudaMalloc(&workspace, ws));
-    float t = -2.f;
-    if (gemm.initialize(args, workspace) == cutlass::Status::kSuccess)
-      t = MedianMs([&] { return gemm.run() == cutlass::Status::kSuccess; }, reps);
-    if (workspace) cudaFree(workspace);
-    return t;
+    return TimeGemm<Gemm>(args, reps);
   }
 };
 
