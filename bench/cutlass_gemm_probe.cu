@@ -1,7 +1,7 @@
 // Probe, not product code: the restore's GEMM, X[T, p] = D[T, r] V[p, r]^T (fp32 accumulation), with
 // CUTLASS sm90 warp-specialized kernels against cuBLAS in the same process:
 // - plain CUTLASS GEMMs (bf16 out), against cuBLAS's of the same shape;
-// - the same GEMM with the restore's epilogue fused (bench/cutlass_restore_epilogue.cuh: PCA mean,
+// - the same GEMM with the restore's epilogue fused (cuda/src/cuda_restore_epilogue.cuh: PCA mean,
 //   neox RoPE for keys, each row written into its slot of a paged cache of the FlashAttention layout
 //   in shuffled blocks), for keys and values, checked element by element against cuBLAS (fp32 out)
 //   followed by a plain reference epilogue kernel, and timed against the GEMM alone.
@@ -21,7 +21,7 @@
 //     'cutlass_library/source/tools/util/include/*' -d .cache/cutlass
 //   I=.cache/cutlass/cutlass_library/source
 //   .cache/cudatk/nvidia/cu13/bin/nvcc -O3 -DNDEBUG -std=c++17 -arch=sm_90a --expt-relaxed-constexpr \
-//     -I$I/include -I$I/tools/util/include -Ibench -c bench/cutlass_gemm_probe.cu -o /tmp/probe.o
+//     -I$I/include -I$I/tools/util/include -Icuda/src -c bench/cutlass_gemm_probe.cu -o /tmp/probe.o
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -34,6 +34,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "cuda_restore_epilogue.cuh"
 #include "cute/tensor.hpp"
 #include "cutlass/cutlass.h"
 #include "cutlass/epilogue/collective/collective_builder.hpp"
@@ -41,7 +42,6 @@
 #include "cutlass/gemm/device/gemm_universal_adapter.h"
 #include "cutlass/gemm/kernel/gemm_universal.hpp"
 #include "cutlass/util/packed_stride.hpp"
-#include "cutlass_restore_epilogue.cuh"
 
 using namespace cute;
 
@@ -139,7 +139,7 @@ constexpr int kHeadDim = 128;
 template <class TileShape, class ClusterShape, class Schedule, bool kRope>
 struct Fused {
   using CollectiveEpilogue = cutlass::epilogue::collective::detail::Sm90TmaWarpSpecializedAdapter<
-      kvtc_probe::RestoreEpilogue<kHeadDim, kRope>>;
+      kvtc::cuda::RestoreEpilogue<kHeadDim, kRope>>;
   using CollectiveMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, ElementA, LayoutA, kAlign, ElementB, LayoutB, kAlign,
       ElementAccumulator, TileShape, ClusterShape, cutlass::gemm::collective::StageCountAuto, Schedule>::CollectiveOp;
@@ -148,7 +148,7 @@ struct Fused {
   using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
 
   // Median time (ms) of `reps` fused restores into `target`, or a negative value if refused.
-  static float Time(int T, int p, int r, const ElementA* d, const ElementB* v, const kvtc_probe::RestoreTarget& target,
+  static float Time(int T, int p, int r, const ElementA* d, const ElementB* v, const kvtc::cuda::RestoreTarget& target,
                     int reps) {
     // A tile must hold whole heads of one layer.
     if ((target.kv_heads * kHeadDim) % int(size<1>(TileShape{})) != 0) return -3.f;
@@ -171,7 +171,7 @@ __global__ void Fill(__nv_bfloat16* p, size_t n, uint32_t seed) {
 
 // The reference epilogue, one thread per element, from cuBLAS's fp32 output x [T, p]: the same
 // arithmetic as RestoreEpilogue.
-__global__ void ReferenceFinish(const float* __restrict__ x, int T, int p, kvtc_probe::RestoreTarget t) {
+__global__ void ReferenceFinish(const float* __restrict__ x, int T, int p, kvtc::cuda::RestoreTarget t) {
   const size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x;
   if (i >= size_t(T) * p) return;
   const int row = int(i / p), f = int(i % p);
@@ -194,22 +194,15 @@ struct PagedCache {
   int layers = 0, blocks = 0, block_size = 0, kv_heads = 0;
   size_t layer_elems = 0;
   std::vector<__nv_bfloat16*> layer;
-  __nv_bfloat16** keys = nullptr;    // device: per layer, the K part
-  __nv_bfloat16** values = nullptr;  // device: per layer, the V part
   PagedCache(int layers_, int blocks_, int block_size_, int kv_heads_)
       : layers(layers_), blocks(blocks_), block_size(block_size_), kv_heads(kv_heads_) {
     layer_elems = size_t(blocks) * 2 * block_size * kv_heads * kHeadDim;
-    std::vector<__nv_bfloat16*> k(layers), v(layers);
     layer.resize(layers);
-    for (int l = 0; l < layers; ++l) {
-      CHECK(cudaMalloc(&layer[l], layer_elems * 2));
-      k[l] = layer[l];
-      v[l] = layer[l] + size_t(block_size) * kv_heads * kHeadDim;
-    }
-    CHECK(cudaMalloc(&keys, layers * sizeof(void*)));
-    CHECK(cudaMalloc(&values, layers * sizeof(void*)));
-    CHECK(cudaMemcpy(keys, k.data(), layers * sizeof(void*), cudaMemcpyHostToDevice));
-    CHECK(cudaMemcpy(values, v.data(), layers * sizeof(void*), cudaMemcpyHostToDevice));
+    for (auto*& l : layer) CHECK(cudaMalloc(&l, layer_elems * 2));
+  }
+  // Layer l's K (keys) or V part.
+  __nv_bfloat16* Base(int l, bool keys) const {
+    return layer[l] + (keys ? 0 : size_t(block_size) * kv_heads * kHeadDim);
   }
   void Clear() {
     for (auto* l : layer) CHECK(cudaMemset(l, 0, layer_elems * 2));
@@ -256,7 +249,8 @@ int main(int argc, char** argv) {
   const int T = argc > 1 ? std::atoi(argv[1]) : 2048, p = argc > 2 ? std::atoi(argv[2]) : 32768,
             r = argc > 3 ? std::atoi(argv[3]) : 2048;
   const int kv_heads = 8, reps = 9;
-  if (T <= 0 || r <= 0 || p <= 0 || p % (kv_heads * kHeadDim) != 0) {
+  if (T <= 0 || r <= 0 || p <= 0 || p % (kv_heads * kHeadDim) != 0 ||
+      p / (kv_heads * kHeadDim) > kvtc::cuda::kRestoreMaxLayers) {
     std::fprintf(stderr, "usage: probe T p r (p a multiple of %d)\n", kv_heads * kHeadDim);
     return 2;
   }
@@ -355,12 +349,12 @@ int main(int argc, char** argv) {
   CHECK(cudaMemcpy(d_mean, mean.data(), p * 4, cudaMemcpyHostToDevice));
   PagedCache want(layers, blocks, block_size, kv_heads), got(layers, blocks, block_size, kv_heads);
   auto target = [&](const PagedCache& c, bool keys) {
-    kvtc_probe::RestoreTarget t;
+    kvtc::cuda::RestoreTarget t;
     t.mean = d_mean;
     t.rope = keys ? d_rope : nullptr;
     t.row_offset = d_offsets;
     t.row_position = d_positions;
-    t.layer_base = keys ? c.keys : c.values;
+    for (int l = 0; l < c.layers; ++l) t.layer_base[l] = c.Base(l, keys);
     t.head_stride = kHeadDim;
     t.kv_heads = kv_heads;
     return t;

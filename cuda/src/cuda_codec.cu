@@ -25,6 +25,7 @@
 
 #include "cuda_common.cuh"
 #include "cuda_fp8.cuh"
+#include "cuda_fused_restore.h"
 #include "cuda_gemm.cuh"
 #include "cuda_rows.cuh"
 #include "kvtc/crc32c.h"
@@ -1298,6 +1299,7 @@ struct StreamScratch {
   DeviceBuffer<__nv_bfloat16> xb;  // the reconstruction in bf16 instead of xf (Bf16Reconstruction)
   bool reconstruction_bf16 = false;
   DeviceBuffer<__nv_bfloat16> dq;
+  uint32_t fused_ld = 0, fused_k = 0;  // dq's leading dimension and the columns a GEMM reads (FinishFused)
   // The fp8 projection's operands (cuda_fp8.cuh): the prologue's rows (encode) or the dequantized
   // coefficients (decode) in e4m3, and their per-token scales. xf_row_scale / xf_col_scale: the
   // scales still to be applied to xf by FinishParts (null after a bf16 reconstruction).
@@ -1978,9 +1980,10 @@ void CheckInflate(const StreamScratch& s, const std::vector<InflateTarget>& targ
 // X[T, p] = D V^T of every part's rows one after the other (part k from row parts[k].row), in s.xf
 // (fp32), or in s.xb (bf16) where `bf16` allows it (Bf16Reconstruction; bf16 projection only): one
 // dequantize launch and one GEMM for all parts, on the job stream. Scratch only, so it may run
-// before the records' inflation is checked.
+// before the records' inflation is checked. With `fused` (FusedRestoreFor) the dequantize alone:
+// FinishFused runs the GEMM, which writes the cache, after the checks.
 void ReconstructParts(Context& ctx, const Calibration& c, const DeviceCalibration& dev, const Plan& plan, bool keys,
-                      const std::vector<DequantizeTarget>& parts, bool fp8, bool bf16, StreamScratch& s,
+                      const std::vector<DequantizeTarget>& parts, bool fp8, bool bf16, bool fused, StreamScratch& s,
                       Profiler& prof) {
   const int64_t p = c.feature_dim();
   const uint32_t r = plan.rank;
@@ -2022,6 +2025,9 @@ void ReconstructParts(Context& ctx, const Calibration& c, const DeviceCalibratio
   LaunchDequantize(plan, parts, s.dq.ptr, dq_ld, s, ctx.stream);
   prof.mark(keys ? "k.dequantize" : "v.dequantize");
   prof.lap(keys ? "k.dequantize.launch" : "v.dequantize.launch");
+  s.fused_ld = dq_ld;
+  s.fused_k = k_dim;
+  if (fused) return;  // FinishFused's GEMM reads s.dq once the group's checks have passed
   if (r > 0) {
     // Row-major X[T, p] = D[T, r] V[:, :r]^T  <=>  column-major X^T = V[:, :r] D^T, where the
     // stored row-major V[p, R] is column-major V^T (R x p): op T selects its first r rows.
@@ -2119,6 +2125,75 @@ void FinishParts(Context& ctx, const Calibration& c, const DeviceCalibration& de
   });
   KVTC_CUDA_CALL(cudaGetLastError());
   prof.mark(keys ? "k.finish" : "v.finish");
+}
+
+// KVTC_FUSED_RESTORE=on: a restore's GEMM with its epilogue fused (cuda_fused_restore.h) where
+// FusedRestoreFor allows it, instead of the GEMM then FinishParts. Off by default until measured
+// (docs/benchmarks.md, run r); on in a build without CUTLASS is an error, not a silent fallback.
+bool FusedRestoreOn() {
+  static const bool on = EnvChoice("KVTC_FUSED_RESTORE", {"off", "on"}) == 1;
+  KVTC_CHECK(!on || kFusedRestoreBuilt, kBackendUnavailable,
+             "KVTC_FUSED_RESTORE=on needs an addon built with CUTLASS (CMake's KVTC_CUTLASS_DIR)");
+  return on;
+}
+
+// Whether one stream's parts go through the fused restore: on, a bf16 reconstruction of a bf16
+// cache (bf16 projection), a kept rank, neox RoPE over whole heads (keys) or none, a layer of whole
+// tiles, and every part whole into one paged cache whose dims are contiguous and whose strides
+// keep column pairs 4-byte aligned (the epilogue's stores). Decided the same way at launch
+// (ReconstructCoded, which then skips the GEMM) and at finish (FinishDecode).
+bool FusedRestoreFor(const Calibration& c, uint32_t rank, bool keys, bool bf16, bool fp8,
+                     const std::vector<FinishTarget>& parts) {
+  if (!FusedRestoreOn() || !bf16 || fp8 || rank == 0 || parts.empty() || c.layers > uint32_t(kFusedMaxLayers))
+    return false;
+  if (!FusedRestoreFits(int(c.kv_heads * c.head_dim), int(c.head_dim))) return false;
+  if (keys && c.rope.rotary_dim > 0 && (c.rope.layout != RopeLayout::kNeox || c.rope.rotary_dim != int(c.head_dim)))
+    return false;
+  const PagedRows* cache = parts[0].out.paged;
+  if (!cache || cache->st.dim != 1 || (cache->st.head | cache->st.slot | cache->st.block | cache->st.kv) & 1)
+    return false;
+  for (uint32_t l = 0; l < c.layers; ++l)
+    if (reinterpret_cast<uintptr_t>(cache->bases.base[l]) % 4 != 0) return false;
+  for (const FinishTarget& t : parts)
+    if (!t.out.paged || !SameCache(*t.out.paged, *cache) || t.lo != 0 || t.hi != t.tokens) return false;
+  return true;
+}
+
+// FinishParts' work and the GEMM's in one launch (FusedRestoreFor's parts): the per-row tables,
+// then the fused GEMM from s.dq (ReconstructParts with `fused`) into the cache.
+void FinishFused(Context& ctx, const Calibration& c, const DeviceCalibration& dev, bool keys,
+                 const std::vector<FinishTarget>& parts, StreamScratch& s, Profiler& prof) {
+  const PagedRows& cache = *parts[0].out.paged;
+  int64_t end = 0;
+  uint32_t rows = 0;
+  std::vector<GroupSpan> spans;
+  for (const FinishTarget& t : parts) {
+    end = std::max(end, t.pos0 + t.tokens);
+    rows = std::max(rows, t.row + t.tokens);
+    spans.push_back({t.out.paged->block_ids, t.out.paged->first_slot, t.tokens, t.row, t.out.token0, t.pos0});
+  }
+  LaunchGroupRows(ctx, s, spans, cache, rows);
+  FusedRestore job;
+  job.dq = s.dq.ptr;
+  job.ld_dq = s.fused_ld;
+  job.k = int(s.fused_k);
+  job.basis = keys ? dev.basis_keys.ptr : dev.basis_values.ptr;
+  job.ld_basis = keys ? dev.ld_keys : dev.ld_values;
+  job.rows = int(rows);
+  job.features = int(c.feature_dim());
+  job.head_dim = int(c.head_dim);
+  job.kv_heads = int(c.kv_heads);
+  job.layers = int(c.layers);
+  job.mean = keys ? dev.mean_keys.ptr : dev.mean_values.ptr;
+  job.rope = keys && c.rope.rotary_dim > 0 ? const_cast<DeviceCalibration&>(dev).RopeTable(end, ctx.stream) : nullptr;
+  job.row_offset = s.row_offsets.ptr;
+  job.row_position = s.row_positions.ptr;
+  for (uint32_t l = 0; l < c.layers; ++l)
+    job.layer_base[l] = reinterpret_cast<__nv_bfloat16*>(cache.bases.base[l]) + parts[0].out.kv_offset;
+  job.head_stride = cache.st.head;
+  LaunchFusedRestore(job, ctx.stream);
+  KVTC_CUDA_CALL(cudaGetLastError());
+  prof.mark(keys ? "k.fused" : "v.fused");
 }
 
 }  // namespace
@@ -2567,6 +2642,31 @@ std::vector<CodedPart> CodedParts(const DecodeFlight& f, bool keys) {
   return parts;
 }
 
+// Where each coded part of one stream of the flight goes (FinishParts' targets), in CodedParts'
+// order.
+std::vector<FinishTarget> FinishTargets(const DecodeFlight& f, bool keys) {
+  std::vector<FinishTarget> targets;
+  for (const CodedPart& part : CodedParts(f, keys)) {
+    const DecodeRecord& r = f.records[part.record];
+    const Section& s = r.h.sections[part.section];
+    FinishTarget t;
+    SectionTarget(r, s, t.lo, t.hi, t.out);
+    t.tokens = s.token_count;
+    t.row = part.row;
+    t.pos0 = int64_t(r.h.token_start) + s.token_offset;
+    targets.push_back(t);
+  }
+  return targets;
+}
+
+// Whether stream `keys` of the flight restores through the fused GEMM (FusedRestoreFor).
+bool FlightFused(const Calibration& c, const DecodeFlight& f, bool keys) {
+  if (!FusedRestoreOn()) return false;
+  const PlanPair& plan = c.plans[f.records[0].h.plan_id];
+  return FusedRestoreFor(c, (keys ? plan.keys : plan.values).rank, keys, Bf16Reconstruction(f.records[0].h.kv_dtype),
+                         f.projection == Projection::kFp8, FinishTargets(f, keys));
+}
+
 // A flight's image on the device in two buffers, each free at its own time: the coded sections
 // once inflated, the raw rows once written (the end of FinishDecode). So group g + 2's coded
 // sections go to the device while group g + 1 reconstructs, not after group g's writes, which the
@@ -2600,7 +2700,8 @@ void ReconstructCoded(Context& ctx, const Calibration& c, const DeviceCalibratio
   // A group shares one plan (DecodeGroups).
   const PlanPair& plan = c.plans[f.records[0].h.plan_id];
   ReconstructParts(ctx, c, dev, keys ? plan.keys : plan.values, keys, targets, f.projection == Projection::kFp8,
-                   Bf16Reconstruction(f.records[0].h.kv_dtype), Scratch(f.slot, keys ? 0 : 1), prof);
+                   Bf16Reconstruction(f.records[0].h.kv_dtype), FlightFused(c, f, keys), Scratch(f.slot, keys ? 0 : 1),
+                   prof);
 }
 
 // KVTC_DECODE_INFLATE=section (default) inflates each coded section of a record decoded alone as
@@ -2956,18 +3057,11 @@ void FinishDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
   }
   // The coded rows, a stream at a time over the group.
   for (const bool keys : {true, false}) {
-    std::vector<FinishTarget> targets;
-    for (const CodedPart& part : CodedParts(f, keys)) {
-      const DecodeRecord& r = f.records[part.record];
-      const Section& s = r.h.sections[part.section];
-      FinishTarget t;
-      SectionTarget(r, s, t.lo, t.hi, t.out);
-      t.tokens = s.token_count;
-      t.row = part.row;
-      t.pos0 = int64_t(r.h.token_start) + s.token_offset;
-      targets.push_back(t);
-    }
-    FinishParts(ctx, c, dev, keys, dtype, targets, Scratch(f.slot, keys ? 0 : 1), prof);
+    const std::vector<FinishTarget> targets = FinishTargets(f, keys);
+    if (FlightFused(c, f, keys))
+      FinishFused(ctx, c, dev, keys, targets, Scratch(f.slot, keys ? 0 : 1), prof);
+    else
+      FinishParts(ctx, c, dev, keys, dtype, targets, Scratch(f.slot, keys ? 0 : 1), prof);
   }
   KVTC_CUDA_CALL(cudaEventRecord(ctx.slot_free[f.slot], ctx.stream));
   prof.lap("finish.launch");

@@ -132,17 +132,17 @@ variant() {
     "$OUT/variants/$tag.json"
 }
 cutlass_probe() {
-  local w=/tmp/kvtc-cutlass shape
+  local w=/tmp/kvtc-gpu/cutlass shape
+  unpack_tools  # CUTLASS's headers into $w
   stage "cutlass probe: build"
-  mkdir -p "$w" && tar -C "$w" -xJf .gpu/cutlass.tar.xz
   timeout "$(left)" /usr/local/cuda/bin/nvcc -O3 -DNDEBUG -std=c++17 -arch=sm_90a --expt-relaxed-constexpr \
-    -I"$w/include" -I"$w/tools/util/include" -Ibench bench/cutlass_gemm_probe.cu -lcublas -o "$w/probe" \
+    -I"$w/include" -I"$w/tools/util/include" -Icuda/src bench/cutlass_gemm_probe.cu -lcublas -o /tmp/kvtc-probe \
     > "$OUT/cutlass-probe-build.log" 2>&1
   echo "build rc $?"
   for shape in "$@"; do
     stage "cutlass probe $shape"
     # shellcheck disable=SC2086 # the shape is three numbers
-    timeout "$(left)" "$w/probe" $shape 2>&1 | tee -a "$OUT/cutlass-probe.log"
+    timeout "$(left)" /tmp/kvtc-probe $shape 2>&1 | tee -a "$OUT/cutlass-probe.log"
   done
 }
 merge_variants() {

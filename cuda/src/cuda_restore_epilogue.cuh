@@ -1,9 +1,9 @@
-// Probe, not product code (yet): a CUTLASS sm90 collective epilogue that finishes a restore's
-// reconstruction X = D V^T in the GEMM's registers: it adds the PCA mean, re-applies neox RoPE
-// (keys) and writes each row straight into its slot of a paged KV cache. The codec today writes the
-// GEMM's bf16 output and reads it back in a separate epilogue launch (FinishVecKernel and its
-// paired form, cuda_codec.cu): about 0.77 ms of a 1.07 GB restore whose GEMMs take 2.77 ms
-// (docs/benchmarks.md, run q, "What 1.25x would take").
+// A CUTLASS sm90 collective epilogue that finishes a restore's reconstruction X = D V^T in the
+// GEMM's registers: it adds the PCA mean, re-applies neox RoPE (keys) and writes each row straight
+// into its slot of a paged KV cache. The two-pass restore writes the GEMM's bf16 output and reads it
+// back in a separate epilogue launch (FinishPairKernel and the other finish kernels,
+// cuda_codec.cu): about 0.77 ms of a 1.07 GB restore whose GEMMs take 2.77 ms (docs/benchmarks.md,
+// run q, "What 1.25x would take").
 //
 // Why it can be done in registers: in an sm90 wgmma accumulator fragment each thread holds two
 // adjacent columns of a row in every group of 8 columns, across the whole tile width. So with a
@@ -14,7 +14,9 @@
 //
 // Used through cutlass::epilogue::collective::detail::Sm90TmaWarpSpecializedAdapter (a non-TMA
 // epilogue, stores from registers, like CUTLASS's DefaultEpilogue) with the TMA warp-specialized
-// cooperative or ping-pong mainloops: bench/cutlass_gemm_probe.cu.
+// cooperative or ping-pong mainloops: the codec's fused restore (cuda_fused_restore.cu, behind
+// KVTC_FUSED_RESTORE) and bench/cutlass_gemm_probe.cu. Needs CUTLASS 4.2's headers (PyPI
+// nvidia-cutlass) and sm_90a.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -25,17 +27,19 @@
 #include "cutlass/cutlass.h"
 #include "cutlass/gemm/gemm.h"
 
-namespace kvtc_probe {
+namespace kvtc::cuda {
+
+constexpr int kRestoreMaxLayers = 256;  // layer bases travel in the kernel's parameters (2 KiB)
 
 // Where and how a restore's rows land. Rows (GEMM M) are tokens, columns (GEMM N) are features
 // (layer, kv head, dim), as the codec's reconstruction lays them out.
 struct RestoreTarget {
-  const float* mean = nullptr;                 // [N] the stream's PCA mean
-  const float2* rope = nullptr;                // cos/sin [position][head_dim / 2]; null: no RoPE (values)
-  const int64_t* row_offset = nullptr;         // per row: element offset of its slot in a layer's tensor
-  const int64_t* row_position = nullptr;       // per row: its row of `rope`
-  __nv_bfloat16* const* layer_base = nullptr;  // per layer: the stream's base (K or V part applied)
-  int64_t head_stride = 0;                     // elements between kv heads of one slot (dims contiguous)
+  const float* mean = nullptr;                        // [N] the stream's PCA mean
+  const float2* rope = nullptr;                       // cos/sin [position][head_dim / 2]; null: no RoPE (values)
+  const int64_t* row_offset = nullptr;                // per row: element offset of its slot in a layer's tensor
+  const int64_t* row_position = nullptr;              // per row: its row of `rope`
+  __nv_bfloat16* layer_base[kRestoreMaxLayers] = {};  // per layer: the stream's base (K or V part applied)
+  int64_t head_stride = 0;                            // elements between kv heads of one slot (dims contiguous)
   int kv_heads = 0;
 };
 
@@ -131,7 +135,7 @@ class RestoreEpilogue {
   // tile's N of whole heads); here what the arguments alone decide.
   template <class ProblemShape>
   static bool can_implement(ProblemShape const&, Arguments const& args) {
-    return args.mean && args.row_offset && args.layer_base && args.kv_heads > 0 && (!kRope || args.row_position);
+    return args.mean && args.row_offset && args.layer_base[0] && args.kv_heads > 0 && (!kRope || args.row_position);
   }
 
   CUTLASS_HOST_DEVICE RestoreEpilogue(Params const& params, SharedStorage const& = SharedStorage()) : params_(params) {}
@@ -210,7 +214,7 @@ class RestoreEpilogue {
   }
 
  private:
-  Params params_;
+  Params const& params_;  // the kernel's __grid_constant__ parameters: 2 KiB of layer bases not copied per thread
 };
 
-}  // namespace kvtc_probe
+}  // namespace kvtc::cuda

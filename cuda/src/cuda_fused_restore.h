@@ -1,0 +1,49 @@
+// Internal to the CUDA backend: a restore's GEMM with its epilogue fused (cuda_restore_epilogue.cuh),
+// X = D V^T finished in registers and written straight into a paged cache, where the two-pass path
+// writes X and reads it back (ReconstructParts, then FinishParts in cuda_codec.cu). Opt-in with
+// KVTC_FUSED_RESTORE=on while it is being measured; built only when CMake is given CUTLASS's headers
+// (KVTC_CUTLASS_DIR), which define KVTC_WITH_CUTLASS.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kvtc/error.h"
+
+namespace kvtc::cuda {
+
+constexpr int kFusedMaxLayers = 256;
+
+// One stream's restore of `rows` token rows.
+struct FusedRestore {
+  const __nv_bfloat16* dq = nullptr;     // the dequantized coefficients [rows, ld_dq], row-major
+  const __nv_bfloat16* basis = nullptr;  // the stream's basis V [features, ld_basis], row-major
+  int64_t ld_dq = 0, ld_basis = 0;
+  int rows = 0, features = 0, k = 0;  // k: the coefficient columns the GEMM reads (zero-padded)
+  int head_dim = 0, kv_heads = 0, layers = 0;
+  const float* mean = nullptr;                      // [features]
+  const float2* rope = nullptr;                     // cos/sin [position][head_dim / 2] (keys), or null
+  const int64_t* row_offset = nullptr;              // per row: its slot's element offset in a layer's tensor
+  const int64_t* row_position = nullptr;            // per row: its absolute position (keys)
+  __nv_bfloat16* layer_base[kFusedMaxLayers] = {};  // per layer: the stream's K or V base
+  int64_t head_stride = 0;                          // elements between kv heads (dims contiguous)
+};
+
+#if defined(KVTC_WITH_CUTLASS)
+// Whether this build has the fused restore, and whether it takes a layer of `features_per_layer`
+// features of `head_dim` (a tile must hold whole heads of one layer).
+constexpr bool kFusedRestoreBuilt = true;
+bool FusedRestoreFits(int features_per_layer, int head_dim);
+// Queues the fused GEMM on `stream`.
+void LaunchFusedRestore(const FusedRestore& job, cudaStream_t stream);
+#else
+constexpr bool kFusedRestoreBuilt = false;
+inline bool FusedRestoreFits(int, int) { return false; }
+inline void LaunchFusedRestore(const FusedRestore&, cudaStream_t) {
+  KVTC_CHECK(false, kBackendUnavailable, "this build has no fused restore (CMake's KVTC_CUTLASS_DIR was not set)");
+}
+#endif
+
+}  // namespace kvtc::cuda
