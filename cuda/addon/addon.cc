@@ -1103,6 +1103,11 @@ Napi::Value CountersJs(const Napi::CallbackInfo& info) {
   o.Set("running", static_cast<double>(g_jobs_running.load()));
   o.Set("done", static_cast<double>(g_jobs_done.load()));
   o.Set("failed", static_cast<double>(g_jobs_failed.load()));
+#if KVTC_WITH_CUDA
+  o.Set("fusedRestores", static_cast<double>(cuda::FusedRestores()));
+#else
+  o.Set("fusedRestores", 0.0);
+#endif
   return o;
 }
 
@@ -1112,8 +1117,10 @@ Napi::Value BuildInfoJs(const Napi::CallbackInfo& info) {
 #if KVTC_WITH_CUDA
   o.Set("cuda", true);
   o.Set("cudaDevice", cuda::Available() ? Napi::Value(Napi::String::New(info.Env(), cuda::DeviceName(0))) : info.Env().Null());
+  o.Set("fusedRestore", cuda::FusedRestoreBuilt());
 #else
   o.Set("cuda", false);
+  o.Set("fusedRestore", false);
 #endif
   o.Set("blas", openblas_get_config());
   return o;

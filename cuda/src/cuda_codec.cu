@@ -12,6 +12,7 @@
 #include <cub/block/block_scan.cuh>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -1193,6 +1194,13 @@ bool Available() {
   return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
 }
 
+namespace {
+std::atomic<uint64_t> g_fused_restores{0};  // streams FinishFused wrote
+}  // namespace
+
+bool FusedRestoreBuilt() { return kFusedRestoreBuilt; }
+uint64_t FusedRestores() { return g_fused_restores.load(); }
+
 std::string DeviceName(int device) {
   cudaDeviceProp prop{};
   if (cudaGetDeviceProperties(&prop, device) != cudaSuccess) return "unknown";
@@ -2193,6 +2201,7 @@ void FinishFused(Context& ctx, const Calibration& c, const DeviceCalibration& de
   job.head_stride = cache.st.head;
   LaunchFusedRestore(job, ctx.stream);
   KVTC_CUDA_CALL(cudaGetLastError());
+  g_fused_restores.fetch_add(1);
   prof.mark(keys ? "k.fused" : "v.fused");
 }
 

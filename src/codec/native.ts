@@ -168,8 +168,16 @@ export interface NativeAddon {
     progress?: (fraction: number) => void,
   ): Promise<{ plans: NativePlanResult[]; energy: number }>;
   benchGemm(options: { m: number; n: number; k: number; transB: boolean; reps: number }): number;
-  counters(): { queued: number; running: number; done: number; failed: number };
-  buildInfo(): { formatVersion: number; cuda: boolean; cudaDevice?: string | null; blas: string };
+  /** Job counts; fusedRestores: streams restored through the fused GEMM (KVTC_FUSED_RESTORE=on). */
+  counters(): { queued: number; running: number; done: number; failed: number; fusedRestores: number };
+  /** fusedRestore: whether this CUDA build has the fused restore (built with CUTLASS). */
+  buildInfo(): {
+    formatVersion: number;
+    cuda: boolean;
+    cudaDevice?: string | null;
+    fusedRestore: boolean;
+    blas: string;
+  };
   /** CUDA builds only: device-resident bf16 KV, median seconds per batch and same-run baselines. */
   benchCuda?(
     calibration: NativeCalibration,

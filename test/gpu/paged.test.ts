@@ -21,6 +21,7 @@ import { syntheticKv } from '../../src/calibrate/synthetic.js';
 import { fitCalibration } from '../../src/calibrate/fit.js';
 import type { ModelInfo } from '../../src/codec/calibration.js';
 import { gpuSkip } from '../helpers/gpu.js';
+import { gatherRows, layerExtent, pagedIndex, sumSquaredDiff } from '../helpers/paged.js';
 
 const skip = gpuSkip;
 
@@ -46,45 +47,6 @@ function layoutOf(name: string, numBlocks = NUM_BLOCKS, block = BLOCK): PagedLay
     hnd: [H * block * D, 2 * H * block * D, D, block * D, 1], // (N, 2, H, B, D)
   };
   return { numBlocks, blockSize: block, kvHeads: H, headDim: D, dtype: 'float32', strides: s[name]! };
-}
-
-function extent(l: PagedLayout): number {
-  const [a, b, c, d, e] = l.strides;
-  return a + (l.numBlocks - 1) * b + (l.blockSize - 1) * c + (l.kvHeads - 1) * d + (l.headDim - 1) * e + 1;
-}
-
-// Host reference: element index of (layer, kv, token) row element j in the flat region.
-function index(l: PagedLayout, layer: number, kv: number, blockIds: number[], firstSlot: number, t: number, j: number) {
-  const h = Math.floor(j / model.head_dim) % model.kv_heads;
-  const d = j % model.head_dim;
-  const pos = firstSlot + t;
-  const [sk, sb, ss, sh, sd] = l.strides;
-  return (
-    layer * extent(l) +
-    kv * sk +
-    blockIds[Math.floor(pos / l.blockSize)]! * sb +
-    (pos % l.blockSize) * ss +
-    h * sh +
-    d * sd
-  );
-}
-
-function gatherHost(l: PagedLayout, flat: Float32Array, blockIds: number[], firstSlot: number, tokens: number) {
-  const keys = new Float32Array(tokens * P),
-    values = new Float32Array(tokens * P);
-  const perLayer = model.kv_heads * model.head_dim;
-  for (let t = 0; t < tokens; t++)
-    for (let j = 0; j < P; j++) {
-      const layer = Math.floor(j / perLayer);
-      keys[t * P + j] = flat[index(l, layer, 0, blockIds, firstSlot, t, j % perLayer)]!;
-      values[t * P + j] = flat[index(l, layer, 1, blockIds, firstSlot, t, j % perLayer)]!;
-    }
-  return { keys, values };
-}
-
-// Sum of squared differences: a restore's error against the original or another restore.
-function sumSquaredDiff(x: Float32Array, y: Float32Array): number {
-  return x.reduce((acc, v, k) => acc + (v - y[k]!) ** 2, 0);
 }
 
 // Rows [t0, t1) of [tokens, P] rows.
@@ -125,14 +87,14 @@ for (const name of ['flash_attn', 'flashinfer', 'hnd']) {
       const l = layoutOf(name);
       const region = allocateKv(0, model.layers, l);
       try {
-        const total = model.layers * extent(l);
+        const total = model.layers * layerExtent(l);
         const flat = Float32Array.from({ length: total }, (_, i) => Math.sin(i * 0.37) * 3 + (i % 7) * 0.1);
         writeKv(region, new Uint8Array(flat.buffer));
         const blockIds = [7, 2, 11, 0, 5];
         const firstSlot = 3;
         const tokens = 19; // slots 3..21 over 5 blocks of 5
         const span = { blockIds, firstSlot, tokens };
-        const want = gatherHost(l, flat, blockIds, firstSlot, tokens);
+        const want = gatherRows(l, model.layers, flat, blockIds, firstSlot, tokens);
 
         // 1. Gather: an all-raw record holds exactly the gathered rows.
         const raw = await encodePaged(cal, region, span, {
@@ -162,7 +124,7 @@ for (const name of ['flash_attn', 'flashinfer', 'hnd']) {
         for (let t = 0; t < tokens; t++)
           for (let j = 0; j < P; j++)
             for (const kv of [0, 1]) {
-              const i = index(l, Math.floor(j / perLayer), kv, blockIds, firstSlot, t, j % perLayer);
+              const i = pagedIndex(l, Math.floor(j / perLayer), kv, blockIds, firstSlot, t, j % perLayer);
               expected[i] = flat[i]!;
             }
         assert.deepEqual(restored, expected, 'scatter wrote exactly the span');
@@ -174,8 +136,8 @@ for (const name of ['flash_attn', 'flashinfer', 'hnd']) {
         for (let t = 0; t < tokens; t++)
           for (let j = 0; j < P; j++) {
             const layer = Math.floor(j / perLayer);
-            filled[index(l, layer, 0, blockIds, firstSlot, t, j % perLayer)] = rows.keys[t * P + j]!;
-            filled[index(l, layer, 1, blockIds, firstSlot, t, j % perLayer)] = rows.values[t * P + j]!;
+            filled[pagedIndex(l, layer, 0, blockIds, firstSlot, t, j % perLayer)] = rows.keys[t * P + j]!;
+            filled[pagedIndex(l, layer, 1, blockIds, firstSlot, t, j % perLayer)] = rows.values[t * P + j]!;
           }
         writeKv(region, new Uint8Array(filled.buffer));
         const coded = await encodePaged(cal, region, span, {
@@ -203,7 +165,14 @@ for (const name of ['flash_attn', 'flashinfer', 'hnd']) {
         assert.ok(coded.length < raw.length, `coded ${coded.length} < raw ${raw.length}`);
         writeKv(region, new Uint8Array(total * 4));
         await decodePaged(cal, region, span, coded);
-        const got = gatherHost(l, new Float32Array(readKv(region).buffer.slice(0)), blockIds, firstSlot, tokens);
+        const got = gatherRows(
+          l,
+          model.layers,
+          new Float32Array(readKv(region).buffer.slice(0)),
+          blockIds,
+          firstSlot,
+          tokens,
+        );
         const ref = await decode(cal, contiguous, { tokens, dtype: 'float32', backend: 'cuda' });
         assert.deepEqual(
           got.keys,
@@ -215,7 +184,14 @@ for (const name of ['flash_attn', 'flashinfer', 'hnd']) {
         );
         writeKv(region, new Uint8Array(total * 4));
         await decodePaged(cal, region, span, mixed);
-        const gotMixed = gatherHost(l, new Float32Array(readKv(region).buffer.slice(0)), blockIds, firstSlot, tokens);
+        const gotMixed = gatherRows(
+          l,
+          model.layers,
+          new Float32Array(readKv(region).buffer.slice(0)),
+          blockIds,
+          firstSlot,
+          tokens,
+        );
         const refMixed = await decode(cal, mixedContiguous, { tokens, dtype: 'float32', backend: 'cuda' });
         const f32 = (b: Buffer) => new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.length));
         assert.deepEqual(gotMixed.keys, f32(refMixed.keys), 'mixed record restored in place (keys)');
@@ -234,7 +210,14 @@ for (const name of ['flash_attn', 'flashinfer', 'hnd']) {
         assert.equal(Buffer.compare(coded8, contiguous8), 0, 'fp8: paged and contiguous records are identical');
         writeKv(region, new Uint8Array(total * 4));
         await decodePaged(cal, region, span, coded8, 'fp8');
-        const got8 = gatherHost(l, new Float32Array(readKv(region).buffer.slice(0)), blockIds, firstSlot, tokens);
+        const got8 = gatherRows(
+          l,
+          model.layers,
+          new Float32Array(readKv(region).buffer.slice(0)),
+          blockIds,
+          firstSlot,
+          tokens,
+        );
         const ref8 = await decode(cal, contiguous8, { tokens, dtype: 'float32', backend: 'cuda', projection: 'fp8' });
         assert.deepEqual(got8.keys, f32(ref8.keys), 'fp8 record restored in place (keys)');
         assert.deepEqual(got8.values, f32(ref8.values), 'fp8 record restored in place (values)');
@@ -250,7 +233,7 @@ test('paged: many spans in one job (fused on the device) encode like one span at
   const l = layoutOf('flash_attn');
   const region = allocateKv(0, model.layers, l);
   try {
-    const total = model.layers * extent(l);
+    const total = model.layers * layerExtent(l);
     const flat = Float32Array.from({ length: total }, (_, i) => Math.cos(i * 0.29) * 2 + (i % 5) * 0.2);
     writeKv(region, new Uint8Array(flat.buffer));
     // Odd sizes and slots, shared blocks (encoding only reads), sinks in the first, an all-raw
@@ -272,7 +255,7 @@ test('paged: many spans in one job (fused on the device) encode like one span at
     assert.equal(fused.length, spans.length);
     for (const [i, span] of spans.entries()) {
       const alone = await encodePaged(cal, region, span, options[i]!);
-      const want = gatherHost(l, flat, span.blockIds, span.firstSlot, span.tokens);
+      const want = gatherRows(l, model.layers, flat, span.blockIds, span.firstSlot, span.tokens);
       const a = await decode(cal, fused[i]!, { tokens: span.tokens, dtype: 'float32' });
       const b = await decode(cal, alone, { tokens: span.tokens, dtype: 'float32' });
       if (i === 2) {
@@ -300,7 +283,7 @@ test('paged: many records in one job (grouped on the device) restore like one re
   const cal = await calibration();
   const l = layoutOf('flash_attn');
   const source = allocateKv(0, model.layers, l);
-  const total = model.layers * extent(l);
+  const total = model.layers * layerExtent(l);
   const flat = Float32Array.from({ length: total }, (_, i) => Math.sin(i * 0.37) * 2 + (i % 7) * 0.1);
   // Disjoint spans (decodes write): sinks in the first, an all-raw record (no coded tokens) in the
   // middle, odd sizes and slots.
@@ -354,13 +337,20 @@ test('paged: many records in one job (grouped on the device) restore like one re
       const perLayer = model.kv_heads * model.head_dim;
       for (const [i, span] of targets.entries()) {
         const from = spans[sources[i]!]!;
-        const want = gatherHost(l, flat, from.blockIds, from.firstSlot + (span.recordOffset ?? 0), span.tokens);
-        const a = gatherHost(l, fused, span.blockIds, span.firstSlot, span.tokens);
-        const b = gatherHost(l, alone, span.blockIds, span.firstSlot, span.tokens);
+        const want = gatherRows(
+          l,
+          model.layers,
+          flat,
+          from.blockIds,
+          from.firstSlot + (span.recordOffset ?? 0),
+          span.tokens,
+        );
+        const a = gatherRows(l, model.layers, fused, span.blockIds, span.firstSlot, span.tokens);
+        const b = gatherRows(l, model.layers, alone, span.blockIds, span.firstSlot, span.tokens);
         for (let t = 0; t < span.tokens; t++)
           for (let j = 0; j < P; j++)
             for (const kv of [0, 1])
-              touched.add(index(l, Math.floor(j / perLayer), kv, span.blockIds, span.firstSlot, t, j % perLayer));
+              touched.add(pagedIndex(l, Math.floor(j / perLayer), kv, span.blockIds, span.firstSlot, t, j % perLayer));
         for (const part of ['keys', 'values'] as const) {
           if (sources[i] === 2) {
             assert.deepEqual(a[part], want[part], `all-raw record ${i} ${part}: bit-exact`);
@@ -401,7 +391,7 @@ test('paged: a restore of several groups (each slot reused) writes every record 
   const cal = await calibration();
   const l = layoutOf('flash_attn', 512, 16);
   const source = allocateKv(0, model.layers, l);
-  const total = model.layers * extent(l);
+  const total = model.layers * layerExtent(l);
   const flat = Float32Array.from({ length: total }, (_, i) => Math.sin(i * 0.37) * 2 + (i % 7) * 0.1);
   const sizes = [700, 700, 700, 2200, 700, 700, 700, 700];
   let block = 0;
@@ -437,9 +427,9 @@ test('paged: a restore of several groups (each slot reused) writes every record 
     // wrong: the record itself (the CPU decoder's raw rows), the restore alone, the grouped one.
     const problems: string[] = [];
     for (const [i, span] of spans.entries()) {
-      const want = gatherHost(l, flat, span.blockIds, span.firstSlot, span.tokens);
-      const a = gatherHost(l, grouped, span.blockIds, span.firstSlot, span.tokens);
-      const b = gatherHost(l, alone, span.blockIds, span.firstSlot, span.tokens);
+      const want = gatherRows(l, model.layers, flat, span.blockIds, span.firstSlot, span.tokens);
+      const a = gatherRows(l, model.layers, grouped, span.blockIds, span.firstSlot, span.tokens);
+      const b = gatherRows(l, model.layers, alone, span.blockIds, span.firstSlot, span.tokens);
       const cpu = await decode(cal, records[i]!, { tokens: span.tokens, dtype: 'float32' });
       const end = span.tokens;
       const sinks = options[i]!.tokenStart === 0 ? 4 : 0;

@@ -8,13 +8,12 @@
 // reconstruction (KVTC_RECONSTRUCTION) within its rounding. node:test, like the other GPU tests.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 
 import { toBf16 } from '../../bench/codec.js';
 import { decode, encode, type KvDtype, type Projection } from '../../src/codec/codec.js';
 import { applyRope, syntheticKv } from '../../src/calibrate/synthetic.js';
 import { modelInfo, syntheticCalibration } from '../helpers/calibration.js';
+import { fromBf16, runSelf } from '../helpers/child.js';
 import { gpuSkip } from '../helpers/gpu.js';
 
 const CHILD = 'KVTC_ROW_KERNELS_CHILD';
@@ -62,7 +61,11 @@ if (process.env[CHILD]) {
     const mine = process.env['KVTC_ROW_KERNELS'] || 'paired';
     const ours = await mineOutputs();
     for (const other of ['paired', 'vector', 'scalar'].filter((m) => m !== mine)) {
-      assertSameOutputs(ours, child({ KVTC_ROW_KERNELS: other }), `${mine} and ${other}`);
+      assertSameOutputs(
+        ours,
+        runSelf<string[]>(import.meta.url, CHILD, { KVTC_ROW_KERNELS: other }),
+        `${mine} and ${other}`,
+      );
     }
   });
 
@@ -71,7 +74,11 @@ if (process.env[CHILD]) {
   test('small-group tiles write the bits the per-token kernels write', { skip }, async () => {
     const mine = process.env['KVTC_SMALL_GROUPS'] === 'threads' ? 'threads' : 'tiles';
     const other = mine === 'tiles' ? 'threads' : 'tiles';
-    assertSameOutputs(await mineOutputs(), child({ KVTC_SMALL_GROUPS: other }), `${mine} and ${other}`);
+    assertSameOutputs(
+      await mineOutputs(),
+      runSelf<string[]>(import.meta.url, CHILD, { KVTC_SMALL_GROUPS: other }),
+      `${mine} and ${other}`,
+    );
   });
 
   // A bf16 cache's reconstruction comes out of the decode GEMM in bf16 (the default) or fp32
@@ -82,7 +89,7 @@ if (process.env[CHILD]) {
   test('bf16 reconstruction stays within a bf16 rounding of the fp32 one', { skip }, async () => {
     const mine = process.env['KVTC_RECONSTRUCTION'] === 'fp32' ? 'fp32' : 'bf16';
     const other = mine === 'bf16' ? 'fp32' : 'bf16';
-    const theirs = child({ KVTC_RECONSTRUCTION: other });
+    const theirs = runSelf<string[]>(import.meta.url, CHILD, { KVTC_RECONSTRUCTION: other });
     const ours = await mineOutputs();
     assert.equal(theirs.length, ours.length);
     let compared = 0;
@@ -95,8 +102,8 @@ if (process.env[CHILD]) {
           assert.ok(theirs[i] === ours[i], `output ${i}: ${mine} and ${other} differ`);
           continue;
         }
-        const a = fromBf16Hex(ours[i]!);
-        const b = fromBf16Hex(theirs[i]!);
+        const a = fromBf16(Buffer.from(ours[i]!, 'hex'));
+        const b = fromBf16(Buffer.from(theirs[i]!, 'hex'));
         assert.equal(a.length, b.length);
         for (let t = 0; t < a.length / P; t++) {
           let rowMax = 0;
@@ -117,24 +124,4 @@ if (process.env[CHILD]) {
 function assertSameOutputs(ours: string[], theirs: string[], which: string): void {
   assert.equal(theirs.length, ours.length);
   for (let i = 0; i < ours.length; i++) assert.ok(theirs[i] === ours[i], `output ${i}: ${which} differ`);
-}
-
-/** bf16 elements (hex of their little-endian bytes) as floats. */
-function fromBf16Hex(hex: string): Float32Array {
-  const raw = Buffer.from(hex, 'hex');
-  const out = new Float32Array(raw.length / 2);
-  const word = new Uint32Array(out.buffer);
-  for (let i = 0; i < out.length; i++) word[i] = raw.readUInt16LE(2 * i) << 16;
-  return out;
-}
-
-/** This file's outputs from a child process with `env` set. */
-function child(env: Record<string, string>): string[] {
-  const run = spawnSync(process.execPath, [fileURLToPath(import.meta.url)], {
-    env: { ...process.env, [CHILD]: '1', ...env },
-    encoding: 'utf8',
-    maxBuffer: 1 << 30,
-  });
-  assert.equal(run.status, 0, `child (${JSON.stringify(env)}) failed: ${run.stderr}`);
-  return JSON.parse(run.stdout) as string[];
 }

@@ -19,6 +19,10 @@ namespace kvtc::cuda {
 
 bool Available();              // a device is present and usable
 std::string DeviceName(int device = 0);
+// Whether this build has the fused restore (KVTC_FUSED_RESTORE=on; cuda_fused_restore.h), and how
+// many streams of restores it has written so far in this process (what the tests check it ran by).
+bool FusedRestoreBuilt();
+uint64_t FusedRestores();
 // Whether host memory at p is page-locked (registered or allocated by CUDA), so that the device
 // copies straight from it: a record there is restored without staging.
 bool IsPageLocked(const void* p);
