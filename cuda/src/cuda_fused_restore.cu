@@ -1,7 +1,8 @@
 // The fused restore (cuda_fused_restore.h): CUTLASS sm90 warp-specialized bf16 GEMMs whose epilogue
-// (cuda_restore_epilogue.cuh) writes the paged cache. One tile shape, cooperative 128 x 256 x 64 on
-// one-CTA clusters, for head dims 64 and 128, keys (RoPE) and values; bench/cutlass_gemm_probe.cu
-// times it and two other shapes against cuBLAS. Compiled for sm_90a (wgmma) only.
+// (cuda_restore_epilogue.cuh) writes the paged cache. Cooperative tiles 128 x 256 x 64 on one-CTA
+// clusters for head dims 64 and 128, keys (RoPE) and values, and 128 x 192 x 64 for layers of 192
+// features (SmolLM2: 3 heads of 64); bench/cutlass_gemm_probe.cu times the 256-wide tile and two
+// other shapes against cuBLAS. Compiled for sm_90a (wgmma) only.
 #include "cuda_common.cuh"
 #include "cuda_fused_restore.h"
 #include "cuda_restore_epilogue.cuh"
@@ -15,11 +16,15 @@ namespace {
 
 static_assert(kFusedMaxLayers == kRestoreMaxLayers, "one layer limit for the job and the epilogue");
 
-using TileShape = cute::Shape<cute::_128, cute::_256, cute::_64>;
-constexpr int kTileN = 256;
+// A tile must hold whole heads of one layer: 256 wide where the layer is a multiple of 256
+// features, else 192 wide where it is a multiple of 192.
+int TileN(int features_per_layer) {
+  return features_per_layer % 256 == 0 ? 256 : features_per_layer % 192 == 0 ? 192 : 0;
+}
 
-template <int kHeadDim, bool kRope>
+template <int kHeadDim, bool kRope, int kTileN>
 struct FusedGemm {
+  using TileShape = cute::Shape<cute::_128, cute::Int<kTileN>, cute::_64>;
   using Bf16 = cutlass::bfloat16_t;
   using CollectiveEpilogue =
       cutlass::epilogue::collective::detail::Sm90TmaWarpSpecializedAdapter<RestoreEpilogue<kHeadDim, kRope>>;
@@ -64,18 +69,18 @@ struct FusedGemm {
   }
 };
 
-template <int kHeadDim>
+template <int kHeadDim, int kTileN>
 void RunFor(const FusedRestore& job, cudaStream_t stream) {
   if (job.rope)
-    FusedGemm<kHeadDim, true>::Run(job, stream);
+    FusedGemm<kHeadDim, true, kTileN>::Run(job, stream);
   else
-    FusedGemm<kHeadDim, false>::Run(job, stream);
+    FusedGemm<kHeadDim, false, kTileN>::Run(job, stream);
 }
 
 }  // namespace
 
 bool FusedRestoreFits(int features_per_layer, int head_dim) {
-  return (head_dim == 64 || head_dim == 128) && features_per_layer % kTileN == 0;
+  return (head_dim == 128 && features_per_layer % 256 == 0) || (head_dim == 64 && TileN(features_per_layer) > 0);
 }
 
 void LaunchFusedRestore(const FusedRestore& job, cudaStream_t stream) {
@@ -83,10 +88,12 @@ void LaunchFusedRestore(const FusedRestore& job, cudaStream_t stream) {
                  job.features == job.layers * job.kv_heads * job.head_dim,
              kInternal, "the fused restore was given a shape it does not take");
   if (job.rows == 0) return;
-  if (job.head_dim == 64)
-    RunFor<64>(job, stream);
+  if (job.head_dim == 128)
+    RunFor<128, 256>(job, stream);
+  else if (TileN(job.kv_heads * job.head_dim) == 256)
+    RunFor<64, 256>(job, stream);
   else
-    RunFor<128>(job, stream);
+    RunFor<64, 192>(job, stream);
 }
 
 }  // namespace kvtc::cuda
