@@ -80,6 +80,14 @@ export function toBf16(x: Float32Array): Uint16Array {
   return out;
 }
 
+/** Little-endian bf16 elements (toBf16's, or a bf16 cache's bytes) as floats. */
+export function fromBf16(raw: Uint8Array): Float32Array {
+  const out = new Float32Array(raw.length / 2);
+  const word = new Uint32Array(out.buffer);
+  for (let i = 0; i < out.length; i++) word[i] = (raw[2 * i]! | (raw[2 * i + 1]! << 8)) << 16;
+  return out;
+}
+
 /**
  * A calibration of the synthetic distribution: its exact principal axes (syntheticPrincipalAxes)
  * and the DP on rows drawn in those axes. A randomized SVD converges to the same axes, but costs

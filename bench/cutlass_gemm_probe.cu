@@ -21,7 +21,7 @@
 //     'cutlass_library/source/tools/util/include/*' -d .cache/cutlass
 //   I=.cache/cutlass/cutlass_library/source
 //   .cache/cudatk/nvidia/cu13/bin/nvcc -O3 -DNDEBUG -std=c++17 -arch=sm_90a --expt-relaxed-constexpr \
-//     -I$I/include -I$I/tools/util/include -Icuda/src -c bench/cutlass_gemm_probe.cu -o /tmp/probe.o
+//     -I$I/include -I$I/tools/util/include -Icuda/include -Icuda/src -c bench/cutlass_gemm_probe.cu -o /tmp/probe.o
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -250,7 +250,7 @@ int main(int argc, char** argv) {
             r = argc > 3 ? std::atoi(argv[3]) : 2048;
   const int kv_heads = 8, reps = 9;
   if (T <= 0 || r <= 0 || p <= 0 || p % (kv_heads * kHeadDim) != 0 ||
-      p / (kv_heads * kHeadDim) > kvtc::cuda::kRestoreMaxLayers) {
+      p / (kv_heads * kHeadDim) > kvtc::cuda::kFusedMaxLayers) {
     std::fprintf(stderr, "usage: probe T p r (p a multiple of %d)\n", kv_heads * kHeadDim);
     return 2;
   }

@@ -75,7 +75,7 @@ done
 echo "compiled cuda/src/cuda_codec.cu with KVTC_WITH_CUTLASS=1"
 # The CUTLASS probe (bench/cutlass_gemm_probe.cu), object only.
 "$NVCC" -std=c++17 -O3 -DNDEBUG -arch=sm_90a --expt-relaxed-constexpr -I"$C/include" -I"$C/tools/util/include" \
-  -Icuda/src -c bench/cutlass_gemm_probe.cu -o "$out/cutlass_gemm_probe.o"
+  -Icuda/include -Icuda/src -c bench/cutlass_gemm_probe.cu -o "$out/cutlass_gemm_probe.o"
 echo "compiled bench/cutlass_gemm_probe.cu"
 g++ -std=c++17 -c -DKVTC_WITH_CUDA=1 -DNAPI_VERSION=8 -DNODE_ADDON_API_DISABLE_DEPRECATED -DNAPI_CPP_EXCEPTIONS \
   -Icuda/include -I"$(node -p "require('node-addon-api').include_dir")" -I"$(node -p "require('node-api-headers').include_dir")" \

@@ -2190,15 +2190,16 @@ void FinishFused(Context& ctx, const Calibration& c, const DeviceCalibration& de
   job.rows = int(rows);
   job.features = int(c.feature_dim());
   job.head_dim = int(c.head_dim);
-  job.kv_heads = int(c.kv_heads);
   job.layers = int(c.layers);
-  job.mean = keys ? dev.mean_keys.ptr : dev.mean_values.ptr;
-  job.rope = keys && c.rope.rotary_dim > 0 ? const_cast<DeviceCalibration&>(dev).RopeTable(end, ctx.stream) : nullptr;
-  job.row_offset = s.row_offsets.ptr;
-  job.row_position = s.row_positions.ptr;
+  RestoreTarget& t = job.target;
+  t.kv_heads = int(c.kv_heads);
+  t.mean = keys ? dev.mean_keys.ptr : dev.mean_values.ptr;
+  t.rope = keys && c.rope.rotary_dim > 0 ? const_cast<DeviceCalibration&>(dev).RopeTable(end, ctx.stream) : nullptr;
+  t.row_offset = s.row_offsets.ptr;
+  t.row_position = s.row_positions.ptr;
   for (uint32_t l = 0; l < c.layers; ++l)
-    job.layer_base[l] = reinterpret_cast<__nv_bfloat16*>(cache.bases.base[l]) + parts[0].out.kv_offset;
-  job.head_stride = cache.st.head;
+    t.layer_base[l] = reinterpret_cast<__nv_bfloat16*>(cache.bases.base[l]) + parts[0].out.kv_offset;
+  t.head_stride = cache.st.head;
   LaunchFusedRestore(job, ctx.stream);
   KVTC_CUDA_CALL(cudaGetLastError());
   g_fused_restores.fetch_add(1);
@@ -2668,12 +2669,12 @@ std::vector<FinishTarget> FinishTargets(const DecodeFlight& f, bool keys) {
   return targets;
 }
 
-// Whether stream `keys` of the flight restores through the fused GEMM (FusedRestoreFor).
-bool FlightFused(const Calibration& c, const DecodeFlight& f, bool keys) {
-  if (!FusedRestoreOn()) return false;
+// Whether stream `keys` of the flight, whose parts go to `targets` (FinishTargets), restores
+// through the fused GEMM (FusedRestoreFor).
+bool FlightFused(const Calibration& c, const DecodeFlight& f, bool keys, const std::vector<FinishTarget>& targets) {
   const PlanPair& plan = c.plans[f.records[0].h.plan_id];
   return FusedRestoreFor(c, (keys ? plan.keys : plan.values).rank, keys, Bf16Reconstruction(f.records[0].h.kv_dtype),
-                         f.projection == Projection::kFp8, FinishTargets(f, keys));
+                         f.projection == Projection::kFp8, targets);
 }
 
 // A flight's image on the device in two buffers, each free at its own time: the coded sections
@@ -2709,7 +2710,8 @@ void ReconstructCoded(Context& ctx, const Calibration& c, const DeviceCalibratio
   // A group shares one plan (DecodeGroups).
   const PlanPair& plan = c.plans[f.records[0].h.plan_id];
   ReconstructParts(ctx, c, dev, keys ? plan.keys : plan.values, keys, targets, f.projection == Projection::kFp8,
-                   Bf16Reconstruction(f.records[0].h.kv_dtype), FlightFused(c, f, keys), Scratch(f.slot, keys ? 0 : 1),
+                   Bf16Reconstruction(f.records[0].h.kv_dtype),
+                   FusedRestoreOn() && FlightFused(c, f, keys, FinishTargets(f, keys)), Scratch(f.slot, keys ? 0 : 1),
                    prof);
 }
 
@@ -3067,7 +3069,7 @@ void FinishDecode(Context& ctx, const Calibration& c, const DeviceCalibration& d
   // The coded rows, a stream at a time over the group.
   for (const bool keys : {true, false}) {
     const std::vector<FinishTarget> targets = FinishTargets(f, keys);
-    if (FlightFused(c, f, keys))
+    if (FlightFused(c, f, keys, targets))
       FinishFused(ctx, c, dev, keys, targets, Scratch(f.slot, keys ? 0 : 1), prof);
     else
       FinishParts(ctx, c, dev, keys, dtype, targets, Scratch(f.slot, keys ? 0 : 1), prof);

@@ -14,12 +14,12 @@
 namespace kvtc::cuda {
 namespace {
 
-static_assert(kFusedMaxLayers == kRestoreMaxLayers, "one layer limit for the job and the epilogue");
-
-// A tile must hold whole heads of one layer: 256 wide where the layer is a multiple of 256
-// features, else 192 wide where it is a multiple of 192.
-int TileN(int features_per_layer) {
-  return features_per_layer % 256 == 0 ? 256 : features_per_layer % 192 == 0 ? 192 : 0;
+// The tile width for a layer of `features_per_layer` features of `head_dim`, 0 for none: a tile
+// holds whole heads of one layer, 256 wide (head dims 64 and 128), or 192 wide (head dim 64).
+int TileN(int features_per_layer, int head_dim) {
+  if ((head_dim == 64 || head_dim == 128) && features_per_layer % 256 == 0) return 256;
+  if (head_dim == 64 && features_per_layer % 192 == 0) return 192;
+  return 0;
 }
 
 template <int kHeadDim, bool kRope, int kTileN>
@@ -42,19 +42,11 @@ struct FusedGemm {
     using StrideB = typename Gemm::GemmKernel::StrideB;
     StrideA sa = cute::make_stride(job.ld_dq, cute::Int<1>{}, int64_t(0));
     StrideB sb = cute::make_stride(job.ld_basis, cute::Int<1>{}, int64_t(0));
-    RestoreTarget target;
-    target.mean = job.mean;
-    target.rope = kRope ? job.rope : nullptr;
-    target.row_offset = job.row_offset;
-    target.row_position = job.row_position;
-    for (int l = 0; l < job.layers; ++l) target.layer_base[l] = job.layer_base[l];
-    target.head_stride = job.head_stride;
-    target.kv_heads = job.kv_heads;
     typename Gemm::Arguments args{
         cutlass::gemm::GemmUniversalMode::kGemm,
         {job.rows, job.features, job.k, 1},
         {reinterpret_cast<const Bf16*>(job.dq), sa, reinterpret_cast<const Bf16*>(job.basis), sb},
-        target};
+        job.target};
     Gemm gemm;
     KVTC_CHECK(gemm.can_implement(args) == cutlass::Status::kSuccess, kInternal,
                "the fused restore refuses rows=" << job.rows << " features=" << job.features << " k=" << job.k);
@@ -71,7 +63,7 @@ struct FusedGemm {
 
 template <int kHeadDim, int kTileN>
 void RunFor(const FusedRestore& job, cudaStream_t stream) {
-  if (job.rope)
+  if (job.target.rope)
     FusedGemm<kHeadDim, true, kTileN>::Run(job, stream);
   else
     FusedGemm<kHeadDim, false, kTileN>::Run(job, stream);
@@ -79,18 +71,17 @@ void RunFor(const FusedRestore& job, cudaStream_t stream) {
 
 }  // namespace
 
-bool FusedRestoreFits(int features_per_layer, int head_dim) {
-  return (head_dim == 128 && features_per_layer % 256 == 0) || (head_dim == 64 && TileN(features_per_layer) > 0);
-}
+bool FusedRestoreFits(int features_per_layer, int head_dim) { return TileN(features_per_layer, head_dim) > 0; }
 
 void LaunchFusedRestore(const FusedRestore& job, cudaStream_t stream) {
-  KVTC_CHECK(FusedRestoreFits(job.kv_heads * job.head_dim, job.head_dim) && job.layers <= kFusedMaxLayers &&
-                 job.features == job.layers * job.kv_heads * job.head_dim,
-             kInternal, "the fused restore was given a shape it does not take");
+  const int per_layer = job.target.kv_heads * job.head_dim;
+  const int tile = TileN(per_layer, job.head_dim);
+  KVTC_CHECK(tile > 0 && job.layers <= kFusedMaxLayers && job.features == job.layers * per_layer, kInternal,
+             "the fused restore was given a shape it does not take");
   if (job.rows == 0) return;
   if (job.head_dim == 128)
     RunFor<128, 256>(job, stream);
-  else if (TileN(job.kv_heads * job.head_dim) == 256)
+  else if (tile == 256)
     RunFor<64, 256>(job, stream);
   else
     RunFor<64, 192>(job, stream);

@@ -14,21 +14,29 @@
 
 namespace kvtc::cuda {
 
-constexpr int kFusedMaxLayers = 256;
+constexpr int kFusedMaxLayers = 256;  // layer bases travel in the kernel's parameters (2 KiB)
 
-// One stream's restore of `rows` token rows.
+// Where and how a restore's rows land (the epilogue's parameters, cuda_restore_epilogue.cuh). Rows
+// (GEMM M) are tokens, columns (GEMM N) are features (layer, kv head, dim), as the codec's
+// reconstruction lays them out.
+struct RestoreTarget {
+  const float* mean = nullptr;                      // [N] the stream's PCA mean
+  const float2* rope = nullptr;                     // cos/sin [position][head_dim / 2]; null: no RoPE (values)
+  const int64_t* row_offset = nullptr;              // per row: element offset of its slot in a layer's tensor
+  const int64_t* row_position = nullptr;            // per row: its row of `rope`
+  __nv_bfloat16* layer_base[kFusedMaxLayers] = {};  // per layer: the stream's base (K or V part applied)
+  int64_t head_stride = 0;                          // elements between kv heads of one slot (dims contiguous)
+  int kv_heads = 0;
+};
+
+// One stream's restore of `rows` token rows: the GEMM's operands and where its rows land.
 struct FusedRestore {
   const __nv_bfloat16* dq = nullptr;     // the dequantized coefficients [rows, ld_dq], row-major
   const __nv_bfloat16* basis = nullptr;  // the stream's basis V [features, ld_basis], row-major
   int64_t ld_dq = 0, ld_basis = 0;
   int rows = 0, features = 0, k = 0;  // k: the coefficient columns the GEMM reads (zero-padded)
-  int head_dim = 0, kv_heads = 0, layers = 0;
-  const float* mean = nullptr;                      // [features]
-  const float2* rope = nullptr;                     // cos/sin [position][head_dim / 2] (keys), or null
-  const int64_t* row_offset = nullptr;              // per row: its slot's element offset in a layer's tensor
-  const int64_t* row_position = nullptr;            // per row: its absolute position (keys)
-  __nv_bfloat16* layer_base[kFusedMaxLayers] = {};  // per layer: the stream's K or V base
-  int64_t head_stride = 0;                          // elements between kv heads (dims contiguous)
+  int head_dim = 0, layers = 0;
+  RestoreTarget target;
 };
 
 #if defined(KVTC_WITH_CUTLASS)

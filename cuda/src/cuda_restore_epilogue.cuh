@@ -23,25 +23,12 @@
 
 #include <cstdint>
 
+#include "cuda_fused_restore.h"  // RestoreTarget
 #include "cute/tensor.hpp"
 #include "cutlass/cutlass.h"
 #include "cutlass/gemm/gemm.h"
 
 namespace kvtc::cuda {
-
-constexpr int kRestoreMaxLayers = 256;  // layer bases travel in the kernel's parameters (2 KiB)
-
-// Where and how a restore's rows land. Rows (GEMM M) are tokens, columns (GEMM N) are features
-// (layer, kv head, dim), as the codec's reconstruction lays them out.
-struct RestoreTarget {
-  const float* mean = nullptr;                        // [N] the stream's PCA mean
-  const float2* rope = nullptr;                       // cos/sin [position][head_dim / 2]; null: no RoPE (values)
-  const int64_t* row_offset = nullptr;                // per row: element offset of its slot in a layer's tensor
-  const int64_t* row_position = nullptr;              // per row: its row of `rope`
-  __nv_bfloat16* layer_base[kRestoreMaxLayers] = {};  // per layer: the stream's base (K or V part applied)
-  int64_t head_stride = 0;                            // elements between kv heads of one slot (dims contiguous)
-  int kv_heads = 0;
-};
 
 // Per fragment element i of a thread (static layout `CoordLayout` of its tile coordinates, the
 // thread's own offset aside): its row slot among the thread's distinct rows, and for the lead
@@ -131,8 +118,8 @@ class RestoreEpilogue {
                                               cutlass::CudaHostAdapter* = nullptr) {
     return cutlass::Status::kSuccess;
   }
-  // Whole heads per tile column block is checked by the probe (N a multiple of the tile's N, the
-  // tile's N of whole heads); here what the arguments alone decide.
+  // Whole heads per tile is checked by the callers (LaunchFusedRestore, the probe: N a multiple of the
+  // tile's N, the tile's N of whole heads); here what the arguments alone decide.
   template <class ProblemShape>
   static bool can_implement(ProblemShape const&, Arguments const& args) {
     return args.mean && args.row_offset && args.layer_base[0] && args.kv_heads > 0 && (!kRope || args.row_position);

@@ -136,7 +136,7 @@ cutlass_probe() {
   unpack_tools  # CUTLASS's headers into $w
   stage "cutlass probe: build"
   timeout "$(left)" /usr/local/cuda/bin/nvcc -O3 -DNDEBUG -std=c++17 -arch=sm_90a --expt-relaxed-constexpr \
-    -I"$w/include" -I"$w/tools/util/include" -Icuda/src bench/cutlass_gemm_probe.cu -lcublas -o /tmp/kvtc-probe \
+    -I"$w/include" -I"$w/tools/util/include" -Icuda/include -Icuda/src bench/cutlass_gemm_probe.cu -lcublas -o /tmp/kvtc-probe \
     > "$OUT/cutlass-probe-build.log" 2>&1
   echo "build rc $?"
   for shape in "$@"; do

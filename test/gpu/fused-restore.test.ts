@@ -9,7 +9,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { toBf16 } from '../../bench/codec.js';
+import { fromBf16, toBf16 } from '../../bench/codec.js';
 import { applyRope, syntheticKv } from '../../src/calibrate/synthetic.js';
 import { loadNative } from '../../src/codec/native.js';
 import {
@@ -23,7 +23,7 @@ import {
 } from '../../src/codec/paged.js';
 import type { ModelInfo } from '../../src/codec/calibration.js';
 import { modelInfo, syntheticCalibration } from '../helpers/calibration.js';
-import { fromBf16, runSelf } from '../helpers/child.js';
+import { runSelf } from '../helpers/child.js';
 import { gpuSkip } from '../helpers/gpu.js';
 import { gatherRows, layerExtent, pagedIndex } from '../helpers/paged.js';
 

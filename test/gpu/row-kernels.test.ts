@@ -9,11 +9,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { toBf16 } from '../../bench/codec.js';
+import { fromBf16, toBf16 } from '../../bench/codec.js';
 import { decode, encode, type KvDtype, type Projection } from '../../src/codec/codec.js';
 import { applyRope, syntheticKv } from '../../src/calibrate/synthetic.js';
 import { modelInfo, syntheticCalibration } from '../helpers/calibration.js';
-import { fromBf16, runSelf } from '../helpers/child.js';
+import { runSelf } from '../helpers/child.js';
 import { gpuSkip } from '../helpers/gpu.js';
 
 const CHILD = 'KVTC_ROW_KERNELS_CHILD';

@@ -17,11 +17,3 @@ export function runSelf<T>(fileUrl: string, flag: string, env: Record<string, st
   assert.equal(run.status, 0, `child (${JSON.stringify(env)}) failed: ${run.stderr}`);
   return JSON.parse(run.stdout) as T;
 }
-
-/** Little-endian bf16 elements as floats. */
-export function fromBf16(raw: Uint8Array): Float32Array {
-  const out = new Float32Array(raw.length / 2);
-  const word = new Uint32Array(out.buffer);
-  for (let i = 0; i < out.length; i++) word[i] = (raw[2 * i]! | (raw[2 * i + 1]! << 8)) << 16;
-  return out;
-}
