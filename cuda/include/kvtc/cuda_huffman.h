@@ -464,8 +464,8 @@ struct DecodeTable {
   uint16_t sub_used;    // subtable entries filled (whole subtables, at most kSubEntries)
 };
 
-// The literal table's subtables: 48 of them (the first 48 prefixes of long codes; synthetic 4-bit
-// payloads have 12-44 long codes) keep five blocks of the inflate kernel (four InflateStates each,
+// The literal table's subtables: 48 of them (the first 48 prefixes of long codes; how many real
+// payloads have is not measured) keep five blocks of the inflate kernel (four InflateStates each,
 // 44.5 KB) on an SM's 228 KB, as before the subtables.
 constexpr int kLitSubEntries = 48 << (kMaxBits - 12);
 using LitTable = DecodeTable<kLitTableBits, 288, kLitSubEntries>;
