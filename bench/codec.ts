@@ -222,6 +222,8 @@ export interface CudaBenchResult extends BenchResult {
   /** pipeline time over the bf16 cuBLAS GEMMs of the same shapes (= gemm_ratio_* for bf16) */
   bf16_gemm_ratio_encode: number;
   bf16_gemm_ratio_decode: number;
+  /** streams the fused restore wrote over this row's runs (KVTC_FUSED_RESTORE=on; absent before run s) */
+  fused_restores?: number;
 }
 
 export const CUDA_SHAPES: BenchShape[] = [
@@ -271,6 +273,7 @@ export async function benchShapeCuda(
     }
     for (const batch of o.batches) {
       o.progress?.(`${shape.name}: ${T} tokens x ${batch}`, 0);
+      const fusedBefore = native.counters().fusedRestores;
       const f = native.benchCuda(cal.native, {
         keys,
         values,
@@ -310,6 +313,7 @@ export async function benchShapeCuda(
         d2h_copy_gbps: raw / f.d2hCopyS / 1e9,
         record_pool_hits: f.poolHits,
         record_pool_misses: f.poolMisses,
+        fused_restores: native.counters().fusedRestores - fusedBefore,
       });
     }
   }

@@ -128,7 +128,7 @@ variant() {
     --json --reps "${REPS:-9}" ${VARIANT_ARGS:---shape 8b --tokens 8192} > "$OUT/variants/$tag.json" 2> "$OUT/variants/$tag.err"
   echo "rc $?"
   node -e 'for (const r of JSON.parse(require("fs").readFileSync(process.argv[1])).results)
-    console.log(r.shape, r.tokens, "b" + (r.batch ?? 1), r.encode_gbps.toFixed(1), r.decode_gbps.toFixed(1))' \
+    console.log(r.shape, r.tokens, "b" + (r.batch ?? 1), r.encode_gbps.toFixed(1), r.decode_gbps.toFixed(1), "fused " + (r.fused_restores ?? "-"))' \
     "$OUT/variants/$tag.json"
 }
 cutlass_probe() {
