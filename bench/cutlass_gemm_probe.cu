@@ -8,8 +8,10 @@
 // The question it answers: can the epilogue pass the codec runs today after its cuBLAS GEMM (about
 // 0.77 of 2.77 ms GEMM time per 1.07 GB restored) ride inside the GEMM for free, which the 1.25x
 // target needs (docs/benchmarks.md, run q, "What 1.25x would take").
-// Status: compiled on the development VM (nvcc 13 from PyPI, CUTLASS 4.2.0.0), NOT YET RUN on a GPU.
-// The epilogue's pairing of columns is checked at compile time (PairPlan) for all three tile shapes.
+// Status: run on an H200 in call 67 (bench/results/gpu-2026-12-01/67-cutlass-probe.log): every CUTLASS
+// tile about 1.4x cuBLAS, the fused ones agreeing exactly; call 68 (68-cutlass-probe.log) added the
+// 256 x 128 tiles, the tile walks (no better) and the other orientation, M = features (1.07-1.15x).
+// The epilogue's pairing of columns is checked at compile time (PairPlan) for every fused tile shape.
 //
 // On the GPU machine: `cutlass_probe "2048 32768 2048" "8192 32768 2048"` in a device call's script
 // (scripts/lib/gpu-call.sh; scripts/gpu-bundle.sh carries CUTLASS's headers from PyPI as
@@ -102,34 +104,53 @@ float TimeGemm(const typename Gemm::Arguments& args, int reps) {
   return t;
 }
 
-template <class TileShape, class ClusterShape>
+// How the persistent tile scheduler walks the tiles: CUTLASS's heuristic (along M when there are
+// more N tiles, as here), or one order forced, with a swizzle (tiles of one group share operands in L2).
+struct Walk {
+  const char* name = "";
+  cutlass::gemm::kernel::detail::RasterOrderOptions raster = cutlass::gemm::kernel::detail::RasterOrderOptions::Heuristic;
+  int swizzle = 1;
+};
+
+// A plain GEMM, bf16 out. kTransposed: computes X^T [p, T] = V D^T instead (M = features, N =
+// tokens, X^T column-major is X row-major), cuBLAS's own orientation, to see whether it matters.
+template <class TileShape, class ClusterShape, class Schedule = cutlass::gemm::collective::KernelScheduleAuto,
+          bool kTransposed = false>
 struct Probe {
+  using LayoutOut = std::conditional_t<kTransposed, cutlass::layout::ColumnMajor, LayoutC>;
   using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
-      cutlass::epilogue::collective::EpilogueTileAuto, ElementAccumulator, ElementAccumulator, ElementC, LayoutC,
-      kAlign, ElementC, LayoutC, kAlign, cutlass::epilogue::collective::EpilogueScheduleAuto>::CollectiveOp;
+      cutlass::epilogue::collective::EpilogueTileAuto, ElementAccumulator, ElementAccumulator, ElementC, LayoutOut,
+      kAlign, ElementC, LayoutOut, kAlign, cutlass::epilogue::collective::EpilogueScheduleAuto>::CollectiveOp;
   using CollectiveMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, ElementA, LayoutA, kAlign, ElementB, LayoutB, kAlign,
       ElementAccumulator, TileShape, ClusterShape,
       cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(
           sizeof(typename CollectiveEpilogue::SharedStorage))>,
-      cutlass::gemm::collective::KernelScheduleAuto>::CollectiveOp;
+      Schedule>::CollectiveOp;
   using Kernel =
       cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, CollectiveMainloop, CollectiveEpilogue>;
   using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
 
   // Median time (ms) of `reps` runs of X = D V^T, or a negative value if CUTLASS refuses the shape.
-  static float Time(int T, int p, int r, const ElementA* d, const ElementB* v, ElementC* x, int reps) {
+  static float Time(int T, int p, int r, const ElementA* d, const ElementB* v, ElementC* x, int reps,
+                    const Walk& walk = {}) {
     using StrideA = typename Gemm::GemmKernel::StrideA;
     using StrideB = typename Gemm::GemmKernel::StrideB;
     using StrideC = typename Gemm::GemmKernel::StrideC;
     using StrideD = typename Gemm::GemmKernel::StrideD;
-    StrideA sa = cutlass::make_cute_packed_stride(StrideA{}, make_shape(T, r, 1));
-    StrideB sb = cutlass::make_cute_packed_stride(StrideB{}, make_shape(p, r, 1));
-    StrideC sc = cutlass::make_cute_packed_stride(StrideC{}, make_shape(T, p, 1));
-    StrideD sd = cutlass::make_cute_packed_stride(StrideD{}, make_shape(T, p, 1));
+    const int M = kTransposed ? p : T, N = kTransposed ? T : p;
+    const ElementA* a = kTransposed ? v : d;
+    const ElementB* b = kTransposed ? d : v;
+    StrideA sa = cutlass::make_cute_packed_stride(StrideA{}, make_shape(M, r, 1));
+    StrideB sb = cutlass::make_cute_packed_stride(StrideB{}, make_shape(N, r, 1));
+    StrideC sc = cutlass::make_cute_packed_stride(StrideC{}, make_shape(M, N, 1));
+    StrideD sd = cutlass::make_cute_packed_stride(StrideD{}, make_shape(M, N, 1));
     typename Gemm::Arguments args{
-        cutlass::gemm::GemmUniversalMode::kGemm, {T, p, r, 1}, {d, sa, v, sb}, {{1.0f, 0.0f}, x, sc, x, sd}};
+        cutlass::gemm::GemmUniversalMode::kGemm, {M, N, r, 1}, {a, sa, b, sb}, {{1.0f, 0.0f}, x, sc, x, sd}};
+    args.scheduler.raster_order = walk.raster;
+    args.scheduler.max_swizzle_size = walk.swizzle;
+    CHECK(cudaMemset(x, 0, size_t(M) * N * sizeof(ElementC)));  // so a GEMM that wrote nothing cannot agree
     return TimeGemm<Gemm>(args, reps);
   }
 };
@@ -248,7 +269,7 @@ Agreement Compare(const PagedCache& got, const PagedCache& want) {
 int main(int argc, char** argv) {
   const int T = argc > 1 ? std::atoi(argv[1]) : 2048, p = argc > 2 ? std::atoi(argv[2]) : 32768,
             r = argc > 3 ? std::atoi(argv[3]) : 2048;
-  const int kv_heads = 8, reps = 9;
+  const int kv_heads = 8, reps = std::getenv("PROBE_REPS") ? std::max(1, std::atoi(std::getenv("PROBE_REPS"))) : 9;
   if (T <= 0 || r <= 0 || p <= 0 || p % (kv_heads * kHeadDim) != 0 ||
       p / (kv_heads * kHeadDim) > kvtc::cuda::kFusedMaxLayers) {
     std::fprintf(stderr, "usage: probe T p r (p a multiple of %d)\n", kv_heads * kHeadDim);
@@ -310,6 +331,29 @@ int main(int argc, char** argv) {
   plain("cutlass 128x256x64 c1x1", Probe<Shape<_128, _256, _64>, Shape<_1, _1, _1>>::Time(T, p, r, dd, vv, xx, reps));
   plain("cutlass 128x256x64 c2x1", Probe<Shape<_128, _256, _64>, Shape<_2, _1, _1>>::Time(T, p, r, dd, vv, xx, reps));
   plain("cutlass 128x128x64 c1x2", Probe<Shape<_128, _128, _64>, Shape<_1, _2, _1>>::Time(T, p, r, dd, vv, xx, reps));
+  // Call 67 had every CUTLASS tile above at about 1.4x cuBLAS. What else could close it: a tile
+  // whose two consumer warp groups each hold 128 x 128 (less shared-memory traffic per MMA), the
+  // other orientation, another walk over the tiles. (Ping-pong 128 x 256 is not among them: one
+  // warp group's 128 x 256 fp32 accumulators leave ptxas too few registers, and it serializes the
+  // wgmma pipeline.)
+  using Coop = cutlass::gemm::KernelTmaWarpSpecializedCooperative;
+  using Pingpong = cutlass::gemm::KernelTmaWarpSpecializedPingpong;
+  plain("cutlass coop 256x128x64 c1x1", Probe<Shape<_256, _128, _64>, Shape<_1, _1, _1>, Coop>::Time(T, p, r, dd, vv, xx, reps));
+  plain("cutlass coop 256x128x64 c1x2", Probe<Shape<_256, _128, _64>, Shape<_1, _2, _1>, Coop>::Time(T, p, r, dd, vv, xx, reps));
+  plain("transposed coop 256x128x64 c2x1",
+        Probe<Shape<_256, _128, _64>, Shape<_2, _1, _1>, Coop, true>::Time(T, p, r, dd, vv, xx, reps));
+  plain("transposed coop 128x256x64 c1x1",
+        Probe<Shape<_128, _256, _64>, Shape<_1, _1, _1>, Coop, true>::Time(T, p, r, dd, vv, xx, reps));
+  {
+    using R = cutlass::gemm::kernel::detail::RasterOrderOptions;
+    using P = Probe<Shape<_128, _256, _64>, Shape<_1, _1, _1>>;
+    for (const Walk& w : {Walk{"along M, swizzle 2", R::AlongM, 2}, Walk{"along M, swizzle 8", R::AlongM, 8},
+                          Walk{"along N, swizzle 1", R::AlongN, 1}, Walk{"along N, swizzle 4", R::AlongN, 4}}) {
+      char name[64];
+      std::snprintf(name, sizeof name, "cutlass 128x256x64 c1x1 %s", w.name);
+      plain(name, P::Time(T, p, r, dd, vv, xx, reps, w));
+    }
+  }
 
   // The restore's target: T rows in shuffled blocks of 16 slots, positions 0..T-1.
   const int block_size = 16, layers = p / (kv_heads * kHeadDim);
@@ -390,8 +434,6 @@ int main(int argc, char** argv) {
     // The three tile shapes, each from a cleared cache.
     auto run_all = [&](auto rope) {
       constexpr bool kRope = decltype(rope)::value;
-      using Coop = cutlass::gemm::KernelTmaWarpSpecializedCooperative;
-      using Pingpong = cutlass::gemm::KernelTmaWarpSpecializedPingpong;
       const auto tk = target(got, keys);
       got.Clear();
       fused("fused coop 128x256x64 c1x1",
@@ -399,6 +441,9 @@ int main(int argc, char** argv) {
       got.Clear();
       fused("fused coop 128x256x64 c2x1",
             Fused<Shape<_128, _256, _64>, Shape<_2, _1, _1>, Coop, kRope>::Time(T, p, r, dd, vv, tk, reps));
+      got.Clear();
+      fused("fused coop 256x128x64 c1x1",
+            Fused<Shape<_256, _128, _64>, Shape<_1, _1, _1>, Coop, kRope>::Time(T, p, r, dd, vv, tk, reps));
       got.Clear();
       fused("fused pingpong 128x128x64 c1x1",
             Fused<Shape<_128, _128, _64>, Shape<_1, _1, _1>, Pingpong, kRope>::Time(T, p, r, dd, vv, tk, reps));

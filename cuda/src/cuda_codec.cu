@@ -2136,8 +2136,9 @@ void FinishParts(Context& ctx, const Calibration& c, const DeviceCalibration& de
 }
 
 // KVTC_FUSED_RESTORE=on: a restore's GEMM with its epilogue fused (cuda_fused_restore.h) where
-// FusedRestoreFor allows it, instead of the GEMM then FinishParts. Off by default until measured
-// (docs/benchmarks.md, run r); on in a build without CUTLASS is an error, not a silent fallback.
+// FusedRestoreFor allows it, instead of the GEMM then FinishParts. Off by default: measured 7-22 %
+// slower in decode (docs/benchmarks.md, runs s and t); on in a build without CUTLASS is an error, not
+// a silent fallback.
 bool FusedRestoreOn() {
   static const bool on = EnvChoice("KVTC_FUSED_RESTORE", {"off", "on"}) == 1;
   KVTC_CHECK(!on || kFusedRestoreBuilt, kBackendUnavailable,

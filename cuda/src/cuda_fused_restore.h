@@ -1,7 +1,8 @@
 // Internal to the CUDA backend: a restore's GEMM with its epilogue fused (cuda_restore_epilogue.cuh),
 // X = D V^T finished in registers and written straight into a paged cache, where the two-pass path
 // writes X and reads it back (ReconstructParts, then FinishParts in cuda_codec.cu). Opt-in with
-// KVTC_FUSED_RESTORE=on while it is being measured; built only when CMake is given CUTLASS's headers
+// KVTC_FUSED_RESTORE=on: measured slower than the two passes (docs/benchmarks.md, runs s and t: its
+// CUTLASS mainloop runs at about 1.4x cuBLAS's time with M = tokens); built only when CMake is given CUTLASS's headers
 // (KVTC_CUTLASS_DIR), which define KVTC_WITH_CUTLASS.
 #pragma once
 

@@ -37,6 +37,11 @@
 #                           CUTLASS headers scripts/gpu-bundle.sh carries (.gpu/cutlass.tar.xz),
 #                           then runs it once per SHAPE ("T p r", e.g. "8192 32768 2048"); output
 #                           as cutlass-probe.log inside logs.tgz
+#   cutlass_probe_ncu SHAPE after cutlass_probe: Nsight Compute over the probe's GEMM kernels (cuBLAS's
+#                           and CUTLASS's, one warm-up and one timed run each, PROBE_REPS=1) for
+#                           one SHAPE: each kernel's name (cuBLAS's names its tile), time, DRAM
+#                           bytes and throughputs, as cutlass-ncu.csv inside logs.tgz, and the
+#                           tensor pipe's active share as cutlass-ncu-tensor.csv
 # On exit the bench JSONs and a tarball of the logs are copied to the device tool's $OUT.
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/gpu-tools.sh"
@@ -144,6 +149,22 @@ cutlass_probe() {
     # shellcheck disable=SC2086 # the shape is three numbers
     timeout "$(left)" /tmp/kvtc-probe $shape 2>&1 | tee -a "$OUT/cutlass-probe.log"
   done
+}
+cutlass_probe_ncu() {
+  local m=gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,launch__grid_size,launch__block_size
+  m+=,sm__throughput.avg.pct_of_peak_sustained_elapsed,lts__throughput.avg.pct_of_peak_sustained_elapsed
+  m+=,dram__throughput.avg.pct_of_peak_sustained_elapsed,l1tex__throughput.avg.pct_of_peak_sustained_elapsed
+  stage "cutlass probe under ncu: $1"
+  # shellcheck disable=SC2086 # the shape is three numbers
+  PROBE_REPS=1 timeout "$(left)" ncu --clock-control none --csv --print-units base -k 'regex:gemm|device_kernel' \
+    --metrics "$m" /tmp/kvtc-probe $1 > "$OUT/cutlass-ncu.csv" 2> "$OUT/cutlass-ncu.err"
+  echo "rc $? $(wc -l < "$OUT/cutlass-ncu.csv") lines"
+  # A metric of its own: a name this ncu does not know fails the whole run.
+  # shellcheck disable=SC2086
+  PROBE_REPS=1 timeout "$(left)" ncu --clock-control none --csv --print-units base -k 'regex:gemm|device_kernel' \
+    --metrics gpu__time_duration.sum,sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_elapsed \
+    /tmp/kvtc-probe $1 > "$OUT/cutlass-ncu-tensor.csv" 2>> "$OUT/cutlass-ncu.err"
+  echo "rc $? $(wc -l < "$OUT/cutlass-ncu-tensor.csv") lines"
 }
 merge_variants() {
   local name

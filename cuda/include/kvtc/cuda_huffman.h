@@ -441,43 +441,25 @@ constexpr int kPreTableBits = 7;
 // A Huffman decoding table: a direct table of 2^bits entries (symbol | length << 9; 0 sends the
 // decoder to the canonical slow path for codes longer than `bits`, and for bit patterns of an
 // incomplete code) plus the canonical description (count per length, symbols sorted by code).
-// With kSubEntries > 0 the codes longer than `bits` resolve through subtables as well: a direct
-// entry with bit 15 set holds the offset of its prefix's subtable (2^(kMaxBits - bits) entries,
-// indexed by the code's remaining bits), up to kSubEntries entries for the first prefixes; the
-// prefixes past that keep the slow path. A warp's lanes decode different runs and wait for each
-// other, so one lane's long code costs every lane the slow path's three dependent length tests;
-// a subtable costs one more table load. (Run j measured the slow path at ~40 % of warp steps with
-// 10-bit tables; how often 12-bit tables still take it on real payloads is not measured.)
-template <int kBits, int kSyms, int kSubEntries = 0>
+template <int kBits, int kSyms>
 struct DecodeTable {
-  static constexpr int kSubBits = kMaxBits - kBits;  // the bits a subtable resolves
-  static constexpr uint16_t kSubtable = 0x8000;      // a direct entry that points to a subtable
-  static_assert(kSubEntries % (1 << kSubBits) == 0 && kSubEntries < kSubtable, "whole subtables, 15-bit offsets");
   uint16_t direct[1 << kBits];
-  uint16_t sub[kSubEntries > 0 ? kSubEntries : 1];
   uint16_t count[kMaxBits + 1];
   uint16_t offs[kMaxBits + 1];   // first index in sym[] per length
   uint16_t first[kMaxBits + 1];  // first canonical code per length
   uint16_t sym[kSyms];
   uint16_t ncodes;
-  uint16_t sub_prefix;  // the first long code's leading kBits bits (MSB first): subtable 0's prefix
-  uint16_t sub_used;    // subtable entries filled (whole subtables, at most kSubEntries)
 };
 
-// The literal table's subtables: 48 of them (the first 48 prefixes of long codes; how many real
-// payloads have is not measured) keep five blocks of the inflate kernel (four InflateStates each,
-// 44.5 KB) on an SM's 228 KB, as before the subtables.
-constexpr int kLitSubEntries = 48 << (kMaxBits - 12);
-using LitTable = DecodeTable<kLitTableBits, 288, kLitSubEntries>;
+using LitTable = DecodeTable<kLitTableBits, 288>;
 using DistTable = DecodeTable<kDistTableBits, 32>;
 using PreTable = DecodeTable<kPreTableBits, 19>;
 
 // From t.count (count[0] ignored): validity (over-subscribed codes are rejected; incomplete codes
 // only when empty or a single codeword of length 1, as libdeflate does), first code and first
-// index per length, the number of codes, and where the subtables start and how many are filled.
-// Returns false on a bad code.
-template <int kBits, int kSyms, int kSub>
-KVTC_HD inline bool FinishCounts(DecodeTable<kBits, kSyms, kSub>& t) {
+// index per length, the number of codes. Returns false on a bad code.
+template <int kBits, int kSyms>
+KVTC_HD inline bool FinishCounts(DecodeTable<kBits, kSyms>& t) {
   t.count[0] = 0;
   int left = 1, total = 0;
   for (int b = 1; b <= kMaxBits; ++b) {
@@ -496,32 +478,13 @@ KVTC_HD inline bool FinishCounts(DecodeTable<kBits, kSyms, kSub>& t) {
     code = (code + t.count[b]) << 1;
   }
   t.ncodes = uint16_t(total);
-  // A code that has long codes is complete (above), so its long codes' prefixes are consecutive,
-  // from the first long code's to the last one's: subtable k serves prefix sub_prefix + k.
-  t.sub_prefix = 0;
-  t.sub_used = 0;
-  if (kSub > 0) {
-    int lo = 0, hi = 0;  // shortest and longest lengths above kBits
-    for (int b = kBits + 1; b <= kMaxBits; ++b) {
-      if (t.count[b] == 0) continue;
-      if (!lo) lo = b;
-      hi = b;
-    }
-    if (lo) {
-      const uint32_t q0 = uint32_t(t.first[lo]) >> (lo - kBits);
-      const uint32_t q1 = uint32_t(t.first[hi] + t.count[hi] - 1) >> (hi - kBits);
-      const uint32_t used = (q1 - q0 + 1) << (kMaxBits - kBits);
-      t.sub_prefix = uint16_t(q0);
-      t.sub_used = uint16_t(used < uint32_t(kSub) ? used : uint32_t(kSub));
-    }
-  }
   return true;
 }
 
 // The serial part of building a table: counts, FinishCounts, the symbols in canonical order.
 // Returns false on a bad code. WarpPrepareTable runs the same steps with a warp's lanes.
-template <int kBits, int kSyms, int kSub>
-KVTC_HD inline bool PrepareTable(const uint8_t* lens, int n, DecodeTable<kBits, kSyms, kSub>& t) {
+template <int kBits, int kSyms>
+KVTC_HD inline bool PrepareTable(const uint8_t* lens, int n, DecodeTable<kBits, kSyms>& t) {
   for (int b = 0; b <= kMaxBits; ++b) t.count[b] = 0;
   for (int s = 0; s < n; ++s) t.count[lens[s]]++;
   if (!FinishCounts(t)) return false;
@@ -536,9 +499,8 @@ KVTC_HD inline bool PrepareTable(const uint8_t* lens, int n, DecodeTable<kBits, 
 // PrepareTable by lanes [0, nlanes) of a warp (nlanes 1: PrepareTable itself): lengths counted
 // and symbols placed 32 at a time with warp votes, where one lane would walk the 288 lengths
 // twice through shared memory. Same table, same verdict, in every lane.
-template <int kBits, int kSyms, int kSub>
-KVTC_HD inline bool WarpPrepareTable(const uint8_t* lens, int n, DecodeTable<kBits, kSyms, kSub>& t, int lane,
-                                     int nlanes) {
+template <int kBits, int kSyms>
+KVTC_HD inline bool WarpPrepareTable(const uint8_t* lens, int n, DecodeTable<kBits, kSyms>& t, int lane, int nlanes) {
 #if defined(__CUDA_ARCH__)
   if (nlanes == 32) {
     constexpr unsigned kAll = 0xffffffffu;
@@ -578,43 +540,21 @@ KVTC_HD inline bool WarpPrepareTable(const uint8_t* lens, int n, DecodeTable<kBi
   return PrepareTable(lens, n, t);
 }
 
-// The parallel part: fills the direct table and the subtables; lanes [0, nlanes) of a warp (one
-// lane on the host) share them, with a warp barrier between clearing and filling, and after. One
-// lane alone (lane 0 building the precode table inside ReadBlockHeader) takes no barrier: a
-// __syncwarp there would pair with the other lanes' next barrier and let them run ahead of the
-// header.
-template <int kBits, int kSyms, int kSub>
-KVTC_HD inline void FillTable(const uint8_t* lens, DecodeTable<kBits, kSyms, kSub>& t, int lane, int nlanes) {
-  using Table = DecodeTable<kBits, kSyms, kSub>;
-  constexpr int kSubBits = Table::kSubBits;
+// The parallel part: fills the direct table; lanes [0, nlanes) of a warp (one lane on the host)
+// share it, with a warp barrier between clearing and filling, and after. One lane alone (lane 0
+// building the precode table inside ReadBlockHeader) takes no barrier: a __syncwarp there would
+// pair with the other lanes' next barrier and let them run ahead of the header.
+template <int kBits, int kSyms>
+KVTC_HD inline void FillTable(const uint8_t* lens, DecodeTable<kBits, kSyms>& t, int lane, int nlanes) {
   for (int i = lane; i < (1 << kBits); i += nlanes) t.direct[i] = 0;
-  for (int i = lane; i < t.sub_used; i += nlanes) t.sub[i] = 0;
   if (nlanes > 1) KVTC_SYNCWARP();
-  // Code i's canonical value (MSB first) and its length.
-  auto code_of = [&](int i, int& l) {
-    l = lens[t.sym[i]];
-    return t.first[l] + uint32_t(i - t.offs[l]);
-  };
   for (int i = lane; i < t.ncodes; i += nlanes) {
-    int l = 0;
-    const uint32_t code = code_of(i, l);
-    const uint16_t e = uint16_t(t.sym[i] | (l << 9));
-    if (l <= kBits) {
-      for (uint32_t k = ReverseBits(code, l); k < (1u << kBits); k += 1u << l) t.direct[k] = e;
-      continue;
-    }
-    if (kSub == 0) continue;
-    const uint32_t prefix = code >> (l - kBits);
-    const uint32_t base = (prefix - t.sub_prefix) << kSubBits;
-    if (base >= t.sub_used) continue;  // past the subtables kept: the slow path
-    const int rest = l - kBits;
-    for (uint32_t k = ReverseBits(code & ((1u << rest) - 1), rest); k < (1u << kSubBits); k += 1u << rest)
-      t.sub[base + k] = e;
-    // The prefix's first code points the direct entry at the subtable (one writer per entry).
-    int pl = 0;
-    const bool first_of_prefix =
-        i == 0 || (lens[t.sym[i - 1]] <= kBits) || (code_of(i - 1, pl) >> (pl - kBits)) != prefix;
-    if (first_of_prefix) t.direct[ReverseBits(prefix, kBits)] = uint16_t(Table::kSubtable | base);
+    const int s = t.sym[i];
+    const int l = lens[s];
+    if (l > kBits) continue;
+    const uint32_t rev = ReverseBits(t.first[l] + uint32_t(i - t.offs[l]), l);
+    const uint16_t e = uint16_t(s | (l << 9));
+    for (uint32_t k = rev; k < (1u << kBits); k += 1u << l) t.direct[k] = e;
   }
   if (nlanes > 1) KVTC_SYNCWARP();
 }
@@ -721,14 +661,9 @@ struct BitReader {
 
 // Decodes one symbol; needs >= kMaxBits bits in the reader. Returns -1 for a bit pattern that is
 // no codeword.
-template <int kBits, int kSyms, int kSub>
-KVTC_HD_INLINE int DecodeSym(BitReader& br, const DecodeTable<kBits, kSyms, kSub>& t) {
-  using Table = DecodeTable<kBits, kSyms, kSub>;
-  uint16_t e = t.direct[br.Peek(kBits)];
-  if constexpr (kSub > 0) {
-    if (e & Table::kSubtable)
-      e = t.sub[(e & ~Table::kSubtable) + ((uint32_t(br.buf) >> kBits) & ((1u << Table::kSubBits) - 1))];
-  }
+template <int kBits, int kSyms>
+KVTC_HD_INLINE int DecodeSym(BitReader& br, const DecodeTable<kBits, kSyms>& t) {
+  const uint16_t e = t.direct[br.Peek(kBits)];
   if (e) {
     br.Drop(e >> 9);
     return e & 511;
@@ -736,7 +671,8 @@ KVTC_HD_INLINE int DecodeSym(BitReader& br, const DecodeTable<kBits, kSyms, kSub
   // Canonical decoding of a code longer than kBits (or of no codeword): the direct table holds
   // every codeword of up to kBits bits, so only the longer lengths can match. Each length is
   // tested on its own (first code and index per length come from PrepareTable), without the
-  // chain of a bit-at-a-time walk. Codes the subtables resolve never come here.
+  // chain of a bit-at-a-time walk: on the GPU a warp waits for its slowest lane, and with ~10 %
+  // long codes in a quantized payload some lane takes this path at nearly every step.
   const uint32_t bits = uint32_t(br.buf);
 #if defined(__CUDA_ARCH__)
 #pragma unroll
