@@ -12,6 +12,10 @@
 // tile about 1.4x cuBLAS, the fused ones agreeing exactly; call 68 (68-cutlass-probe.log) added the
 // 256 x 128 tiles, the tile walks (no better) and the other orientation, M = features (1.07-1.15x).
 // The epilogue's pairing of columns is checked at compile time (PairPlan) for every fused tile shape.
+// Call 71 (71-cutlass-probe.log) added the fused epilogue in that orientation (FusedByFeature: V's
+// rows permuted so each 16-row slab holds dims a..a+7 and a+D/2..a+D/2+7, movmatrix.trans for 4-byte
+// token-major stores): exact, but 1.34-1.80x cuBLAS, no better than M = tokens. Call 72 takes its
+// epilogue apart (ByFeatureStores) and tries the ping-pong schedule.
 //
 // On the GPU machine: `cutlass_probe "2048 32768 2048" "8192 32768 2048"` in a device call's script
 // (scripts/lib/gpu-call.sh; scripts/gpu-bundle.sh carries CUTLASS's headers from PyPI as
@@ -182,6 +186,217 @@ struct Fused {
   }
 };
 
+// The fused restore with M = features (X^T = V' D^T), the orientation in which CUTLASS's GEMM ran at
+// 1.07-1.15x cuBLAS in call 68 (M = tokens: 1.4x). Two things make its epilogue work in registers:
+// - V's rows are reordered (V' = PermuteRows(V)) so that in every 16-row slab of a head, rows 0-7
+//   are dims a..a+7 and rows 8-15 dims a+D/2..a+D/2+7 (a = 8 x slab). A wgmma fragment holds rows r
+//   and r + 8 of the same columns in one thread, so it holds both members of every neox pair, in any
+//   tile and schedule.
+// - Each 8 x 8 block (8 feature rows x 8 tokens; a thread has two adjacent tokens of one row) is
+//   transposed across the warp with movmatrix, after which a lane has two adjacent features of one
+//   token: one 4-byte store, 16 contiguous bytes per token across a quad, as in RestoreEpilogue.
+template <int kHeadDim>
+__host__ __device__ constexpr int DimOfRow(int q) {  // q: the row within its head, in V' order
+  const int slab = q / 16, w = q % 16;
+  return w < 8 ? 8 * slab + w : kHeadDim / 2 + 8 * slab + (w - 8);
+}
+
+// What RestoreEpilogueByFeature stores (call 72's ablations of call 71's 1.34-1.80x): kTransposed
+// as built; kDirect without the transposes, each element 2 bytes into its slot; kNoLoads transposed
+// but each token's slot at token x slot stride (no load of row_offset; timing only, the slots are
+// wrong); kNoStores nothing (timing only: the GEMM and the epilogue's arithmetic).
+enum class ByFeatureStores { kTransposed, kDirect, kNoLoads, kNoStores };
+
+template <int kHeadDim, bool kRope, ByFeatureStores kStores = ByFeatureStores::kTransposed>
+class RestoreEpilogueByFeature {
+ public:
+  using ElementC = cutlass::bfloat16_t;
+  using ElementD = cutlass::bfloat16_t;
+  using StrideC = cutlass::gemm::TagToStrideC_t<cutlass::layout::RowMajor>;
+  using StrideD = StrideC;
+  using ElementAccumulator = float;
+  using GmemTiledCopyC = void;
+  using GmemTiledCopyD = void;
+  using ThreadEpilogueOp = void;
+  struct SharedStorage {};
+  using TensorStorage = SharedStorage;
+  using Arguments = kvtc::cuda::RestoreTarget;
+  using Params = kvtc::cuda::RestoreTarget;
+
+  template <class ProblemShape>
+  static constexpr Params to_underlying_arguments(ProblemShape const&, Arguments const& args, void*) {
+    return args;
+  }
+  template <class ProblemShape>
+  static size_t get_workspace_size(ProblemShape const&, Arguments const&) {
+    return 0;
+  }
+  template <class ProblemShape>
+  static cutlass::Status initialize_workspace(ProblemShape const&, Arguments const&, void*, cudaStream_t,
+                                              cutlass::CudaHostAdapter* = nullptr) {
+    return cutlass::Status::kSuccess;
+  }
+  template <class ProblemShape>
+  static bool can_implement(ProblemShape const&, Arguments const& args) {
+    return args.mean && args.row_offset && args.layer_base[0] && args.kv_heads > 0 && (!kRope || args.row_position);
+  }
+  CUTLASS_HOST_DEVICE RestoreEpilogueByFeature(Params const& params, SharedStorage const& = SharedStorage())
+      : params_(params) {}
+  CUTLASS_DEVICE bool is_source_needed() { return false; }
+
+  template <class ProblemShapeMNKL, class BlockShapeMNK, class BlockCoordMNKL, class FrgEngine, class FrgLayout,
+            class TiledMma, class ResidueMNK>
+  CUTLASS_DEVICE void operator()(ProblemShapeMNKL problem_shape_mnkl, BlockShapeMNK blk_shape_mnk,
+                                 BlockCoordMNKL blk_coord_mnkl, cute::Tensor<FrgEngine, FrgLayout> const& acc,
+                                 TiledMma tiled_mma, ResidueMNK, int thread_idx, char*) {
+    using namespace cute;
+    static_assert(is_static<BlockShapeMNK>::value, "the tile shape must be static");
+    constexpr int kTileM = int(size<0>(BlockShapeMNK{}));
+    static_assert(kTileM % kHeadDim == 0, "a tile must be a whole number of heads tall");
+    const int N = int(get<1>(problem_shape_mnkl));  // tokens
+    const int tile_m0 = int(get<0>(blk_coord_mnkl)) * kTileM;
+    const int tile_n0 = int(get<1>(blk_coord_mnkl)) * int(size<1>(BlockShapeMNK{}));
+
+    auto thr_mma = tiled_mma.get_thread_slice(thread_idx);
+    Tensor tile_coords = thr_mma.partition_C(make_identity_tensor(take<0, 2>(blk_shape_mnk)));
+    using CoordLayout = cute::remove_cvref_t<decltype(tile_coords.layout())>;
+    static_assert(is_static<CoordLayout>::value, "the accumulator layout must be static");
+    constexpr int kElems = decltype(size(CoordLayout{}))::value;
+    // The partners, at compile time: per lead element (even column, a lead row: row % 16 < 8), the
+    // elements at column + 1, row + 8 and both.
+    constexpr auto plan = [] {
+      struct Plan {
+        bool lead[kElems] = {};
+        int next[kElems] = {}, below[kElems] = {}, below_next[kElems] = {};
+        bool ok = true;
+      } p;
+      int row[kElems] = {}, col[kElems] = {};
+      const auto coord = make_coord_tensor(CoordLayout{});
+      for (int i = 0; i < kElems; ++i) {
+        row[i] = int(get<0>(coord(i)));
+        col[i] = int(get<1>(coord(i)));
+      }
+      auto find = [&](int r, int c) {
+        for (int j = 0; j < kElems; ++j)
+          if (row[j] == r && col[j] == c) return j;
+        return -1;
+      };
+      int leads = 0;
+      for (int i = 0; i < kElems; ++i) {
+        if (col[i] % 2 != 0 || row[i] % 16 >= 8) continue;
+        p.lead[i] = true;
+        ++leads;
+        p.next[i] = find(row[i], col[i] + 1);
+        p.below[i] = find(row[i] + 8, col[i]);
+        p.below_next[i] = find(row[i] + 8, col[i] + 1);
+        if (p.next[i] < 0 || p.below[i] < 0 || p.below_next[i] < 0) p.ok = false;
+      }
+      if (leads * 4 != kElems) p.ok = false;
+      return p;
+    }();
+    static_assert(plan.ok, "the accumulator fragment does not hold rows r and r + 8 and adjacent columns");
+    const auto rel = make_coord_tensor(CoordLayout{});
+    const int thr_m = int(get<0>(tile_coords(0))) - int(get<0>(rel(0)));
+    const int thr_n = int(get<1>(tile_coords(0))) - int(get<1>(rel(0)));
+    const int lane = thread_idx % 32;
+
+    const int per_layer = params_.kv_heads * kHeadDim;
+    const int layer = tile_m0 / per_layer;  // the tile lies in one layer
+    __nv_bfloat16* const base = params_.layer_base[layer];
+    constexpr int kHalf = kHeadDim / 2;
+
+    CUTLASS_PRAGMA_UNROLL
+    for (int i = 0; i < kElems; ++i) {
+      if (!plan.lead[i]) continue;
+      const int m = tile_m0 + thr_m + int(get<0>(rel(i)));  // a lead row (V' order)
+      const int n = tile_n0 + thr_n + int(get<1>(rel(i)));  // even token
+      const int f_local = m - layer * per_layer, head = f_local / kHeadDim;
+      const int d = DimOfRow<kHeadDim>(f_local % kHeadDim);  // its partner row m + 8 has d + D/2 (RoPE)
+      const int f = layer * per_layer + head * kHeadDim + d;
+      const float mean_a = __ldg(params_.mean + f);
+      const float mean_b = __ldg(params_.mean + f + kHalf);  // row m + 8 is dim d + D/2 in V' order
+      float a0 = acc(i) + mean_a, a1 = acc(plan.next[i]) + mean_a;
+      float b0 = acc(plan.below[i]) + mean_b, b1 = acc(plan.below_next[i]) + mean_b;
+      if constexpr (kRope) {
+        const int n1 = n + 1 < N ? n + 1 : n;
+        const float2 c0 = __ldg(params_.rope + __ldg(params_.row_position + (n < N ? n : 0)) * kHalf + d);
+        const float2 c1 = __ldg(params_.rope + __ldg(params_.row_position + (n1 < N ? n1 : 0)) * kHalf + d);
+        const float ra0 = a0 * c0.x - b0 * c0.y, rb0 = b0 * c0.x + a0 * c0.y;
+        const float ra1 = a1 * c1.x - b1 * c1.y, rb1 = b1 * c1.x + a1 * c1.y;
+        a0 = ra0, a1 = ra1, b0 = rb0, b1 = rb1;
+      }
+      if constexpr (kStores == ByFeatureStores::kNoStores) {
+        // A condition the compiler cannot decide, so the arithmetic stays.
+        if (params_.kv_heads == -1) base[n] = __float2bfloat16(a0 + a1 + b0 + b1);
+      } else if constexpr (kStores == ByFeatureStores::kDirect) {
+        const __nv_bfloat16 out[4] = {__float2bfloat16(a0), __float2bfloat16(a1), __float2bfloat16(b0),
+                                      __float2bfloat16(b1)};
+        CUTLASS_PRAGMA_UNROLL
+        for (int k = 0; k < 4; ++k) {
+          const int token = n + (k & 1);
+          if (token < N)
+            base[__ldg(params_.row_offset + token) + head * params_.head_stride + d + (k >> 1) * kHalf] = out[k];
+        }
+      } else {
+        // Rows m (dims d..) and m + 8 (dims d + D/2..): two 8 x 8 blocks, each transposed across the warp.
+        StoreBlock(base, head, m & ~7, n & ~7, lane, N, __floats2bfloat162_rn(a0, a1), layer * per_layer);
+        StoreBlock(base, head, (m & ~7) + 8, n & ~7, lane, N, __floats2bfloat162_rn(b0, b1), layer * per_layer);
+      }
+    }
+  }
+
+ private:
+  // One 8 x 8 block of rows r0.. (V' order) and tokens c0..: after the transpose this lane holds rows
+  // r0 + 2 (lane % 4) and + 1 (two adjacent dims) of token c0 + lane / 4.
+  CUTLASS_DEVICE void StoreBlock(__nv_bfloat16* base, int head, int r0, int c0, int lane, int N, __nv_bfloat162 v,
+                                 int layer_first) const {
+    uint32_t in = *reinterpret_cast<uint32_t*>(&v), out;
+    asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(out) : "r"(in));
+    const int token = c0 + lane / 4;
+    if (token >= N) return;
+    const int d = DimOfRow<kHeadDim>((r0 - layer_first) % kHeadDim + 2 * (lane % 4));
+    const int64_t slot = kStores == ByFeatureStores::kNoLoads ? int64_t(token) * params_.kv_heads * kHeadDim
+                                                               : __ldg(params_.row_offset + token);
+    __nv_bfloat16* at = base + slot + head * params_.head_stride + d;
+    *reinterpret_cast<uint32_t*>(at) = out;
+  }
+  Params const& params_;
+};
+
+// V' [p, r]: V's rows in RestoreEpilogueByFeature's order (row q of each head from dim DimOfRow(q)).
+__global__ void PermuteRows(const __nv_bfloat16* __restrict__ v, __nv_bfloat16* __restrict__ out, int p, int r) {
+  const size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x;
+  if (i >= size_t(p) * r) return;
+  const int q = int(i / r), k = int(i % r);
+  const int head0 = q - q % kHeadDim;
+  out[i] = v[size_t(head0 + DimOfRow<kHeadDim>(q % kHeadDim)) * r + k];
+}
+
+template <class TileShape, class ClusterShape, class Schedule, bool kRope,
+          ByFeatureStores kStores = ByFeatureStores::kTransposed>
+struct FusedByFeature {
+  using CollectiveEpilogue = cutlass::epilogue::collective::detail::Sm90TmaWarpSpecializedAdapter<
+      RestoreEpilogueByFeature<kHeadDim, kRope, kStores>>;
+  using CollectiveMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, ElementA, LayoutA, kAlign, ElementB, LayoutB, kAlign,
+      ElementAccumulator, TileShape, ClusterShape, cutlass::gemm::collective::StageCountAuto, Schedule>::CollectiveOp;
+  using Kernel =
+      cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, CollectiveMainloop, CollectiveEpilogue>;
+  using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+
+  // Median time (ms) of `reps` fused restores from V' (vperm) into `target`, or negative if refused.
+  static float Time(int T, int p, int r, const ElementA* d, const ElementA* vperm, const kvtc::cuda::RestoreTarget& target,
+                    int reps) {
+    if ((target.kv_heads * kHeadDim) % int(size<0>(TileShape{})) != 0) return -3.f;
+    using StrideA = typename Gemm::GemmKernel::StrideA;
+    using StrideB = typename Gemm::GemmKernel::StrideB;
+    StrideA sa = cutlass::make_cute_packed_stride(StrideA{}, make_shape(p, r, 1));
+    StrideB sb = cutlass::make_cute_packed_stride(StrideB{}, make_shape(T, r, 1));
+    typename Gemm::Arguments args{cutlass::gemm::GemmUniversalMode::kGemm, {p, T, r, 1}, {vperm, sa, d, sb}, target};
+    return TimeGemm<Gemm>(args, reps);
+  }
+};
+
 __global__ void Fill(__nv_bfloat16* p, size_t n, uint32_t seed) {
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
     uint32_t h = uint32_t(i) * 2654435761u ^ seed;
@@ -344,6 +559,8 @@ int main(int argc, char** argv) {
         Probe<Shape<_256, _128, _64>, Shape<_2, _1, _1>, Coop, true>::Time(T, p, r, dd, vv, xx, reps));
   plain("transposed coop 128x256x64 c1x1",
         Probe<Shape<_128, _256, _64>, Shape<_1, _1, _1>, Coop, true>::Time(T, p, r, dd, vv, xx, reps));
+  plain("transposed pingpong 128x128x64 c1x1",
+        Probe<Shape<_128, _128, _64>, Shape<_1, _1, _1>, Pingpong, true>::Time(T, p, r, dd, vv, xx, reps));
   {
     using R = cutlass::gemm::kernel::detail::RasterOrderOptions;
     using P = Probe<Shape<_128, _256, _64>, Shape<_1, _1, _1>>;
@@ -405,6 +622,11 @@ int main(int argc, char** argv) {
   };
   const size_t elems = size_t(T) * p;
   const unsigned grid = unsigned((elems + 255) / 256);
+  __nv_bfloat16* vperm;
+  CHECK(cudaMalloc(&vperm, size_t(p) * r * 2));
+  PermuteRows<<<unsigned((size_t(p) * r + 255) / 256), 256>>>(v, vperm, p, r);
+  CHECK(cudaGetLastError());
+  auto* vp = reinterpret_cast<const E*>(vperm);
 
   // Today's design is two passes: the bf16 GEMM, then an epilogue kernel that reads X back and
   // writes the cache. Its floor: a device-to-device copy of X (the same bytes read and written).
@@ -447,6 +669,30 @@ int main(int argc, char** argv) {
       got.Clear();
       fused("fused pingpong 128x128x64 c1x1",
             Fused<Shape<_128, _128, _64>, Shape<_1, _1, _1>, Pingpong, kRope>::Time(T, p, r, dd, vv, tk, reps));
+      got.Clear();
+      fused("by feature coop 128x256x64 c1x1",
+            FusedByFeature<Shape<_128, _256, _64>, Shape<_1, _1, _1>, Coop, kRope>::Time(T, p, r, dd, vp, tk, reps));
+      got.Clear();
+      fused("by feature coop 256x128x64 c2x1",
+            FusedByFeature<Shape<_256, _128, _64>, Shape<_2, _1, _1>, Coop, kRope>::Time(T, p, r, dd, vp, tk, reps));
+      // Call 72: a schedule that overlaps one warp group's epilogue with the other's MMAs, and what
+      // the 128 x 256 tile's epilogue costs by part.
+      got.Clear();
+      fused("by feature pingpong 128x128x64 c1x1",
+            FusedByFeature<Shape<_128, _128, _64>, Shape<_1, _1, _1>, Pingpong, kRope>::Time(T, p, r, dd, vp, tk, reps));
+      using S = ByFeatureStores;
+      got.Clear();
+      fused("by feature coop 128x256 direct stores",
+            FusedByFeature<Shape<_128, _256, _64>, Shape<_1, _1, _1>, Coop, kRope, S::kDirect>::Time(T, p, r, dd, vp, tk,
+                                                                                                  reps));
+      line("by feature coop 128x256 no row loads",
+           FusedByFeature<Shape<_128, _256, _64>, Shape<_1, _1, _1>, Coop, kRope, S::kNoLoads>::Time(T, p, r, dd, vp, tk,
+                                                                                                  reps),
+           "timing only (slots not the cache's)");
+      line("by feature coop 128x256 no stores",
+           FusedByFeature<Shape<_128, _256, _64>, Shape<_1, _1, _1>, Coop, kRope, S::kNoStores>::Time(T, p, r, dd, vp,
+                                                                                                   tk, reps),
+           "timing only (writes nothing)");
     };
     if (keys)
       run_all(std::true_type{});
