@@ -204,8 +204,12 @@ __host__ __device__ constexpr int DimOfRow(int q) {  // q: the row within its he
 // What RestoreEpilogueByFeature stores (call 72's ablations of call 71's 1.34-1.80x): kTransposed
 // as built; kDirect without the transposes, each element 2 bytes into its slot; kNoLoads transposed
 // but each token's slot at token x slot stride (no load of row_offset; timing only, the slots are
-// wrong); kNoStores nothing (timing only: the GEMM and the epilogue's arithmetic).
-enum class ByFeatureStores { kTransposed, kDirect, kNoLoads, kNoStores };
+// wrong); kNoStores nothing (timing only: the GEMM and the epilogue's arithmetic). Call 72 had the
+// transposed stores at 1.26-1.38x cuBLAS (T = 2048) but 1.03-1.19x without their loads: each
+// StoreBlock's load of its token's slot came after a (volatile, warp-synchronous) movmatrix, so the
+// 64 loads of a thread waited one after the other. kBatched (call 73) loads the slots (and, for
+// keys, the positions, then the RoPE factors) of 8 leads at a time before any of their transposes.
+enum class ByFeatureStores { kTransposed, kDirect, kNoLoads, kNoStores, kBatched };
 
 template <int kHeadDim, bool kRope, ByFeatureStores kStores = ByFeatureStores::kTransposed>
 class RestoreEpilogueByFeature {
@@ -268,6 +272,7 @@ class RestoreEpilogueByFeature {
       struct Plan {
         bool lead[kElems] = {};
         int next[kElems] = {}, below[kElems] = {}, below_next[kElems] = {};
+        int leads[kElems] = {};  // the lead elements, in order (kElems / 4 of them)
         bool ok = true;
       } p;
       int row[kElems] = {}, col[kElems] = {};
@@ -285,7 +290,7 @@ class RestoreEpilogueByFeature {
       for (int i = 0; i < kElems; ++i) {
         if (col[i] % 2 != 0 || row[i] % 16 >= 8) continue;
         p.lead[i] = true;
-        ++leads;
+        p.leads[leads++] = i;
         p.next[i] = find(row[i], col[i] + 1);
         p.below[i] = find(row[i] + 8, col[i]);
         p.below_next[i] = find(row[i] + 8, col[i] + 1);
@@ -304,6 +309,62 @@ class RestoreEpilogueByFeature {
     const int layer = tile_m0 / per_layer;  // the tile lies in one layer
     __nv_bfloat16* const base = params_.layer_base[layer];
     constexpr int kHalf = kHeadDim / 2;
+
+    if constexpr (kStores == ByFeatureStores::kBatched) {
+      constexpr int kLeads = kElems / 4, kBatch = kRope ? 4 : 8;  // keys: 8 spilled (the RoPE factors)
+      static_assert(kLeads % kBatch == 0, "leads come in batches");
+      // A compile-time batch index: with a runtime one (the loop not unrolled) `plan` went to the stack
+      // (2.7 KB per thread).
+      cute::for_each(cute::make_int_sequence<kLeads / kBatch>{}, [&](auto batch) {
+        constexpr int b0 = decltype(batch)::value * kBatch;
+        int64_t slot[kBatch], pos0[kBatch], pos1[kBatch];
+        float2 cs0[kBatch], cs1[kBatch];
+        // Each lead's element index a constant too (`plan` read only in constant expressions).
+        cute::for_each(cute::make_int_sequence<kBatch>{}, [&](auto jj) {
+          constexpr int j = decltype(jj)::value, i = plan.leads[b0 + j];
+          const int n = tile_n0 + thr_n + int(get<1>(rel(i)));
+          const int token = (n & ~7) + lane / 4;  // the token this lane stores after the transposes
+          slot[j] = __ldg(params_.row_offset + (token < N ? token : 0));
+          if constexpr (kRope) {
+            pos0[j] = __ldg(params_.row_position + (n < N ? n : 0));
+            pos1[j] = __ldg(params_.row_position + (n + 1 < N ? n + 1 : 0));
+          }
+        });
+        if constexpr (kRope) {
+          cute::for_each(cute::make_int_sequence<kBatch>{}, [&](auto jj) {
+            constexpr int j = decltype(jj)::value, i = plan.leads[b0 + j];
+            const int m = tile_m0 + thr_m + int(get<0>(rel(i)));
+            const int d = DimOfRow<kHeadDim>((m - layer * per_layer) % kHeadDim);
+            cs0[j] = __ldg(params_.rope + pos0[j] * kHalf + d);
+            cs1[j] = __ldg(params_.rope + pos1[j] * kHalf + d);
+          });
+        }
+        cute::for_each(cute::make_int_sequence<kBatch>{}, [&](auto jj) {
+          constexpr int j = decltype(jj)::value, i = plan.leads[b0 + j];
+          constexpr int i_next = plan.next[i], i_below = plan.below[i], i_below_next = plan.below_next[i];
+          const int m = tile_m0 + thr_m + int(get<0>(rel(i)));
+          const int n = tile_n0 + thr_n + int(get<1>(rel(i)));
+          const int f_local = m - layer * per_layer, head = f_local / kHeadDim;
+          const int d = DimOfRow<kHeadDim>(f_local % kHeadDim);
+          const int f = layer * per_layer + head * kHeadDim + d;
+          const float mean_a = __ldg(params_.mean + f), mean_b = __ldg(params_.mean + f + kHalf);
+          float a0 = acc(i) + mean_a, a1 = acc(i_next) + mean_a;
+          float b0v = acc(i_below) + mean_b, b1 = acc(i_below_next) + mean_b;
+          if constexpr (kRope) {
+            const float2 c0 = cs0[j], c1 = cs1[j];
+            const float ra0 = a0 * c0.x - b0v * c0.y, rb0 = b0v * c0.x + a0 * c0.y;
+            const float ra1 = a1 * c1.x - b1 * c1.y, rb1 = b1 * c1.x + a1 * c1.y;
+            a0 = ra0, a1 = ra1, b0v = rb0, b1 = rb1;
+          }
+          const int token = (n & ~7) + lane / 4;
+          StoreBlockAt(base + slot[j] + head * params_.head_stride, (m & ~7) - layer * per_layer, lane,
+                       token < N, __floats2bfloat162_rn(a0, a1));
+          StoreBlockAt(base + slot[j] + head * params_.head_stride, (m & ~7) + 8 - layer * per_layer, lane,
+                       token < N, __floats2bfloat162_rn(b0v, b1));
+        });
+      });
+      return;
+    }
 
     CUTLASS_PRAGMA_UNROLL
     for (int i = 0; i < kElems; ++i) {
@@ -346,6 +407,13 @@ class RestoreEpilogueByFeature {
   }
 
  private:
+  // kBatched's StoreBlock: the slot of this lane's token (at: its head's first element) is known.
+  CUTLASS_DEVICE void StoreBlockAt(__nv_bfloat16* at, int r0_local, int lane, bool in_range, __nv_bfloat162 v) const {
+    uint32_t in = *reinterpret_cast<uint32_t*>(&v), out;
+    asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(out) : "r"(in));
+    const int d = DimOfRow<kHeadDim>(r0_local % kHeadDim + 2 * (lane % 4));
+    if (in_range) *reinterpret_cast<uint32_t*>(at + d) = out;
+  }
   // One 8 x 8 block of rows r0.. (V' order) and tokens c0..: after the transpose this lane holds rows
   // r0 + 2 (lane % 4) and + 1 (two adjacent dims) of token c0 + lane / 4.
   CUTLASS_DEVICE void StoreBlock(__nv_bfloat16* base, int head, int r0, int c0, int lane, int N, __nv_bfloat162 v,
@@ -561,16 +629,7 @@ int main(int argc, char** argv) {
         Probe<Shape<_128, _256, _64>, Shape<_1, _1, _1>, Coop, true>::Time(T, p, r, dd, vv, xx, reps));
   plain("transposed pingpong 128x128x64 c1x1",
         Probe<Shape<_128, _128, _64>, Shape<_1, _1, _1>, Pingpong, true>::Time(T, p, r, dd, vv, xx, reps));
-  {
-    using R = cutlass::gemm::kernel::detail::RasterOrderOptions;
-    using P = Probe<Shape<_128, _256, _64>, Shape<_1, _1, _1>>;
-    for (const Walk& w : {Walk{"along M, swizzle 2", R::AlongM, 2}, Walk{"along M, swizzle 8", R::AlongM, 8},
-                          Walk{"along N, swizzle 1", R::AlongN, 1}, Walk{"along N, swizzle 4", R::AlongN, 4}}) {
-      char name[64];
-      std::snprintf(name, sizeof name, "cutlass 128x256x64 c1x1 %s", w.name);
-      plain(name, P::Time(T, p, r, dd, vv, xx, reps, w));
-    }
-  }
+  // The tile walks (along M or N, swizzles) ran in calls 68, 71 and 72: none better than the default.
 
   // The restore's target: T rows in shuffled blocks of 16 slots, positions 0..T-1.
   const int block_size = 16, layers = p / (kv_heads * kHeadDim);
@@ -675,24 +734,29 @@ int main(int argc, char** argv) {
       got.Clear();
       fused("by feature coop 256x128x64 c2x1",
             FusedByFeature<Shape<_256, _128, _64>, Shape<_2, _1, _1>, Coop, kRope>::Time(T, p, r, dd, vp, tk, reps));
-      // Call 72: a schedule that overlaps one warp group's epilogue with the other's MMAs, and what
-      // the 128 x 256 tile's epilogue costs by part.
-      got.Clear();
-      fused("by feature pingpong 128x128x64 c1x1",
-            FusedByFeature<Shape<_128, _128, _64>, Shape<_1, _1, _1>, Pingpong, kRope>::Time(T, p, r, dd, vp, tk, reps));
+      // Call 72: the 128 x 256 tile's epilogue by part (73: the ping-pong schedule dropped, 1.54-2.12x);
+      // call 73: the slots' loads batched ahead of the transposes, with each schedule.
       using S = ByFeatureStores;
       got.Clear();
       fused("by feature coop 128x256 direct stores",
             FusedByFeature<Shape<_128, _256, _64>, Shape<_1, _1, _1>, Coop, kRope, S::kDirect>::Time(T, p, r, dd, vp, tk,
                                                                                                   reps));
-      line("by feature coop 128x256 no row loads",
-           FusedByFeature<Shape<_128, _256, _64>, Shape<_1, _1, _1>, Coop, kRope, S::kNoLoads>::Time(T, p, r, dd, vp, tk,
-                                                                                                  reps),
-           "timing only (slots not the cache's)");
       line("by feature coop 128x256 no stores",
            FusedByFeature<Shape<_128, _256, _64>, Shape<_1, _1, _1>, Coop, kRope, S::kNoStores>::Time(T, p, r, dd, vp,
                                                                                                    tk, reps),
            "timing only (writes nothing)");
+      got.Clear();
+      fused("by feature coop 128x256 batched",
+            FusedByFeature<Shape<_128, _256, _64>, Shape<_1, _1, _1>, Coop, kRope, S::kBatched>::Time(T, p, r, dd, vp,
+                                                                                                   tk, reps));
+      got.Clear();
+      fused("by feature coop 256x128 c2x1 batched",
+            FusedByFeature<Shape<_256, _128, _64>, Shape<_2, _1, _1>, Coop, kRope, S::kBatched>::Time(T, p, r, dd, vp,
+                                                                                                   tk, reps));
+      got.Clear();
+      fused("by feature pingpong 128x128 batched",
+            FusedByFeature<Shape<_128, _128, _64>, Shape<_1, _1, _1>, Pingpong, kRope, S::kBatched>::Time(T, p, r, dd,
+                                                                                                       vp, tk, reps));
     };
     if (keys)
       run_all(std::true_type{});
