@@ -14,8 +14,10 @@
 // The epilogue's pairing of columns is checked at compile time (PairPlan) for every fused tile shape.
 // Call 71 (71-cutlass-probe.log) added the fused epilogue in that orientation (FusedByFeature: V's
 // rows permuted so each 16-row slab holds dims a..a+7 and a+D/2..a+D/2+7, movmatrix.trans for 4-byte
-// token-major stores): exact, but 1.34-1.80x cuBLAS, no better than M = tokens. Call 72 takes its
-// epilogue apart (ByFeatureStores) and tries the ping-pong schedule.
+// token-major stores): exact, but 1.34-1.80x cuBLAS, no better than M = tokens. Calls 72-73 took its
+// epilogue apart (ByFeatureStores): the slots loaded ahead of the transposes (kBatched) bring values
+// to 1.11x (T = 2048) and 1.20x (T = 8192), keys to 1.38-1.63x; with nothing stored the kernel is
+// already 1.0-1.18x at T = 8192. Where that leaves the fused restore: docs/benchmarks.md, run u.
 //
 // On the GPU machine: `cutlass_probe "2048 32768 2048" "8192 32768 2048"` in a device call's script
 // (scripts/lib/gpu-call.sh; scripts/gpu-bundle.sh carries CUTLASS's headers from PyPI as
