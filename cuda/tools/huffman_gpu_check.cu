@@ -123,9 +123,12 @@ struct Timer {
   }
 };
 
-// The entry stride for a chunk size: about 32 runs (a warp), a multiple of 16 (entropy.cc's rule
-// without its 256-byte floor, so small chunks are indexed too).
-static uint32_t StrideFor(size_t chunk) { return uint32_t(std::max<size_t>(16, ((chunk + 31) / 32 + 15) / 16 * 16)); }
+// The entry stride for a chunk size: about `runs` runs, 32 (a run per lane of the inflating warp) or
+// 64 (two per lane, decoded at once), a multiple of 16 (entropy.cc's rule without its 256-byte floor,
+// so small chunks are indexed too).
+static uint32_t StrideFor(size_t chunk, size_t runs = 32) {
+  return uint32_t(std::max<size_t>(16, ((chunk + runs - 1) / runs + 15) / 16 * 16));
+}
 
 // Compressed chunks staged at 16-byte aligned offsets, with their jobs (and entry points, for
 // indexed chunks).
@@ -181,7 +184,7 @@ static std::vector<int32_t> RunInflate(const Staged& s, size_t out_bytes, std::v
 }
 
 // Correctness on one configuration: kinds vary per chunk.
-static void CheckConfig(size_t payload, size_t chunk) {
+static void CheckConfig(size_t payload, size_t chunk, size_t runs = 32) {
   std::vector<uint8_t> host(payload);
   const size_t chunks = (payload + chunk - 1) / chunk;
   for (size_t c = 0; c < chunks; ++c) {
@@ -189,7 +192,7 @@ static void CheckConfig(size_t payload, size_t chunk) {
     Fill(host.data() + c * chunk, n, int(c % 6));
   }
   const size_t slot = (chunk + 255) / 256 * 256;
-  const uint32_t stride = StrideFor(chunk), max_entries = EntryCount(chunk, stride);
+  const uint32_t stride = StrideFor(chunk, runs), max_entries = EntryCount(chunk, stride);
   uint8_t *dp, *ds;
   size_t* dsz;
   uint32_t* de;
@@ -246,8 +249,9 @@ static void CheckConfig(size_t payload, size_t chunk) {
     }
   }
   CHECK(mismatch == 0, "payload %zu chunk %zu: %zu chunks differ from the host reference", payload, chunk, mismatch);
-  std::printf("encode %9zu B in %6zu B chunks: %zu coded, %zu stored, %zu differ from host reference\n", payload, chunk,
-              coded, stored, mismatch);
+  std::printf("encode %9zu B in %6zu B chunks, entry points every %u B: %zu coded, %zu stored, %zu differ from host "
+              "reference\n",
+              payload, chunk, stride, coded, stored, mismatch);
   // Inflate: every job's bytes land where they belong; compare the chunks that were coded.
   auto verify = [&](const Staged& s, const char* what) {
     std::vector<uint8_t> out;
@@ -303,7 +307,7 @@ static void CheckConfig(size_t payload, size_t chunk) {
 }
 
 // Throughput on a quantized-payload-like buffer, kvtc vs nvCOMP, device timeline.
-static void Bench(size_t payload, size_t chunk) {
+static void Bench(size_t payload, size_t chunk, size_t runs = 32) {
   std::vector<uint8_t> host(payload);
   Fill(host.data(), payload, 0);
   const size_t chunks = (payload + chunk - 1) / chunk;
@@ -313,7 +317,7 @@ static void Bench(size_t payload, size_t chunk) {
   Timer timer;
   // kvtc encode
   const size_t slot = (chunk + 255) / 256 * 256;
-  const uint32_t stride = StrideFor(chunk), max_entries = EntryCount(chunk, stride);
+  const uint32_t stride = StrideFor(chunk, runs), max_entries = EntryCount(chunk, stride);
   uint8_t* ds;
   size_t* dsz;
   uint32_t* de;
@@ -485,8 +489,13 @@ int main(int argc, char** argv) {
   CheckConfig(size_t(6) << 20, 65536);
   CheckConfig(1000003, 10001);
   CheckConfig(777, 65536);
+  // Two runs per lane (InflateChunkIndexed's DecodeLiteralRuns), the last run short or not.
+  CheckConfig(size_t(6) << 20, 16384, 64);
+  CheckConfig(1000003, 10001, 64);
   if (mib > 0) {
     Bench(mib << 20, 16384);
+    Bench(mib << 20, 16384, 64);
+    Bench(mib << 20, 32768, 64);
     Bench(mib << 20, 65536);
   }
   if (failures) {

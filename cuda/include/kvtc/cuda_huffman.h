@@ -905,25 +905,36 @@ KVTC_HD inline int32_t InflateChunk(const uint8_t* in, uint32_t in_size, uint8_t
 
 namespace detail {
 
-// Decodes `count` literals from bit `start` of [in, in + in_size) into out; with `eob`, the
-// end-of-block code must follow them. A match or an end-of-block inside the run is kInflateBadData
-// (an indexed stream holds literals only). *end = the bit after the last code read.
-KVTC_HD inline int32_t DecodeLiteralRun(const uint8_t* in, uint32_t in_size, uint64_t start, uint8_t* out,
-                                        uint32_t count, bool eob, const InflateState& st, uint64_t* end) {
-  if (start >= uint64_t(in_size) * 8) return kInflateTruncated;
+// One run of literals of an indexed stream being decoded (DecodeLiteralRun decodes one,
+// DecodeLiteralRuns two at once). A symbol that is no literal sets `bad` and the run goes on to the
+// end of its step (so that two runs' steps have no branch between them): the bytes written after
+// it are garbage the caller's error status discards.
+struct LiteralRun {
   BitReader br;
-  br.in = in;
-  br.size = in_size;
-  br.Start(uint32_t(start >> 3));
-  br.Need(8);
-  br.Drop(int(start & 7));
-  // Whole 32-bit words go out when `out` is word-aligned: a quarter of the stores, and the lanes of
-  // a warp write 32 different places at once.
-  const bool words = (reinterpret_cast<uintptr_t>(out) & 3) == 0;
-  uint32_t acc = 0;
-  int pending = 0;
-  uint32_t op = 0;
-  auto emit = [&](uint32_t v) {
+  uint8_t* out;
+  uint32_t op, acc, left;
+  int pending;
+  bool words, bad;
+
+  // False when `start` is past the input.
+  KVTC_HD_INLINE bool Begin(const uint8_t* in, uint32_t in_size, uint64_t start, uint8_t* o, uint32_t count) {
+    if (start >= uint64_t(in_size) * 8) return false;
+    br.in = in;
+    br.size = in_size;
+    br.Start(uint32_t(start >> 3));
+    br.Need(8);
+    br.Drop(int(start & 7));
+    out = o;
+    op = acc = 0;
+    left = count;
+    pending = 0;
+    bad = false;
+    // Whole 32-bit words go out when `out` is word-aligned: a quarter of the stores, and the lanes
+    // of a warp write 32 different places at once.
+    words = (reinterpret_cast<uintptr_t>(o) & 3) == 0;
+    return true;
+  }
+  KVTC_HD_INLINE void Emit(uint32_t v) {
     if (words) {
       acc |= v << (8 * pending);
       if (++pending == 4) {
@@ -935,29 +946,80 @@ KVTC_HD inline int32_t DecodeLiteralRun(const uint8_t* in, uint32_t in_size, uin
     } else {
       out[op++] = uint8_t(v);
     }
-  };
-  // One lookup per literal, two literals per refill check, no other branch than the rare long
-  // code (DecodeSym's slow path): the lanes of a warp decode different runs and wait for each
-  // other at every divergence.
-  for (uint32_t left = count; left > 0;) {
-    if (!br.Need(2 * kMaxBits)) return kInflateTruncated;
-    const int first = DecodeSym(br, st.lit);
-    if (first < 0 || first >= 256) return kInflateBadData;
-    emit(uint32_t(first));
-    if (--left == 0) break;
-    const int second = DecodeSym(br, st.lit);
-    if (second < 0 || second >= 256) return kInflateBadData;
-    emit(uint32_t(second));
+  }
+  // One literal; the reader holds at least kMaxBits bits.
+  template <class Table>
+  KVTC_HD_INLINE void One(const Table& lit) {
+    const int sym = DecodeSym(br, lit);
+    bad |= uint32_t(sym) >= 256u;
+    Emit(uint32_t(sym) & 255u);
     --left;
   }
-  for (int k = 0; k < pending; ++k) out[op + k] = uint8_t(acc >> (8 * k));
-  if (eob) {
-    if (!br.Need(kMaxBits)) return kInflateTruncated;
-    if (DecodeSym(br, st.lit) != 256) return kInflateBadData;
+  // The rest of the run, two literals per refill check.
+  template <class Table>
+  KVTC_HD_INLINE int32_t Rest(const Table& lit) {
+    while (left >= 2 && !bad) {
+      if (!br.Need(2 * kMaxBits)) return kInflateTruncated;
+      One(lit);
+      One(lit);
+    }
+    if (left == 1 && !bad) {
+      if (!br.Need(kMaxBits)) return kInflateTruncated;
+      One(lit);
+    }
+    return kInflateOk;
   }
-  if (br.Overrun()) return kInflateTruncated;
-  *end = uint64_t(br.pos) * 8 - br.count;
-  return kInflateOk;
+  // Ends the run (after Rest): flushes the last bytes; with `eob` the end-of-block code must
+  // follow. *end = the bit after the last code read.
+  template <class Table>
+  KVTC_HD_INLINE int32_t Finish(int32_t rest, bool eob, const Table& lit, uint64_t* end) {
+    if (bad) return kInflateBadData;
+    if (rest != kInflateOk) return rest;
+    for (int k = 0; k < pending; ++k) out[op + k] = uint8_t(acc >> (8 * k));
+    if (eob) {
+      if (!br.Need(kMaxBits)) return kInflateTruncated;
+      if (DecodeSym(br, lit) != 256) return kInflateBadData;
+    }
+    if (br.Overrun()) return kInflateTruncated;
+    *end = uint64_t(br.pos) * 8 - br.count;
+    return kInflateOk;
+  }
+};
+
+// Decodes `count` literals from bit `start` of [in, in + in_size) into out; with `eob`, the
+// end-of-block code must follow them. A match or an end-of-block inside the run is kInflateBadData
+// (an indexed stream holds literals only). *end = the bit after the last code read.
+KVTC_HD inline int32_t DecodeLiteralRun(const uint8_t* in, uint32_t in_size, uint64_t start, uint8_t* out,
+                                        uint32_t count, bool eob, const InflateState& st, uint64_t* end) {
+  LiteralRun r;
+  if (!r.Begin(in, in_size, start, out, count)) return kInflateTruncated;
+  return r.Finish(r.Rest(st.lit), eob, st.lit, end);
+}
+
+// Two runs of DecodeLiteralRun at once (a is not the stream's last run; b may be, `b_eob`), their
+// steps interleaved: a lane's table lookups form one chain of dependent loads per run, and the
+// inflate is bound by their latency (run j: at about a fifth of the SMs' issue rate), so a second
+// chain fills the waits. Statuses into *sa, *sb.
+KVTC_HD inline void DecodeLiteralRuns(const uint8_t* in, uint32_t in_size, uint64_t a_start, uint8_t* a_out,
+                                      uint32_t a_count, uint64_t b_start, uint8_t* b_out, uint32_t b_count,
+                                      bool b_eob, const InflateState& st, uint64_t* a_end, uint64_t* b_end,
+                                      int32_t* sa, int32_t* sb) {
+  LiteralRun a, b;
+  const bool a_ok = a.Begin(in, in_size, a_start, a_out, a_count);
+  const bool b_ok = b.Begin(in, in_size, b_start, b_out, b_count);
+  if (a_ok && b_ok) {
+    while (a.left >= 2 && b.left >= 2) {
+      const bool ra = a.br.Need(2 * kMaxBits), rb = b.br.Need(2 * kMaxBits);
+      if (!ra || !rb) break;  // Rest reports it
+      a.One(st.lit);
+      b.One(st.lit);
+      a.One(st.lit);
+      b.One(st.lit);
+      if (a.bad || b.bad) break;
+    }
+  }
+  *sa = a_ok ? a.Finish(a.Rest(st.lit), false, st.lit, a_end) : kInflateTruncated;
+  *sb = b_ok ? b.Finish(b.Rest(st.lit), b_eob, st.lit, b_end) : kInflateTruncated;
 }
 
 }  // namespace detail
@@ -1001,6 +1063,21 @@ KVTC_HD inline int32_t InflateChunkIndexed(const uint8_t* in, uint32_t in_size, 
   const uint64_t first = uint64_t(st.br.pos) * 8 - st.br.count;
   int32_t status = kInflateOk;
   for (uint32_t r = uint32_t(lane); r <= entry_count; r += uint32_t(nlanes)) {
+    const uint32_t r2 = r + uint32_t(nlanes);
+    if (r2 <= entry_count) {  // this lane has two runs left: both at once (DecodeLiteralRuns)
+      const uint32_t at = r * stride, at2 = r2 * stride;
+      const uint32_t n2 = out_size - at2 < stride ? out_size - at2 : stride;
+      const bool last = r2 == entry_count;
+      uint64_t end = 0, end2 = 0;
+      int32_t s, s2;
+      detail::DecodeLiteralRuns(in, in_size, r == 0 ? first : entries[r - 1], out + at, stride, entries[r2 - 1],
+                                out + at2, n2, last, st, &end, &end2, &s, &s2);
+      if (s == kInflateOk && end != entries[r]) s = kInflateBadData;
+      if (s2 == kInflateOk && !last && end2 != entries[r2]) s2 = kInflateBadData;
+      if (status == kInflateOk) status = s != kInflateOk ? s : s2;
+      r = r2;
+      continue;
+    }
     const uint64_t start = r == 0 ? first : entries[r - 1];
     const uint32_t at = r * stride;
     const uint32_t n = out_size - at < stride ? out_size - at : stride;
