@@ -9,7 +9,8 @@
 // gives its bit offset, bits go into a shared staging buffer with atomicOr, full 32-bit words are
 // copied to the chunk's slot coalesced and the partial word carries over to the next tile.
 // Inflate: one warp per chunk; the warp fills the decoding tables, then lane 0 decodes a plain
-// chunk, or every lane decodes runs of an indexed chunk from its entry points.
+// chunk, or every lane decodes runs of an indexed chunk from its entry points (two at once when it
+// has two: DecodeLiteralRuns).
 // The index: the encoder's block scan already gives each thread's bit offset, so the entry points
 // of an indexed chunk cost one store each.
 #include <cub/block/block_scan.cuh>
