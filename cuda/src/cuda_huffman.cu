@@ -21,6 +21,19 @@ namespace kvtc::huff {
 namespace {
 
 constexpr int kEncThreads = 256;
+// Blocks per SM the encoder's registers must allow (__launch_bounds__): ptxas gives it 48
+// registers, which leaves room for 5 blocks of 256 threads where shared memory (27.6 KB) allows 8,
+// and an encode block's warps wait at barriers while one thread builds its chunk's Huffman tree
+// (run j, call 24), so other blocks are what fills the SM meanwhile. KVTC_ENC_MIN_BLOCKS overrides
+// it at build time (an A/B knob, run u; 0: no bound, ptxas's choice).
+#ifndef KVTC_ENC_MIN_BLOCKS
+#define KVTC_ENC_MIN_BLOCKS 0
+#endif
+#if KVTC_ENC_MIN_BLOCKS > 0
+#define KVTC_ENC_BOUNDS __launch_bounds__(kEncThreads, KVTC_ENC_MIN_BLOCKS)
+#else
+#define KVTC_ENC_BOUNDS __launch_bounds__(kEncThreads)
+#endif
 constexpr int kBytesPerThread = 16;
 constexpr int kTile = kEncThreads * kBytesPerThread;
 constexpr int kStageWords = (kMaxHeaderBits + kTile * kMaxBits) / 32 + 4;
@@ -192,7 +205,7 @@ __device__ __forceinline__ void Load16(const uint8_t* in, size_t n, size_t at, b
   for (int b = 0; b < valid; ++b) w[b >> 2] |= uint32_t(in[at + b]) << (8 * (b & 3));
 }
 
-__global__ void __launch_bounds__(kEncThreads) EncodeKernel(const uint8_t* __restrict__ payload, size_t payload_bytes,
+__global__ void KVTC_ENC_BOUNDS EncodeKernel(const uint8_t* __restrict__ payload, size_t payload_bytes,
                                                             size_t chunk_bytes, uint8_t* __restrict__ slots,
                                                             size_t slot_bytes, size_t* __restrict__ sizes,
                                                             uint32_t* __restrict__ entries, uint32_t entry_stride,
