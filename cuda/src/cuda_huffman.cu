@@ -21,13 +21,15 @@ namespace kvtc::huff {
 namespace {
 
 constexpr int kEncThreads = 256;
-// Blocks per SM the encoder's registers must allow (__launch_bounds__): ptxas gives it 48
-// registers, which leaves room for 5 blocks of 256 threads where shared memory (27.6 KB) allows 8,
-// and an encode block's warps wait at barriers while one thread builds its chunk's Huffman tree
-// (run j, call 24), so other blocks are what fills the SM meanwhile. KVTC_ENC_MIN_BLOCKS overrides
-// it at build time (an A/B knob, run u; 0: no bound, ptxas's choice).
+// Blocks per SM the encoder's registers must allow (__launch_bounds__). Unbounded, ptxas gives it
+// 48 registers: 5 blocks of 256 threads per SM where its 27.6 KB of shared memory allows 8, and an
+// encode block's warps wait at barriers while one thread builds its chunk's Huffman tree (run j,
+// call 24), so other blocks are what keeps the SM busy meanwhile. With 6 (40 registers, 12 bytes
+// spilled) huffman_gpu_check encoded 16 KiB chunks at 124-126 GB/s against 101 unbounded, 32 KiB at
+// 178 against 126; 8 (32 registers, 60 bytes spilled) gave 120 and 166 (run u, call 75). The
+// build-time knob KVTC_ENC_MIN_BLOCKS overrides it (0: unbounded).
 #ifndef KVTC_ENC_MIN_BLOCKS
-#define KVTC_ENC_MIN_BLOCKS 0
+#define KVTC_ENC_MIN_BLOCKS 6
 #endif
 #if KVTC_ENC_MIN_BLOCKS > 0
 #define KVTC_ENC_BOUNDS __launch_bounds__(kEncThreads, KVTC_ENC_MIN_BLOCKS)

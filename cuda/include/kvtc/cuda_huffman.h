@@ -1004,7 +1004,7 @@ KVTC_HD inline void DecodeLiteralRuns(const uint8_t* in, uint32_t in_size, uint6
                                       uint32_t a_count, uint64_t b_start, uint8_t* b_out, uint32_t b_count,
                                       bool b_eob, const InflateState& st, uint64_t* a_end, uint64_t* b_end,
                                       int32_t* sa, int32_t* sb) {
-  LiteralRun a, b;
+  LiteralRun a{}, b{};  // initialized: g++ cannot see that a run that did not Begin is never read
   const bool a_ok = a.Begin(in, in_size, a_start, a_out, a_count);
   const bool b_ok = b.Begin(in, in_size, b_start, b_out, b_count);
   if (a_ok && b_ok) {
