@@ -161,12 +161,12 @@ struct Probe {
   }
 };
 
-// The same GEMM with the restore's epilogue fused: no output matrix, the rows go to the cache.
 constexpr int kHeadDim = 128;
-template <class TileShape, class ClusterShape, class Schedule, bool kRope>
-struct Fused {
-  using CollectiveEpilogue = cutlass::epilogue::collective::detail::Sm90TmaWarpSpecializedAdapter<
-      kvtc::cuda::RestoreEpilogue<kHeadDim, kRope>>;
+// A GEMM with a restore epilogue fused: no output matrix, the rows go to the cache. M = tokens
+// (X = D V^T), or with kByFeature M = features (X^T = V' D^T, V' = PermuteRows(V)).
+template <class Epilogue, class TileShape, class ClusterShape, class Schedule, bool kByFeature>
+struct FusedGemm {
+  using CollectiveEpilogue = cutlass::epilogue::collective::detail::Sm90TmaWarpSpecializedAdapter<Epilogue>;
   using CollectiveMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, ElementA, LayoutA, kAlign, ElementB, LayoutB, kAlign,
       ElementAccumulator, TileShape, ClusterShape, cutlass::gemm::collective::StageCountAuto, Schedule>::CollectiveOp;
@@ -174,19 +174,26 @@ struct Fused {
       cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, CollectiveMainloop, CollectiveEpilogue>;
   using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
 
-  // Median time (ms) of `reps` fused restores into `target`, or a negative value if refused.
+  // Median time (ms) of `reps` fused restores into `target` (v: V, or V' with kByFeature), or a
+  // negative value if refused.
   static float Time(int T, int p, int r, const ElementA* d, const ElementB* v, const kvtc::cuda::RestoreTarget& target,
                     int reps) {
-    // A tile must hold whole heads of one layer.
-    if ((target.kv_heads * kHeadDim) % int(size<1>(TileShape{})) != 0) return -3.f;
+    // A tile's feature extent must hold whole heads of one layer.
+    const int tile_features = kByFeature ? int(size<0>(TileShape{})) : int(size<1>(TileShape{}));
+    if ((target.kv_heads * kHeadDim) % tile_features != 0) return -3.f;
     using StrideA = typename Gemm::GemmKernel::StrideA;
     using StrideB = typename Gemm::GemmKernel::StrideB;
-    StrideA sa = cutlass::make_cute_packed_stride(StrideA{}, make_shape(T, r, 1));
-    StrideB sb = cutlass::make_cute_packed_stride(StrideB{}, make_shape(p, r, 1));
-    typename Gemm::Arguments args{cutlass::gemm::GemmUniversalMode::kGemm, {T, p, r, 1}, {d, sa, v, sb}, target};
+    const int M = kByFeature ? p : T, N = kByFeature ? T : p;
+    StrideA sa = cutlass::make_cute_packed_stride(StrideA{}, make_shape(M, r, 1));
+    StrideB sb = cutlass::make_cute_packed_stride(StrideB{}, make_shape(N, r, 1));
+    const ElementA* a = kByFeature ? v : d;
+    const ElementB* b = kByFeature ? d : v;
+    typename Gemm::Arguments args{cutlass::gemm::GemmUniversalMode::kGemm, {M, N, r, 1}, {a, sa, b, sb}, target};
     return TimeGemm<Gemm>(args, reps);
   }
 };
+template <class TileShape, class ClusterShape, class Schedule, bool kRope>
+using Fused = FusedGemm<kvtc::cuda::RestoreEpilogue<kHeadDim, kRope>, TileShape, ClusterShape, Schedule, false>;
 
 // The fused restore with M = features (X^T = V' D^T), the orientation in which CUTLASS's GEMM ran at
 // 1.07-1.15x cuBLAS in call 68 (M = tokens: 1.4x). Two things make its epilogue work in registers:
@@ -214,41 +221,13 @@ __host__ __device__ constexpr int DimOfRow(int q) {  // q: the row within its he
 enum class ByFeatureStores { kTransposed, kDirect, kNoLoads, kNoStores, kBatched };
 
 template <int kHeadDim, bool kRope, ByFeatureStores kStores = ByFeatureStores::kTransposed>
-class RestoreEpilogueByFeature {
+class RestoreEpilogueByFeature : public kvtc::cuda::RestoreEpilogueInterface<kRope> {
  public:
-  using ElementC = cutlass::bfloat16_t;
-  using ElementD = cutlass::bfloat16_t;
-  using StrideC = cutlass::gemm::TagToStrideC_t<cutlass::layout::RowMajor>;
-  using StrideD = StrideC;
-  using ElementAccumulator = float;
-  using GmemTiledCopyC = void;
-  using GmemTiledCopyD = void;
-  using ThreadEpilogueOp = void;
-  struct SharedStorage {};
-  using TensorStorage = SharedStorage;
-  using Arguments = kvtc::cuda::RestoreTarget;
-  using Params = kvtc::cuda::RestoreTarget;
+  using typename kvtc::cuda::RestoreEpilogueInterface<kRope>::Params;
+  using typename kvtc::cuda::RestoreEpilogueInterface<kRope>::SharedStorage;
 
-  template <class ProblemShape>
-  static constexpr Params to_underlying_arguments(ProblemShape const&, Arguments const& args, void*) {
-    return args;
-  }
-  template <class ProblemShape>
-  static size_t get_workspace_size(ProblemShape const&, Arguments const&) {
-    return 0;
-  }
-  template <class ProblemShape>
-  static cutlass::Status initialize_workspace(ProblemShape const&, Arguments const&, void*, cudaStream_t,
-                                              cutlass::CudaHostAdapter* = nullptr) {
-    return cutlass::Status::kSuccess;
-  }
-  template <class ProblemShape>
-  static bool can_implement(ProblemShape const&, Arguments const& args) {
-    return args.mean && args.row_offset && args.layer_base[0] && args.kv_heads > 0 && (!kRope || args.row_position);
-  }
   CUTLASS_HOST_DEVICE RestoreEpilogueByFeature(Params const& params, SharedStorage const& = SharedStorage())
       : params_(params) {}
-  CUTLASS_DEVICE bool is_source_needed() { return false; }
 
   template <class ProblemShapeMNKL, class BlockShapeMNK, class BlockCoordMNKL, class FrgEngine, class FrgLayout,
             class TiledMma, class ResidueMNK>
@@ -319,8 +298,9 @@ class RestoreEpilogueByFeature {
       // (2.7 KB per thread).
       cute::for_each(cute::make_int_sequence<kLeads / kBatch>{}, [&](auto batch) {
         constexpr int b0 = decltype(batch)::value * kBatch;
-        int64_t slot[kBatch], pos0[kBatch], pos1[kBatch];
-        float2 cs0[kBatch], cs1[kBatch];
+        int64_t slot[kBatch];
+        [[maybe_unused]] int64_t pos0[kBatch], pos1[kBatch];  // keys only
+        [[maybe_unused]] float2 cs0[kBatch], cs1[kBatch];
         // Each lead's element index a constant too (`plan` read only in constant expressions).
         cute::for_each(cute::make_int_sequence<kBatch>{}, [&](auto jj) {
           constexpr int j = decltype(jj)::value, i = plan.leads[b0 + j];
@@ -365,45 +345,44 @@ class RestoreEpilogueByFeature {
                        token < N, __floats2bfloat162_rn(b0v, b1));
         });
       });
-      return;
-    }
-
-    CUTLASS_PRAGMA_UNROLL
-    for (int i = 0; i < kElems; ++i) {
-      if (!plan.lead[i]) continue;
-      const int m = tile_m0 + thr_m + int(get<0>(rel(i)));  // a lead row (V' order)
-      const int n = tile_n0 + thr_n + int(get<1>(rel(i)));  // even token
-      const int f_local = m - layer * per_layer, head = f_local / kHeadDim;
-      const int d = DimOfRow<kHeadDim>(f_local % kHeadDim);  // its partner row m + 8 has d + D/2 (RoPE)
-      const int f = layer * per_layer + head * kHeadDim + d;
-      const float mean_a = __ldg(params_.mean + f);
-      const float mean_b = __ldg(params_.mean + f + kHalf);  // row m + 8 is dim d + D/2 in V' order
-      float a0 = acc(i) + mean_a, a1 = acc(plan.next[i]) + mean_a;
-      float b0 = acc(plan.below[i]) + mean_b, b1 = acc(plan.below_next[i]) + mean_b;
-      if constexpr (kRope) {
-        const int n1 = n + 1 < N ? n + 1 : n;
-        const float2 c0 = __ldg(params_.rope + __ldg(params_.row_position + (n < N ? n : 0)) * kHalf + d);
-        const float2 c1 = __ldg(params_.rope + __ldg(params_.row_position + (n1 < N ? n1 : 0)) * kHalf + d);
-        const float ra0 = a0 * c0.x - b0 * c0.y, rb0 = b0 * c0.x + a0 * c0.y;
-        const float ra1 = a1 * c1.x - b1 * c1.y, rb1 = b1 * c1.x + a1 * c1.y;
-        a0 = ra0, a1 = ra1, b0 = rb0, b1 = rb1;
-      }
-      if constexpr (kStores == ByFeatureStores::kNoStores) {
-        // A condition the compiler cannot decide, so the arithmetic stays.
-        if (params_.kv_heads == -1) base[n] = __float2bfloat16(a0 + a1 + b0 + b1);
-      } else if constexpr (kStores == ByFeatureStores::kDirect) {
-        const __nv_bfloat16 out[4] = {__float2bfloat16(a0), __float2bfloat16(a1), __float2bfloat16(b0),
-                                      __float2bfloat16(b1)};
-        CUTLASS_PRAGMA_UNROLL
-        for (int k = 0; k < 4; ++k) {
-          const int token = n + (k & 1);
-          if (token < N)
-            base[__ldg(params_.row_offset + token) + head * params_.head_stride + d + (k >> 1) * kHalf] = out[k];
+    } else {
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < kElems; ++i) {
+        if (!plan.lead[i]) continue;
+        const int m = tile_m0 + thr_m + int(get<0>(rel(i)));  // a lead row (V' order)
+        const int n = tile_n0 + thr_n + int(get<1>(rel(i)));  // even token
+        const int f_local = m - layer * per_layer, head = f_local / kHeadDim;
+        const int d = DimOfRow<kHeadDim>(f_local % kHeadDim);  // its partner row m + 8 has d + D/2 (RoPE)
+        const int f = layer * per_layer + head * kHeadDim + d;
+        const float mean_a = __ldg(params_.mean + f);
+        const float mean_b = __ldg(params_.mean + f + kHalf);  // row m + 8 is dim d + D/2 in V' order
+        float a0 = acc(i) + mean_a, a1 = acc(plan.next[i]) + mean_a;
+        float b0 = acc(plan.below[i]) + mean_b, b1 = acc(plan.below_next[i]) + mean_b;
+        if constexpr (kRope) {
+          const int n1 = n + 1 < N ? n + 1 : n;
+          const float2 c0 = __ldg(params_.rope + __ldg(params_.row_position + (n < N ? n : 0)) * kHalf + d);
+          const float2 c1 = __ldg(params_.rope + __ldg(params_.row_position + (n1 < N ? n1 : 0)) * kHalf + d);
+          const float ra0 = a0 * c0.x - b0 * c0.y, rb0 = b0 * c0.x + a0 * c0.y;
+          const float ra1 = a1 * c1.x - b1 * c1.y, rb1 = b1 * c1.x + a1 * c1.y;
+          a0 = ra0, a1 = ra1, b0 = rb0, b1 = rb1;
         }
-      } else {
-        // Rows m (dims d..) and m + 8 (dims d + D/2..): two 8 x 8 blocks, each transposed across the warp.
-        StoreBlock(base, head, m & ~7, n & ~7, lane, N, __floats2bfloat162_rn(a0, a1), layer * per_layer);
-        StoreBlock(base, head, (m & ~7) + 8, n & ~7, lane, N, __floats2bfloat162_rn(b0, b1), layer * per_layer);
+        if constexpr (kStores == ByFeatureStores::kNoStores) {
+          // A condition the compiler cannot decide, so the arithmetic stays.
+          if (params_.kv_heads == -1) base[n] = __float2bfloat16(a0 + a1 + b0 + b1);
+        } else if constexpr (kStores == ByFeatureStores::kDirect) {
+          const __nv_bfloat16 out[4] = {__float2bfloat16(a0), __float2bfloat16(a1), __float2bfloat16(b0),
+                                        __float2bfloat16(b1)};
+          CUTLASS_PRAGMA_UNROLL
+          for (int k = 0; k < 4; ++k) {
+            const int token = n + (k & 1);
+            if (token < N)
+              base[__ldg(params_.row_offset + token) + head * params_.head_stride + d + (k >> 1) * kHalf] = out[k];
+          }
+        } else {
+          // Rows m (dims d..) and m + 8 (dims d + D/2..): two 8 x 8 blocks, each transposed across the warp.
+          StoreBlock(base, head, m & ~7, n & ~7, lane, N, __floats2bfloat162_rn(a0, a1), layer * per_layer);
+          StoreBlock(base, head, (m & ~7) + 8, n & ~7, lane, N, __floats2bfloat162_rn(b0, b1), layer * per_layer);
+        }
       }
     }
   }
@@ -444,28 +423,8 @@ __global__ void PermuteRows(const __nv_bfloat16* __restrict__ v, __nv_bfloat16* 
 
 template <class TileShape, class ClusterShape, class Schedule, bool kRope,
           ByFeatureStores kStores = ByFeatureStores::kTransposed>
-struct FusedByFeature {
-  using CollectiveEpilogue = cutlass::epilogue::collective::detail::Sm90TmaWarpSpecializedAdapter<
-      RestoreEpilogueByFeature<kHeadDim, kRope, kStores>>;
-  using CollectiveMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, ElementA, LayoutA, kAlign, ElementB, LayoutB, kAlign,
-      ElementAccumulator, TileShape, ClusterShape, cutlass::gemm::collective::StageCountAuto, Schedule>::CollectiveOp;
-  using Kernel =
-      cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, CollectiveMainloop, CollectiveEpilogue>;
-  using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
-
-  // Median time (ms) of `reps` fused restores from V' (vperm) into `target`, or negative if refused.
-  static float Time(int T, int p, int r, const ElementA* d, const ElementA* vperm, const kvtc::cuda::RestoreTarget& target,
-                    int reps) {
-    if ((target.kv_heads * kHeadDim) % int(size<0>(TileShape{})) != 0) return -3.f;
-    using StrideA = typename Gemm::GemmKernel::StrideA;
-    using StrideB = typename Gemm::GemmKernel::StrideB;
-    StrideA sa = cutlass::make_cute_packed_stride(StrideA{}, make_shape(p, r, 1));
-    StrideB sb = cutlass::make_cute_packed_stride(StrideB{}, make_shape(T, r, 1));
-    typename Gemm::Arguments args{cutlass::gemm::GemmUniversalMode::kGemm, {p, T, r, 1}, {vperm, sa, d, sb}, target};
-    return TimeGemm<Gemm>(args, reps);
-  }
-};
+using FusedByFeature =
+    FusedGemm<RestoreEpilogueByFeature<kHeadDim, kRope, kStores>, TileShape, ClusterShape, Schedule, true>;
 
 __global__ void Fill(__nv_bfloat16* p, size_t n, uint32_t seed) {
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {

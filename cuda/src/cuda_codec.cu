@@ -1059,14 +1059,13 @@ int NvcompAlgorithm() {
   return algo;
 }
 
-// The entry stride of the indexed sections this encoder writes: DefaultEntryStride's 32 runs per
-// chunk, a run per lane of the inflating warp; KVTC_ENTRY_RUNS=64 (an A/B knob, run u) gives each
-// lane two runs, which it decodes at once (DecodeLiteralRuns in cuda_huffman.h), at 4 bytes of
-// index more per run. Any stride decodes: a record carries its own.
-uint32_t EntryStrideFor(size_t chunk_bytes) {
-  static const bool two = EnvChoice("KVTC_ENTRY_RUNS", {"32", "64"}) == 1;
-  if (!two) return DefaultEntryStride(chunk_bytes);
-  return uint32_t(std::max<size_t>(128, ((chunk_bytes + 63) / 64 + 15) / 16 * 16));
+// Runs per chunk of the indexed sections this encoder writes (DefaultEntryStride): 32, one per lane
+// of the inflating warp; KVTC_ENTRY_RUNS=64 (an A/B knob, run u) gives each lane two runs, which it
+// decodes at once (DecodeLiteralRuns in cuda_huffman.h), at 4 bytes of index more per run. Any
+// stride decodes: a record carries its own.
+uint32_t EntryRuns() {
+  static const uint32_t runs = EnvChoice("KVTC_ENTRY_RUNS", {"32", "64"}) == 1 ? 64 : 32;
+  return runs;
 }
 
 // KVTC_CUDA_ENTROPY=kvtc|nvcomp picks the DEFLATE coder of both directions: kvtc's own
@@ -1751,7 +1750,7 @@ std::vector<LaunchedStream> LaunchStreams(Context& ctx, StreamScratch& s, const 
   if (own_coder) {
     // sizes[c] = the chunk's own size when it did not shrink: the stored rule applies. The entry
     // points make the section indexed (entropy.h): a GPU inflates it a lane per run.
-    stride = entry_stride ? entry_stride : EntryStrideFor(chunk_bytes);
+    stride = entry_stride ? entry_stride : DefaultEntryStride(chunk_bytes, EntryRuns());
     KVTC_CHECK(stride % 16 == 0, kInvalidArgument,
                "Expected an entry stride that is a multiple of 16 but received " << stride);
     max_entries = huff::EntryCount(chunk_bytes, stride);

@@ -87,11 +87,10 @@ constexpr PairPlan<n> MakePairPlan() {
   return plan;
 }
 
-template <int kHeadDim, bool kRope>
-class RestoreEpilogue {
- public:
-  // What GemmUniversal's sm90 kernels read from an epilogue; C and D are not used (the rows go to
-  // the paged cache).
+// What GemmUniversal's sm90 kernels read from an epilogue that writes the paged cache itself (C and
+// D are not used) and takes a RestoreTarget: RestoreEpilogue's, and the probe's (bench/).
+template <bool kRope>
+struct RestoreEpilogueInterface {
   using ElementC = cutlass::bfloat16_t;
   using ElementD = cutlass::bfloat16_t;
   using StrideC = cutlass::gemm::TagToStrideC_t<cutlass::layout::RowMajor>;
@@ -125,9 +124,16 @@ class RestoreEpilogue {
     return args.mean && args.row_offset && args.layer_base[0] && args.kv_heads > 0 && (!kRope || args.row_position);
   }
 
-  CUTLASS_HOST_DEVICE RestoreEpilogue(Params const& params, SharedStorage const& = SharedStorage()) : params_(params) {}
-
   CUTLASS_DEVICE bool is_source_needed() { return false; }
+};
+
+template <int kHeadDim, bool kRope>
+class RestoreEpilogue : public RestoreEpilogueInterface<kRope> {
+ public:
+  using typename RestoreEpilogueInterface<kRope>::Params;
+  using typename RestoreEpilogueInterface<kRope>::SharedStorage;
+
+  CUTLASS_HOST_DEVICE RestoreEpilogue(Params const& params, SharedStorage const& = SharedStorage()) : params_(params) {}
 
   template <class ProblemShapeMNKL, class BlockShapeMNK, class BlockCoordMNKL, class FrgEngine, class FrgLayout,
             class TiledMma, class ResidueMNK>

@@ -68,9 +68,9 @@ std::vector<uint8_t> DeflateChunks(const uint8_t* data, size_t size, size_t chun
   return body;
 }
 
-uint32_t DefaultEntryStride(size_t chunk_bytes) {
-  const size_t per_run = (chunk_bytes + 31) / 32;
-  return uint32_t(std::max<size_t>(256, (per_run + 15) / 16 * 16));
+uint32_t DefaultEntryStride(size_t chunk_bytes, uint32_t runs) {
+  const size_t per_run = (chunk_bytes + runs - 1) / runs;
+  return uint32_t(std::max<size_t>(8192 / runs, (per_run + 15) / 16 * 16));
 }
 
 std::vector<uint8_t> DeflateChunksIndexed(const uint8_t* data, size_t size, size_t chunk_bytes, uint32_t entry_stride) {

@@ -1061,30 +1061,30 @@ KVTC_HD inline int32_t InflateChunkIndexed(const uint8_t* in, uint32_t in_size, 
   }
   FillTable(st.lens, st.lit, lane, nlanes);
   const uint64_t first = uint64_t(st.br.pos) * 8 - st.br.count;
+  // Run k: where it starts (bit), its bytes, and its status once it ended at bit `end` (every run
+  // but the last must end where the next begins).
+  auto start_of = [&](uint32_t k) { return k == 0 ? first : uint64_t(entries[k - 1]); };
+  auto size_of = [&](uint32_t k) { return out_size - k * stride < stride ? out_size - k * stride : stride; };
+  auto checked = [&](int32_t s, uint32_t k, uint64_t end) {
+    return s == kInflateOk && k != entry_count && end != entries[k] ? int32_t(kInflateBadData) : s;
+  };
   int32_t status = kInflateOk;
   for (uint32_t r = uint32_t(lane); r <= entry_count; r += uint32_t(nlanes)) {
     const uint32_t r2 = r + uint32_t(nlanes);
+    int32_t s;
     if (r2 <= entry_count) {  // this lane has two runs left: both at once (DecodeLiteralRuns)
-      const uint32_t at = r * stride, at2 = r2 * stride;
-      const uint32_t n2 = out_size - at2 < stride ? out_size - at2 : stride;
-      const bool last = r2 == entry_count;
       uint64_t end = 0, end2 = 0;
-      int32_t s, s2;
-      detail::DecodeLiteralRuns(in, in_size, r == 0 ? first : entries[r - 1], out + at, stride, entries[r2 - 1],
-                                out + at2, n2, last, st, &end, &end2, &s, &s2);
-      if (s == kInflateOk && end != entries[r]) s = kInflateBadData;
-      if (s2 == kInflateOk && !last && end2 != entries[r2]) s2 = kInflateBadData;
-      if (status == kInflateOk) status = s != kInflateOk ? s : s2;
+      int32_t s2;
+      detail::DecodeLiteralRuns(in, in_size, start_of(r), out + r * stride, size_of(r), start_of(r2), out + r2 * stride,
+                                size_of(r2), r2 == entry_count, st, &end, &end2, &s, &s2);
+      s = checked(s, r, end);
+      if (s == kInflateOk) s = checked(s2, r2, end2);
       r = r2;
-      continue;
+    } else {
+      uint64_t end = 0;
+      s = detail::DecodeLiteralRun(in, in_size, start_of(r), out + r * stride, size_of(r), r == entry_count, st, &end);
+      s = checked(s, r, end);
     }
-    const uint64_t start = r == 0 ? first : entries[r - 1];
-    const uint32_t at = r * stride;
-    const uint32_t n = out_size - at < stride ? out_size - at : stride;
-    const bool last = r == entry_count;
-    uint64_t end = 0;
-    int32_t s = detail::DecodeLiteralRun(in, in_size, start, out + at, n, last, st, &end);
-    if (s == kInflateOk && !last && end != entries[r]) s = kInflateBadData;
     if (status == kInflateOk) status = s;
   }
 #if defined(__CUDA_ARCH__)

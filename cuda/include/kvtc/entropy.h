@@ -25,9 +25,10 @@ namespace kvtc {
 constexpr size_t kDefaultChunkBytes = 64 * 1024;
 constexpr size_t kMaxChunkBytes = 16 * 1024 * 1024;
 
-// The entry stride the encoders use for `chunk_bytes`: about 32 runs per chunk (a warp), a
-// multiple of 16 (the GPU encoder's bytes per thread), at least 256.
-uint32_t DefaultEntryStride(size_t chunk_bytes);
+// The entry stride the encoders use for `chunk_bytes`: about `runs` runs per chunk (32: one per
+// lane of the inflating warp; 64: two per lane, decoded at once), a multiple of 16 (the GPU
+// encoder's bytes per thread), at least 8192 / runs (256 bytes a lane).
+uint32_t DefaultEntryStride(size_t chunk_bytes, uint32_t runs = 32);
 
 // kDeflateChunks body by libdeflate at `level`.
 std::vector<uint8_t> DeflateChunks(const uint8_t* data, size_t size, size_t chunk_bytes, int level);
