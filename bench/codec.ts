@@ -56,6 +56,8 @@ export interface BenchResult {
    * bytes; 0: plain sections. CUDA records are always indexed at the backend's default stride.
    */
   entry_stride?: number;
+  /** DEFLATE level of the records; 0: chunks stored, no entropy coding (absent before run v: 6) */
+  deflate_level?: number;
 }
 
 export interface BenchOptions {
@@ -68,6 +70,8 @@ export interface BenchOptions {
   chunkBytes?: number;
   /** cpu only: write indexed sections, to time how the CPU decodes GPU-written records */
   entryStride?: number;
+  /** DEFLATE level (default 6); 0 stores the chunks without entropy coding */
+  deflateLevel?: number;
 }
 
 export function toBf16(x: Float32Array): Uint16Array {
@@ -163,7 +167,8 @@ export async function benchShape(shape: BenchShape, o: BenchOptions): Promise<Be
     tokenStart: 0,
   };
   const chunkBytes = o.chunkBytes ?? ENCODE_DEFAULTS.chunkBytes;
-  const encodeOptions = { ratio: o.ratio, chunkBytes, entryStride: o.entryStride };
+  const deflateLevel = o.deflateLevel ?? ENCODE_DEFAULTS.deflateLevel;
+  const encodeOptions = { ratio: o.ratio, chunkBytes, entryStride: o.entryStride, deflateLevel };
   const record = await encode(cal, chunk, encodeOptions);
   const plan = cal.plans[cal.planId(o.ratio)]!;
   const info = (await decode(cal, record, { tokens: T, dtype: 'bfloat16' })).info;
@@ -202,6 +207,7 @@ export async function benchShape(shape: BenchShape, o: BenchOptions): Promise<Be
     target_ratio: o.ratio,
     chunk_bytes: chunkBytes,
     entry_stride: o.entryStride ?? 0,
+    deflate_level: deflateLevel,
   };
 }
 
@@ -285,6 +291,7 @@ export async function benchShapeCuda(
         chunkBytes,
         projection,
         windowTokens: o.windowTokens ?? ENCODE_DEFAULTS.windowTokens,
+        deflateLevel: o.deflateLevel ?? ENCODE_DEFAULTS.deflateLevel,
       });
       const raw = T * p * 2 * 2 * batch;
       results.push({
@@ -293,6 +300,7 @@ export async function benchShapeCuda(
         batch,
         paged,
         chunk_bytes: chunkBytes,
+        deflate_level: o.deflateLevel ?? ENCODE_DEFAULTS.deflateLevel,
         window_tokens: o.windowTokens ?? ENCODE_DEFAULTS.windowTokens,
         raw_bytes: raw,
         record_bytes: f.recordBytes * batch,

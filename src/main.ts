@@ -79,6 +79,11 @@ program
     'newest tokens of each saved chunk kept raw unless the request says (env KVTC_WINDOW_TOKENS)',
     int('window-tokens'),
   )
+  .option(
+    '--deflate-level <n>',
+    'DEFLATE level of saved records, 0..12; 0 stores them without entropy coding: faster on a GPU, about 10 % larger (env KVTC_DEFLATE_LEVEL; default 6)',
+    int('deflate-level'),
+  )
   .option('--config <file>', 'JSON config file with the same keys (camelCase)')
   .action(async (o) =>
     runServe({
@@ -93,6 +98,7 @@ program
       maxFrameBytes: o.maxFrameBytes,
       ratio: o.ratio,
       windowTokens: o.windowTokens,
+      deflateLevel: o.deflateLevel,
       config: o.config,
     }),
   );
@@ -143,6 +149,11 @@ bench
     int('entry-stride', 16),
   )
   .option('--ratio <n>', 'target compression ratio of the plan', Number, 16)
+  .option(
+    '--deflate-level <n>',
+    'DEFLATE level of the records (default 6); 0 stores the chunks without entropy coding',
+    int('deflate-level'),
+  )
   .addOption(
     new Option(
       '--projection <precision>',
@@ -192,6 +203,7 @@ bench
             ...(o.windowTokens !== undefined ? { windowTokens: o.windowTokens } : {}),
             ...(o.projection ? { projection: o.projection as GpuProjection } : {}),
             chunkBytes,
+            deflateLevel: o.deflateLevel,
           })),
         );
       }
@@ -218,6 +230,7 @@ bench
           progress: progress.update,
           chunkBytes,
           entryStride: o.entryStride,
+          deflateLevel: o.deflateLevel,
         }),
       );
     }

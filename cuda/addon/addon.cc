@@ -555,8 +555,12 @@ Napi::Value DeflateJs(const Napi::CallbackInfo& info) {
       return NewBuffer(info.Env(), std::move(out));
     }
     const uint32_t stride = OptionalUint(o, "entryStride", 0);
-    if (stride) return NewBuffer(info.Env(), DeflateChunksIndexed(in.data, in.size, Uint(o, "chunkBytes"), stride));
-    return NewBuffer(info.Env(), DeflateChunks(in.data, in.size, Uint(o, "chunkBytes"), static_cast<int>(Uint(o, "level"))));
+    const int level = static_cast<int>(Uint(o, "level"));
+    CheckDeflateLevel(level);
+    if (stride)
+      return NewBuffer(info.Env(),
+                       DeflateChunksIndexed(in.data, in.size, Uint(o, "chunkBytes"), stride, StoresChunks(level)));
+    return NewBuffer(info.Env(), DeflateChunks(in.data, in.size, Uint(o, "chunkBytes"), level));
   });
 }
 
@@ -781,7 +785,7 @@ Napi::Value BenchGemmJs(const Napi::CallbackInfo& info) {
 
 #if KVTC_WITH_CUDA
 // benchCuda(calibration, {keys: Uint16Array (bf16), values, tokens, batch, planId, reps, paged, chunkBytes,
-// projection?}) -> figures
+// projection?, windowTokens, deflateLevel?}) -> figures
 Napi::Value BenchCudaJs(const Napi::CallbackInfo& info) {
   return Guard(info, [&]() -> Napi::Value {
     auto cal = UnwrapCalibration(info, *g_calibration_ctor);
@@ -797,7 +801,7 @@ Napi::Value BenchCudaJs(const Napi::CallbackInfo& info) {
                                        reinterpret_cast<const uint16_t*>(v.data), tokens, batch,
                                        static_cast<uint16_t>(plan_id), static_cast<int>(reps), OptionalBool(o, "paged"),
                                        Uint(o, "chunkBytes"), ParseProjection(o.Get("projection"), true),
-                                       Uint(o, "windowTokens"));
+                                       Uint(o, "windowTokens"), int(OptionalUint(o, "deflateLevel", 6)));
     Napi::Object r = Napi::Object::New(info.Env());
     r.Set("encodeS", f.encode_s);
     r.Set("decodeS", f.decode_s);

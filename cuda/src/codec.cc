@@ -161,6 +161,7 @@ std::vector<uint8_t> Encode(const Calibration& c, const EncodeJob& job) {
              "plan " << job.plan_id << " does not exist; the calibration has " << c.plans.size());
   KVTC_CHECK(static_cast<uint64_t>(job.token_start) + job.tokens <= UINT32_MAX, kInvalidArgument,
              "token range exceeds 2^32 positions");
+  CheckDeflateLevel(job.deflate_level);
   const PlanPair& plan = c.plans[job.plan_id];
   const size_t elem = DtypeBytes(job.dtype);
   const size_t row_bytes = static_cast<size_t>(p) * elem;
@@ -198,7 +199,8 @@ std::vector<uint8_t> Encode(const Calibration& c, const EncodeJob& job) {
     Quantize(d.data(), pl.rank, middle, pl, payload.data());
     Pending pe{};
     const bool indexed = job.entry_stride > 0;
-    pe.owned = indexed ? DeflateChunksIndexed(payload.data(), payload.size(), job.chunk_bytes, job.entry_stride)
+    pe.owned = indexed ? DeflateChunksIndexed(payload.data(), payload.size(), job.chunk_bytes, job.entry_stride,
+                                              StoresChunks(job.deflate_level))
                        : DeflateChunks(payload.data(), payload.size(), job.chunk_bytes, job.deflate_level);
     pe.section = {kind, indexed ? SectionEncoding::kDeflateIndexed : SectionEncoding::kDeflateChunks, sinks, middle, 0,
                   0, pe.owned.size()};

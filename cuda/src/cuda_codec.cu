@@ -1594,12 +1594,12 @@ struct StreamPart {
 // One stream (keys or values) of the sequences of a fused group, launched: each part's rows
 // through its prologue into one operand, one projection GEMM over all of them, each part's
 // quantization into its own payload (starting on a chunk boundary), one coder launch over every
-// chunk, one packing and one publication of the chunk sizes. Returns a LaunchedStream per part.
-// Nothing waits here.
+// chunk (none when `store`: level 0 keeps every chunk as is), one packing and one publication of
+// the chunk sizes. Returns a LaunchedStream per part. Nothing waits here.
 std::vector<LaunchedStream> LaunchStreams(Context& ctx, StreamScratch& s, const Calibration& c,
                                           const DeviceCalibration& dev, const Plan& plan, bool keys,
                                           const std::vector<StreamPart>& parts, KvDtype dtype, size_t chunk_bytes,
-                                          uint32_t entry_stride, bool fp8, Profiler& prof) {
+                                          uint32_t entry_stride, bool store, bool fp8, Profiler& prof) {
   const int64_t p = c.feature_dim();
   const int heads = int(c.layers * c.kv_heads);
   std::vector<uint32_t> row_at(parts.size());
@@ -1735,7 +1735,9 @@ std::vector<LaunchedStream> LaunchStreams(Context& ctx, StreamScratch& s, const 
   nvcompBatchedDeflateCompressOpts_t opts = nvcompBatchedDeflateCompressDefaultOpts;
   opts.algorithm = NvcompAlgorithm();
   size_t temp_bytes = 0, max_out = 0;
-  if (own_coder) {
+  if (store) {
+    max_out = 0;  // no coder output: every size at its maximum makes every chunk stored (the rule below)
+  } else if (own_coder) {
     max_out = (chunk_bytes + 255) / 256 * 256;  // kvtc's coder never writes more than the chunk
   } else {
     KVTC_NVCOMP_CALL(nvcompBatchedDeflateCompressGetMaxOutputChunkSize(chunk_bytes, opts, &max_out));
@@ -1747,7 +1749,12 @@ std::vector<LaunchedStream> LaunchStreams(Context& ctx, StreamScratch& s, const 
   s.slots.resize(chunks * max_out + 4);  // + 4: PackChunksKernel's last aligned load
   s.out_sizes.resize(chunks);
   uint32_t stride = 0, max_entries = 0;
-  if (own_coder) {
+  if (store) {
+    // Indexed, without entry points (a stored chunk has none): the decoder's direct path reads it.
+    stride = entry_stride ? entry_stride : DefaultEntryStride(chunk_bytes, EntryRuns());
+    s.entries.resize(1);
+    KVTC_CUDA_CALL(cudaMemsetAsync(s.out_sizes.ptr, 0xff, chunks * sizeof(size_t), ctx.stream));
+  } else if (own_coder) {
     // sizes[c] = the chunk's own size when it did not shrink: the stored rule applies. The entry
     // points make the section indexed (entropy.h): a GPU inflates it a lane per run.
     stride = entry_stride ? entry_stride : DefaultEntryStride(chunk_bytes, EntryRuns());
@@ -2286,6 +2293,7 @@ void LaunchEncode(Context& ctx, const Calibration& c, const DeviceCalibration& d
     const EncodeJob& job = jobs[first + k];
     KVTC_CHECK(job.tokens > 0, kInvalidArgument, "Expected at least one token to encode but received 0");
     KVTC_CHECK(job.plan_id < c.plans.size(), kPlanUnknown, "plan " << job.plan_id << " does not exist");
+    CheckDeflateLevel(job.deflate_level);
     EncodeFlight& f = flights[k];
     f.slot = slot;
     f.job = &job;
@@ -2336,7 +2344,7 @@ void LaunchEncode(Context& ctx, const Calibration& c, const DeviceCalibration& d
     if (parts.empty()) return;
     std::vector<LaunchedStream> views =
         LaunchStreams(ctx, Scratch(slot, which), c, dev, stream_plan, which == 0, parts, lead.dtype, lead.chunk_bytes,
-                      lead.entry_stride, fp8, prof);
+                      lead.entry_stride, StoresChunks(lead.deflate_level), fp8, prof);
     for (size_t i = 0; i < coded.size(); ++i) coded[i]->coded[which] = std::move(views[i]);
   };
   launch(0, plan.keys, key_parts);
@@ -3192,7 +3200,8 @@ std::vector<std::pair<size_t, size_t>> FuseGroups(const std::vector<EncodeJob>& 
     if (!groups.empty()) {
       const EncodeJob& lead = jobs[groups.back().first];
       const bool same = j.plan_id == lead.plan_id && j.dtype == lead.dtype && j.chunk_bytes == lead.chunk_bytes &&
-                        j.entry_stride == lead.entry_stride && j.projection == lead.projection;
+                        j.entry_stride == lead.entry_stride && j.projection == lead.projection &&
+                        StoresChunks(j.deflate_level) == StoresChunks(lead.deflate_level);
       if (same && tokens + middle <= limit) {
         ++groups.back().second;
         tokens += middle;
@@ -3327,7 +3336,7 @@ std::vector<float> DequantizeOnDevice(const uint8_t* payload, int64_t tokens, co
 
 BenchFigures Bench(const Calibration& c, const DeviceCalibration& dev, const uint16_t* host_keys,
                    const uint16_t* host_values, uint32_t tokens, uint32_t batch, uint16_t plan_id, int reps, bool paged,
-                   size_t chunk_bytes, Projection projection, uint32_t window_tokens) {
+                   size_t chunk_bytes, Projection projection, uint32_t window_tokens, int deflate_level) {
   KVTC_CUDA_CALL(cudaSetDevice(dev.device));
   Context& ctx = ThreadContext();
   const uint32_t p = c.feature_dim();
@@ -3382,6 +3391,7 @@ BenchFigures Bench(const Calibration& c, const DeviceCalibration& dev, const uin
   job.chunk_bytes = chunk_bytes;  // indexed chunks: entry points every chunk_bytes / 32
   job.projection = projection;
   job.window_tokens = window_tokens;
+  job.deflate_level = deflate_level;  // 0: chunks stored, no coder
   const bool fp8 = projection == Projection::kFp8;
   BenchFigures fig;
   std::vector<HostBytes> records(batch);

@@ -28,16 +28,22 @@ struct DecompressorDeleter {
 
 }  // namespace
 
+void CheckDeflateLevel(int level) {
+  KVTC_CHECK(level >= 0 && level <= 12, kInvalidArgument, "Expected a DEFLATE level in 0..12 but received " << level);
+}
+
 std::vector<uint8_t> DeflateChunks(const uint8_t* data, size_t size, size_t chunk_bytes, int level) {
   KVTC_CHECK(chunk_bytes > 0 && chunk_bytes <= kMaxChunkBytes, kInvalidArgument,
              "Expected a chunk size in 1.." << kMaxChunkBytes << " but received " << chunk_bytes);
-  KVTC_CHECK(level >= 0 && level <= 12, kInvalidArgument, "Expected a DEFLATE level in 0..12 but received " << level);
+  CheckDeflateLevel(level);
   const size_t chunks = (size + chunk_bytes - 1) / chunk_bytes;
   KVTC_CHECK(chunks <= UINT32_MAX, kInvalidArgument, "payload too large: " << size << " bytes");
   std::vector<std::vector<uint8_t>> stored(chunks);
 #pragma omp parallel
   {
-    std::unique_ptr<libdeflate_compressor, CompressorDeleter> c(libdeflate_alloc_compressor(level));
+    // Level 0: libdeflate's stored blocks would be larger than the chunk; store it directly.
+    std::unique_ptr<libdeflate_compressor, CompressorDeleter> c(
+        StoresChunks(level) ? nullptr : libdeflate_alloc_compressor(level));
 #pragma omp for schedule(dynamic, 1)
     for (size_t i = 0; i < chunks; ++i) {
       const size_t off = i * chunk_bytes;
@@ -73,7 +79,8 @@ uint32_t DefaultEntryStride(size_t chunk_bytes, uint32_t runs) {
   return uint32_t(std::max<size_t>(8192 / runs, (per_run + 15) / 16 * 16));
 }
 
-std::vector<uint8_t> DeflateChunksIndexed(const uint8_t* data, size_t size, size_t chunk_bytes, uint32_t entry_stride) {
+std::vector<uint8_t> DeflateChunksIndexed(const uint8_t* data, size_t size, size_t chunk_bytes, uint32_t entry_stride,
+                                          bool store) {
   KVTC_CHECK(chunk_bytes > 0 && chunk_bytes <= kMaxChunkBytes, kInvalidArgument,
              "Expected a chunk size in 1.." << kMaxChunkBytes << " but received " << chunk_bytes);
   KVTC_CHECK(entry_stride >= 16 && entry_stride % 16 == 0 && entry_stride <= kMaxChunkBytes, kInvalidArgument,
@@ -91,6 +98,10 @@ std::vector<uint8_t> DeflateChunksIndexed(const uint8_t* data, size_t size, size
       const size_t off = i * chunk_bytes;
       const size_t n = std::min(chunk_bytes, size - off);
       std::vector<uint8_t>& out = stored[i];
+      if (store) {
+        out.assign(data + off, data + off + n);
+        continue;
+      }
       out.resize((n + 3) / 4 * 4);
       std::vector<uint32_t> e(huff::EntryCount(n, entry_stride));
       const size_t m = huff::EncodeChunkSerial(data + off, n, out.data(), *scratch, e.data(), entry_stride);

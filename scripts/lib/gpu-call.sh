@@ -133,7 +133,9 @@ variant() {
     --json --reps "${REPS:-9}" ${VARIANT_ARGS:---shape 8b --tokens 8192} > "$OUT/variants/$tag.json" 2> "$OUT/variants/$tag.err"
   echo "rc $?"
   node -e 'for (const r of JSON.parse(require("fs").readFileSync(process.argv[1])).results)
-    console.log(r.shape, r.tokens, "b" + (r.batch ?? 1), r.encode_gbps.toFixed(1), r.decode_gbps.toFixed(1), "fused " + (r.fused_restores ?? "-"))' \
+    console.log(r.shape, r.tokens, "b" + (r.batch ?? 1), "ratio " + r.ratio.toFixed(2), r.encode_gbps.toFixed(1),
+      r.decode_gbps.toFixed(1), "x GEMM " + r.gemm_ratio_encode.toFixed(2) + " / " + r.gemm_ratio_decode.toFixed(2),
+      "fused " + (r.fused_restores ?? "-"))' \
     "$OUT/variants/$tag.json"
 }
 cutlass_probe() {

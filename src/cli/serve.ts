@@ -41,6 +41,7 @@ export async function runServe(flags: Partial<ServeConfig> & { config?: string }
     ...(config.ratio !== undefined ? { defaultRatio: config.ratio } : {}),
     windowTokens: config.windowTokens,
     sinkTokens: config.sinkTokens,
+    deflateLevel: config.deflateLevel,
     backend,
     projection: config.projection,
     ...(config.metricsPort !== undefined ? { metricsPort: config.metricsPort } : {}),

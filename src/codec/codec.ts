@@ -38,7 +38,12 @@ export interface EncodeOptions {
   sinkTokens?: number;
   /** The newest tokens of the chunk kept raw. Default 128. */
   windowTokens?: number;
-  /** libdeflate level 0..12. Default 6. */
+  /**
+   * DEFLATE level 0..12 (libdeflate's on the CPU; the CUDA backend's own coder has one level).
+   * 0 stores every chunk without entropy coding, on either backend: no coder on encode, a copy
+   * instead of an inflate on a GPU's restore, records about 10 % larger at kvtc 16x
+   * (docs/benchmarks.md). Any decoder reads either. Default 6.
+   */
   deflateLevel?: number;
   /** Bytes per independent DEFLATE chunk. Default 65536 on the CPU, 16384 on CUDA. */
   chunkBytes?: number;

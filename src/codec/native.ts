@@ -193,6 +193,8 @@ export interface NativeAddon {
       projection?: Projection;
       /** newest tokens of each sequence kept raw (EncodeJob.window_tokens) */
       windowTokens: number;
+      /** 0: chunks stored without entropy coding; otherwise the CUDA coder (default 6) */
+      deflateLevel?: number;
     },
   ): {
     encodeS: number;

@@ -135,6 +135,8 @@ export interface PagedEncodeOptions {
   tokenStart: number;
   sinkTokens?: number;
   windowTokens?: number;
+  /** 0: chunks stored without entropy coding (EncodeOptions.deflateLevel); default 6 */
+  deflateLevel?: number;
 }
 
 function nativeJob(span: PagedSpan, o: PagedEncodeOptions) {
@@ -144,7 +146,7 @@ function nativeJob(span: PagedSpan, o: PagedEncodeOptions) {
     planId: o.planId,
     sinkTokens: o.sinkTokens ?? ENCODE_DEFAULTS.sinkTokens,
     windowTokens: o.windowTokens ?? ENCODE_DEFAULTS.windowTokens,
-    deflateLevel: ENCODE_DEFAULTS.deflateLevel,
+    deflateLevel: o.deflateLevel ?? ENCODE_DEFAULTS.deflateLevel,
     chunkBytes: ENCODE_DEFAULTS.cudaChunkBytes,
     ...(o.projection ? { projection: o.projection } : {}),
   };

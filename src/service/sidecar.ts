@@ -51,6 +51,8 @@ export interface SidecarOptions {
   defaultRatio?: number;
   windowTokens: number;
   sinkTokens: number;
+  /** DEFLATE level of saved records (default 6); 0 stores them without entropy coding, faster */
+  deflateLevel?: number;
   metricsPort?: number;
   /** Codec backend of save/load/encode/decode; register_kv and the block ops need 'cuda'. */
   backend?: Backend;
@@ -477,11 +479,17 @@ export class Sidecar {
   }
 
   /** How a save or encode request codes: its ratio and window, or the sidecar's defaults. */
-  #coding(h: Record<string, unknown>): { ratio: number; windowTokens: number; sinkTokens: number } {
+  #coding(h: Record<string, unknown>): {
+    ratio: number;
+    windowTokens: number;
+    sinkTokens: number;
+    deflateLevel?: number;
+  } {
     return {
       ratio: optionalNumber(h, 'ratio') ?? this.#ratio,
       windowTokens: h['window_tokens'] === undefined ? this.options.windowTokens : uint(h, 'window_tokens'),
       sinkTokens: this.options.sinkTokens,
+      ...(this.options.deflateLevel !== undefined ? { deflateLevel: this.options.deflateLevel } : {}),
     };
   }
 

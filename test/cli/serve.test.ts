@@ -90,6 +90,7 @@ t.test('configuration errors exit 2 with a coded message', async (t) => {
     [['serve', '--calibration', calFile, '--backend', 'cuda'], /ERR_KVTC_BACKEND_UNAVAILABLE/],
     [['serve', '--calibration', calFile, '--store', 'redis://x'], /unknown store scheme/],
     [['serve', '--calibration', calFile, '--projection', 'fp4'], /projection must be bf16 or fp8, received 'fp4'/],
+    [['serve', '--calibration', calFile, '--deflate-level', '13'], /deflateLevel must be an integer in 0\.\.12/],
     [
       ['serve', '--calibration', calFile, '--backend', 'cpu', '--projection', 'fp8'],
       /projection fp8 runs on the CUDA backend; this sidecar's backend is cpu.*ERR_KVTC_INVALID_ARGUMENT/,
@@ -120,6 +121,7 @@ t.test('--help lists every option', async (t) => {
     '--projection',
     '--metrics-port',
     '--log-level',
+    '--deflate-level',
     '--config',
   ])
     t.match(out, opt);

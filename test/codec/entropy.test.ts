@@ -116,6 +116,36 @@ for (const size of [1, 989, 200_000]) {
   });
 }
 
+t.test('level 0 stores every chunk, plain and indexed, and any inflater reads it', async (t) => {
+  const rand = mulberry32(21);
+  const data = Uint8Array.from({ length: 150_000 }, () => Math.floor(rand() ** 3 * 16));
+  const plain = native.stages.deflate(data, { inflate: false, chunkBytes: 65536, level: 0 });
+  t.same(
+    chunks(plain).map((c) => c.stored === c.raw),
+    [true, true, true],
+    'plain: every chunk stored although it compresses at level 6',
+  );
+  t.equal(plain.length, data.length + 4 + 8 * 3, 'plain: the data and the table, nothing else');
+  t.same(Buffer.from(native.stages.deflate(plain, { inflate: true, expectedBytes: data.length })), Buffer.from(data));
+  const indexed = native.stages.deflate(data, { inflate: false, chunkBytes: 65536, level: 0, entryStride: 2048 });
+  t.same(
+    indexedChunks(indexed).map((c) => [c.stored === c.raw, c.count]),
+    [
+      [true, 0],
+      [true, 0],
+      [true, 0],
+    ],
+    'indexed: every chunk stored, no entry points',
+  );
+  t.same(
+    Buffer.from(native.stages.deflate(indexed, { inflate: true, expectedBytes: data.length, indexed: true })),
+    Buffer.from(data),
+  );
+  t.throws(() => native.stages.deflate(data, { inflate: false, chunkBytes: 65536, level: 13 }), {
+    code: 'ERR_KVTC_INVALID_ARGUMENT',
+  });
+});
+
 t.test('indexed chunks need an entry stride that is a multiple of 16', async (t) => {
   t.throws(
     () => native.stages.deflate(Buffer.alloc(100), { inflate: false, chunkBytes: 64, level: 6, entryStride: 24 }),

@@ -175,6 +175,31 @@ t.test('indexed sections (entryStride) decode to exactly what plain sections dec
   await t.rejects(encode(cal, chunk, { ...o, entryStride: 100 }), { code: 'ERR_KVTC_INVALID_ARGUMENT' });
 });
 
+t.test('deflateLevel 0 stores the coded sections: larger records, exactly the same decode', async (t) => {
+  const tokens = 700;
+  const kv = syntheticKv(tokens, P, 9);
+  kv.keys = applyRope(kv.keys, tokens, 0, model);
+  const chunk = { keys: bf16(kv.keys), values: bf16(kv.values), dtype: 'bfloat16' as const, tokens };
+  const o = { ratio: 4, windowTokens: 16, chunkBytes: 4096 };
+  for (const entryStride of [0, 256]) {
+    const coded = await encode(cal, chunk, { ...o, entryStride });
+    const stored = await encode(cal, chunk, { ...o, entryStride, deflateLevel: 0 });
+    const sizes = (r: Buffer) =>
+      native
+        .inspect(r)
+        .sections.filter((s) => s.encoding !== 0)
+        .map((s) => s.storedBytes);
+    const [ck, cv] = sizes(coded),
+      [sk, sv] = sizes(stored);
+    t.ok(sk! > ck! && sv! > cv!, `stride ${entryStride}: stored sections ${sk}/${sv} larger than coded ${ck}/${cv}`);
+    const a = await decode(cal, coded, { tokens, dtype: 'bfloat16' });
+    const b = await decode(cal, stored, { tokens, dtype: 'bfloat16' });
+    t.same(Buffer.from(b.keys), Buffer.from(a.keys), `stride ${entryStride}: keys identical`);
+    t.same(Buffer.from(b.values), Buffer.from(a.values), `stride ${entryStride}: values identical`);
+  }
+  await t.rejects(encode(cal, chunk, { ...o, deflateLevel: 13 }), { code: 'ERR_KVTC_INVALID_ARGUMENT' });
+});
+
 t.test('projection precision: bf16 and fp8 operands cost little beside the plan, records stay standard', async (t) => {
   const tokens = 600;
   const kv = syntheticKv(tokens, P, 12);

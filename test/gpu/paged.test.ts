@@ -253,6 +253,24 @@ test('paged: many spans in one job (fused on the device) encode like one span at
     }));
     const fused = await encodePagedMany(cal, region, spans, options);
     assert.equal(fused.length, spans.length);
+    // Level 0 (no entropy coding) in the same fused group: the same payloads, stored, so both
+    // decoders give exactly what they give for the coded records.
+    const stored = await encodePagedMany(
+      cal,
+      region,
+      spans,
+      options.map((o) => ({ ...o, deflateLevel: 0 })),
+    );
+    for (const [i, span] of spans.entries()) {
+      if (i === 2) continue;
+      assert.ok(stored[i]!.length > fused[i]!.length, `span ${i}: the stored record is larger`);
+      for (const backend of ['cpu', 'cuda'] as const) {
+        const o = { tokens: span.tokens, dtype: 'float32' as const, backend };
+        const [a, b] = [await decode(cal, fused[i]!, o), await decode(cal, stored[i]!, o)];
+        assert.equal(Buffer.compare(b.keys, a.keys), 0, `span ${i} level 0 -> ${backend}: keys`);
+        assert.equal(Buffer.compare(b.values, a.values), 0, `span ${i} level 0 -> ${backend}: values`);
+      }
+    }
     for (const [i, span] of spans.entries()) {
       const alone = await encodePaged(cal, region, span, options[i]!);
       const want = gatherRows(l, model.layers, flat, span.blockIds, span.firstSlot, span.tokens);

@@ -90,12 +90,42 @@ for (const shape of TEST_SHAPES) {
       // payloads have entry points for the GPU's lanes); cuda writes indexed chunks always;
       // cuda-odd: chunks of 1002 bytes, so that the GPU packs chunks at every byte alignment, from
       // unaligned raw chunks too.
-      const records: Record<Backend | 'cpu-indexed' | 'cuda-odd', Buffer> = {
+      // *-stored: level 0, every chunk stored (no entropy coding), the same payloads.
+      type Writer = Backend | 'cpu-indexed' | 'cuda-odd' | 'cpu-stored' | 'cuda-stored';
+      const records: Record<Writer, Buffer> = {
         cpu: await encode(cal, chunk, { windowTokens: 3, backend: 'cpu' }),
         'cpu-indexed': await encode(cal, chunk, { windowTokens: 3, backend: 'cpu', chunkBytes: 512, entryStride: 16 }),
         cuda: await encode(cal, chunk, { windowTokens: 3, backend: 'cuda' }),
         'cuda-odd': await encode(cal, chunk, { windowTokens: 3, backend: 'cuda', chunkBytes: 1002, entryStride: 16 }),
+        'cpu-stored': await encode(cal, chunk, {
+          windowTokens: 3,
+          backend: 'cpu',
+          chunkBytes: 512,
+          entryStride: 16,
+          deflateLevel: 0,
+        }),
+        'cuda-stored': await encode(cal, chunk, { windowTokens: 3, backend: 'cuda', deflateLevel: 0 }),
       };
+      // The CUDA writer stores every chunk: its coded sections are as large as the CPU's stored
+      // ones at the same chunk size and entry stride (the payload's size is the plan's).
+      const codedSizes = (r: Buffer) =>
+        native
+          .inspect(r)
+          .sections.filter((s) => s.encoding !== 0)
+          .map((s) => s.storedBytes);
+      assert.deepEqual(
+        codedSizes(records['cuda-stored']),
+        codedSizes(
+          await encode(cal, chunk, {
+            windowTokens: 3,
+            backend: 'cpu',
+            chunkBytes: 16384,
+            entryStride: 512,
+            deflateLevel: 0,
+          }),
+        ),
+        `${name} ${tokens}: cuda-stored sections`,
+      );
       const plan = cal.plans[0]!;
       for (const dec of ['cpu', 'cuda'] as Backend[]) {
         // Same payload, other entropy coding: the same decoder must give the same bytes.
@@ -103,8 +133,17 @@ for (const shape of TEST_SHAPES) {
         const b = await decode(cal, records['cpu-indexed'], { tokens, dtype: 'float32', backend: dec });
         assert.deepEqual(Buffer.from(b.keys), Buffer.from(a.keys), `${name} ${tokens} cpu-indexed->${dec}: keys`);
         assert.deepEqual(Buffer.from(b.values), Buffer.from(a.values), `${name} ${tokens} cpu-indexed->${dec}: values`);
+        for (const [coded, stored] of [
+          ['cpu-indexed', 'cpu-stored'],
+          ['cuda', 'cuda-stored'],
+        ] as const) {
+          const c = await decode(cal, records[coded], { tokens, dtype: 'float32', backend: dec });
+          const s = await decode(cal, records[stored], { tokens, dtype: 'float32', backend: dec });
+          assert.deepEqual(Buffer.from(s.keys), Buffer.from(c.keys), `${name} ${tokens} ${stored}->${dec}: keys`);
+          assert.deepEqual(Buffer.from(s.values), Buffer.from(c.values), `${name} ${tokens} ${stored}->${dec}: values`);
+        }
       }
-      for (const enc of ['cpu', 'cpu-indexed', 'cuda', 'cuda-odd'] as const) {
+      for (const enc of ['cpu', 'cpu-indexed', 'cuda', 'cuda-odd', 'cpu-stored', 'cuda-stored'] as const) {
         for (const dec of ['cpu', 'cuda'] as Backend[]) {
           const out = await decode(cal, records[enc], { tokens, dtype: 'float32', backend: dec });
           const k = new Float32Array(out.keys.buffer.slice(out.keys.byteOffset, out.keys.byteOffset + out.keys.length));

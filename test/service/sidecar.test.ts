@@ -254,6 +254,29 @@ t.test('tiers: memory in front of disk, promotion on load', async (t) => {
   t.equal(again.header['tier'], 'mem', 'and promoted to memory');
 });
 
+t.test('deflateLevel 0: saves store their chunks (larger), loads give the same KV', async (t) => {
+  const [k, v] = kv(300, 8);
+  const header = { key: 'ee'.repeat(16), token_start: 0, tokens: 300, dtype: 'float32', ratio: 16 };
+  const results = [];
+  for (const deflateLevel of [6, 0]) {
+    const s = await start({ deflateLevel });
+    const c = new TestClient(s.endpoint);
+    try {
+      await c.hello(compat);
+      const save = await c.request('save', header, [k, v]);
+      t.equal(save.header['ok'], true, JSON.stringify(save.header));
+      const load = await c.request('load', { key: header.key, tokens: 300, dtype: 'float32' });
+      results.push({ stored: save.header['handle'].stored_bytes as number, frames: load.frames });
+    } finally {
+      c.close();
+      await s.close();
+    }
+  }
+  const [coded, stored] = results;
+  t.ok(stored!.stored > coded!.stored, `level 0 stores ${stored!.stored} bytes against ${coded!.stored}`);
+  t.same(stored!.frames, coded!.frames, 'the same keys and values back');
+});
+
 t.test('GPU data plane ops on a CPU sidecar: coded refusals, then still serving', async (t) => {
   const s = await start();
   const c = new TestClient(s.endpoint);

@@ -92,10 +92,11 @@ struct BenchFigures {
 
 // Times `batch` sequences of `tokens` each (bf16 KV on the device, filled from `host_kv`), as
 // contiguous rows or (paged) in place in a paged cache of vLLM's FlashAttention layout, in records
-// of chunk_bytes DEFLATE chunks, the newest window_tokens of each kept raw.
+// of chunk_bytes DEFLATE chunks (stored, not coded, at deflate_level 0), the newest window_tokens
+// of each kept raw.
 BenchFigures Bench(const Calibration& calibration, const DeviceCalibration& dev, const uint16_t* host_keys,
                    const uint16_t* host_values, uint32_t tokens, uint32_t batch, uint16_t plan_id, int reps,
                    bool paged, size_t chunk_bytes, Projection projection = Projection::kBf16,
-                   uint32_t window_tokens = 128);
+                   uint32_t window_tokens = 128, int deflate_level = 6);
 
 }  // namespace kvtc::cuda

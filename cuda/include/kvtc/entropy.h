@@ -30,10 +30,20 @@ constexpr size_t kMaxChunkBytes = 16 * 1024 * 1024;
 // encoder's bytes per thread), at least 8192 / runs (256 bytes a lane).
 uint32_t DefaultEntryStride(size_t chunk_bytes, uint32_t runs = 32);
 
-// kDeflateChunks body by libdeflate at `level`.
+// Level 0 is "no entropy coding": every chunk stored as is, in the same section layout (a chunk
+// with stored_bytes == raw_bytes), so that any decoder reads it. The encoders skip their coder and
+// a GPU's decode copies the chunks instead of inflating them: the fast end of the ratio-speed
+// trade-off (about 10 % larger records at kvtc 16x, docs/benchmarks.md).
+constexpr bool StoresChunks(int level) { return level == 0; }
+// kInvalidArgument unless 0 <= level <= 12 (libdeflate's levels; kvtc's own coder has one level).
+void CheckDeflateLevel(int level);
+
+// kDeflateChunks body by libdeflate at `level` (0..12).
 std::vector<uint8_t> DeflateChunks(const uint8_t* data, size_t size, size_t chunk_bytes, int level);
-// kDeflateIndexed body by kvtc's literal coder (cuda_huffman.h), bit-identical to the GPU's.
-std::vector<uint8_t> DeflateChunksIndexed(const uint8_t* data, size_t size, size_t chunk_bytes, uint32_t entry_stride);
+// kDeflateIndexed body by kvtc's literal coder (cuda_huffman.h), bit-identical to the GPU's; every
+// chunk stored when `store` (level 0).
+std::vector<uint8_t> DeflateChunksIndexed(const uint8_t* data, size_t size, size_t chunk_bytes, uint32_t entry_stride,
+                                          bool store = false);
 
 // A coded section's chunk table, checked against its body and the payload size it must inflate
 // to. Offsets are from the body's start.
