@@ -120,8 +120,25 @@ program
       .choices(['fp32', 'bf16', 'fp8'])
       .default('fp32'),
   )
+  .option(
+    '--deflate-level <n>',
+    'DEFLATE level 0..12 (default 6); 0 stores the chunks without entropy coding',
+    int('deflate-level'),
+  )
+  .option('--chunk-kib <n>', 'DEFLATE chunk size in KiB (default 64)', int('chunk-kib', 1))
+  .option(
+    '--entry-stride <bytes>',
+    "indexed chunks by kvtc's literal coder (the CUDA backend's records: --chunk-kib 16 --entry-stride 512), a multiple of 16",
+    int('entry-stride', 16),
+  )
   .action(async (o) =>
-    runRoundtrip({ ...o, calibration: resolve(o.calibration), kv: resolve(o.kv), out: resolve(o.out) }),
+    runRoundtrip({
+      ...o,
+      calibration: resolve(o.calibration),
+      kv: resolve(o.kv),
+      out: resolve(o.out),
+      chunkBytes: o.chunkKib === undefined ? undefined : o.chunkKib * 1024,
+    }),
   );
 
 const bench = program.command('bench').description('benchmarks');

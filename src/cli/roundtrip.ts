@@ -8,7 +8,7 @@ import { basename, join } from 'node:path';
 
 import { readCapture } from '../calibrate/captures.js';
 import { loadCalibration } from '../codec/calibration.js';
-import { decode, encode, type Projection } from '../codec/codec.js';
+import { decode, encode, ENCODE_DEFAULTS, type Projection } from '../codec/codec.js';
 import { float32Tensor, serializeSafetensors } from '../codec/safetensors.js';
 
 export interface RoundtripArgs {
@@ -20,6 +20,10 @@ export interface RoundtripArgs {
   windowTokens: number;
   /** precision of the projection's operands, both ways (default fp32) */
   projection?: Projection;
+  /** entropy coding of the records (EncodeOptions): DEFLATE level, chunk size, indexed chunks */
+  deflateLevel?: number;
+  chunkBytes?: number;
+  entryStride?: number;
 }
 
 export interface RoundtripEntry {
@@ -48,7 +52,15 @@ export async function runRoundtrip(a: RoundtripArgs): Promise<void> {
       const rec = await encode(
         cal,
         { keys: c.keys, values: c.values, dtype: 'float32', tokens: c.tokens, tokenStart: c.positionStart },
-        { ratio, sinkTokens: a.sinkTokens, windowTokens: a.windowTokens, projection: a.projection },
+        {
+          ratio,
+          sinkTokens: a.sinkTokens,
+          windowTokens: a.windowTokens,
+          projection: a.projection,
+          deflateLevel: a.deflateLevel,
+          chunkBytes: a.chunkBytes,
+          entryStride: a.entryStride,
+        },
       );
       const out = await decode(cal, rec, { tokens: c.tokens, dtype: 'float32', projection: a.projection });
       const shape = [c.tokens, m.layers, m.kv_heads, m.head_dim];
@@ -81,7 +93,15 @@ export async function runRoundtrip(a: RoundtripArgs): Promise<void> {
       });
     }
   }
-  const summary = { calibration_id: cal.id, model: cal.model, projection: a.projection ?? 'fp32', entries };
+  const summary = {
+    calibration_id: cal.id,
+    model: cal.model,
+    projection: a.projection ?? 'fp32',
+    deflate_level: a.deflateLevel ?? ENCODE_DEFAULTS.deflateLevel,
+    chunk_bytes: a.chunkBytes ?? ENCODE_DEFAULTS.chunkBytes,
+    entry_stride: a.entryStride ?? 0,
+    entries,
+  };
   await writeFile(join(a.out, 'summary.json'), JSON.stringify(summary, null, 2));
   process.stdout.write(`restored ${files.length} captures at ratios ${ratios.join(', ')} into ${a.out}\n`);
 }
