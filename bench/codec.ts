@@ -2,16 +2,19 @@
  * `kvtc-sidecar bench codec`: encode and decode throughput per model shape, each beside the BLAS
  * GEMM of the same shape timed in the same process (the projection is the pipeline's floor), so
  * the figures are ratios that hold on any machine. Inputs are bfloat16 (what serving engines
- * cache). Shapes without a captured model use synthetic KV with a power-law spectrum
- * (src/calibrate/synthetic.ts) and a calibration built on its exact principal axes, cached
- * under bench/.cache.
+ * cache). By default the KV is synthetic, with a power-law spectrum (src/calibrate/synthetic.ts),
+ * and the calibration is built on its exact principal axes, cached under bench/.cache. With
+ * `--kv DIR --calibration FILE` (realInput) it is a model's captured KV, tiled to the length, under
+ * that model's own calibration: real ratios, and record sizes as a serving engine's KV gives them.
  */
 import { appendFileSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 
+import { listCaptures, readCapture, unropedKeys } from '../src/calibrate/captures.js';
 import { applyRope, syntheticAxesCalibration, syntheticKv, type SyntheticKv } from '../src/calibrate/synthetic.js';
-import { parseCalibration, type Calibration } from '../src/codec/calibration.js';
+import { loadCalibration, parseCalibration, type Calibration } from '../src/codec/calibration.js';
+import { KvtcError } from '../src/core/errors.js';
 import { decode, encode, ENCODE_DEFAULTS } from '../src/codec/codec.js';
 import { loadNative } from '../src/codec/native.js';
 import type { GpuProjection } from '../src/codec/paged.js';
@@ -58,6 +61,8 @@ export interface BenchResult {
   entry_stride?: number;
   /** DEFLATE level of the records; 0: chunks stored, no entropy coding (absent before run v: 6) */
   deflate_level?: number;
+  /** 'synthetic', or 'captured: DIR' (realInput; absent before run v: synthetic) */
+  input?: string;
 }
 
 export interface BenchOptions {
@@ -72,6 +77,79 @@ export interface BenchOptions {
   entryStride?: number;
   /** DEFLATE level (default 6); 0 stores the chunks without entropy coding */
   deflateLevel?: number;
+  /** captured KV and its model's calibration instead of the synthetic pair (realInput) */
+  real?: RealInput;
+}
+
+/** A model's captured KV (RoPE removed), to be tiled to a run's length, and its calibration. */
+export interface RealInput {
+  calibration: Calibration;
+  keys: Float32Array;
+  values: Float32Array;
+  tokens: number;
+  /** the captures' folder, reported as each result's `input` */
+  source: string;
+}
+
+/**
+ * Reads every capture of `dir` (kvtc_connector.capture's files) and the calibration for their
+ * model. Each capture's first `sinkTokens` rows are left out: tiled to thousands of tokens, a
+ * document's attention sinks would otherwise recur mid-sequence, which a real context has once.
+ */
+export async function realInput(dir: string, calibrationFile: string, sinkTokens = 4): Promise<RealInput> {
+  const calibration = await loadCalibration(calibrationFile);
+  const m = calibration.model;
+  const keys: Float32Array[] = [],
+    values: Float32Array[] = [];
+  let tokens = 0;
+  for (const file of await listCaptures(dir)) {
+    const c = await readCapture(file);
+    if (c.model.fingerprint !== m.fingerprint)
+      throw new KvtcError(
+        'ERR_KVTC_MODEL_MISMATCH',
+        `${file}: captured from model ${c.model.fingerprint}, the calibration is for ${m.fingerprint}`,
+      );
+    const skip = Math.min(sinkTokens, c.tokens);
+    const p = calibration.featureDim;
+    keys.push(unropedKeys(c).subarray(skip * p));
+    values.push(c.values.subarray(skip * p));
+    tokens += c.tokens - skip;
+  }
+  if (tokens === 0) throw new KvtcError('ERR_KVTC_INVALID_ARGUMENT', `${dir}: no captured tokens past the sinks`);
+  const join = (parts: Float32Array[]) => {
+    const out = new Float32Array(tokens * calibration.featureDim);
+    let at = 0;
+    for (const x of parts) out.set(x, (at += x.length) - x.length);
+    return out;
+  };
+  return { calibration, keys: join(keys), values: join(values), tokens, source: dir };
+}
+
+/** The shape of `real`'s model: the bench shape of the same dimensions (its name), or its own. */
+export function realShape(real: RealInput, pool: BenchShape[]): BenchShape {
+  const m = real.calibration.model;
+  const same = pool.find((s) => s.layers === m.layers && s.kvHeads === m.kv_heads && s.headDim === m.head_dim);
+  return {
+    name: same?.name ?? m.name,
+    layers: m.layers,
+    kvHeads: m.kv_heads,
+    headDim: m.head_dim,
+    tokens: same?.tokens ?? 4096,
+    rankCap: m.layers * m.kv_heads * m.head_dim,
+  };
+}
+
+/** `tokens` rows of `real`'s KV (RoPE removed), its captures repeated in order. */
+function tiledRealKv(real: RealInput, tokens: number): SyntheticKv {
+  const p = real.calibration.featureDim;
+  const keys = new Float32Array(tokens * p),
+    values = new Float32Array(tokens * p);
+  for (let at = 0; at < tokens; at += real.tokens) {
+    const n = Math.min(real.tokens, tokens - at);
+    keys.set(real.keys.subarray(0, n * p), at * p);
+    values.set(real.values.subarray(0, n * p), at * p);
+  }
+  return { keys, values };
 }
 
 export function toBf16(x: Float32Array): Uint16Array {
@@ -153,11 +231,11 @@ async function time(fn: () => Promise<unknown>): Promise<number> {
 
 export async function benchShape(shape: BenchShape, o: BenchOptions): Promise<BenchResult> {
   const native = loadNative();
-  const cal = await syntheticCalibration(shape, o.ratio, o);
+  const cal = o.real?.calibration ?? (await syntheticCalibration(shape, o.ratio, o));
   const p = cal.featureDim;
   const T = shape.tokens;
   o.progress?.(`${shape.name}: timing`, 0);
-  const kv = cachedSyntheticKv(T, p, 42, o.cacheDir);
+  const kv = o.real ? tiledRealKv(o.real, T) : cachedSyntheticKv(T, p, 42, o.cacheDir);
   kv.keys = applyRope(kv.keys, T, 0, cal.model); // as a serving engine caches them
   const chunk = {
     keys: toBf16(kv.keys),
@@ -208,6 +286,7 @@ export async function benchShape(shape: BenchShape, o: BenchOptions): Promise<Be
     chunk_bytes: chunkBytes,
     entry_stride: o.entryStride ?? 0,
     deflate_level: deflateLevel,
+    input: o.real ? `captured: ${o.real.source}` : 'synthetic',
   };
 }
 
@@ -242,8 +321,10 @@ export const CUDA_SHAPES: BenchShape[] = [
  * The CUDA bench: device-resident bf16 KV (like a serving engine's cache) -> record in host
  * memory -> KV back in device memory, median of `reps`, beside the cuBLAS GEMMs of the same
  * shapes and a raw device-to-host copy of the same KV, all in this process. Inputs are 4096
- * distinct synthetic tokens repeated to the length (RoPE applied at every true position), so the
- * ratio column is indicative only; ratios are measured by the CPU bench and docs/quality.md.
+ * distinct synthetic tokens repeated to the length (RoPE applied at every true position), or, with
+ * `o.real`, a model's captured tokens repeated the same way. The coder shrinks the synthetic codes
+ * more than real ones (run v, 16x plans, coded tokens: SmolLM2 shape 19.0x synthetic against 18.2x
+ * captured; the 8B shape's synthetic codes 24.2x), so synthetic ratios are indicative only.
  */
 export async function benchShapeCuda(
   shape: BenchShape,
@@ -258,12 +339,13 @@ export async function benchShapeCuda(
   const native = loadNative();
   if (!native.benchCuda)
     throw Object.assign(new Error('this addon was built without CUDA'), { code: 'ERR_KVTC_BACKEND_UNAVAILABLE' });
-  const cal = await syntheticCalibration(shape, o.ratio, o);
+  const cal = o.real?.calibration ?? (await syntheticCalibration(shape, o.ratio, o));
   const p = cal.featureDim;
   const planId = cal.planId(o.ratio);
   const plan = cal.plans[planId]!;
-  const block = 4096;
-  const base = cachedSyntheticKv(block, p, 42, o.cacheDir);
+  // Tokens repeat every `block` (RoPE applied at every true position).
+  const block = o.real?.tokens ?? 4096;
+  const base = o.real ?? cachedSyntheticKv(block, p, 42, o.cacheDir);
   const results: CudaBenchResult[] = [];
   const paged = o.paged ?? false;
   const projection = o.projection ?? 'bf16';
@@ -301,6 +383,7 @@ export async function benchShapeCuda(
         paged,
         chunk_bytes: chunkBytes,
         deflate_level: o.deflateLevel ?? ENCODE_DEFAULTS.deflateLevel,
+        input: o.real ? `captured: ${o.real.source}` : 'synthetic',
         window_tokens: o.windowTokens ?? ENCODE_DEFAULTS.windowTokens,
         raw_bytes: raw,
         record_bytes: f.recordBytes * batch,

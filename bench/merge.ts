@@ -30,6 +30,8 @@ const KEY_FIELDS = [
   'target_ratio',
   'chunk_bytes',
   'entry_stride',
+  'deflate_level',
+  'input',
 ];
 
 /** Timed figures: they differ from process to process and are merged by their median. */

@@ -167,6 +167,11 @@ bench
   )
   .option('--ratio <n>', 'target compression ratio of the plan', Number, 16)
   .option(
+    '--kv <dir>',
+    'captured KV (python -m kvtc_connector.capture) instead of synthetic, repeated to the length; needs --calibration, sets the shape',
+  )
+  .option('--calibration <file>', "with --kv: the captured model's calibration (its plan at --ratio)")
+  .option(
     '--deflate-level <n>',
     'DEFLATE level of the records (default 6); 0 stores the chunks without entropy coding',
     int('deflate-level'),
@@ -186,7 +191,7 @@ bench
   .option('--json', 'print one JSON object')
   .option('--cache <dir>', 'where synthetic calibrations are cached', 'bench/.cache')
   .action(async (o) => {
-    const { SHAPES, CUDA_SHAPES, benchSettings, benchShape, benchShapeCuda, markdownTable } =
+    const { SHAPES, CUDA_SHAPES, benchSettings, benchShape, benchShapeCuda, markdownTable, realInput, realShape } =
       await import('../bench/codec.js');
     if (o.backend !== 'cpu' && o.backend !== 'cuda')
       throw new InvalidArgumentError(`backend must be cpu or cuda, received '${o.backend}'`);
@@ -196,8 +201,13 @@ bench
       throw new InvalidArgumentError('--window-tokens is cuda only: the CPU bench keeps the default window');
     if (o.backend === 'cuda' && o.entryStride !== undefined)
       throw new InvalidArgumentError('--entry-stride is cpu only: the CUDA backend always writes indexed sections');
+    if ((o.kv === undefined) !== (o.calibration === undefined))
+      throw new InvalidArgumentError("--kv and --calibration go together: captured KV and its model's calibration");
+    if (o.kv !== undefined && (o.shape !== undefined || o.rankCap !== undefined))
+      throw new InvalidArgumentError('--kv sets the shape and the calibration its ranks: drop --shape and --rank-cap');
     const pool = o.backend === 'cuda' ? CUDA_SHAPES : SHAPES;
-    const shapes = pool
+    const real = o.kv === undefined ? undefined : await realInput(resolve(o.kv), resolve(o.calibration));
+    const shapes = (real ? [realShape(real, pool)] : pool)
       .filter((s) => !o.shape || s.name === o.shape)
       .map((s) => ({ ...s, tokens: o.tokens ?? s.tokens, rankCap: o.rankCap ?? s.rankCap }));
     if (shapes.length === 0)
@@ -221,6 +231,7 @@ bench
             ...(o.projection ? { projection: o.projection as GpuProjection } : {}),
             chunkBytes,
             deflateLevel: o.deflateLevel,
+            ...(real ? { real } : {}),
           })),
         );
       }
@@ -248,6 +259,7 @@ bench
           chunkBytes,
           entryStride: o.entryStride,
           deflateLevel: o.deflateLevel,
+          ...(real ? { real } : {}),
         }),
       );
     }

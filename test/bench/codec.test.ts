@@ -3,10 +3,12 @@
 // records it times.
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
-import { statSync } from 'node:fs';
+import { mkdirSync, statSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 
-import { benchSettings, benchShape, SHAPES } from '../../bench/codec.js';
+import { benchSettings, benchShape, realInput, realShape, SHAPES } from '../../bench/codec.js';
+import { modelInfo, syntheticCalibration } from '../helpers/calibration.js';
+import { writeSyntheticCapture } from '../helpers/capture.js';
 import { tempDir } from '../helpers/tmp.js';
 
 const shape = SHAPES.find((s) => s.name === 'stories260k')!;
@@ -36,6 +38,34 @@ t.test('plain and indexed records, the same plan', async (t) => {
   );
 });
 
+t.test('captured KV (--kv, --calibration): tiled past its sinks, under its own calibration', async (t) => {
+  const dir = tempDir(t, 'kvtc-bench-real-');
+  const model = modelInfo(5, 4, 8);
+  const cal = await syntheticCalibration(model, { ratios: [8, 16] });
+  const calFile = join(dir, 'cal.safetensors');
+  writeFileSync(calFile, cal.serialize());
+  const kvDir = join(dir, 'kv');
+  mkdirSync(kvDir);
+  writeSyntheticCapture(join(kvDir, 'seq-00000.safetensors'), model, 300, 1);
+  writeSyntheticCapture(join(kvDir, 'seq-00001.safetensors'), model, 200, 2, 50);
+  const real = await realInput(kvDir, calFile);
+  t.equal(real.tokens, 300 - 4 + 200 - 4, "each capture's first 4 tokens are left out");
+  const s = realShape(real, SHAPES);
+  t.equal(s.name, 'stories260k', 'the bench shape of the same dimensions');
+  const r = await benchShape({ ...s, tokens: 1200 }, { shapes: [s], ratio: 16, reps: 1, cacheDir: dir, real });
+  t.equal(r.input, `captured: ${kvDir}`);
+  t.same(
+    [r.rank_keys, r.rank_values],
+    [cal.plans[1]!.keys.rank, cal.plans[1]!.values.rank],
+    "the calibration's 16x plan",
+  );
+  t.equal(r.raw_bytes, 1200 * 160 * 4, 'tiled to the length');
+  const other = modelInfo(5, 4, 8);
+  other.fingerprint = 'ffffffffffffffffffffffffffffffff';
+  writeSyntheticCapture(join(kvDir, 'seq-00002.safetensors'), other, 10, 3);
+  await t.rejects(realInput(kvDir, calFile), { code: 'ERR_KVTC_MODEL_MISMATCH' }, "another model's capture");
+});
+
 t.test('the CLI refuses --entry-stride for the CUDA backend', async (t) => {
   const main = resolve(import.meta.dirname, '..', '..', 'dist', 'src', 'main.js');
   const r = spawnSync(process.execPath, [main, 'bench', 'codec', '--backend', 'cuda', '--entry-stride', '512'], {
@@ -43,6 +73,18 @@ t.test('the CLI refuses --entry-stride for the CUDA backend', async (t) => {
   });
   t.not(r.status, 0);
   t.match(r.stderr, /--entry-stride is cpu only/);
+});
+
+t.test('the CLI takes --kv and --calibration together, without --shape', async (t) => {
+  const main = resolve(import.meta.dirname, '..', '..', 'dist', 'src', 'main.js');
+  for (const [args, pattern] of [
+    [['--kv', 'x'], /--kv and --calibration go together/],
+    [['--kv', 'x', '--calibration', 'y', '--shape', '8b'], /--kv sets the shape/],
+  ] as const) {
+    const r = spawnSync(process.execPath, [main, 'bench', 'codec', ...args], { encoding: 'utf8' });
+    t.not(r.status, 0);
+    t.match(r.stderr, pattern);
+  }
 });
 
 t.test("the bench JSON's settings: the codec's and OpenMP's environment knobs, nothing else", async (t) => {

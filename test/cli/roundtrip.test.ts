@@ -6,9 +6,9 @@ import { spawnSync } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 
-import { applyRope, syntheticKv } from '../../src/calibrate/synthetic.js';
-import { float32Tensor, parseSafetensors, serializeSafetensors } from '../../src/codec/safetensors.js';
+import { parseSafetensors } from '../../src/codec/safetensors.js';
 import { modelInfo, syntheticCalibration } from '../helpers/calibration.js';
+import { writeSyntheticCapture } from '../helpers/capture.js';
 import { tempDir } from '../helpers/tmp.js';
 
 const MAIN = resolve(import.meta.dirname, '..', '..', 'dist', 'src', 'main.js');
@@ -18,33 +18,10 @@ const dir = tempDir(t, 'kvtc-roundtrip-');
 const calFile = join(dir, 'cal.safetensors');
 writeFileSync(calFile, cal.serialize());
 
-// One capture as kvtc_connector.capture writes it: [tokens, layers, kv_heads, head_dim], RoPE applied.
 const tokens = 400;
 const kvDir = join(dir, 'kv');
 mkdirSync(kvDir);
-const kv = syntheticKv(tokens, cal.featureDim, 3);
-const shape = [tokens, model.layers, model.kv_heads, model.head_dim];
-const positions = new BigInt64Array(tokens).map((_, i) => BigInt(i));
-writeFileSync(
-  join(kvDir, 'seq-00000.safetensors'),
-  serializeSafetensors(
-    [
-      ['keys', float32Tensor(applyRope(kv.keys, tokens, 0, model), shape)],
-      ['values', float32Tensor(kv.values, shape)],
-      ['positions', { dtype: 'I64', shape: [tokens], data: new Uint8Array(positions.buffer) }],
-    ],
-    {
-      kvtc_capture: JSON.stringify({
-        model: model.name,
-        model_fingerprint: model.fingerprint,
-        layers: model.layers,
-        kv_heads: model.kv_heads,
-        head_dim: model.head_dim,
-        rope: model.rope,
-      }),
-    },
-  ),
-);
+writeSyntheticCapture(join(kvDir, 'seq-00000.safetensors'), model, tokens, 3);
 
 function roundtrip(out: string, ...extra: string[]) {
   const r = spawnSync(
