@@ -99,6 +99,7 @@ export interface RealInput {
 export async function realInput(dir: string, calibrationFile: string, sinkTokens = 4): Promise<RealInput> {
   const calibration = await loadCalibration(calibrationFile);
   const m = calibration.model;
+  const p = calibration.featureDim;
   const keys: Float32Array[] = [],
     values: Float32Array[] = [];
   let tokens = 0;
@@ -110,19 +111,26 @@ export async function realInput(dir: string, calibrationFile: string, sinkTokens
         `${file}: captured from model ${c.model.fingerprint}, the calibration is for ${m.fingerprint}`,
       );
     const skip = Math.min(sinkTokens, c.tokens);
-    const p = calibration.featureDim;
     keys.push(unropedKeys(c).subarray(skip * p));
     values.push(c.values.subarray(skip * p));
     tokens += c.tokens - skip;
   }
   if (tokens === 0) throw new KvtcError('ERR_KVTC_INVALID_ARGUMENT', `${dir}: no captured tokens past the sinks`);
-  const join = (parts: Float32Array[]) => {
-    const out = new Float32Array(tokens * calibration.featureDim);
+  const concat = (parts: Float32Array[]) => {
+    const out = new Float32Array(tokens * p);
     let at = 0;
-    for (const x of parts) out.set(x, (at += x.length) - x.length);
+    for (const x of parts) {
+      out.set(x, at);
+      at += x.length;
+    }
     return out;
   };
-  return { calibration, keys: join(keys), values: join(values), tokens, source: dir };
+  return { calibration, keys: concat(keys), values: concat(values), tokens, source: dir };
+}
+
+/** A result's `input`: where its KV came from. */
+function inputOf(o: BenchOptions): string {
+  return o.real ? `captured: ${o.real.source}` : 'synthetic';
 }
 
 /** The shape of `real`'s model: the bench shape of the same dimensions (its name), or its own. */
@@ -286,7 +294,7 @@ export async function benchShape(shape: BenchShape, o: BenchOptions): Promise<Be
     chunk_bytes: chunkBytes,
     entry_stride: o.entryStride ?? 0,
     deflate_level: deflateLevel,
-    input: o.real ? `captured: ${o.real.source}` : 'synthetic',
+    input: inputOf(o),
   };
 }
 
@@ -350,6 +358,7 @@ export async function benchShapeCuda(
   const paged = o.paged ?? false;
   const projection = o.projection ?? 'bf16';
   const chunkBytes = o.chunkBytes ?? ENCODE_DEFAULTS.cudaChunkBytes;
+  const deflateLevel = o.deflateLevel ?? ENCODE_DEFAULTS.deflateLevel;
   for (const T of o.tokenCounts) {
     const keys = new Uint16Array(T * p),
       values = new Uint16Array(T * p);
@@ -373,7 +382,7 @@ export async function benchShapeCuda(
         chunkBytes,
         projection,
         windowTokens: o.windowTokens ?? ENCODE_DEFAULTS.windowTokens,
-        deflateLevel: o.deflateLevel ?? ENCODE_DEFAULTS.deflateLevel,
+        deflateLevel,
       });
       const raw = T * p * 2 * 2 * batch;
       results.push({
@@ -382,8 +391,8 @@ export async function benchShapeCuda(
         batch,
         paged,
         chunk_bytes: chunkBytes,
-        deflate_level: o.deflateLevel ?? ENCODE_DEFAULTS.deflateLevel,
-        input: o.real ? `captured: ${o.real.source}` : 'synthetic',
+        deflate_level: deflateLevel,
+        input: inputOf(o),
         window_tokens: o.windowTokens ?? ENCODE_DEFAULTS.windowTokens,
         raw_bytes: raw,
         record_bytes: f.recordBytes * batch,

@@ -556,10 +556,7 @@ Napi::Value DeflateJs(const Napi::CallbackInfo& info) {
     }
     const uint32_t stride = OptionalUint(o, "entryStride", 0);
     const int level = static_cast<int>(Uint(o, "level"));
-    CheckDeflateLevel(level);
-    if (stride)
-      return NewBuffer(info.Env(),
-                       DeflateChunksIndexed(in.data, in.size, Uint(o, "chunkBytes"), stride, StoresChunks(level)));
+    if (stride) return NewBuffer(info.Env(), DeflateChunksIndexed(in.data, in.size, Uint(o, "chunkBytes"), stride, level));
     return NewBuffer(info.Env(), DeflateChunks(in.data, in.size, Uint(o, "chunkBytes"), level));
   });
 }

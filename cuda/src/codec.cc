@@ -200,7 +200,7 @@ std::vector<uint8_t> Encode(const Calibration& c, const EncodeJob& job) {
     Pending pe{};
     const bool indexed = job.entry_stride > 0;
     pe.owned = indexed ? DeflateChunksIndexed(payload.data(), payload.size(), job.chunk_bytes, job.entry_stride,
-                                              StoresChunks(job.deflate_level))
+                                              job.deflate_level)
                        : DeflateChunks(payload.data(), payload.size(), job.chunk_bytes, job.deflate_level);
     pe.section = {kind, indexed ? SectionEncoding::kDeflateIndexed : SectionEncoding::kDeflateChunks, sinks, middle, 0,
                   0, pe.owned.size()};

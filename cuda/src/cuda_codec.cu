@@ -1734,12 +1734,10 @@ std::vector<LaunchedStream> LaunchStreams(Context& ctx, StreamScratch& s, const 
   const bool own_coder = Coder(/*encode=*/true) == EntropyCoder::kKvtc;
   nvcompBatchedDeflateCompressOpts_t opts = nvcompBatchedDeflateCompressDefaultOpts;
   opts.algorithm = NvcompAlgorithm();
-  size_t temp_bytes = 0, max_out = 0;
-  if (store) {
-    max_out = 0;  // no coder output: every size at its maximum makes every chunk stored (the rule below)
-  } else if (own_coder) {
+  size_t temp_bytes = 0, max_out = 0;  // stored chunks (level 0): no coder output
+  if (!store && own_coder) {
     max_out = (chunk_bytes + 255) / 256 * 256;  // kvtc's coder never writes more than the chunk
-  } else {
+  } else if (!store) {
     KVTC_NVCOMP_CALL(nvcompBatchedDeflateCompressGetMaxOutputChunkSize(chunk_bytes, opts, &max_out));
     max_out = (max_out + 255) / 256 * 256;  // slots stay aligned for nvCOMP
     KVTC_NVCOMP_CALL(nvcompBatchedDeflateCompressGetTempSize(chunks, chunk_bytes, opts, &temp_bytes, payload_total,
@@ -1748,18 +1746,20 @@ std::vector<LaunchedStream> LaunchStreams(Context& ctx, StreamScratch& s, const 
   }
   s.slots.resize(chunks * max_out + 4);  // + 4: PackChunksKernel's last aligned load
   s.out_sizes.resize(chunks);
+  // kvtc's coder writes indexed sections (entropy.h: a GPU inflates them a lane per run), and so
+  // does level 0, without entry points (a stored chunk has none), for the decoder's direct path.
   uint32_t stride = 0, max_entries = 0;
-  if (store) {
-    // Indexed, without entry points (a stored chunk has none): the decoder's direct path reads it.
-    stride = entry_stride ? entry_stride : DefaultEntryStride(chunk_bytes, EntryRuns());
-    s.entries.resize(1);
-    KVTC_CUDA_CALL(cudaMemsetAsync(s.out_sizes.ptr, 0xff, chunks * sizeof(size_t), ctx.stream));
-  } else if (own_coder) {
-    // sizes[c] = the chunk's own size when it did not shrink: the stored rule applies. The entry
-    // points make the section indexed (entropy.h): a GPU inflates it a lane per run.
+  if (store || own_coder) {
     stride = entry_stride ? entry_stride : DefaultEntryStride(chunk_bytes, EntryRuns());
     KVTC_CHECK(stride % 16 == 0, kInvalidArgument,
                "Expected an entry stride that is a multiple of 16 but received " << stride);
+  }
+  if (store) {
+    // Every size at its maximum: the stored rule (ChunkOffsetsKernel, SizeOfChunk) keeps each chunk.
+    s.entries.resize(1);
+    KVTC_CUDA_CALL(cudaMemsetAsync(s.out_sizes.ptr, 0xff, chunks * sizeof(size_t), ctx.stream));
+  } else if (own_coder) {
+    // sizes[c] = the chunk's own size when it did not shrink: the stored rule applies.
     max_entries = huff::EntryCount(chunk_bytes, stride);
     s.entries.resize(std::max<size_t>(1, chunks * max_entries));
     huff::LaunchEncode(s.payload.ptr, payload_total, chunk_bytes, s.slots.ptr, max_out, s.out_sizes.ptr,

@@ -80,7 +80,9 @@ uint32_t DefaultEntryStride(size_t chunk_bytes, uint32_t runs) {
 }
 
 std::vector<uint8_t> DeflateChunksIndexed(const uint8_t* data, size_t size, size_t chunk_bytes, uint32_t entry_stride,
-                                          bool store) {
+                                          int level) {
+  CheckDeflateLevel(level);
+  const bool store = StoresChunks(level);
   KVTC_CHECK(chunk_bytes > 0 && chunk_bytes <= kMaxChunkBytes, kInvalidArgument,
              "Expected a chunk size in 1.." << kMaxChunkBytes << " but received " << chunk_bytes);
   KVTC_CHECK(entry_stride >= 16 && entry_stride % 16 == 0 && entry_stride <= kMaxChunkBytes, kInvalidArgument,

@@ -40,10 +40,10 @@ void CheckDeflateLevel(int level);
 
 // kDeflateChunks body by libdeflate at `level` (0..12).
 std::vector<uint8_t> DeflateChunks(const uint8_t* data, size_t size, size_t chunk_bytes, int level);
-// kDeflateIndexed body by kvtc's literal coder (cuda_huffman.h), bit-identical to the GPU's; every
-// chunk stored when `store` (level 0).
+// kDeflateIndexed body by kvtc's literal coder (cuda_huffman.h), bit-identical to the GPU's. The
+// coder has one level: any `level` but 0 (every chunk stored) codes the same, 0..12 accepted.
 std::vector<uint8_t> DeflateChunksIndexed(const uint8_t* data, size_t size, size_t chunk_bytes, uint32_t entry_stride,
-                                          bool store = false);
+                                          int level = 6);
 
 // A coded section's chunk table, checked against its body and the payload size it must inflate
 // to. Offsets are from the body's start.
