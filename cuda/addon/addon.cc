@@ -716,9 +716,10 @@ Napi::Value CopyChunksCrc32cManyJs(const Napi::CallbackInfo& info) {
   });
 }
 
-// recordPoolRun(sizes, rounds) -> {hits, misses, idleBytes}: `rounds` times, takes a record block
-// of each size (writing its first and last byte) and frees them all; returns the record pool's
-// counters as they moved (record_memory.h, which the CUDA backend writes its records into).
+// recordPoolRun(sizes, rounds) -> {hits, misses, idleBytes, limitBytes}: `rounds` times, takes a
+// record block of each size (writing its first and last byte), notes them as one batch as an encode
+// does, and frees them all; returns the record pool's counters as they moved (record_memory.h,
+// which the CUDA backend writes its records into).
 Napi::Value RecordPoolRunJs(const Napi::CallbackInfo& info) {
   return Guard(info, [&]() -> Napi::Value {
     KVTC_CHECK(info.Length() >= 2 && info[0].IsArray() && info[1].IsNumber(), kInvalidArgument,
@@ -734,12 +735,16 @@ Napi::Value RecordPoolRunJs(const Napi::CallbackInfo& info) {
         held.back()[0] = 1;
         held.back()[n ? n - 1 : 0] = 2;
       }
+      size_t batch = 0;
+      for (const RecordMemory& m : held) batch += m.get_deleter().capacity;
+      NoteRecordBatch(batch);
     }
     const RecordPoolStats after = RecordPoolStatistics();
     Napi::Object out = Napi::Object::New(info.Env());
     out.Set("hits", static_cast<double>(after.hits - before.hits));
     out.Set("misses", static_cast<double>(after.misses - before.misses));
     out.Set("idleBytes", static_cast<double>(after.idle_bytes));
+    out.Set("limitBytes", static_cast<double>(after.limit_bytes));
     return out;
   });
 }

@@ -3235,6 +3235,11 @@ std::vector<HostBytes> EncodePipelined(const Calibration& c, const DeviceCalibra
     if (g + 1 < groups.size()) launch(g + 1);
     FinishEncode(ctx, c, flights[g % kSlots], out.data() + groups[g].first);
   }
+  // The caller frees these records together once stored; the record pool may then keep the
+  // batch's memory for the next batch (record_memory.h).
+  size_t batch_bytes = 0;
+  for (const HostBytes& r : out) batch_bytes += r.data.get_deleter().capacity;
+  NoteRecordBatch(batch_bytes);
   return out;
 }
 

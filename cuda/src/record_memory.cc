@@ -1,8 +1,10 @@
 #include "kvtc/record_memory.h"
 
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -13,12 +15,25 @@ namespace {
 
 constexpr size_t kHugePage = size_t(2) << 20;
 
-size_t PoolLimit() {
+constexpr size_t kDefaultLimit = size_t(512) << 20;
+
+// KVTC_RECORD_POOL_MB in bytes, or SIZE_MAX when unset (the bound then adapts to the batches).
+size_t ConfiguredLimit() {
   static const size_t limit = [] {
     const char* v = std::getenv("KVTC_RECORD_POOL_MB");
-    return (v && *v ? size_t(std::strtoull(v, nullptr, 10)) : size_t(512)) << 20;
+    return v && *v ? size_t(std::strtoull(v, nullptr, 10)) << 20 : SIZE_MAX;
   }();
   return limit;
+}
+
+// The most an adaptive pool may grow to: an eighth of physical memory (never below the default).
+size_t AdaptiveCap() {
+  static const size_t cap = [] {
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    const size_t eighth = pages > 0 && page > 0 ? size_t(pages) * size_t(page) / 8 : 0;
+    return std::max(kDefaultLimit, eighth);
+  }();
+  return cap;
 }
 
 struct Block {
@@ -31,7 +46,15 @@ struct Pool {
   std::multimap<size_t, Block> idle;  // capacity -> block
   RecordMemoryPinning pinning;
   size_t idle_bytes = 0;
+  size_t largest_batch = 0;  // NoteRecordBatch's largest
   uint64_t hits = 0, misses = 0;
+  // The bound on idle_bytes (the header says how it is chosen). Called with mu held.
+  size_t Limit() const {
+    const size_t configured = ConfiguredLimit();
+    if (configured != SIZE_MAX) return configured;
+    // The default's room for records of every size, and room for a whole batch beside it.
+    return std::min(AdaptiveCap(), kDefaultLimit + largest_batch);
+  }
 };
 
 Pool& ThePool() {
@@ -55,7 +78,7 @@ void RecordMemoryDeleter::operator()(uint8_t* p) const {
   Pool& pool = ThePool();
   {
     std::lock_guard<std::mutex> lock(pool.mu);
-    if (pool.idle_bytes + capacity <= PoolLimit()) {
+    if (pool.idle_bytes + capacity <= pool.Limit()) {
       pool.idle.emplace(capacity, Block{p, pinned});
       pool.idle_bytes += capacity;
       return;
@@ -92,10 +115,16 @@ void SetRecordMemoryPinning(RecordMemoryPinning pinning) {
   pool.pinning = pinning;
 }
 
+void NoteRecordBatch(size_t bytes) {
+  Pool& pool = ThePool();
+  std::lock_guard<std::mutex> lock(pool.mu);
+  pool.largest_batch = std::max(pool.largest_batch, bytes);
+}
+
 RecordPoolStats RecordPoolStatistics() {
   Pool& pool = ThePool();
   std::lock_guard<std::mutex> lock(pool.mu);
-  return {pool.hits, pool.misses, pool.idle_bytes};
+  return {pool.hits, pool.misses, pool.idle_bytes, pool.Limit()};
 }
 
 }  // namespace kvtc

@@ -255,7 +255,11 @@ export interface NativeAddon {
     copyCrc32c(data: Uint8Array, into?: Buffer): { copy: Buffer; crc: number };
     /** Copies (or, inPlace, only checksums) every part: host_copy.h CopyCrcMany. */
     copyCrc32cMany(parts: Uint8Array[], inPlace?: boolean): { copies: Buffer[]; crcs: number[] };
-    recordPoolRun(sizes: number[], rounds: number): { hits: number; misses: number; idleBytes: number };
+    /** Each round takes a block per size, notes them as one encode's batch, frees them. */
+    recordPoolRun(
+      sizes: number[],
+      rounds: number,
+    ): { hits: number; misses: number; idleBytes: number; limitBytes: number };
     copyChunks(
       data: Uint8Array,
       o: { srcOffsets: number[]; dstOffsets: number[]; sizes: number[]; dstBytes: number },
