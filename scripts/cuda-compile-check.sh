@@ -69,6 +69,15 @@ for f in cuda/src/*.cu cuda/tools/*.cu; do
   fi
   echo "compiled $f"
 done
+# Every internal header on its own, so each carries the includes it needs (the CUTLASS epilogue
+# is compiled through cuda_fused_restore.cu above).
+for h in cuda/src/*.cuh; do
+  [ "$h" = cuda/src/cuda_restore_epilogue.cuh ] && continue
+  printf '#include "%s"\n' "$(basename "$h")" > "$out/header.cu"
+  "$NVCC" -std=c++17 -arch=sm_90 -c "$out/header.cu" -Icuda/include -Icuda/src -I"$T/nvcomp/include" \
+    -fmad=false --expt-relaxed-constexpr -o "$out/header.o"
+  echo "compiled $h alone"
+done
 # The codec as built with the fused restore (its declarations instead of the stubs).
 "$NVCC" -std=c++17 -arch=sm_90 -DKVTC_WITH_CUTLASS=1 -c cuda/src/cuda_codec.cu -Icuda/include -Icuda/src \
   -I"$T/nvcomp/include" -fmad=false --expt-relaxed-constexpr -o "$out/cuda_codec_cutlass.o"
