@@ -903,13 +903,17 @@ std::vector<LaunchedStream> LaunchStreams(Context& ctx, StreamScratch& s, const 
     UploadAsync(s.chunk_end, ends.data(), chunks, ctx.stream);
     chunk_end = s.chunk_end.ptr;
   }
-  const bool own_coder = Coder(/*encode=*/true) == EntropyCoder::kKvtc;
+  // What writes the chunks: nothing at level 0 (every chunk stored as is), kvtc's coder, or nvCOMP.
+  enum class ChunkWriter { kStored, kKvtc, kNvcomp };
+  const ChunkWriter writer = store ? ChunkWriter::kStored
+                             : Coder(/*encode=*/true) == EntropyCoder::kKvtc ? ChunkWriter::kKvtc
+                                                                             : ChunkWriter::kNvcomp;
   nvcompBatchedDeflateCompressOpts_t opts = nvcompBatchedDeflateCompressDefaultOpts;
   opts.algorithm = NvcompAlgorithm();
-  size_t temp_bytes = 0, max_out = 0;  // stored chunks (level 0): no coder output
-  if (!store && own_coder) {
+  size_t temp_bytes = 0, max_out = 0;  // stored chunks: no coder output
+  if (writer == ChunkWriter::kKvtc) {
     max_out = (chunk_bytes + 255) / 256 * 256;  // kvtc's coder never writes more than the chunk
-  } else if (!store) {
+  } else if (writer == ChunkWriter::kNvcomp) {
     KVTC_NVCOMP_CALL(nvcompBatchedDeflateCompressGetMaxOutputChunkSize(chunk_bytes, opts, &max_out));
     max_out = (max_out + 255) / 256 * 256;  // slots stay aligned for nvCOMP
     KVTC_NVCOMP_CALL(nvcompBatchedDeflateCompressGetTempSize(chunks, chunk_bytes, opts, &temp_bytes, payload_total,
@@ -921,16 +925,16 @@ std::vector<LaunchedStream> LaunchStreams(Context& ctx, StreamScratch& s, const 
   // kvtc's coder writes indexed sections (entropy.h: a GPU inflates them a lane per run), and so
   // does level 0, without entry points (a stored chunk has none), for the decoder's direct path.
   uint32_t stride = 0, max_entries = 0;
-  if (store || own_coder) {
+  if (writer != ChunkWriter::kNvcomp) {
     stride = entry_stride ? entry_stride : DefaultEntryStride(chunk_bytes, EntryRuns());
     KVTC_CHECK(stride % 16 == 0, kInvalidArgument,
                "Expected an entry stride that is a multiple of 16 but received " << stride);
   }
-  if (store) {
+  if (writer == ChunkWriter::kStored) {
     // Every size at its maximum: the stored rule (ChunkOffsetsKernel, SizeOfChunk) keeps each chunk.
     s.entries.resize(1);
     KVTC_CUDA_CALL(cudaMemsetAsync(s.out_sizes.ptr, 0xff, chunks * sizeof(size_t), ctx.stream));
-  } else if (own_coder) {
+  } else if (writer == ChunkWriter::kKvtc) {
     // sizes[c] = the chunk's own size when it did not shrink: the stored rule applies.
     max_entries = huff::EntryCount(chunk_bytes, stride);
     s.entries.resize(std::max<size_t>(1, chunks * max_entries));
@@ -2345,21 +2349,6 @@ std::vector<RecordHeader> DecodePipelined(const Calibration& c, const DeviceCali
   return out;
 }
 
-}  // namespace
-
-HostBytes Encode(const Calibration& c, const DeviceCalibration& dev, const EncodeJob& job, bool device_input) {
-  KVTC_CUDA_CALL(cudaSetDevice(dev.device));
-  Context& ctx = ThreadContext();
-  const std::vector<EncodeJob> jobs{job};
-  std::vector<EncodeFlight> flights;
-  LaunchEncode(ctx, c, dev, jobs, 0, 1, device_input, nullptr, 0, flights);
-  HostBytes out;
-  FinishEncode(ctx, c, flights, &out);
-  return out;
-}
-
-namespace {
-
 // Consecutive jobs as fused groups ({first, count}): same plan, dtype, chunking and projection,
 // at most FuseTokens() coded tokens together (a longer job alone).
 std::vector<std::pair<size_t, size_t>> FuseGroups(const std::vector<EncodeJob>& jobs) {
@@ -2416,6 +2405,11 @@ std::vector<HostBytes> EncodePipelined(const Calibration& c, const DeviceCalibra
 }
 
 }  // namespace
+
+// One job is a batch of one: a single group through the same path (and the same record pool rule).
+HostBytes Encode(const Calibration& c, const DeviceCalibration& dev, const EncodeJob& job, bool device_input) {
+  return std::move(EncodePipelined(c, dev, {job}, device_input, nullptr)[0]);
+}
 
 std::vector<HostBytes> EncodeMany(const Calibration& c, const DeviceCalibration& dev, const std::vector<EncodeJob>& jobs,
                                   bool device_input) {
